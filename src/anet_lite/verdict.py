@@ -1,0 +1,45 @@
+"""``Snapshot``: one step's verdict — the seed's numbers plus status, alert and evidence."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional
+
+STATUSES = ("warming_up", "healthy", "drifting", "precursor", "collapsed")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the monitor saw at one step.
+
+    theta     0..1   noise-fingerprint similarity to the healthy reference (1 = same)
+    sdot      -1..1  entropy rate Ṡ of the loss (> 0: more erratic)
+    proc      -1..1  processivity P (do updates follow gradients?)
+    f_total          w_s * Ṡ + w_p * P
+    precursor bool   the two-second z-score alert fired
+    zscore           precursor z (finite, clipped to +-1000)
+    step             training step, if known
+    status           one of STATUSES
+    alert            True when someone should look (and a policy may act)
+    evidence         the numbers behind the verdict (name -> float/str/bool)
+    """
+
+    theta: float
+    sdot: float
+    proc: float
+    f_total: float
+    precursor: bool
+    zscore: float
+    step: Optional[int] = None
+    status: str = "healthy"
+    alert: bool = False
+    evidence: Dict[str, Any] = field(default_factory=dict)
+
+    def explain(self, lang: str = "en") -> str:
+        """One or two sentences: likely cause, the numbers, the advice ("en" or "ja")."""
+        from .explain import explain
+
+        return explain(self, lang=lang)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
