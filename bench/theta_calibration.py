@@ -16,9 +16,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import naive_seed  # noqa: E402
+import naive_seed
 
-from anet_lite import theta_consistency  # noqa: E402
+from anet_lite import theta_consistency
 
 
 def ar1(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:

@@ -58,36 +58,36 @@ def make_loader(steps: int = STEPS, batch: int = BATCH):
 loader = make_loader()
 
 # ---- the seed README's code, as written (only `model = ...` filled in) ------------------------
-import torch  # noqa: E402
-from anet_lite import snapshot  # returns theta/sdot/proc/F/precursor  # noqa: E402
+import torch
+from anet_lite import snapshot  # returns theta/sdot/proc/F/precursor
 
-class GradNoiseTap:  # noqa: E302
+class GradNoiseTap:
     def __init__(self, model, ema=0.9):
         self.model, self.ema = model, ema
-        self.m = {n: torch.zeros_like(p) for n,p in model.named_parameters() if p.requires_grad}  # noqa: E231,E501
-    def norm(self):  # noqa: E301
+        self.m = {n: torch.zeros_like(p) for n,p in model.named_parameters() if p.requires_grad}
+    def norm(self):
         acc = 0.0
-        for n,p in self.model.named_parameters():  # noqa: E231
-            if not p.requires_grad or p.grad is None: continue  # noqa: E701
+        for n,p in self.model.named_parameters():
+            if not p.requires_grad or p.grad is None: continue
             g = p.grad.detach()
             self.m[n].mul_(self.ema).add_(g, alpha=1-self.ema)
             acc += float((g - self.m[n]).norm().cpu().item())
         return acc
 
-logs = {'loss':[], 'g':[], 's':[]}  # noqa: E231,E305
-model = CharMLP(len(VOCAB)); opt = torch.optim.AdamW(model.parameters(), 3e-4)  # noqa: E702
-tap = GradNoiseTap(model); ref = []  # noqa: E702
+logs = {'loss':[], 'g':[], 's':[]}
+model = CharMLP(len(VOCAB)); opt = torch.optim.AdamW(model.parameters(), 3e-4)
+tap = GradNoiseTap(model); ref = []
 
 for t, batch in enumerate(loader, 1):
-    opt.zero_grad(); loss = model(batch).loss; loss.backward()  # noqa: E702
+    opt.zero_grad(); loss = model(batch).loss; loss.backward()
     gnorm = tap.norm()
-    snorm = sum(float((p.grad**2).sum().sqrt().cpu()) for p in model.parameters() if p.grad is not None)  # noqa: E501
+    snorm = sum(float((p.grad**2).sum().sqrt().cpu()) for p in model.parameters() if p.grad is not None)
     opt.step()
-    logs['loss'].append(float(loss)); logs['g'].append(gnorm); logs['s'].append(snorm)  # noqa: E702
-    if t < 100: ref.append(gnorm); continue  # noqa: E701,E702
+    logs['loss'].append(float(loss)); logs['g'].append(gnorm); logs['s'].append(snorm)
+    if t < 100: ref.append(gnorm); continue
     snap = snapshot(loss_hist=logs['loss'][-64:], grad_norms=logs['g'][-64:],
                     step_norms=logs['s'][-64:], noise_seq=logs['g'][-64:], ref_seq=ref[-64:])
     if t % 20 == 0:
-        print(f"[{t}] θ={snap.theta:.2f} F={snap.f_total:+.2f} pre={snap.precursor} z={snap.zscore:+.2f}")  # noqa: E501
+        print(f"[{t}] θ={snap.theta:.2f} F={snap.f_total:+.2f} pre={snap.precursor} z={snap.zscore:+.2f}")
     if snap.precursor or snap.theta < 0.6:
-        for g in opt.param_groups: g['lr'] *= 0.8   # slow down gently  # noqa: E701
+        for g in opt.param_groups: g['lr'] *= 0.8   # slow down gently

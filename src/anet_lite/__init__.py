@@ -14,12 +14,21 @@ from .metrics import (
     theta_consistency,
     two_second_precursor,
 )
+from .monitor import Monitor
+from .outputs import RunLog
+from .policy import Action, Policy
+from .tombstone import TombstoneLog, verify
 from .verdict import Snapshot
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
+    "Monitor",
+    "Policy",
+    "RunLog",
     "Snapshot",
+    "TombstoneLog",
     "__version__",
     "entropy_rate",
     "f_total",
@@ -27,4 +36,5 @@ __all__ = [
     "snapshot",
     "theta_consistency",
     "two_second_precursor",
+    "verify",
 ]

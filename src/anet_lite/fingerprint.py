@@ -33,6 +33,7 @@ the rates).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -109,3 +110,98 @@ def similarity(p: Optional[np.ndarray], q: Optional[np.ndarray], beta: float = 3
     if bc >= 1.0 - 1e-12:  # identical up to rounding
         return 1.0
     return float(min(1.0, max(0.0, bc ** (3.0 * beta))))
+
+
+def similarity_of_powers(a: list, b: list, beta: float) -> float:
+    """``similarity`` for two (band powers..., mean energy) lists, in plain Python floats.
+
+    The streaming monitor's path (3 bands: cheaper than NumPy); same rules as
+    ``normalise`` + ``similarity``.
+    """
+    nb = N_BANDS
+    ta, tb = sum(a[:nb]), sum(b[:nb])
+    flat_a = not (ta > 1e-20 * SEGMENT * max(a[nb], 0.0) and ta > 0.0 and math.isfinite(ta))
+    flat_b = not (tb > 1e-20 * SEGMENT * max(b[nb], 0.0) and tb > 0.0 and math.isfinite(tb))
+    if flat_a or flat_b:
+        return 1.0 if (flat_a and flat_b) else 0.0
+    bc = sum(math.sqrt(x * y) for x, y in zip(a[:nb], b[:nb])) / math.sqrt(ta * tb)
+    if not bc > 0.0:
+        return 0.0
+    if bc >= 1.0 - 1e-12:
+        return 1.0
+    return min(1.0, max(0.0, bc ** (3.0 * beta)))
+
+
+class StreamingFingerprint:
+    """The fingerprint of the last ``window`` samples of a stream, updated every HOP samples.
+
+    Each completed 16-sample segment (every 8 pushes) costs one tiny matrix product and
+    lands in a fixed ring of segment band powers, so a push is O(1) amortised; sums are
+    taken over the ring (no running-sum drift after a huge segment leaves). The same
+    estimator as ``series_fingerprint``.
+    """
+
+    def __init__(self, window: int) -> None:
+        if window < SEGMENT:
+            raise ValueError(f"window must be >= {SEGMENT} samples, got {window}")
+        self.n_segments = (int(window) - SEGMENT) // HOP + 1
+        self.buf: list = []  # the last SEGMENT samples
+        self.since = 0
+        self.ring = np.zeros((self.n_segments, N_BANDS + 1))  # band powers + energy
+        self.filled = 0
+        self.pos = 0
+
+    def push(self, x: float) -> Optional[np.ndarray]:
+        """Add a sample; returns the new segment's band powers when one completes, else None."""
+        buf = self.buf
+        buf.append(x)
+        if len(buf) > SEGMENT:
+            del buf[0]
+        self.since += 1
+        if len(buf) < SEGMENT or self.since < HOP:
+            return None
+        self.since = 0
+        seg = np.asarray(buf)
+        with np.errstate(all="ignore"):  # huge samples overflow to inf, rejected below
+            powers = segment_band_powers(seg[None, :])[0]
+            energy = float(seg @ seg) / SEGMENT
+        if not (np.all(np.isfinite(powers)) and np.isfinite(energy)):
+            return None  # overflowing samples are the precursor's business, not the shape's
+        self.ring[self.pos, :N_BANDS] = powers
+        self.ring[self.pos, N_BANDS] = energy
+        self.pos = (self.pos + 1) % self.n_segments
+        self.filled = min(self.filled + 1, self.n_segments)
+        return powers
+
+    @property
+    def ready(self) -> bool:
+        return self.filled >= self.n_segments
+
+    def mean_powers(self) -> Optional[np.ndarray]:
+        """Mean (band powers..., energy) over the segments in the window; None if none yet."""
+        if not self.filled:
+            return None
+        return (
+            self.ring[: self.filled].mean(axis=0)
+            if self.filled < self.n_segments
+            else self.ring.mean(axis=0)
+        )
+
+    def fingerprint(self) -> Optional[np.ndarray]:
+        m = self.mean_powers()
+        return None if m is None else normalise(m[:N_BANDS], max(float(m[N_BANDS]), 0.0))
+
+    def state_dict(self) -> dict:
+        return {
+            "buf": list(self.buf),
+            "since": self.since,
+            "ring": self.ring.tolist(),
+            "filled": self.filled,
+            "pos": self.pos,
+        }
+
+    def load_state_dict(self, st: dict) -> None:
+        self.buf = [float(v) for v in st["buf"]]
+        self.since = int(st["since"])
+        self.ring = np.asarray(st["ring"], dtype=np.float64).reshape(self.n_segments, N_BANDS + 1)
+        self.filled, self.pos = int(st["filled"]), int(st["pos"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 STATUSES = ("warming_up", "healthy", "drifting", "precursor", "collapsed")
@@ -42,4 +42,51 @@ class Snapshot:
         return explain(self, lang=lang)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """Plain dict of all fields (evidence copied)."""
+        return {
+            "theta": self.theta,
+            "sdot": self.sdot,
+            "proc": self.proc,
+            "f_total": self.f_total,
+            "precursor": self.precursor,
+            "zscore": self.zscore,
+            "step": self.step,
+            "status": self.status,
+            "alert": self.alert,
+            "evidence": dict(self.evidence),
+        }
+
+
+_new = object.__new__
+
+
+def make_snapshot(
+    theta: float,
+    sdot: float,
+    proc: float,
+    f_total: float,
+    precursor: bool,
+    zscore: float,
+    step: Optional[int],
+    status: str,
+    alert: bool,
+    evidence: Dict[str, Any],
+) -> Snapshot:
+    """Build a Snapshot without the frozen dataclass's per-field ``object.__setattr__``.
+
+    The Monitor's hot path: same object, ~3x cheaper to make. Arguments are trusted.
+    """
+    snap = _new(Snapshot)
+    snap.__dict__.update(
+        theta=theta,
+        sdot=sdot,
+        proc=proc,
+        f_total=f_total,
+        precursor=precursor,
+        zscore=zscore,
+        step=step,
+        status=status,
+        alert=alert,
+        evidence=evidence,
+    )
+    return snap

@@ -1,0 +1,60 @@
+"""Monitor.state_dict / load_state_dict: plain JSON-serialisable data, exact round trip."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+
+VERSION = 1
+_SCALARS = (
+    "t",
+    "ref_pinned",
+    "theta",
+    "theta_low",
+    "sdot",
+    "log_space",
+    "lr_prev",
+    "lr_max",
+    "lr_rising",
+    "grace_until",
+    "pending_mark",
+    "grad_hot",
+    "grad_ref",
+    "dead",
+    "last_status",
+    "checked",
+)
+_PARTS = ("recent", "loss_base", "grad_base", "upd_base", "proc", "fp")
+
+
+def dump(m: Any) -> Dict[str, Any]:
+    st: Dict[str, Any] = {"version": VERSION, "config": {"n": m.n, "window": m.window}}
+    for k in _SCALARS:
+        st[k] = getattr(m, k)
+    for k in _PARTS:
+        st[k] = getattr(m, k).state_dict()
+    st["ref"] = None if m.ref is None else m.ref.tolist()
+    st["losses"] = list(m.losses)
+    st["policy"] = m.policy.state_dict() if hasattr(m.policy, "state_dict") else None
+    return st
+
+
+def load(m: Any, st: Dict[str, Any]) -> None:
+    if not isinstance(st, dict) or st.get("version") != VERSION:
+        raise ValueError(f"state must be a Monitor.state_dict() of version {VERSION}")
+    cfg = st["config"]
+    if cfg != {"n": m.n, "window": m.window}:
+        raise ValueError(
+            f"state was saved by a Monitor with {cfg}; this one has "
+            f"{{'n': {m.n}, 'window': {m.window}}}"
+        )
+    m.reset()
+    for k in _SCALARS:
+        setattr(m, k, st[k])
+    for k in _PARTS:
+        getattr(m, k).load_state_dict(st[k])
+    m.ref = None if st["ref"] is None else np.asarray(st["ref"], dtype=np.float64)
+    m.losses = [float(v) for v in st["losses"]]
+    if st.get("policy") is not None and hasattr(m.policy, "load_state_dict"):
+        m.policy.load_state_dict(st["policy"])

@@ -1,0 +1,103 @@
+"""Reading one step's inputs: floats, NumPy scalars, 0-d tensors (without importing torch)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ._validate import as_number
+
+
+class Signals:
+    """One step's inputs as Python floats (None = not given)."""
+
+    __slots__ = ("grad_norm", "loss", "lr", "noise", "step", "step_norm", "time")
+
+    def __init__(
+        self,
+        loss: float,
+        step: Optional[int],
+        grad_norm: Optional[float],
+        step_norm: Optional[float],
+        noise: Optional[float],
+        lr: Optional[float],
+        time: Optional[float],
+    ) -> None:
+        self.loss, self.step, self.grad_norm, self.step_norm = loss, step, grad_norm, step_norm
+        self.noise, self.lr, self.time = noise, lr, time
+
+
+def _lenient(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    try:
+        return float(x)
+    except Exception:
+        return math.nan  # garbage after the first call reads as "not a number", never raises
+
+
+def read_inputs(
+    loss: Any,
+    step: Any,
+    grad_norm: Any,
+    step_norm: Any,
+    noise: Any,
+    lr: Any,
+    time: Any,
+    *,
+    strict: bool,
+) -> Signals:
+    """Convert; with ``strict`` (the first call) a bad type raises TypeError naming it."""
+    if strict:
+        vals = {}
+        for name, v in (
+            ("loss", loss),
+            ("grad_norm", grad_norm),
+            ("step_norm", step_norm),
+            ("noise", noise),
+            ("lr", lr),
+            ("time", time),
+        ):
+            if v is None and name == "loss":
+                raise TypeError("loss is required and must be a real number, got None")
+            vals[name] = None if v is None else as_number(v, name)
+        if step is not None and (
+            isinstance(step, bool) or not float(as_number(step, "step")).is_integer()
+        ):
+            raise TypeError(f"step must be an integer, got {step!r}")
+        st = None if step is None else int(step)
+        return Signals(
+            vals["loss"],
+            st,
+            vals["grad_norm"],
+            vals["step_norm"],
+            vals["noise"],
+            vals["lr"],
+            vals["time"],
+        )
+    try:  # fast path: everything converts
+        return Signals(
+            float(loss),
+            None if step is None else int(step),
+            None if grad_norm is None else float(grad_norm),
+            None if step_norm is None else float(step_norm),
+            None if noise is None else float(noise),
+            None if lr is None else float(lr),
+            None if time is None else float(time),
+        )
+    except Exception:
+        pass
+    lf = _lenient(loss)
+    try:
+        st = None if step is None else int(step)
+    except Exception:
+        st = None
+    return Signals(
+        math.nan if lf is None else lf,
+        st,
+        _lenient(grad_norm),
+        _lenient(step_norm),
+        _lenient(noise),
+        _lenient(lr),
+        _lenient(time),
+    )

@@ -1,0 +1,184 @@
+"""Small O(1)-amortised streaming statistics used by the Monitor (plain Python floats)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+_MAD_TO_SIGMA = 1.4826
+
+
+class RobustLevel:
+    """Median and robust jitter scale of the last ``size`` values, refreshed every ``every``.
+
+    scale = 1.4826 * MAD(one-step differences) / sqrt(2): the noise of the stream, which a
+    trend does not inflate (the same estimator as ``metrics.two_second_precursor``).
+    Between refreshes the cached level is used, so a push costs O(1) and a refresh
+    O(size log size) once per ``every`` pushes.
+    """
+
+    def __init__(self, size: int, every: int) -> None:
+        self.size = int(size)
+        self.every = max(1, int(every))
+        self.values: Deque[float] = deque(maxlen=self.size)
+        self.center = 0.0
+        self.scale = 0.0
+        self.count = 0  # values pushed since the last reset
+        self._since = 0
+
+    def push(self, x: float) -> None:
+        self.values.append(x)
+        self.count += 1
+        self._since += 1
+        if self._since >= self.every or self.count <= 4:
+            self.refresh()
+
+    def refresh(self) -> None:
+        self._since = 0
+        v = list(self.values)
+        n = len(v)
+        if n == 0:
+            return
+        s = sorted(v)
+        self.center = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        if n < 3:
+            self.scale = 0.0
+            return
+        d = sorted([b - a for a, b in zip(v, v[1:])])
+        m = len(d)
+        dm = d[m // 2] if m % 2 else 0.5 * (d[m // 2 - 1] + d[m // 2])
+        dev = sorted([abs(x - dm) for x in d])
+        mad = dev[m // 2] if m % 2 else 0.5 * (dev[m // 2 - 1] + dev[m // 2])
+        self.scale = _MAD_TO_SIGMA * mad / math.sqrt(2.0)
+
+    @property
+    def ready(self) -> bool:
+        return len(self.values) >= 3
+
+    def reset(self) -> None:
+        self.values.clear()
+        self.center = self.scale = 0.0
+        self.count = self._since = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "values": list(self.values),
+            "center": self.center,
+            "scale": self.scale,
+            "count": self.count,
+            "since": self._since,
+        }
+
+    def load_state_dict(self, st: Dict[str, Any]) -> None:
+        self.values = deque((float(x) for x in st["values"]), maxlen=self.size)
+        self.center, self.scale = float(st["center"]), float(st["scale"])
+        self.count, self._since = int(st["count"]), int(st["since"])
+
+
+class RecentWindow:
+    """The values of the last ``n`` samples, or of the last ``seconds`` when times are given.
+
+    Keeps the running sum and a monotonic deque for the running max (O(1) amortised), so
+    the trimmed mean (mean without the single largest value) is O(1). Values that leave
+    the window are returned by ``push`` so the caller can feed its baseline with them.
+    """
+
+    def __init__(self, n: int, seconds: Optional[float] = None, cap: int = 100_000) -> None:
+        self.n = max(1, int(n))
+        self.seconds = seconds
+        self.cap = cap
+        self.items: Deque[Tuple[int, float, float]] = deque()  # (seq, time, value)
+        self.maxq: Deque[Tuple[int, float]] = deque()  # (seq, value), values decreasing
+        self.total = 0.0
+        self.seq = 0
+
+    def push(self, x: float, t: Optional[float]) -> List[float]:
+        self.seq += 1
+        self.items.append((self.seq, 0.0 if t is None else t, x))
+        self.total += x
+        while self.maxq and self.maxq[-1][1] <= x:
+            self.maxq.pop()
+        self.maxq.append((self.seq, x))
+        out: List[float] = []
+        if self.seconds is not None and t is not None:
+            horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
+            while len(self.items) > 1 and (
+                t - self.items[0][1] >= horizon or len(self.items) > self.cap
+            ):
+                out.append(self._pop())
+        else:
+            while len(self.items) > self.n:
+                out.append(self._pop())
+        return out
+
+    def _pop(self) -> float:
+        seq, _, x = self.items.popleft()
+        self.total -= x
+        if self.maxq and self.maxq[0][0] == seq:
+            self.maxq.popleft()
+        return x
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def trimmed_mean(self) -> float:
+        """Mean without the largest value (a lone spike does not move it); plain mean if < 3."""
+        k = len(self.items)
+        if k < 3:
+            return self.total / k if k else 0.0
+        return (self.total - self.maxq[0][1]) / (k - 1)
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.maxq.clear()
+        self.total = 0.0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"items": [list(i) for i in self.items], "seq": self.seq, "total": self.total}
+
+    def load_state_dict(self, st: Dict[str, Any]) -> None:
+        self.clear()
+        self.seq = 0
+        for seq, t, x in st["items"]:
+            self.seq = int(seq) - 1
+            self.push(float(x), float(t) if self.seconds is not None else None)
+        self.seq = int(st["seq"])
+        self.total = float(st["total"])  # the running sum as it was, bit for bit
+
+
+class EWCorrelation:
+    """Exponentially weighted Pearson correlation of two streams (weight ``alpha`` per update)."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.n = 0
+        self.mx = self.my = self.vx = self.vy = self.cxy = 0.0
+
+    def update(self, x: float, y: float) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.mx, self.my = x, y
+            return
+        a = self.alpha if self.n * self.alpha > 1.0 else 1.0 / self.n
+        dx, dy = x - self.mx, y - self.my
+        self.mx += a * dx
+        self.my += a * dy
+        b = 1.0 - a
+        self.vx = b * (self.vx + a * dx * dx)
+        self.vy = b * (self.vy + a * dy * dy)
+        self.cxy = b * (self.cxy + a * dx * dy)
+
+    def value(self) -> float:
+        den = self.vx * self.vy
+        if self.n < 3 or not den > 1e-300:
+            return 0.0
+        r = self.cxy / math.sqrt(den)
+        return -1.0 if r < -1.0 else (1.0 if r > 1.0 else r)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"n": self.n, "m": [self.mx, self.my, self.vx, self.vy, self.cxy]}
+
+    def load_state_dict(self, st: Dict[str, Any]) -> None:
+        self.n = int(st["n"])
+        self.mx, self.my, self.vx, self.vy, self.cxy = (float(v) for v in st["m"])

@@ -1,0 +1,157 @@
+"""Numbers → words: one or two sentences per snapshot, in English or Japanese.
+
+The cause comes from the monitor's evidence (``evidence["cause"]``); the numbers quoted
+are the evidence's; the advice follows the seed's FAQ: first lower the learning rate /
+temperature / LoRA rank step by step; if the precursor fires as well, go to safety
+(roll back).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+_EN = {
+    "non_finite": (
+        "The loss or gradient is no longer a finite number (numeric overflow, e.g. a "
+        "loss-scale or fp16 problem){nums}.",
+        "Skip this update and roll back to the last "
+        "healthy state; check the loss scale and mixed-precision settings.",
+    ),
+    "lr_jump": (
+        "The learning rate jumped to {lr_jump:.3g}x the largest value the schedule used "
+        "before (lr={lr:.3g}) — a schedule bug, not a planned change{nums}.",
+        "Restore the intended learning rate now; if the precursor fires as well, roll back.",
+    ),
+    "bad_batch": (
+        "One batch sent the loss to {loss_ratio:.3g}x its recent level at once — likely a "
+        "bad batch or corrupted data{nums}.",
+        "Skip this update and check that batch; roll back if the next steps do not recover.",
+    ),
+    "grad_explosion": (
+        "The gradient norm jumped to {grad_ratio:.3g}x its recent level in one step — "
+        "a bad batch or an exploding gradient{nums}.",
+        "Skip this update; if it repeats, lower the learning rate or clip gradients.",
+    ),
+    "update_blowup": (
+        "The parameter update became {update_ratio:.3g}x larger than usual for this "
+        "learning rate — the optimizer is unstable (e.g. Adam's ε/β2){nums}.",
+        "Skip this update and lower the learning rate; roll back if it repeats.",
+    ),
+    "oscillation": (
+        "The loss is rising and jittering (z={precursor_z:.2f}) — the learning rate is "
+        "likely too high and training is oscillating{nums}.",
+        "Lower the learning rate step by step; if it keeps firing, roll back.",
+    ),
+    "divergence": (
+        "The loss is rising steadily above its recent level (z={precursor_z:.2f}) — "
+        "training is starting to diverge{nums}.",
+        "Lower the learning rate step by step; if it keeps rising, roll back.",
+    ),
+    "grad_growth": (
+        "The gradient norm has stayed far above its recent level for several steps — a "
+        "divergence that the loss does not show yet{nums}.",
+        "Lower the learning rate now, before the loss follows.",
+    ),
+    "stagnation": (
+        "The gradient norm has collapsed ~100x below its healthy level while the loss "
+        "stays flat — units have died or training has stalled{nums}.",
+        "Roll back to before the collapse and lower the learning rate; check for dead ReLUs.",
+    ),
+    "fingerprint_shift": (
+        "The gradient-noise fingerprint no longer matches the healthy reference "
+        "(θ={theta:.2f}) — the training dynamics have shifted{nums}.",
+        "Lower the learning rate / temperature / LoRA rank step by step and watch θ.",
+    ),
+}
+_JA = {
+    "non_finite": (
+        "損失または勾配が有限の数ではなくなりました（数値のオーバーフロー、損失スケールや fp16 の問題）{nums}。",
+        "この更新をスキップし、最後の健全な状態へロールバックしてください。損失スケールと混合精度の設定を確認してください。",
+    ),
+    "lr_jump": (
+        "学習率がスケジュールのこれまでの最大値の {lr_jump:.3g} 倍（lr={lr:.3g}）に跳ね上がりました。計画された変更ではなくスケジュールの不具合です{nums}。",
+        "すぐに本来の学習率へ戻してください。前駆も出ていればロールバックへ。",
+    ),
+    "bad_batch": (
+        "1 つのバッチで損失が直近水準の {loss_ratio:.3g} 倍になりました。不良バッチか壊れたデータの可能性があります{nums}。",
+        "この更新をスキップし、そのバッチを確認してください。次の数ステップで戻らなければロールバックへ。",
+    ),
+    "grad_explosion": (
+        "勾配ノルムが 1 ステップで直近水準の {grad_ratio:.3g} 倍に跳ねました。不良バッチか勾配爆発です{nums}。",
+        "この更新をスキップしてください。繰り返すなら学習率を下げるか勾配をクリップしてください。",
+    ),
+    "update_blowup": (
+        "この学習率にしてはパラメータ更新が通常の {update_ratio:.3g} 倍に大きくなりました。オプティマイザが不安定です（Adam の ε/β2 など）{nums}。",
+        "この更新をスキップし、学習率を下げてください。繰り返すならロールバックへ。",
+    ),
+    "oscillation": (
+        "損失が上昇しつつ揺れています（z={precursor_z:.2f}）。学習率が高すぎて振動している可能性があります{nums}。",
+        "学習率を段階的に下げてください。出続けるならロールバックへ。",
+    ),
+    "divergence": (
+        "損失が直近水準より着実に上昇しています（z={precursor_z:.2f}）。発散の始まりです{nums}。",
+        "学習率を段階的に下げてください。上がり続けるならロールバックへ。",
+    ),
+    "grad_growth": (
+        "勾配ノルムが数ステップにわたり直近水準を大きく上回っています。損失にはまだ出ていない発散です{nums}。",
+        "損失に現れる前に、今すぐ学習率を下げてください。",
+    ),
+    "stagnation": (
+        "損失が高いまま平らで、勾配ノルムが健全時の約 1/100 に落ちました。ユニットが死んだか学習が止まっています{nums}。",
+        "崩壊前へロールバックし、学習率を下げてください。死んだ ReLU を確認してください。",
+    ),
+    "fingerprint_shift": (
+        "勾配ノイズの指紋が健全な参照と一致しなくなりました（ϑ={theta:.2f}）。学習の力学が変わっています{nums}。",
+        "学習率／温度／LoRA ランクを段階的に下げ、ϑ を見守ってください。",
+    ),
+}
+_HEALTHY = {
+    "en": "Healthy: θ={theta:.2f}, F_Total={f_total:+.2f}, z={precursor_z:+.2f}.",
+    "ja": "健全です：ϑ={theta:.2f}、F_Total={f_total:+.2f}、z={precursor_z:+.2f}。",
+}
+_WARMING = {
+    "en": "Warming up: collecting the healthy reference (θ, baselines) — no verdict yet.",
+    "ja": "ウォームアップ中：健全な参照（ϑ・基準値）を集めています。判定はまだです。",
+}
+_SPIKE = {
+    "en": " A one-step loss spike (deviation {loss_dev:.1f}σ) was seen; the run recovered, so it is not a precursor.",
+    "ja": " 1 ステップだけの損失スパイク（{loss_dev:.1f}σ）がありましたが、回復しているので前駆ではありません。",
+}
+_EVENT = {
+    "en": " Schedule event '{event}' noted: not a failure.",
+    "ja": " スケジュール上の変更「{event}」を確認しました。故障ではありません。",
+}
+
+
+class _Nums(dict):
+    def __missing__(self, key: str) -> float:
+        return math.nan
+
+
+def explain(snap: Any, lang: str = "en") -> str:
+    """Words for a snapshot: likely cause, evidence numbers, advice (``lang`` "en" or "ja")."""
+    if lang not in ("en", "ja"):
+        raise ValueError(f"lang must be 'en' or 'ja', got {lang!r}")
+    ev: Dict[str, Any] = _Nums(snap.evidence)
+    ev.setdefault("theta", snap.theta)
+    ev.setdefault("f_total", snap.f_total)
+    ev.setdefault("precursor_z", snap.zscore)
+    if not snap.alert:
+        text = (_WARMING if snap.status == "warming_up" else _HEALTHY)[lang].format_map(ev)
+        if ev.get("spike"):
+            text += _SPIKE[lang].format_map(ev)
+        if ev.get("event"):
+            text += _EVENT[lang].format_map(ev)
+        return text
+    table = _EN if lang == "en" else _JA
+    cause = str(ev.get("cause") or ("non_finite" if snap.status == "collapsed" else "divergence"))
+    what, advice = table.get(cause, table["divergence"])
+    nums = (
+        f" (θ={snap.theta:.2f}, F_Total={snap.f_total:+.2f}, z={snap.zscore:+.2f}"
+        + (f", step {snap.step}" if snap.step is not None else "")
+        + ")"
+    )
+    if lang == "ja":
+        nums = nums.replace("(", "（").replace(")", "）").replace("step", "ステップ")
+    return what.format_map(_Nums(ev, nums=nums)) + " " + advice

@@ -1,0 +1,144 @@
+"""``Policy``: from a ``Snapshot`` to an ``Action`` — a bounded ladder with cool-downs.
+
+The ladder per incident is: slow down → skip the step → roll back → stop, entered at the
+rung the cause calls for (a non-finite or single-step blow-up starts by skipping the
+update; a precursor or an lr bug starts by slowing down; a fingerprint drift only ever
+slows down, gently, as the seed's FAQ advises). Each rung has a retry cap; after an
+action the policy waits ``cooldown`` steps before escalating, so one incident does not
+fire ten actions; ``recover_after`` healthy steps close the incident and reset the ladder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+ACTIONS = ("none", "slow_down", "skip_step", "rollback", "stop")
+_LADDER = ("slow_down", "skip_step", "rollback", "stop")
+_ONE_STEP = ("non_finite", "bad_batch", "grad_explosion", "update_blowup")
+
+
+@dataclass(frozen=True)
+class Action:
+    """What to do now. ``factor`` is the lr multiplier for ``slow_down`` (0 < factor <= 1)."""
+
+    kind: str
+    factor: float = 1.0
+    reason: str = ""
+    evidence: Dict[str, Any] = field(default_factory=dict)
+    policy: str = "drift"
+    step: Optional[int] = None
+
+
+class Policy:
+    """Decision ladder. All thresholds are counts of steps or retries.
+
+    slow_factor   lr multiplier of a slow-down for a precursor (drift uses drift_factor)
+    max_slowdowns, max_skips, max_rollbacks   retry caps per incident before escalating
+    cooldown      steps after an action during which the same incident is not escalated
+    recover_after healthy steps that close an incident
+    """
+
+    def __init__(
+        self,
+        *,
+        slow_factor: float = 0.5,
+        drift_factor: float = 0.8,
+        max_slowdowns: int = 2,
+        max_skips: int = 2,
+        max_rollbacks: int = 2,
+        cooldown: int = 10,
+        recover_after: int = 50,
+    ) -> None:
+        if not 0.0 < slow_factor < 1.0 or not 0.0 < drift_factor < 1.0:
+            raise ValueError("slow_factor and drift_factor must be in (0, 1)")
+        self.slow_factor, self.drift_factor = float(slow_factor), float(drift_factor)
+        self.caps = {
+            "slow_down": int(max_slowdowns),
+            "skip_step": int(max_skips),
+            "rollback": int(max_rollbacks),
+            "stop": 1,
+        }
+        self.cooldown, self.recover_after = int(cooldown), int(recover_after)
+        self.reset()
+
+    def reset(self) -> None:
+        self.used = {k: 0 for k in _LADDER}
+        self.last_action_t = -(10**9)
+        self.healthy_run = 0
+        self.t = 0
+
+    def decide(self, snap: Any) -> Action:
+        self.t += 1
+        ev = dict(snap.evidence)
+        ev.setdefault("precursor_z", snap.zscore)
+        if not snap.alert:
+            self.healthy_run += 1
+            if self.healthy_run >= self.recover_after and any(self.used.values()):
+                self.used = {k: 0 for k in _LADDER}
+            return Action(
+                "none",
+                reason="healthy" if snap.status == "healthy" else snap.status,
+                evidence=ev,
+                step=snap.step,
+            )
+        self.healthy_run = 0
+        cause = str(ev.get("cause", snap.status))
+        one_step = cause in _ONE_STEP
+        if not one_step and self.t - self.last_action_t <= self.cooldown:
+            return Action(
+                "none",
+                reason=f"{cause}: cooling down after the last action",
+                evidence=ev,
+                step=snap.step,
+            )
+        if snap.status == "drifting":
+            if self.used["slow_down"] < self.caps["slow_down"]:
+                return self._take("slow_down", self.drift_factor, cause, ev, snap, "drift")
+            return Action(
+                "none", reason=f"{cause}: slow-downs used up; watching", evidence=ev, step=snap.step
+            )
+        start = "skip_step" if one_step else "slow_down"
+        factor = self.slow_factor
+        if cause == "lr_jump":
+            factor = min(self.slow_factor, 1.0 / float(ev.get("lr_jump", 2.0)))
+        for kind in _LADDER[_LADDER.index(start) :]:
+            if self.used[kind] < self.caps[kind]:
+                tag = "nonfinite" if cause == "non_finite" else "drift"
+                return self._take(
+                    kind, factor if kind == "slow_down" else 1.0, cause, ev, snap, tag
+                )
+        return Action("none", reason=f"{cause}: ladder exhausted", evidence=ev, step=snap.step)
+
+    def _take(
+        self, kind: str, factor: float, cause: str, ev: Dict[str, Any], snap: Any, tag: str
+    ) -> Action:
+        self.used[kind] += 1
+        self.last_action_t = self.t
+        n = self.used[kind]
+        what = {
+            "slow_down": f"slow down (lr x{factor:.3g})",
+            "skip_step": "skip this update",
+            "rollback": "roll back to the last healthy state",
+            "stop": "stop the run",
+        }[kind]
+        reason = (
+            f"{snap.status} ({cause}) at step {snap.step}: {what} [{kind} {n}/{self.caps[kind]}]"
+        )
+        return Action(kind, factor, reason, ev, tag, snap.step)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "used": dict(self.used),
+            "last_action_t": self.last_action_t,
+            "healthy_run": self.healthy_run,
+            "t": self.t,
+        }
+
+    def load_state_dict(self, st: Dict[str, Any]) -> None:
+        self.used = {k: int(st["used"].get(k, 0)) for k in _LADDER}
+        self.last_action_t, self.healthy_run, self.t = (
+            int(st["last_action_t"]),
+            int(st["healthy_run"]),
+            int(st["t"]),
+        )

@@ -1,0 +1,274 @@
+"""Monitor mechanics on small synthetic streams (detection quality is bench/detection's job)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anet_lite import Monitor, Snapshot
+from anet_lite.verdict import STATUSES
+
+
+def healthy_stream(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    loss = (1.0 + 3.0 * np.exp(-t / 100.0)) * np.exp(0.05 * rng.standard_normal(n))
+    g = np.exp(0.2 * rng.standard_normal(n))
+    return loss.tolist(), g.tolist()
+
+
+def feed(m: Monitor, loss, g=None, lr=None, start=0):
+    out = []
+    for i, L in enumerate(loss):
+        kw = {}
+        if g is not None:
+            kw["grad_norm"] = g[i]
+            kw["step_norm"] = 1e-3 * g[i]
+            kw["noise"] = g[i]
+        if lr is not None:
+            kw["lr"] = lr[i]
+        out.append(m.update(L, step=start + i, **kw))
+    return out
+
+
+def test_snapshot_fields_and_types():
+    loss, g = healthy_stream(300)
+    snaps = feed(Monitor(), loss, g, lr=[1e-3] * 300)
+    s = snaps[-1]
+    assert isinstance(s, Snapshot)
+    for name in ("theta", "sdot", "proc", "f_total", "zscore"):
+        assert isinstance(getattr(s, name), float) and math.isfinite(getattr(s, name))
+    assert s.status in STATUSES and isinstance(s.alert, bool) and s.step == 299
+    assert snaps[0].status == "warming_up"
+    assert s.status == "healthy" and not s.alert
+    with pytest.raises(AttributeError):
+        s.theta = 0.0  # frozen
+
+
+def test_quiet_on_a_healthy_stream_with_every_signal():
+    loss, g = healthy_stream(1500, seed=3)
+    snaps = feed(Monitor(), loss, g, lr=[1e-3] * 1500)
+    assert sum(s.alert for s in snaps) == 0
+
+
+def test_loss_only_monitor_still_warns():
+    loss, _ = healthy_stream(400)
+    loss = loss[:300] + [v * (1.0 + 0.05 * k) for k, v in enumerate(loss[300:])]
+    snaps = feed(Monitor(), loss)
+    first = next(i for i, s in enumerate(snaps) if s.alert)
+    assert 300 <= first < 320
+    assert snaps[first].status == "precursor"
+
+
+def test_non_finite_collapses_at_once():
+    loss, g = healthy_stream(200)
+    m = Monitor()
+    feed(m, loss, g)
+    s = m.update(float("nan"), grad_norm=1.0)
+    assert s.status == "collapsed" and s.alert and s.evidence["cause"] == "non_finite"
+    assert math.isfinite(s.zscore)
+    s = Monitor().update(1.0, grad_norm=float("inf"))
+    assert s.status == "collapsed"
+
+
+def test_isolated_spike_is_a_spike_not_a_precursor():
+    loss, g = healthy_stream(400, seed=1)
+    loss[300] *= 1.8  # a batch-specific one-step spike, as in the real logs
+    snaps = feed(Monitor(), loss, g)
+    assert snaps[300].evidence.get("spike") is True
+    assert not any(s.alert for s in snaps[295:320])
+
+
+def test_severe_one_step_jump_alarms_at_that_step():
+    loss, g = healthy_stream(400, seed=2)
+    loss[300] *= 50.0
+    g[300] *= 100.0
+    snaps = feed(Monitor(), loss, g)
+    assert snaps[300].alert and snaps[300].evidence["cause"] in ("bad_batch", "grad_explosion")
+
+
+def test_lr_schedule_changes_are_not_failures():
+    loss, g = healthy_stream(900, seed=4)
+    lr = [1e-3 * min(1.0, (i + 1) / 100) for i in range(900)]  # warm-up
+    for i in range(400, 900):
+        lr[i] = 1e-4  # step decay at 400
+    for i in range(650, 900):
+        lr[i] = 1e-3  # warm restart at 650: back to the old peak
+        loss[i] *= 1.3  # the loss rises after a restart
+    snaps = feed(Monitor(), loss, g, lr=lr)
+    events = {s.evidence.get("event") for s in snaps} - {None}
+    assert {"warmup_end", "lr_decay", "lr_restart"} <= events
+    assert not any(s.alert for s in snaps)
+
+
+def test_lr_bug_is_not_a_schedule_change():
+    loss, g = healthy_stream(400, seed=5)
+    lr = [1e-3] * 300 + [1e-1] * 100
+    snaps = feed(Monitor(), loss, g, lr=lr)
+    assert snaps[300].alert and snaps[300].evidence["cause"] == "lr_jump"
+
+
+def test_mark_mutes_slow_signals_after_an_intended_change():
+    loss, g = healthy_stream(500, seed=6)
+    loss = loss[:300] + [v * 1.5 for v in loss[300:]]
+    m = Monitor()
+    feed(m, loss[:300], g[:300])
+    m.mark("batch_size_change")
+    snaps = feed(m, loss[300:], g[300:], start=300)
+    assert snaps[0].evidence["event"] == "batch_size_change"
+    assert not any(s.alert for s in snaps)
+    # without the mark, the same rise is a precursor
+    assert any(s.alert for s in feed(Monitor(), loss, g))
+
+
+def test_reference_taken_after_warmup_and_pinnable():
+    loss, g = healthy_stream(400, seed=7)
+    m = Monitor(warmup=100)
+    feed(m, loss[:90], g[:90])
+    assert m.ref is None
+    feed(m, loss[90:200], g[90:200], start=90)
+    assert m.ref is not None
+    m.pin_reference()
+    pinned = m.ref.copy()
+    feed(m, loss[200:], g[200:], start=200)
+    assert np.array_equal(m.ref, pinned)
+    m.reset_reference()
+    assert m.ref is None
+
+
+def test_fingerprint_shift_drifts():
+    rng = np.random.default_rng(8)
+    n = 900
+    loss = np.exp(0.02 * rng.standard_normal(n)).tolist()
+    noise = np.abs(1.0 + 0.1 * rng.standard_normal(n))
+    red = np.zeros(n)
+    for i in range(1, n):
+        red[i] = 0.95 * red[i - 1] + 0.1 * rng.standard_normal()
+    noise[500:] = 1.0 + red[500:]  # the noise turns red: same level, different shape
+    m = Monitor(warmup=100)
+    snaps = [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
+    assert all(not s.alert for s in snaps[:500])
+    drift = [s for s in snaps[500:] if s.status == "drifting"]
+    assert drift and drift[0].theta < 0.6 and drift[0].evidence["cause"] == "fingerprint_shift"
+
+
+def test_time_window_counts_seconds():
+    m = Monitor(rate_hz=5, window_sec=2.0)
+    loss, _ = healthy_stream(300)
+    for i, L in enumerate(loss):
+        m.update(L, time=i * 0.01)  # 100 Hz: 2 s = 200 samples in the window
+    assert len(m.recent) == 200
+
+
+def test_accepts_numpy_scalars_and_0d_arrays_without_torch():
+    m = Monitor()
+    s = m.update(np.float32(1.5), grad_norm=np.array(2.0), lr=np.float64(1e-3), step=np.int64(3))
+    assert s.step == 3 and s.evidence["loss"] == 1.5
+
+
+def test_bad_types_raise_only_at_the_first_call():
+    with pytest.raises(TypeError, match="grad_norm"):
+        Monitor().update(1.0, grad_norm="big")
+    with pytest.raises(TypeError, match="loss"):
+        Monitor().update(None)
+    m = Monitor()
+    m.update(1.0)
+    s = m.update("garbage", grad_norm=object())  # later: never raises
+    assert s.status == "collapsed"
+
+
+def test_internal_error_does_not_reach_the_training_loop(monkeypatch):
+    m = Monitor()
+    m.update(1.0)
+
+    def boom(*a, **k):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(m, "_update", boom)
+    with pytest.warns(RuntimeWarning, match="training continues"):
+        s = m.update(1.0)
+    assert not s.alert and "bug" in s.evidence["error"]
+    m.on_error = "raise"
+    with pytest.raises(RuntimeError):
+        m.update(1.0)
+
+
+def test_state_dict_round_trip_continues_exactly():
+    loss, g = healthy_stream(700, seed=9)
+    loss[500:] = [v * (1 + 0.03 * k) for k, v in enumerate(loss[500:])]
+    lr = [1e-3] * 250 + [1e-4] * 450
+    one = feed(Monitor(), loss, g, lr=lr)
+    m = Monitor()
+    first = feed(m, loss[:333], g[:333], lr=lr[:333])
+    state = json.loads(json.dumps(m.state_dict()))  # plain JSON survives
+    m2 = Monitor()
+    m2.load_state_dict(state)
+    second = feed(m2, loss[333:], g[333:], lr=lr[333:], start=333)
+    assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
+
+
+def test_load_state_dict_rejects_other_configs():
+    m = Monitor(window=128)
+    m.update(1.0)
+    with pytest.raises(ValueError, match="window"):
+        Monitor(window=64).load_state_dict(m.state_dict())
+    with pytest.raises(ValueError):
+        Monitor().load_state_dict({"nope": 1})
+
+
+@pytest.mark.parametrize("kw", [{"window": 8}, {"rate_hz": 0}, {"z": -1}, {"on_error": "ignore"}])
+def test_bad_config_names_the_argument(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        Monitor(**kw)
+
+
+def test_explain_in_both_languages():
+    loss, g = healthy_stream(400, seed=5)
+    lr = [1e-3] * 300 + [1e-1] * 100
+    snaps = feed(Monitor(), loss, g, lr=lr)
+    en, ja = snaps[300].explain(), snaps[300].explain(lang="ja")
+    assert "learning rate" in en and "100x" in en and "roll back" in en
+    assert "学習率" in ja and "100 倍" in ja
+    assert snaps[299].explain().startswith("Healthy")
+    assert snaps[299].explain("ja").startswith("健全")
+    with pytest.raises(ValueError, match="lang"):
+        snaps[0].explain("fr")
+
+
+weird = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, -1.0, 1e300, -1e300, 1e-300, float("nan"), float("inf")]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            weird,
+            st.one_of(st.none(), weird),
+            st.one_of(st.none(), weird),
+            st.one_of(st.none(), weird),
+        ),
+        min_size=1,
+        max_size=250,
+    ),
+    st.booleans(),
+)
+def test_no_stream_of_floats_makes_update_raise(rows, alternate):
+    m = Monitor(on_error="raise", warmup=10)
+    for i, (L, g, s, lr) in enumerate(rows):
+        if alternate:
+            L = L if i % 2 else -L
+        snap = m.update(L, grad_norm=g, step_norm=s, lr=lr)
+        for name in ("theta", "sdot", "proc", "f_total", "zscore"):
+            assert math.isfinite(getattr(snap, name)), (name, snap)
+        assert 0.0 <= snap.theta <= 1.0 and -1.0 <= snap.proc <= 1.0
+        assert snap.status in STATUSES
+        if not math.isfinite(L):
+            assert snap.status == "collapsed" and snap.alert

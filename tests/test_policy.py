@@ -1,0 +1,106 @@
+"""Policy ladder: causes enter at the right rung, caps and cool-downs bound one incident."""
+
+from __future__ import annotations
+
+import pytest
+
+from anet_lite import Monitor, Policy, TombstoneLog, verify
+from anet_lite.verdict import Snapshot
+
+
+def snap(status="precursor", cause="divergence", step=0, **ev):
+    alert = status in ("precursor", "collapsed", "drifting")
+    return Snapshot(
+        0.9,
+        0.0,
+        0.0,
+        0.0,
+        status == "precursor",
+        3.0,
+        step=step,
+        status=status,
+        alert=alert,
+        evidence={"cause": cause, **ev},
+    )
+
+
+def kinds(policy, snaps):
+    return [policy.decide(s).kind for s in snaps]
+
+
+def test_precursor_ladder_with_cooldown_and_caps():
+    p = Policy(cooldown=2, max_slowdowns=1, max_skips=1, max_rollbacks=1)
+    got = kinds(p, [snap(step=i) for i in range(12)])
+    assert got == [
+        "slow_down",
+        "none",
+        "none",
+        "skip_step",
+        "none",
+        "none",
+        "rollback",
+        "none",
+        "none",
+        "stop",
+        "none",
+        "none",
+    ]
+
+
+def test_non_finite_starts_by_skipping_and_ignores_cooldown():
+    p = Policy(max_skips=2, max_rollbacks=1)
+    got = kinds(p, [snap("collapsed", "non_finite", i) for i in range(5)])
+    assert got == ["skip_step", "skip_step", "rollback", "stop", "none"]
+    a = Policy().decide(snap("collapsed", "non_finite"))
+    assert a.policy == "nonfinite" and "skip" in a.reason
+
+
+def test_lr_jump_slows_down_by_the_jump():
+    a = Policy().decide(snap(cause="lr_jump", lr_jump=100.0))
+    assert a.kind == "slow_down" and a.factor == pytest.approx(0.01)
+
+
+def test_drift_only_slows_down_gently():
+    p = Policy(cooldown=0, max_slowdowns=2)
+    acts = [p.decide(snap("drifting", "fingerprint_shift", i)) for i in range(4)]
+    assert [a.kind for a in acts] == ["slow_down", "slow_down", "none", "none"]
+    assert acts[0].factor == 0.8
+
+
+def test_healthy_steps_close_the_incident():
+    p = Policy(cooldown=0, max_slowdowns=1, recover_after=5)
+    assert p.decide(snap()).kind == "slow_down"
+    for i in range(5):
+        assert p.decide(snap("healthy", "", i)).kind == "none"
+    assert p.decide(snap()).kind == "slow_down"
+
+
+def test_state_dict_round_trip():
+    p = Policy(cooldown=3)
+    p.decide(snap())
+    q = Policy(cooldown=3)
+    q.load_state_dict(p.state_dict())
+    assert kinds(p, [snap()] * 6) == kinds(q, [snap()] * 6)
+
+
+def test_bad_factor():
+    with pytest.raises(ValueError, match="slow_factor"):
+        Policy(slow_factor=1.5)
+
+
+def test_monitor_decide_writes_tombstones(tmp_path):
+    log = TombstoneLog(tmp_path / "tombstones.jsonl")
+    m = Monitor(tombstones=log)
+    for _ in range(60):
+        m.update(1.0, lr=1e-3)
+    s = m.update(1.0, lr=1.0)
+    a = m.decide(s, scope={"param_groups": [0]})
+    assert a.kind == "slow_down"
+    assert m.decide(m.update(1.0, lr=1e-3)).kind == "none"
+    res = verify(log.path)
+    assert res.ok and res.records == 1
+    import json
+
+    rec = json.loads(log.path.read_text().splitlines()[0])
+    assert rec["event"] == "slow_down" and rec["scope"] == {"param_groups": [0]}
+    assert rec["evidence"]["cause"] == "lr_jump" and "reason" in rec["evidence"]
