@@ -1,0 +1,56 @@
+"""PyTorch integration for anet-lite (optional: ``pip install 'anet-lite[torch]'``).
+
+The core package (``import anet_lite``) is NumPy-only and never imports torch; importing
+this subpackage does.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "anet_lite.torch needs PyTorch: pip install 'anet-lite[torch]' "
+        "(on CPU machines: pip install torch==2.13.0 first)"
+    ) from exc
+
+from .guard import Guard, GuardStop
+from .tap import (
+    GRAD_DOT_UPDATE,
+    GRAD_SQ,
+    MAX_ABS_GRAD,
+    MAX_SLOTS,
+    N_SLOTS,
+    NOISE_SQ,
+    NONFINITE,
+    PARAM_SQ,
+    RANKS,
+    SLOT_NAMES,
+    SUM_SLOTS,
+    UPDATE_SQ,
+    GradNoiseTap,
+    StepStats,
+    combine_rank_stats,
+    stats_from_values,
+)
+
+__all__ = [
+    "GRAD_DOT_UPDATE",
+    "GRAD_SQ",
+    "MAX_ABS_GRAD",
+    "MAX_SLOTS",
+    "NOISE_SQ",
+    "NONFINITE",
+    "N_SLOTS",
+    "PARAM_SQ",
+    "RANKS",
+    "SLOT_NAMES",
+    "SUM_SLOTS",
+    "UPDATE_SQ",
+    "GradNoiseTap",
+    "Guard",
+    "GuardStop",
+    "StepStats",
+    "combine_rank_stats",
+    "stats_from_values",
+]

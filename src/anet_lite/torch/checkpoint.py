@@ -1,0 +1,140 @@
+"""The Guard's last healthy state: model + optimizer + scheduler + RNG, in CPU memory or a folder.
+
+Restoring is bit-identical (tensors are copied, never re-computed). On disk a checkpoint
+is one ``torch.save`` file read back with ``torch.load(weights_only=True)`` — no pickled
+code is ever executed. ``digest`` is the SHA-256 of that serialised form, so a tombstone
+can name exactly which state a rollback restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Deep copy with every tensor cloned to CPU (containers rebuilt)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_to_cpu(v) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+def _rng_state() -> Dict[str, Any]:
+    st: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": _py_state(random.getstate())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        st["numpy"] = [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)]
+    except ImportError:  # pragma: no cover - numpy is a core dependency
+        pass
+    return st
+
+
+def _py_state(st: Any) -> Any:
+    return [st[0], list(st[1]), st[2]]  # tuples of ints: weights_only-safe as lists
+
+
+def _set_rng_state(st: Dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    version, internal, gauss = st["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+    if "numpy" in st:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = st["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+
+
+@dataclass
+class Checkpoint:
+    """A healthy state at ``step`` (plain data: tensors, numbers, strings, lists, dicts)."""
+
+    step: int
+    model: Dict[str, Any]
+    optimizer: Dict[str, Any]
+    scheduler: Optional[Dict[str, Any]]
+    rng: Dict[str, Any]
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "rng": self.rng,
+            "extra": self.extra,
+        }
+
+
+def capture(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    extra: Optional[Dict[str, Any]] = None,
+) -> Checkpoint:
+    """Copy the current state to CPU memory."""
+    return Checkpoint(
+        step=int(step),
+        model=_to_cpu(model.state_dict()),
+        optimizer=_to_cpu(optimizer.state_dict()),
+        scheduler=_to_cpu(scheduler.state_dict()) if scheduler is not None else None,
+        rng=_rng_state(),
+        extra=dict(extra or {}),
+    )
+
+
+def restore(
+    ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> None:
+    """Put model, optimizer, scheduler and RNGs back exactly as captured."""
+    model.load_state_dict(ckpt.model)
+    optimizer.load_state_dict(_to_cpu(ckpt.optimizer))  # load_state_dict moves to param devices
+    if scheduler is not None and ckpt.scheduler is not None:
+        scheduler.load_state_dict(_to_cpu(ckpt.scheduler))  # fresh containers: no aliasing
+    _set_rng_state(ckpt.rng)
+
+
+def _serialise(ckpt: Checkpoint) -> bytes:
+    buf = io.BytesIO()
+    torch.save(ckpt.as_dict(), buf)
+    return buf.getvalue()
+
+
+def digest(ckpt: Checkpoint) -> str:
+    """``"sha256:<hex>"`` of the serialised checkpoint."""
+    return "sha256:" + hashlib.sha256(_serialise(ckpt)).hexdigest()
+
+
+def save(ckpt: Checkpoint, folder: Path) -> Path:
+    """Write ``folder/anet-guard-<step>.pt`` (atomic rename); returns the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"anet-guard-{ckpt.step:09d}.pt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(_serialise(ckpt))
+    tmp.replace(path)
+    return path
+
+
+def load(path: Path) -> Checkpoint:
+    """Read a checkpoint written by ``save`` with ``torch.load(weights_only=True)``."""
+    d = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return Checkpoint(d["step"], d["model"], d["optimizer"], d["scheduler"], d["rng"], d["extra"])

@@ -1,0 +1,426 @@
+"""``Guard``: the seed's "two hooks" — watch every optimizer step and act on the verdict.
+
+    guard = Guard(model, optimizer, scheduler=sched, tombstones="run/tombstones.jsonl")
+    for batch in loader:
+        loss = model(batch); loss.backward()
+        guard.observe(loss)          # before optimizer.step(): the faulty step itself is protected
+        optimizer.step(); sched.step(); optimizer.zero_grad()
+
+Per step, in the optimizer's step pre-hook: the tap measures the gradients on the device
+(``GradNoiseTap.measure_grads``), the loss and the gradient statistics (and the previous
+step's update statistics) are packed into ONE small tensor, summed across ranks in ONE
+collective when torch.distributed is initialised, read once, and fed to the Monitor;
+the Monitor's decision is carried out before the update is applied:
+
+* ``slow_down(f)``: every param group's lr and the scheduler's ``base_lrs`` x f; once
+  healthy for ``recover_steps`` the lr doubles back, never above 0.75x the lr at which
+  trouble began nor above the largest lr seen healthy.
+* ``skip_step``: every gradient is set to None, so the optimizer leaves parameters AND
+  state untouched (zeroed gradients would still move Adam through its momentum).
+* ``rollback``: model, optimizer, scheduler and RNG states are restored bit-for-bit from
+  the last healthy checkpoint (CPU memory, or ``checkpoint_dir`` with ``torch.save`` /
+  ``torch.load(weights_only=True)``), the Monitor's statistics too; this step is skipped;
+  the rolled-back step range is recorded (``guard.rolled_back``) so batches can be skipped.
+* ``stop``: raises ``GuardStop`` out of ``optimizer.step()``.
+
+Every action goes to the tombstone log (rank 0 only) with evidence and scope. Every rank
+sees the same reduced numbers and so takes the same decision at the same step. An
+internal error never stops training (``on_error="warn"``), and a ``GradScaler`` overflow
+is invisible here because the scaler skips ``optimizer.step()`` (a skipped step, not a
+collapse). Pass ``clip_grad_norm`` to clip inside the Guard: the norm is recorded BEFORE
+clipping (clipping yourself before ``step()`` records the clipped norm).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+import torch
+
+from ..monitor import Monitor
+from ..policy import Action
+from ..tombstone import TombstoneLog
+from ..verdict import Snapshot
+from . import checkpoint as ckpt_mod
+from .dist import LocalGradNorm, NoiseScale, all_reduce_sum, is_sharded, world
+from .tap import (
+    GRAD_DOT_UPDATE,
+    GRAD_SQ,
+    MAX_ABS_GRAD,
+    N_SLOTS,
+    NOISE_SQ,
+    NONFINITE,
+    PARAM_SQ,
+    RANKS,
+    UPDATE_SQ,
+    GradNoiseTap,
+)
+
+# pack layout: tap slots 0..7 | previous step: update_sq, param_sq, gdot, grad_sq |
+# loss sum, number of ranks that observed a loss, local (pre-all-reduce) grad sq
+_PREV = N_SLOTS
+_LOSS = N_SLOTS + 4
+_PACK = N_SLOTS + 7
+
+
+class GuardStop(RuntimeError):
+    """Raised out of ``optimizer.step()`` when the policy decides to stop the run."""
+
+    def __init__(self, action: Action) -> None:
+        super().__init__(action.reason)
+        self.action = action
+
+
+class Guard:
+    """Watch and protect a PyTorch training loop (see the module docstring).
+
+    model, optimizer       the ones being trained (DDP/FSDP-wrapped models are fine)
+    monitor                a ``Monitor`` (default ``Monitor()``); its policy decides
+    scheduler              an lr scheduler, kept consistent with slow-downs and rollbacks
+    tombstones, run_log    a path or ``TombstoneLog`` / ``RunLog``; written on rank 0 only
+    checkpoint_every       steps between healthy checkpoints (0: never; rollback unavailable)
+    checkpoint_dir         keep checkpoints in a folder instead of CPU memory
+    clip_grad_norm         clip to this total norm after measuring (None: no clipping)
+    act                    False: watch and explain only
+    batch_size             per-rank batch size, for the gradient noise scale under DDP
+    use_time               True: the precursor's "two seconds" are wall-clock seconds;
+                           default False: rate_hz x window_sec steps (deterministic runs)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        monitor: Optional[Monitor] = None,
+        scheduler: Any = None,
+        tap: Optional[GradNoiseTap] = None,
+        ema: Optional[float] = 0.9,
+        exact_update: bool = False,
+        tombstones: Union[str, Path, TombstoneLog, None] = None,
+        run_log: Any = None,
+        checkpoint_every: int = 100,
+        checkpoint_dir: Union[str, Path, None] = None,
+        clip_grad_norm: Optional[float] = None,
+        act: bool = True,
+        recover_steps: int = 50,
+        batch_size: Optional[int] = None,
+        use_time: bool = False,
+        process_group: Any = None,
+        on_error: str = "warn",
+    ) -> None:
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.monitor = monitor if monitor is not None else Monitor()
+        self.tap = tap if tap is not None else GradNoiseTap(model, ema, exact_update=exact_update)
+        self.group = process_group
+        self.rank, self.world_size = world(process_group)
+        self.sharded = is_sharded(model)
+        lead = self.rank == 0
+        if isinstance(tombstones, (str, Path)):
+            tombstones = TombstoneLog(tombstones) if lead else None
+        self.tombstones = tombstones if lead else None
+        if run_log is not None and lead:
+            self.monitor.run_log = run_log
+        self.checkpoint_every, self.checkpoint_dir = int(checkpoint_every), checkpoint_dir
+        self.clip_grad_norm, self.act = clip_grad_norm, bool(act)
+        self.recover_steps, self.use_time, self.on_error = int(recover_steps), use_time, on_error
+        self.gns = self.noise_scale = None
+        if self.world_size > 1 and type(model).__name__ == "DistributedDataParallel":
+            try:
+                self.gns = LocalGradNorm(model, process_group)
+                self.noise_scale = NoiseScale(batch_size or 1, self.world_size)
+            except Exception as exc:  # e.g. the user registered their own comm hook
+                warnings.warn(f"anet_lite.Guard: gradient noise scale off ({exc})", stacklevel=2)
+        self.step = 0
+        self.last: Optional[Snapshot] = None
+        self.actions: List[Action] = []
+        self.rolled_back: List[tuple] = []
+        self.checkpoint: Optional[ckpt_mod.Checkpoint] = None
+        self.checkpoint_path: Optional[Path] = None
+        self.lr_scale, self._healthy = 1.0, 0
+        self.lr_healthy_max = 0.0  # largest lr seen healthy at full scale
+        self.lr_cap = math.inf  # 0.75x the lr at which the last incident began
+        self._loss: Any = None
+        self._prev: Optional[torch.Tensor] = None
+        self._skipped = False
+        self._warned = False
+        self._host: Optional[torch.Tensor] = None
+        self._hooks = (
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
+        )
+
+    # ---- the user's line -----------------------------------------------------------------
+
+    def observe(self, loss: Any) -> None:
+        """Give the Guard this step's loss (a tensor is fine: nothing syncs here)."""
+        self._loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
+
+    def close(self) -> None:
+        """Remove the hooks (the Guard stops watching)."""
+        for h in self._hooks:
+            h.remove()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- hooks -----------------------------------------------------------------------------
+
+    def _pre_hook(self, opt: Any, args: Any, kwargs: Any) -> None:
+        try:
+            self._before_step()
+        except GuardStop:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    def _post_hook(self, opt: Any, args: Any, kwargs: Any) -> None:
+        try:
+            self._after_step()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.on_error == "raise":
+            raise exc
+        if not self._warned:
+            warnings.warn(
+                f"anet_lite.Guard internal error (training continues): {exc!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._warned = True
+
+    def _before_step(self) -> None:
+        self.step += 1
+        self._skipped = False
+        tap = self.tap
+        tap.measure_grads()
+        g = tap.pending_tensor()
+        dev, dt = g.device, g.dtype
+        pack = torch.zeros(_PACK, dtype=dt, device=dev)
+        pack[:N_SLOTS] = g
+        if self._prev is not None:
+            pack[_PREV:_LOSS] = self._prev
+        loss = self._loss
+        self._loss = None
+        if loss is not None:
+            pack[_LOSS] = (
+                loss.reshape(()).to(dev, dt) if isinstance(loss, torch.Tensor) else float(loss)
+            )
+            pack[_LOSS + 1] = 1.0
+        if self.gns is not None:
+            pack[_LOSS + 2] = self.gns.take(dev)
+        all_reduce_sum(pack, self.group)
+        if self.clip_grad_norm is not None:
+            params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
+            total = pack[GRAD_SQ].sqrt() if self.sharded else (pack[GRAD_SQ] / pack[RANKS]).sqrt()
+            torch.nn.utils.clip_grads_with_norm_(params, self.clip_grad_norm, total.float())
+        if dev.type == "cuda":
+            got = self._lagged(pack)  # the previous step's numbers: no sync on this one
+            if got is None:
+                return
+            vals, step = got
+        else:
+            vals, step = pack.tolist(), self.step  # CPU: reading is free
+        if vals[_LOSS + 1] == 0:
+            if not self._warned:
+                warnings.warn(
+                    "anet_lite.Guard: call guard.observe(loss) before optimizer.step()",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._warned = True
+            return
+        snap = self._feed(vals, step)
+        if self.act:
+            self._carry_out(self.monitor.decide(snap), snap)
+
+    def _lagged(self, pack: torch.Tensor) -> Optional[tuple]:
+        """GPU: start this step's one non-blocking copy; return the last landed one's values.
+
+        Decisions therefore act one step late on GPU (a non-finite step is then handled by
+        rollback rather than skip); the copy of the previous step has normally landed
+        long before, and ``Event.query`` never blocks.
+        """
+        if self._host is None:
+            self._host = torch.empty((2, _PACK), dtype=pack.dtype, pin_memory=True)
+            self._events: List[Any] = [None, None]
+        slot = self.step % 2
+        prev = 1 - slot
+        out = None
+        if self._events[prev] is not None and self._events[prev][0].query():
+            out = (self._host[prev].tolist(), self._events[prev][1])
+            self._events[prev] = None
+        self._host[slot].copy_(pack, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self._events[slot] = (ev, self.step)
+        return out
+
+    def _feed(self, v: List[float], step: int) -> Snapshot:
+        ranks = max(v[RANKS], 1.0)
+        div = 1.0 if self.sharded else ranks
+        grad_sq, upd_sq = v[GRAD_SQ] / div, v[_PREV] / div
+        prev_g = v[_PREV + 3] / div
+        finite = v[NONFINITE] == 0 and math.isfinite(grad_sq)
+        grad_norm = math.sqrt(grad_sq) if finite and grad_sq >= 0 else math.nan
+        step_norm = math.sqrt(upd_sq) if upd_sq > 0 else None
+        noise = (
+            math.sqrt(v[NOISE_SQ] / div) if self.tap.ema is not None and v[NOISE_SQ] >= 0 else None
+        )
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        t = None
+        if self.use_time:
+            import time
+
+            t = time.monotonic()
+        snap = self.monitor.update(
+            v[_LOSS] / v[_LOSS + 1],
+            step=step,
+            grad_norm=grad_norm,
+            step_norm=step_norm,
+            noise=noise,
+            lr=lr,
+            time=t,
+        )
+        ev = snap.evidence
+        ev["param_norm"] = math.sqrt(max(v[_PREV + 1] / div, 0.0))
+        ev["max_abs_grad"] = v[MAX_ABS_GRAD] / div  # FSDP: mean of the shards' maxima
+        if step_norm and prev_g > 0:
+            ev["step_processivity"] = max(
+                -1.0, min(1.0, -v[_PREV + 2] / div / (step_norm * math.sqrt(prev_g)))
+            )
+        if self.noise_scale is not None:
+            ev["gns"] = self.noise_scale.update(v[_LOSS + 2] / ranks, grad_sq)
+        if self.lr_scale != 1.0:
+            ev["lr_scale"] = self.lr_scale
+        self.last = snap
+        return snap
+
+    def _after_step(self) -> None:
+        if self._skipped:
+            self._prev = None
+        else:
+            self.tap.measure_update(publish=False)
+            p = self.tap.pending_tensor()
+            self._prev = p[[UPDATE_SQ, PARAM_SQ, GRAD_DOT_UPDATE, GRAD_SQ]].clone()
+        snap = self.last
+        if not self.act or snap is None:
+            return
+        if not snap.alert:  # healthy, or warming up with nothing wrong seen
+            self._healthy += 1
+            if self.lr_scale == 1.0 and snap.status == "healthy":
+                lr = float(self.optimizer.param_groups[0]["lr"])
+                self.lr_healthy_max = max(self.lr_healthy_max, lr)
+            self._maybe_recover()
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                self._save_checkpoint()
+        else:
+            self._healthy = 0
+
+    # ---- actions ---------------------------------------------------------------------------
+
+    def _carry_out(self, action: Action, snap: Snapshot) -> None:
+        if action.kind == "none":
+            return
+        extra = {}
+        scope = {
+            "step": self.step,
+            "param_groups": list(range(len(self.optimizer.param_groups))),
+            "layers": "all",
+        }
+        if action.kind == "slow_down":
+            lr_now = float(self.optimizer.param_groups[0]["lr"])
+            self.lr_cap = min(self.lr_cap, 0.75 * lr_now)
+            self._scale_lr(action.factor)
+            self.lr_scale *= action.factor
+            extra["lr_scale"] = self.lr_scale
+        elif action.kind == "skip_step":
+            self._skip()
+        elif action.kind == "rollback":
+            extra.update(self._rollback())
+            scope["rolled_back_steps"] = (
+                list(self.rolled_back[-1]) if extra.get("checkpoint") else []
+            )
+        self.actions.append(action)
+        if self.tombstones is not None:
+            self.tombstones.append(
+                action.kind,
+                policy=action.policy,
+                scope=scope,
+                evidence={**_plain(action.evidence), "reason": action.reason, **extra},
+            )
+        if action.kind == "stop":
+            raise GuardStop(action)
+
+    def _skip(self) -> None:
+        for grp in self.optimizer.param_groups:
+            for p in grp["params"]:
+                p.grad = None
+        self._skipped = True
+
+    def _scale_lr(self, factor: float) -> None:
+        for grp in self.optimizer.param_groups:
+            grp["lr"] = grp["lr"] * factor
+        sched = self.scheduler
+        if sched is not None and hasattr(sched, "base_lrs"):
+            sched.base_lrs = [b * factor for b in sched.base_lrs]
+
+    def _maybe_recover(self) -> None:
+        if self.lr_scale >= 1.0 or self._healthy < self.recover_steps:
+            return
+        self._healthy = 0
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        ceiling = min(self.lr_cap, self.lr_healthy_max or math.inf)
+        factor = min(2.0, 1.0 / self.lr_scale, ceiling / lr if lr > 0 else 1.0)
+        if factor > 1.0 + 1e-9:
+            self._scale_lr(factor)
+            self.lr_scale *= factor
+
+    def _save_checkpoint(self) -> None:
+        extra = {
+            "monitor": self.monitor.state_dict(),
+            "lr_scale": self.lr_scale,
+            "tap_ema": {k: v.detach().to("cpu", copy=True) for k, v in self.tap.m.items()},
+        }
+        ck = ckpt_mod.capture(self.model, self.optimizer, self.scheduler, self.step, extra)
+        if self.checkpoint_dir is not None:
+            self.checkpoint_path = ckpt_mod.save(ck, Path(self.checkpoint_dir))
+            self.checkpoint = None
+        else:
+            self.checkpoint = ck
+
+    def _rollback(self) -> dict:
+        ck = self.checkpoint
+        if ck is None and self.checkpoint_path is not None:
+            ck = ckpt_mod.load(self.checkpoint_path)
+        self._skip()
+        if ck is None:
+            return {"checkpoint": None, "note": "no healthy checkpoint yet: step skipped instead"}
+        ckpt_mod.restore(ck, self.model, self.optimizer, self.scheduler)
+        policy_state = self.monitor.policy.state_dict()
+        self.monitor.load_state_dict(ck.extra["monitor"])
+        self.monitor.policy.load_state_dict(policy_state)
+        old_scale = float(ck.extra.get("lr_scale", 1.0))
+        if old_scale != self.lr_scale:
+            self._scale_lr(self.lr_scale / old_scale)
+        with torch.no_grad():
+            for k, v in ck.extra.get("tap_ema", {}).items():
+                if k in self.tap.m:
+                    self.tap.m[k].copy_(v)
+        self._prev = None
+        self.rolled_back.append((ck.step + 1, self.step))
+        return {"checkpoint": ckpt_mod.digest(ck), "checkpoint_step": ck.step}
+
+
+def _plain(ev: dict) -> dict:
+    return {k: v for k, v in ev.items() if isinstance(v, (int, float, str, bool)) or v is None}

@@ -1,0 +1,274 @@
+"""Guard: actions really change training, tombstones record them, errors never stop a run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch_fixtures import batches, char_mlp  # noqa: E402
+
+from anet_lite import Monitor, Policy, verify  # noqa: E402
+from anet_lite.torch import Guard, GuardStop  # noqa: E402
+from anet_lite.verdict import Snapshot  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def train(opt_name="adamw", lr=3e-3, factor=1.0, onset=10**9, steps=300, guard=True, **kw):
+    model = char_mlp()
+    opt = (
+        torch.optim.AdamW(model.parameters(), lr)
+        if opt_name == "adamw"
+        else torch.optim.SGD(model.parameters(), lr, momentum=0.9)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor if s >= onset else 1.0)
+    g = (
+        Guard(model, opt, scheduler=sched, checkpoint_every=50, on_error="raise", **kw)
+        if guard
+        else None
+    )
+    losses = []
+    for x, y in batches(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if g is not None:
+            g.observe(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, g
+
+
+def tail(losses, k=20):
+    return sum(losses[-k:]) / k
+
+
+@pytest.mark.parametrize("opt_name, lr", [("adamw", 3e-3), ("sgd", 0.05)])
+def test_lr_times_100_mid_run_is_survived(opt_name, lr):
+    healthy, _ = train(opt_name, lr)
+    broken, _ = train(opt_name, lr, factor=100.0, onset=200, guard=False)
+    guarded, g = train(opt_name, lr, factor=100.0, onset=200)
+    assert not math.isfinite(tail(broken)) or tail(broken) > 1.5 * tail(healthy)  # it diverges
+    assert math.isfinite(tail(guarded)) and tail(guarded) < 1.05 * tail(healthy)
+    first = g.actions[0]
+    assert first.kind == "slow_down" and first.step == 201 and first.factor == pytest.approx(0.01)
+
+
+def _one_step(model, opt, guard, x, y):
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    guard.observe(loss)
+    opt.step()
+    opt.zero_grad()
+
+
+def _state(model, opt):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {
+            k: {n: t.clone() if torch.is_tensor(t) else t for n, t in s.items()}
+            for k, s in opt.state_dict()["state"].items()
+        },
+    )
+
+
+def _same(a, b):
+    ma, oa = a
+    mb, ob = b
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        for n in oa[k]:
+            assert torch.equal(torch.as_tensor(oa[k][n]), torch.as_tensor(ob[k][n])), (k, n)
+
+
+class Scripted(Policy):
+    """A policy that returns the actions a test asks for (to exercise the Guard's hands)."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = dict(script)
+        self.n = 0
+
+    def decide(self, snap):
+        from anet_lite.policy import Action
+
+        self.n += 1
+        kind = self.script.get(self.n, "none")
+        return Action(
+            kind, 0.5 if kind == "slow_down" else 1.0, f"scripted {kind}", {}, "drift", snap.step
+        )
+
+
+def test_skip_leaves_parameters_and_optimizer_state_unchanged():
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    g = Guard(model, opt, monitor=Monitor(policy=Scripted({6: "skip_step"})), on_error="raise")
+    data = list(batches(8))
+    for x, y in data[:5]:
+        _one_step(model, opt, g, x, y)
+    before = _state(model, opt)
+    _one_step(model, opt, g, *data[5])
+    _same(before, _state(model, opt))
+    _one_step(model, opt, g, *data[6])
+    with pytest.raises(AssertionError):
+        _same(before, _state(model, opt))  # the next step trains again
+
+
+def test_slow_down_scales_every_group_and_the_scheduler():
+    model = char_mlp()
+    groups = [
+        {"params": list(model[:3].parameters()), "lr": 1e-3},
+        {"params": list(model[3:].parameters()), "lr": 2e-3},
+    ]
+    opt = torch.optim.AdamW(groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    g = Guard(
+        model,
+        opt,
+        scheduler=sched,
+        monitor=Monitor(policy=Scripted({3: "slow_down"})),
+        recover_steps=10**6,
+        on_error="raise",
+    )
+    for x, y in batches(5):
+        _one_step(model, opt, g, x, y)
+        sched.step()
+    assert [grp["lr"] for grp in opt.param_groups] == pytest.approx([5e-4, 1e-3])
+    assert sched.base_lrs == pytest.approx([5e-4, 1e-3])  # the scheduler does not undo it
+
+
+def test_rollback_restores_bit_identical_state(tmp_path):
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    log = tmp_path / "tombstones.jsonl"
+    g = Guard(
+        model,
+        opt,
+        scheduler=sched,
+        monitor=Monitor(policy=Scripted({13: "rollback"})),
+        checkpoint_every=10,
+        tombstones=log,
+        on_error="raise",
+    )
+    data = list(batches(13))
+    saved = None
+    for i, (x, y) in enumerate(data):
+        _one_step(model, opt, g, x, y)
+        sched.step()
+        if i == 9:
+            saved = _state(model, opt)
+    _same(saved, _state(model, opt))  # after the rollback at step 13 (and its skipped update)
+    assert g.rolled_back == [(11, 13)]
+    rec = json.loads(log.read_text().splitlines()[0])
+    assert rec["event"] == "rollback" and rec["scope"]["rolled_back_steps"] == [11, 13]
+    assert (
+        rec["evidence"]["checkpoint"].startswith("sha256:")
+        and rec["evidence"]["checkpoint_step"] == 10
+    )
+    assert verify(log).ok
+
+
+def test_rollback_from_a_folder_uses_weights_only(tmp_path):
+    model = char_mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    g = Guard(
+        model,
+        opt,
+        monitor=Monitor(policy=Scripted({7: "rollback"})),
+        checkpoint_every=5,
+        checkpoint_dir=tmp_path / "ck",
+        on_error="raise",
+    )
+    data = list(batches(7))
+    saved = None
+    for i, (x, y) in enumerate(data):
+        _one_step(model, opt, g, x, y)
+        if i == 4:
+            saved = _state(model, opt)
+    _same(saved, _state(model, opt))
+    assert g.checkpoint is None and g.checkpoint_path.exists()
+
+
+def test_stop_raises_out_of_step_and_is_tombstoned(tmp_path):
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    g = Guard(
+        model,
+        opt,
+        monitor=Monitor(policy=Scripted({4: "stop"})),
+        tombstones=tmp_path / "t.jsonl",
+        on_error="raise",
+    )
+    with pytest.raises(GuardStop, match="scripted stop"):
+        for x, y in batches(10):
+            _one_step(model, opt, g, x, y)
+    assert json.loads((tmp_path / "t.jsonl").read_text())["event"] == "stop"
+
+
+def test_nan_loss_is_skipped_and_training_goes_on():
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    g = Guard(model, opt, on_error="raise")
+    data = list(batches(30))
+    for i, (x, y) in enumerate(data):
+        loss = nn.functional.cross_entropy(model(x), y) * (float("nan") if i == 20 else 1.0)
+        loss.backward()
+        g.observe(loss)
+        opt.step()
+        opt.zero_grad()
+    assert g.actions[0].kind == "skip_step" and g.actions[0].step == 21
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_internal_error_never_stops_training(monkeypatch):
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    g = Guard(model, opt)
+
+    def boom(*a, **k):
+        raise RuntimeError("monitor bug")
+
+    monkeypatch.setattr(g.monitor, "update", boom)
+    with pytest.warns(RuntimeWarning, match="training continues"):
+        for x, y in batches(3):
+            _one_step(model, opt, g, x, y)
+
+
+def test_observe_is_needed_before_step():
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    Guard(model, opt)
+    x, y = next(batches(1))
+    nn.functional.cross_entropy(model(x), y).backward()
+    with pytest.warns(RuntimeWarning, match="observe"):
+        opt.step()
+
+
+def test_clipping_inside_the_guard_records_the_norm_before_clipping():
+    model = char_mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    g = Guard(model, opt, clip_grad_norm=1e-3, on_error="raise")
+    x, y = next(batches(1))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    raw = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    g.observe(loss)
+    opt.step()
+    assert g.last.evidence["grad_norm"] == pytest.approx(raw, rel=1e-5)
+    assert raw > 1e-2
+
+
+def test_snapshot_evidence_from_the_tap():
+    _, g = train(steps=60)
+    snap = g.last
+    assert isinstance(snap, Snapshot) and snap.step == 60
+    for k in ("grad_norm", "step_norm", "param_norm", "max_abs_grad", "step_processivity", "lr"):
+        assert math.isfinite(snap.evidence[k]), k
+    assert -1.0 <= snap.evidence["step_processivity"] <= 1.0
