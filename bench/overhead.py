@@ -1,6 +1,6 @@
-"""Per-step overhead of measuring gradients/updates while training a small transformer LM.
+"""Per-step overhead of anet-lite's Guard and tap while training a small transformer LM.
 
-    python bench/tap_overhead.py [--steps 100] [--quick] [--threads 1]
+    python bench/overhead.py [--steps 100] [--quick] [--threads 1]
 
 A 2-layer, d=128 causal transformer learns characters of the Python standard library's
 own source files on CPU. Five copies of it (same init, same batches) train side by side:
@@ -11,7 +11,10 @@ own source files on CPU. Five copies of it (same init, same batches) train side 
 * ``tap``: ``anet_lite.torch.GradNoiseTap`` no-sync path (measure_grads, step,
   measure_update, stats);
 * ``tap exact``: the same with ``exact_update=True``;
-* ``clip_grad_norm_``: ``torch.nn.utils.clip_grad_norm_`` alone, for scale.
+* ``clip_grad_norm_``: ``torch.nn.utils.clip_grad_norm_`` alone, for scale;
+* ``Guard``: ``anet_lite.torch.Guard`` with its defaults (tap + Monitor + policy +
+  in-memory checkpoints every 100 steps), the user's one line ``guard.observe(loss)``;
+* ``Guard + clip 1.0``: the same, clipping inside the Guard (compare with clip alone).
 
 Variants are interleaved in rounds (A B C D E, B C D E A, ...: one step each, order
 rotating) in one process so machine drift hits them alike; the table gives the median
@@ -32,7 +35,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from anet_lite.torch import GradNoiseTap
+from anet_lite.torch import GradNoiseTap, Guard
 
 
 class SeedGradNoiseTap:
@@ -127,7 +130,8 @@ def main() -> None:
 
     variants: Dict[str, Dict] = {}
     seed_name = "seed tap (.item per tensor)"
-    names = ["baseline", seed_name, "tap (no-sync)", "tap exact_update", "clip_grad_norm_"]
+    names = ["baseline", seed_name, "tap (no-sync)", "tap exact_update", "clip_grad_norm_",
+             "Guard", "Guard + clip 1.0"]
     for name in names:
         model = TinyLM(len(chars), ctx=args.ctx)
         model.load_state_dict(init.state_dict())
@@ -137,6 +141,9 @@ def main() -> None:
     v[seed_name]["seed"] = SeedGradNoiseTap(v[seed_name]["model"])
     v["tap (no-sync)"]["tap"] = GradNoiseTap(v["tap (no-sync)"]["model"])
     v["tap exact_update"]["tap"] = GradNoiseTap(v["tap exact_update"]["model"], exact_update=True)
+    for name, clip in (("Guard", None), ("Guard + clip 1.0", 1.0)):
+        v[name]["guard"] = Guard(v[name]["model"], v[name]["opt"], clip_grad_norm=clip,
+                                 on_error="raise")
 
     loss_fn = nn.CrossEntropyLoss()
 
@@ -157,6 +164,8 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if tap is not None:
             tap.measure_grads()
+        if "guard" in st:
+            st["guard"].observe(loss)  # the Guard itself runs inside opt.step() (its hooks)
         t2 = time.perf_counter()
         opt.step()
         t3 = time.perf_counter()

@@ -1,0 +1,452 @@
+"""Score detectors on the cached detection benchmark (no torch needed).
+
+Usage (from the repository root)::
+
+    python bench/detection/score.py                       # split=test, all baselines
+    python bench/detection/score.py --split train --json
+    python bench/detection/score.py --detectors zclip,megatron_10x
+    python bench/detection/score.py --real-logs /work/shared/data/real-logs
+    python bench/detection/score.py --extra anet_detector:DETECTORS   # plug in more
+
+Each run of the cache (``bench/detection/cache``) is replayed row by row through a
+fresh instance of every detector (see ``baselines.py`` for the interface). The
+``event`` field is blanked before a detector sees it (``--pass-benign-events`` passes
+the benign events a training loop knows about itself -- schedule changes, batch-size
+changes, curriculum switches, reshuffles, clipping -- never fault names and never
+``outlier_batch``).
+
+Metrics (``score_run`` per run, ``aggregate`` over runs):
+
+* collapsing fault runs: *caught* = first alarm in ``[onset, collapse)`` (onset 0 for
+  onset-unknown kinds); *late* = no alarm in that window but one at/after collapse;
+  *missed* = no alarm at/after onset. Lead = collapse - first alarm in the window, in
+  steps and seconds (``time`` column); median and 25th percentile over caught runs.
+  Slow failures (collapse - onset >= 20): median of lead / (collapse - onset) over all
+  slow runs, a run not caught counting 0.
+* every fault run with onset > 0: an alarm before onset is a false alarm.
+* healthy runs: share with any alarm, alarms per 1,000 steps, alarms within 50 steps
+  after a benign event (events at step 0, i.e. clipping on from the start, excluded).
+* survived fault runs: share with an alarm at/after onset (informative, not scored).
+* real public logs: logs with any alarm, alarms per 1,000 steps (all false alarms).
+* cost: mean wall microseconds per ``update`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+CACHE = os.path.join(HERE, "cache")
+REAL_LOGS = "/work/shared/data/real-logs"
+NUM_COLUMNS = (
+    "time",
+    "lr",
+    "loss",
+    "grad_norm",
+    "update_norm",
+    "param_norm",
+    "processivity",
+    "noise",
+    "max_abs_grad",
+)
+KNOWN_TO_LOOP = {
+    "lr_step_decay",
+    "cosine_restart",
+    "warmup_end",
+    "reshuffle",
+    "batch_size_change",
+    "curriculum_switch",
+    "grad_clip",
+}
+EVENT_WINDOW = 50
+SLOW_MIN = 20
+
+
+# ----------------------------------------------------------------------------- loading
+def load_manifest(cache: str = CACHE) -> Dict[str, Any]:
+    with open(os.path.join(cache, "manifest.json")) as fh:
+        return json.load(fh)
+
+
+def _num(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        return math.nan
+
+
+def load_run(path: str) -> List[Dict[str, Any]]:
+    """Rows of a cached run as dicts (floats; ``step`` int; ``event`` str)."""
+    with gzip.open(path, "rt", newline="") as fh:
+        rows = []
+        for r in csv.DictReader(fh):
+            rec: Dict[str, Any] = {"step": int(r["step"])}
+            for c in NUM_COLUMNS:
+                rec[c] = _num(r[c])
+            rec["event"] = r.get("event") or ""
+            rows.append(rec)
+    return rows
+
+
+def load_real_log(path: str) -> List[Dict[str, Any]]:
+    """A real public log (step, loss, time, val_loss): rows with a loss only; columns
+    the log lacks are ``None``."""
+    rows = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if not r.get("loss"):
+                continue
+            rec: Dict[str, Any] = {c: None for c in NUM_COLUMNS}
+            rec.update(step=int(r["step"]), loss=_num(r["loss"]), time=_num(r["time"]))
+            rec["event"] = ""
+            rows.append(rec)
+    return rows
+
+
+def detector_view(rows: Sequence[Dict[str, Any]], pass_benign: bool = False) -> List[Dict]:
+    """Copies of the rows as a detector may see them (event blanked / filtered)."""
+    out = []
+    for r in rows:
+        d = dict(r)
+        if pass_benign:
+            d["event"] = ";".join(e for e in r["event"].split(";") if e in KNOWN_TO_LOOP)
+        else:
+            d["event"] = ""
+        out.append(d)
+    return out
+
+
+# ----------------------------------------------------------------------------- replay
+def replay(factory: Callable[[], Any], recs: Sequence[Dict[str, Any]]) -> Tuple[List[int], float]:
+    """Feed ``recs`` to a fresh detector; return (alarm steps, seconds spent in update)."""
+    det = factory()
+    upd = det.update
+    alarms = []
+    t0 = time.perf_counter()
+    for r in recs:
+        if upd(r):
+            alarms.append(r["step"])
+    return alarms, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- scoring
+def score_run(
+    alarms: Iterable[int],
+    meta: Dict[str, Any],
+    times: Optional[Sequence[float]] = None,
+    event_window: int = EVENT_WINDOW,
+) -> Dict[str, Any]:
+    """Score one run. ``alarms``: steps with an alarm; ``meta``: a manifest entry (uses
+    label, onset, collapse_step, benign_event_steps, n_steps); ``times``: the ``time``
+    column indexed by step (for leads in seconds)."""
+    al = sorted({int(a) for a in alarms})
+    label = meta["label"]
+    out: Dict[str, Any] = {
+        "run_id": meta.get("run_id"),
+        "kind": meta.get("kind"),
+        "label": label,
+        "n_steps": int(meta["n_steps"]),
+        "n_alarms": len(al),
+    }
+    if label == "healthy":
+        ev = [int(e) for e in meta.get("benign_event_steps") or [] if int(e) > 0]
+        near = [a for a in al if any(e <= a <= e + event_window for e in ev)]
+        out.update(
+            any_alarm=bool(al),
+            alarms_near_event=len(near),
+            run_alarm_near_event=bool(near),
+            has_event=bool(ev),
+        )
+        return out
+    onset = int(meta.get("onset") or 0)
+    pre = [a for a in al if a < onset]
+    out.update(onset=onset, pre_onset_alarms=len(pre), false_alarm_pre_onset=bool(pre))
+    if label == "collapsed":
+        c = int(meta["collapse_step"])
+        window = [a for a in al if onset <= a < c]
+        after = [a for a in al if a >= c]
+        out.update(collapse_step=c, possible_lead=c - onset)
+        if window:
+            first = window[0]
+            out.update(outcome="caught", first_alarm=first, lead=c - first)
+            if times is not None and c < len(times) and first < len(times):
+                out["lead_s"] = float(times[c]) - float(times[first])
+        elif after:
+            out.update(outcome="late", first_alarm=after[0], delay=after[0] - c)
+        else:
+            out.update(outcome="missed", first_alarm=None)
+    else:
+        out["alarm_after_onset"] = any(a >= onset for a in al)
+    return out
+
+
+def _pct(xs: Sequence[float], q: float) -> Optional[float]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def aggregate(scores: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Aggregate per-run scores (from ``score_run``) into one row of metrics."""
+    col = [s for s in scores if s["label"] == "collapsed"]
+    caught = [s for s in col if s.get("outcome") == "caught"]
+    slow = [s for s in col if s["possible_lead"] >= SLOW_MIN]
+    healthy = [s for s in scores if s["label"] == "healthy"]
+    faults = [s for s in scores if s["label"] in ("collapsed", "survived")]
+    fa_runs = [s for s in faults if s["onset"] > 0]
+    surv = [s for s in scores if s["label"] == "survived"]
+    h_steps = sum(s["n_steps"] for s in healthy)
+    h_ev = [s for s in healthy if s["has_event"]]
+    row: Dict[str, Any] = {
+        "n_collapsed": len(col),
+        "n_no_possible_lead": sum(s["possible_lead"] <= 0 for s in col),
+        "caught": len(caught),
+        "recall": len(caught) / len(col) if col else None,
+        "late": sum(s.get("outcome") == "late" for s in col),
+        "missed": sum(s.get("outcome") == "missed" for s in col),
+        "lead_med": _pct([s["lead"] for s in caught], 50),
+        "lead_p25": _pct([s["lead"] for s in caught], 25),
+        "lead_s_med": _pct([s.get("lead_s") for s in caught], 50),
+        "lead_s_p25": _pct([s.get("lead_s") for s in caught], 25),
+        "n_slow": len(slow),
+        "slow_lead_frac_med": _pct(
+            [
+                (s.get("lead", 0) / s["possible_lead"]) if s.get("outcome") == "caught" else 0.0
+                for s in slow
+            ],
+            50,
+        ),
+        "n_healthy": len(healthy),
+        "healthy_alarm_share": (
+            sum(s["any_alarm"] for s in healthy) / len(healthy) if healthy else None
+        ),
+        "healthy_alarms_per_1k": 1000.0 * sum(s["n_alarms"] for s in healthy) / h_steps
+        if h_steps
+        else None,
+        "n_healthy_with_event": len(h_ev),
+        "alarms_near_event": sum(s["alarms_near_event"] for s in h_ev),
+        "runs_alarm_near_event": sum(s["run_alarm_near_event"] for s in h_ev),
+        "n_fault_onset_gt0": len(fa_runs),
+        "pre_onset_fa_runs": sum(s["false_alarm_pre_onset"] for s in fa_runs),
+        "pre_onset_fa_share": (
+            sum(s["false_alarm_pre_onset"] for s in fa_runs) / len(fa_runs) if fa_runs else None
+        ),
+        "n_survived": len(surv),
+        "survived_alarm_share": (
+            sum(s["alarm_after_onset"] for s in surv) / len(surv) if surv else None
+        ),
+    }
+    return row
+
+
+def score_real_logs(
+    factory: Callable[[], Any], logs: Dict[str, List[Dict[str, Any]]]
+) -> Tuple[Dict[str, Any], float, int]:
+    n_alarm_logs = 0
+    n_alarms = 0
+    n_steps = 0
+    secs = 0.0
+    per = {}
+    for name, recs in logs.items():
+        al, dt = replay(factory, recs)
+        secs += dt
+        n_steps += len(recs)
+        n_alarms += len(al)
+        n_alarm_logs += bool(al)
+        per[name] = len(al)
+    return (
+        {
+            "real_logs": len(logs),
+            "real_logs_with_alarm": n_alarm_logs,
+            "real_alarms_per_1k": 1000.0 * n_alarms / n_steps if n_steps else None,
+            "real_alarms_per_log": per,
+        },
+        secs,
+        n_steps,
+    )
+
+
+# ----------------------------------------------------------------------------- driver
+def load_extra(spec: str) -> Dict[str, Callable[[], Any]]:
+    """``module:attr`` -> factories. ``attr`` is a factory or a dict of factories."""
+    mod_name, _, attr = spec.partition(":")
+    mod = importlib.import_module(mod_name)
+    obj = getattr(mod, attr or "DETECTORS")
+    if isinstance(obj, dict):
+        return dict(obj)
+    name = getattr(obj, "name", None) or attr
+    return {name: obj}
+
+
+def evaluate(
+    detectors: Dict[str, Callable[[], Any]],
+    split: str = "test",
+    cache: str = CACHE,
+    real_logs: Optional[str] = REAL_LOGS,
+    pass_benign: bool = False,
+) -> Dict[str, Any]:
+    man = load_manifest(cache)
+    runs = [r for r in man["runs"] if split == "all" or r["split"] == split]
+    loaded = []
+    for meta in runs:
+        rows = load_run(os.path.join(cache, meta["file"]))
+        loaded.append((meta, detector_view(rows, pass_benign), [r["time"] for r in rows]))
+    logs = {}
+    if real_logs and os.path.isdir(real_logs):
+        for fn in sorted(os.listdir(real_logs)):
+            if fn.endswith(".csv"):
+                logs[fn[:-4]] = load_real_log(os.path.join(real_logs, fn))
+    table = []
+    per_run = {}
+    for name, fac in detectors.items():
+        scores = []
+        secs = 0.0
+        n_upd = 0
+        for meta, recs, times in loaded:
+            al, dt = replay(fac, recs)
+            secs += dt
+            n_upd += len(recs)
+            scores.append(score_run(al, meta, times))
+        row = {"detector": name, **aggregate(scores)}
+        if logs:
+            rl, dt, n = score_real_logs(fac, logs)
+            row.update(rl)
+            secs += dt
+            n_upd += n
+        row["us_per_update"] = 1e6 * secs / n_upd if n_upd else None
+        table.append(row)
+        per_run[name] = scores
+    counts: Dict[str, int] = {}
+    for meta, _, _ in loaded:
+        counts[meta["label"]] = counts.get(meta["label"], 0) + 1
+    return {
+        "split": split,
+        "n_runs": len(loaded),
+        "labels": counts,
+        "rows": table,
+        "per_run": per_run,
+    }
+
+
+def manifest_summary(cache: str = CACHE) -> str:
+    """Markdown: runs per kind x label x split, steps and cache size."""
+    man = load_manifest(cache)
+    cnt: Dict[Tuple[str, str, str], int] = {}
+    for r in man["runs"]:
+        key = (r["kind"], r["label"], r["split"])
+        cnt[key] = cnt.get(key, 0) + 1
+    kinds = sorted({k[0] for k in cnt}, key=lambda k: (k != "healthy", k))
+    cols = [(lab, sp) for lab in ("healthy", "collapsed", "survived") for sp in ("train", "test")]
+    out = ["| kind | " + " | ".join(f"{lab} {sp}" for lab, sp in cols) + " |"]
+    out.append("|---|" + "---:|" * len(cols))
+    for k in kinds:
+        out.append(f"| {k} | " + " | ".join(str(cnt.get((k, *c), 0)) for c in cols) + " |")
+    size = sum(
+        os.path.getsize(os.path.join(cache, r["file"]))
+        for r in man["runs"]
+        if os.path.exists(os.path.join(cache, r["file"]))
+    )
+    steps = sum(r["n_steps"] for r in man["runs"])
+    out.append("")
+    out.append(f"{len(man['runs'])} runs, {steps} steps, {size / 1e6:.2f} MB of csv.gz")
+    return "\n".join(out)
+
+
+def _f(x, fmt="{:.0f}") -> str:
+    if x is None:
+        return "-"
+    return fmt.format(x)
+
+
+def markdown(res: Dict[str, Any]) -> str:
+    rows = res["rows"]
+    lab = ", ".join(f"{k} {v}" for k, v in sorted(res["labels"].items()))
+    out = [f"Split `{res['split']}`: {res['n_runs']} runs ({lab}).", ""]
+    out.append(
+        "| detector | recall | caught/late/missed | lead steps med (p25) | lead s med (p25) "
+        "| slow: lead/possible med (n) | pre-onset FA runs | survived runs alarmed |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        out.append(
+            f"| {r['detector']} | {_f(r['recall'], '{:.2f}')} "
+            f"| {r['caught']}/{r['late']}/{r['missed']} of {r['n_collapsed']} "
+            f"({r['n_no_possible_lead']} at onset) "
+            f"| {_f(r['lead_med'])} ({_f(r['lead_p25'])}) "
+            f"| {_f(r['lead_s_med'], '{:.2f}')} ({_f(r['lead_s_p25'], '{:.2f}')}) "
+            f"| {_f(r['slow_lead_frac_med'], '{:.2f}')} ({r['n_slow']}) "
+            f"| {r['pre_onset_fa_runs']}/{r['n_fault_onset_gt0']} "
+            f"| {_f(r['survived_alarm_share'], '{:.2f}')} |"
+        )
+    out.append("")
+    out.append(
+        "| detector | healthy runs alarmed | healthy alarms /1k steps "
+        "| alarms <=50 steps after benign event (runs) | real logs alarmed "
+        "| real alarms /1k steps | µs / update |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        real = f"{r['real_logs_with_alarm']}/{r['real_logs']}" if "real_logs" in r else "-"
+        out.append(
+            f"| {r['detector']} "
+            f"| {_f(r['healthy_alarm_share'], '{:.2f}')} ({r['n_healthy']}) "
+            f"| {_f(r['healthy_alarms_per_1k'], '{:.1f}')} "
+            f"| {r['alarms_near_event']} "
+            f"({r['runs_alarm_near_event']}/{r['n_healthy_with_event']}) "
+            f"| {real} | {_f(r.get('real_alarms_per_1k'), '{:.2f}')} "
+            f"| {_f(r['us_per_update'], '{:.1f}')} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    import baselines
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--split", choices=["train", "test", "all"], default="test")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    ap.add_argument("--per-run", action="store_true", help="include per-run scores in JSON")
+    ap.add_argument("--detectors", help="comma-separated names (default: all)")
+    ap.add_argument("--extra", action="append", default=[], help="module:factory_or_dict")
+    ap.add_argument("--real-logs", default=REAL_LOGS, help="folder of real logs ('' = skip)")
+    ap.add_argument("--cache", default=CACHE)
+    ap.add_argument("--pass-benign-events", action="store_true")
+    ap.add_argument("--summary", action="store_true", help="print the manifest summary only")
+    a = ap.parse_args(argv)
+    if a.summary:
+        print(manifest_summary(a.cache))
+        return 0
+    dets: Dict[str, Callable[[], Any]] = dict(baselines.BASELINES)
+    for spec in a.extra:
+        dets.update(load_extra(spec))
+    if a.detectors:
+        want = a.detectors.split(",")
+        unknown = [w for w in want if w not in dets]
+        if unknown:
+            ap.error(f"unknown detectors {unknown}; known: {sorted(dets)}")
+        dets = {k: dets[k] for k in want}
+    res = evaluate(dets, a.split, a.cache, a.real_logs or None, a.pass_benign_events)
+    if a.json:
+        if not a.per_run:
+            res.pop("per_run")
+        print(json.dumps(res, indent=1, default=float))
+    else:
+        print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,528 @@
+"""``anet-lite``: replay a training log through the Monitor, write reports, verify tombstones.
+
+    anet-lite analyze train.csv            # exit 0 healthy, 1 alerts found, 2 bad input
+    anet-lite report run.anet/             # (re)write run.anet/report.html
+    anet-lite verify run.anet/tombstones.jsonl
+
+``main(argv)`` returns the exit code (it never calls ``sys.exit``), so it can be tested
+in-process; ``python -m anet_lite`` and the ``anet-lite`` script call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, TextIO
+
+EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
+_MAX_PRINTED_INCIDENTS = 20
+_BAR_MIN_BYTES = 2_000_000  # show a progress bar for inputs larger than this (on a TTY)
+
+_CODES = """exit codes:
+  0  healthy: no alert
+  1  alerts found
+  2  usage or input error (bad file, unknown format, missing column)"""
+
+_MAIN_EPILOG = f"""examples:
+  anet-lite analyze train.csv
+  anet-lite analyze runs/exp1 --format tensorboard --out exp1.anet
+  anet-lite report exp1.anet
+  anet-lite verify exp1.anet/tombstones.jsonl
+
+{_CODES}
+"""
+
+_ANALYZE_EPILOG = f"""examples:
+  anet-lite analyze train.csv
+  anet-lite analyze metrics.jsonl --map loss=train/loss --map grad_norm=optim/gnorm
+  anet-lite analyze runs/exp1 --format tensorboard --out exp1.anet --lang ja
+  anet-lite analyze wandb_export.csv --json > summary.json
+
+Inputs: CSV/TSV or JSONL with a step column and any of loss, grad_norm, step_norm
+(update_norm), noise, lr, time (seconds; *_ms columns are converted); TensorBoard event
+files or run folders; W&B CSV exports; MLflow CSV exports and run folders. Common names
+(train/loss, learning_rate, gradient_norm, _runtime, ...) are recognised.
+
+Writes DIR (default: <input stem>.anet/ next to the input) with metrics.csv,
+metrics.jsonl, meta.json and report.html.
+
+{_CODES}
+"""
+
+_REPORT_EPILOG = """examples:
+  anet-lite report train.anet
+  anet-lite report train.anet --out /tmp/train-report.html
+
+exit codes:
+  0  report written
+  2  not a run folder (no metrics.jsonl / metrics.csv) or unreadable
+"""
+
+_VERIFY_EPILOG = """examples:
+  anet-lite verify run.anet/tombstones.jsonl
+  anet-lite verify tombstones.jsonl --head sha256:3f2a...   # also detects a cut-off tail
+  ANET_KEY=secret anet-lite verify tombstones.jsonl --key-env ANET_KEY
+
+Without --key-env, an HMAC key is read from ANET_TOMBSTONE_KEY when set.
+
+exit codes:
+  0  the chain is intact
+  1  the chain is broken (the first bad line and what is wrong are printed)
+  2  usage error (no such file, key variable not set)
+"""
+
+_DEMO_EPILOG = """examples:
+  anet-lite demo
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise instead of exiting (main() returns codes)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise _ExitError(EXIT_USAGE)
+
+    def exit(self, status: int = 0, message: Optional[str] = None) -> Any:  # type: ignore[override]
+        if message:
+            sys.stderr.write(message)
+        raise _ExitError(status)
+
+
+class _ExitError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(
+        prog="anet-lite",
+        description="Detect, explain and record the moment a training run starts to fail.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=fmt,
+    )
+    p.add_argument("--version", action="version", version=f"anet-lite {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser(
+        "analyze",
+        help="replay a training log through the Monitor; print alerts; write a run folder",
+        description="Replay a training log through a fresh Monitor, print the first alert of "
+        "each incident with its explanation, and write a run folder with a report.",
+        epilog=_ANALYZE_EPILOG,
+        formatter_class=fmt,
+    )
+    a.add_argument("path", metavar="PATH", help="log file or run folder")
+    a.add_argument("--out", metavar="DIR", help="run folder to write (default: <stem>.anet/)")
+    a.add_argument(
+        "--map",
+        metavar="FIELD=COLUMN",
+        action="append",
+        default=[],
+        help="read FIELD (step, loss, grad_norm, step_norm, noise, lr, time) from COLUMN; "
+        "repeatable",
+    )
+    a.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow"),
+        help="input format (default: auto, from the name and first line)",
+    )
+    a.add_argument("--lang", default="en", choices=("en", "ja"), help="explanation language")
+    a.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    a.add_argument("--no-report", action="store_true", help="do not write report.html")
+    a.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    a.set_defaults(func=cmd_analyze)
+
+    r = sub.add_parser(
+        "report",
+        help="(re)write report.html for a run folder",
+        description="Write one self-contained HTML report (no network) for a run folder "
+        "holding metrics.jsonl / metrics.csv (RunLog), and optionally meta.json and "
+        "tombstones.jsonl.",
+        epilog=_REPORT_EPILOG,
+        formatter_class=fmt,
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--out", metavar="FILE", help="where to write (default: RUN_DIR/report.html)")
+    r.set_defaults(func=cmd_report)
+
+    v = sub.add_parser(
+        "verify",
+        help="check a tombstone log's hash chain",
+        description="Verify a tombstone log (hash chain, optional HMAC key and head hash).",
+        epilog=_VERIFY_EPILOG,
+        formatter_class=fmt,
+    )
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--head", metavar="HASH", help="the last hash, kept elsewhere")
+    v.add_argument(
+        "--key-env", metavar="VAR", help="read the HMAC key from environment variable VAR"
+    )
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.set_defaults(func=cmd_verify)
+
+    d = sub.add_parser(
+        "demo",
+        help="run the built-in demo",
+        description="Run the built-in demo.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=fmt,
+    )
+    d.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _ExitError as e:
+        return e.code
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except _ExitError as e:
+        return e.code
+    except KeyboardInterrupt:
+        sys.stderr.write("anet-lite: interrupted\n")
+        return 130
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"anet-lite: error: {msg}\n")
+
+
+# ---- analyze ------------------------------------------------------------------------------
+
+
+class _Bar:
+    """tqdm on stderr when it is a TTY and the input is large; otherwise nothing."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(
+                desc=desc, unit=" steps", unit_scale=True, file=sys.stderr, mininterval=0.5
+            )
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _input_size(p: Path) -> int:
+    try:
+        if p.is_file():
+            return p.stat().st_size
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    except OSError:
+        return 0
+
+
+def _default_out(p: Path) -> Path:
+    stem = p.name if p.is_dir() else p.stem
+    return p.resolve().parent / f"{stem}.anet"
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .monitor import Monitor
+    from .readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
+    from .report.html import RunData
+
+    src = Path(args.path)
+    try:
+        mapping = parse_mapping(args.map)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    try:
+        log = open_log(src, args.format, mapping)
+    except (LogFormatError, MissingDependencyError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except OSError as e:
+        _err(f"{src}: {e.strerror or e}")
+        return EXIT_USAGE
+
+    out = Path(args.out) if args.out else _default_out(src)
+    if out.exists() and not out.is_dir():
+        _err(f"--out {out}: exists and is not a folder")
+        return EXIT_USAGE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.csv", "metrics.jsonl", "meta.json", "report.html"):
+            if (out / name).is_file():
+                (out / name).unlink()  # a fresh replay, not an append to an old one
+    except OSError as e:
+        _err(f"--out {out}: {e.strerror or e}")
+        return EXIT_USAGE
+
+    data = RunData(lang=args.lang)
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    bar = _Bar(tty and not args.quiet and _input_size(src) > _BAR_MIN_BYTES, src.name)
+    t0 = time.perf_counter()
+    monitor = Monitor()
+    run_log = _FastRunLog(out / "metrics.csv", out / "metrics.jsonl")
+    update, add = monitor.update, data.add
+    n = 0
+    try:
+        for rec in log:
+            snap = update(
+                rec.loss,
+                step=rec.step,
+                grad_norm=rec.grad_norm,
+                step_norm=rec.step_norm,
+                noise=rec.noise,
+                lr=rec.lr,
+                time=rec.time,
+            )
+            run_log.write(snap)
+            add(snap)
+            n += 1
+            if not n & 4095:
+                bar.update(4096)
+    except (LogFormatError, MissingDependencyError) as e:
+        bar.close()
+        run_log.close()
+        _err(str(e))
+        return EXIT_USAGE
+    except TypeError as e:  # Monitor's first-call type check
+        bar.close()
+        run_log.close()
+        _err(f"{src}: {e}")
+        return EXIT_USAGE
+    finally:
+        run_log.close()
+    bar.update(n & 4095)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    meta: Dict[str, Any] = {
+        "run_name": src.name if src.is_dir() else src.stem,
+        "source": str(src.resolve()),
+        "format": log.format,
+        "columns": log.columns,
+        "mapping": mapping,
+        "gaps": log.stats.as_dict(),
+        "gaps_summary": log.stats.summary(),
+        "lang": args.lang,
+        "steps": data.steps,
+        "alerts": data.alerts,
+        "incidents": len(data.incidents),
+        "anet_lite_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(elapsed, 3),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    paths = {
+        "run_dir": str(out),
+        "metrics_csv": str(out / "metrics.csv"),
+        "metrics_jsonl": str(out / "metrics.jsonl"),
+        "meta": str(out / "meta.json"),
+    }
+    report_note = ""
+    if not args.no_report:
+        from .report.html import plots_available, write_report
+
+        paths["report"] = str(write_report(out, data=data))
+        if not plots_available():
+            report_note = "report.html has no plots: pip install 'anet-lite[report]'"
+    code = EXIT_ALERT if data.alerts else EXIT_OK
+    if args.json:
+        summary = {"source": str(src), "format": log.format, "exit_code": code}
+        summary.update(data.summary())
+        summary["gaps"] = log.stats.as_dict()
+        summary["paths"] = paths
+        summary["seconds"] = round(elapsed, 3)
+        json.dump(_json_safe(summary), sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        _print_analysis(sys.stdout, src, log, data, paths, elapsed)
+    if report_note and not args.quiet:
+        sys.stderr.write(f"anet-lite: note: {report_note}\n")
+    return code
+
+
+def _json_safe(v: Any) -> Any:
+    from .outputs import json_safe
+
+    return json_safe(v)
+
+
+def _print_analysis(
+    f: TextIO, src: Path, log: Any, data: Any, paths: Dict[str, str], elapsed: float
+) -> None:
+    cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
+    f.write(f"{src}: {data.steps:,} steps ({log.format}; {cols}) in {elapsed:.1f} s\n")
+    f.write(f"{log.stats.summary()}\n")
+    if not data.incidents:
+        f.write(f"healthy: no alert in {data.steps:,} steps\n")
+    else:
+        n = len(data.incidents)
+        f.write(
+            f"ALERT: {data.alerts:,} alert steps in {n:,} incident{'s' if n != 1 else ''}"
+            f" (alerts within 50 steps form one incident)\n"
+        )
+        for inc in data.incidents[:_MAX_PRINTED_INCIDENTS]:
+            span = (
+                f"step {inc['first_step']}"
+                if inc["first_step"] == inc["last_step"]
+                else f"steps {inc['first_step']}-{inc['last_step']}"
+            )
+            f.write(
+                f"\n  [{inc['status']}] {span}: {inc['cause']} "
+                f"({inc['alerts']:,} alert steps)\n    {inc['explanation']}\n"
+            )
+        if n > _MAX_PRINTED_INCIDENTS:
+            f.write(f"\n  ... and {n - _MAX_PRINTED_INCIDENTS:,} more incidents (see the report)\n")
+        f.write("\n")
+    for k in ("run_dir", "metrics_csv", "metrics_jsonl", "meta", "report"):
+        if k in paths:
+            f.write(f"{k.replace('_', ' ')}: {paths[k]}\n")
+
+
+class _FastRunLog:
+    """Writes exactly ``RunLog``'s CSV and JSONL lines, buffered and with a faster JSON path.
+
+    ``RunLog`` flushes every line so that a killed training run keeps its log; replaying a
+    finished log does not need that, and at a million steps the flushes and the pure-Python
+    ``json_safe`` pass cost more than the Monitor. Lines are built from ``outputs.COLUMNS``,
+    ``outputs._cell`` and ``json.dumps`` with the same options; only snapshots holding a
+    non-finite number go through ``json_safe`` (the C encoder refuses them first). A test
+    checks that the files are byte-identical to ``RunLog``'s.
+    """
+
+    def __init__(self, csv_path: Path, jsonl_path: Path) -> None:
+        from . import outputs
+
+        RunLog = outputs.RunLog
+        RunLog(csv_path, jsonl_path).close()  # creates the files (and the CSV header)
+        self._cols = tuple(outputs.COLUMNS)
+        self._from_snap = frozenset(outputs._FROM_SNAP)
+        self._cell = outputs._cell
+        self._json_safe = outputs.json_safe
+        self._encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+        self._csv = open(csv_path, "a", encoding="utf-8", newline="", buffering=1 << 20)  # noqa: SIM115
+        self._jsonl = open(jsonl_path, "a", encoding="utf-8", newline="", buffering=1 << 20)  # noqa: SIM115
+
+    def write(self, snap: Any) -> None:
+        ev = snap.evidence
+        cell, fs = self._cell, self._from_snap
+        self._csv.write(
+            ",".join([cell(getattr(snap, c) if c in fs else ev.get(c)) for c in self._cols]) + "\n"
+        )
+        d = snap.to_dict()
+        try:
+            line = self._encode(d)
+        except ValueError:  # a non-finite float: RunLog writes it as "nan"/"inf"/"-inf"
+            line = self._encode(self._json_safe(d))
+        self._jsonl.write(line + "\n")
+
+    def close(self) -> None:
+        for f in (self._csv, self._jsonl):
+            if not f.closed:
+                f.close()
+
+
+# ---- report -------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.html import plots_available, write_report
+
+    rd = Path(args.run_dir)
+    if not rd.is_dir():
+        _err(f"{rd}: not a folder")
+        return EXIT_USAGE
+    try:
+        path = write_report(rd, args.out)
+    except (ValueError, OSError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    print(path)
+    if not plots_available():
+        sys.stderr.write("anet-lite: note: no plots: pip install 'anet-lite[report]'\n")
+    return EXIT_OK
+
+
+# ---- verify -------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .tombstone import verify
+
+    p = Path(args.file)
+    if not p.is_file():
+        _err(f"{p}: no such file")
+        return EXIT_USAGE
+    key = None
+    if args.key_env:
+        key = os.environ.get(args.key_env)
+        if not key:
+            _err(f"--key-env {args.key_env}: the environment variable is not set or empty")
+            return EXIT_USAGE
+    try:
+        res = verify(p, head=args.head, key=key)
+    except (TypeError, ValueError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    code = EXIT_OK if res.ok else EXIT_ALERT
+    if args.json:
+        d = {
+            "ok": res.ok,
+            "file": str(p),
+            "records": res.records,
+            "head": res.head,
+            "line": res.line,
+            "reason": res.reason,
+        }
+        print(json.dumps(d, ensure_ascii=False))
+    elif res.ok:
+        print(f"ok: {res.records} records, head {res.head}")
+    else:
+        where = f"line {res.line}: " if res.line is not None and "line" not in res.reason else ""
+        print(f"BROKEN: {p}: {where}{res.reason}")
+        print(f"  {res.records} records verify before it; last good hash {res.head}")
+    return code
+
+
+# ---- demo ---------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo import run_demo
+    except ImportError as e:
+        missing = getattr(e, "name", None)
+        detail = "" if missing in (None, f"{__package__}.demo") else f" (needs {missing})"
+        print(f"demo: not available yet{detail}")
+        return EXIT_USAGE
+    rc = run_demo(list(args.args))
+    return EXIT_OK if rc is None else int(rc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

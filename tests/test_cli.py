@@ -1,0 +1,268 @@
+"""The anet-lite CLI: exit codes, files written, explanations, errors without tracebacks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anet_lite import Monitor
+from anet_lite.cli import _FastRunLog, main
+from anet_lite.outputs import RunLog
+from anet_lite.tombstone import TombstoneLog
+
+REAL = Path("/work/shared/data/real-logs")
+REAL_LOGS = sorted(REAL.glob("*.csv")) if REAL.is_dir() else []
+# The Monitor (not changed here) alerts on these healthy public logs: the fingerprint
+# reference is taken during the steep initial loss descent (loss-only logs fingerprint the
+# loss), θ drops to ~0.2 right after and the run stays "drifting / fingerprint_shift"
+# from step 80 to the end. Reported to the Monitor's owner; xfail until fixed.
+REAL_XFAIL = (
+    "Monitor flags fingerprint_shift from step 80 on every real healthy log "
+    "(reference taken during the initial loss descent); monitor.py is out of scope here"
+)
+
+
+def _healthy_csv(path: Path, n: int = 400, seed: int = 0, nan_at: int | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        f.write("step,loss,grad_norm,lr\n")
+        for i in range(n):
+            loss = 2.0 * math.exp(0.02 * rng.standard_normal())
+            g = math.exp(0.1 * rng.standard_normal())
+            cell = "nan" if nan_at is not None and i >= nan_at else f"{loss:.6f}"
+            f.write(f"{i},{cell},{g:.6f},0.001\n")
+    return path
+
+
+def test_help_exits_zero_and_has_examples(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "analyze" in out and "exit codes" in out
+    for cmd in ("analyze", "report", "verify", "demo"):
+        assert main([cmd, "--help"]) == 0
+        assert "example" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["analyze"]) == 2
+    assert main(["analyze", "x.csv", "--format", "xml"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_python_dash_m_help():
+    r = subprocess.run(
+        [sys.executable, "-m", "anet_lite", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and "analyze" in r.stdout
+
+
+def test_analyze_healthy_writes_run_folder(tmp_path, capsys):
+    src = _healthy_csv(tmp_path / "run1.csv")
+    assert main(["analyze", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "healthy: no alert" in out
+    run = tmp_path / "run1.anet"  # default: next to the input
+    for name in ("metrics.csv", "metrics.jsonl", "meta.json", "report.html"):
+        assert (run / name).is_file(), name
+        assert str(run / name) in out
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["format"] == "csv" and meta["steps"] == 400
+    assert meta["columns"] == {"step": "step", "loss": "loss", "grad_norm": "grad_norm", "lr": "lr"}
+    assert len((run / "metrics.csv").read_text().splitlines()) == 401
+    # a second run replaces the files instead of appending to them
+    assert main(["analyze", str(src), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert len((run / "metrics.csv").read_text().splitlines()) == 401
+
+
+def test_analyze_nan_loss_alerts_and_explains(tmp_path, capsys):
+    src = _healthy_csv(tmp_path / "nan.csv", nan_at=300)
+    out_dir = tmp_path / "out"
+    assert main(["analyze", str(src), "--out", str(out_dir), "--no-report"]) == 1
+    out = capsys.readouterr().out
+    assert "ALERT" in out and "step 300" in out
+    assert "no longer a finite number" in out  # the Snapshot's explanation
+    assert "1 incident" in out  # 100 NaN steps: one incident, not 100 messages
+    assert out.count("no longer a finite number") == 1
+    assert not (out_dir / "report.html").exists()
+    assert main(["analyze", str(src), "--out", str(out_dir), "--lang", "ja", "--quiet"]) == 1
+
+
+def test_analyze_json_summary(tmp_path, capsys):
+    src = _healthy_csv(tmp_path / "j.csv", nan_at=350)
+    assert main(["analyze", str(src), "--out", str(tmp_path / "o"), "--json"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert d["steps"] == 400 and d["exit_code"] == 1 and d["alerts"] == 50
+    (inc,) = d["incidents"]
+    assert inc["first_step"] == 350 and inc["cause"] == "non_finite"
+    assert "finite" in inc["explanation"]
+    assert Path(d["paths"]["report"]).is_file()
+
+
+def test_analyze_map(tmp_path, capsys):
+    src = tmp_path / "custom.csv"
+    rows = ["it,objective,gn"]
+    rng = np.random.default_rng(1)
+    rows += [f"{i},{2 * math.exp(0.02 * rng.standard_normal()):.5f},1.0" for i in range(300)]
+    src.write_text("\n".join(rows) + "\n")
+    assert main(["analyze", str(src), "--out", str(tmp_path / "o")]) == 2  # no loss column
+    err = capsys.readouterr().err
+    assert "no loss column" in err and "--map" in err
+    args = ["--map", "step=it", "--map", "loss=objective", "--map", "grad_norm=gn"]
+    assert main(["analyze", str(src), "--out", str(tmp_path / "o"), *args]) == 0
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert meta["columns"] == {"step": "it", "loss": "objective", "grad_norm": "gn"}
+    assert main(["analyze", str(src), "--map", "bogus=x"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name, content, must",
+    [
+        ("missing.csv", "step,val_loss\n1,2\n", ["line 1", "loss"]),
+        (
+            "nonnum.csv",
+            "step,loss\n1,2\n2,2\n3,2\n4,2\n5,2\nsix,x\n",
+            ["line 7", "column 1"],
+        ),
+        ("nonnum2.csv", "step,loss\n1,2\n2,2\n3,2\n4,2\n5,2\n6,abc\n", ["line 7", "column 2"]),
+        ("empty.csv", "", ["line 1", "empty"]),
+        ("garbage.bin", None, ["line 1", "binary"]),
+        ("diary.txt", "Dear diary,\ntoday the loss went down\n", ["line 1", "loss"]),
+        ("notes.txt", "This is not a log\nat all\n", ["line 1", "unknown log format"]),
+    ],
+)
+def test_analyze_bad_files_exit_2_without_traceback(tmp_path, capsys, name, content, must):
+    p = tmp_path / name
+    if content is None:
+        p.write_bytes(os.urandom(3000) + b"\x00")
+    else:
+        p.write_text(content)
+    assert main(["analyze", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert str(p) in err
+    for m in must:
+        assert m in err
+
+
+def test_analyze_missing_input_and_unknown_format(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    p = tmp_path / "x.csv"
+    p.write_text("step,loss\n1,2\n")
+    assert main(["analyze", str(p), "--format", "tensorboard", "--out", str(tmp_path / "o")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("log", REAL_LOGS, ids=[p.stem for p in REAL_LOGS])
+@pytest.mark.xfail(reason=REAL_XFAIL, strict=False)
+def test_real_healthy_logs_are_not_called_collapsing(tmp_path, log):
+    assert main(["analyze", str(log), "--out", str(tmp_path / "o"), "--quiet", "--no-report"]) == 0
+
+
+@pytest.mark.skipif(not REAL_LOGS, reason="no real logs in /work/shared/data/real-logs")
+def test_real_logs_never_collapse_or_fail_to_read(tmp_path, capsys):
+    """What holds today on every real log: read in full, no collapse / precursor alert."""
+    for log in REAL_LOGS[:3]:
+        out = tmp_path / log.stem
+        rc = main(["analyze", str(log), "--out", str(out), "--json", "--no-report"])
+        d = json.loads(capsys.readouterr().out)
+        assert rc in (0, 1)
+        assert d["steps"] > 1000 and d["gaps"]["rows_without_loss"] == 1
+        assert all(i["status"] == "drifting" for i in d["incidents"])
+
+
+def test_report_command(tmp_path, capsys):
+    src = _healthy_csv(tmp_path / "r.csv", n=200)
+    run = tmp_path / "r.anet"
+    assert main(["analyze", str(src), "--out", str(run), "--no-report", "--quiet"]) == 0
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "report.html")
+    assert (run / "report.html").is_file()
+    assert main(["report", str(run), "--out", str(tmp_path / "x.html")]) == 0
+    assert (tmp_path / "x.html").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _tombstones(path: Path, n: int = 3, key: str | None = None) -> Path:
+    log = TombstoneLog(path, key=key)
+    for i in range(n):
+        log.append("rollback", policy="auto", scope={"step": 100 + i}, evidence={"reason": f"r{i}"})
+    return path
+
+
+def test_verify_good_and_tampered(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ANET_TOMBSTONE_KEY", raising=False)
+    p = _tombstones(tmp_path / "t.jsonl")
+    assert main(["verify", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: 3 records, head sha256:")
+    lines = p.read_text().splitlines()
+    lines[1] = lines[1].replace('"r1"', '"r9"')
+    p.write_text("\n".join(lines) + "\n")
+    assert main(["verify", str(p)]) == 1
+    out = capsys.readouterr().out
+    assert "line 2" in out and "hash mismatch" in out
+    assert main(["verify", str(p), "--json"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert d["ok"] is False and d["line"] == 2 and d["records"] == 1
+    assert main(["verify", str(tmp_path / "none.jsonl")]) == 2
+
+
+def test_verify_head_and_key_env(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ANET_TOMBSTONE_KEY", raising=False)
+    p = _tombstones(tmp_path / "k.jsonl", key="s3cret")
+    monkeypatch.setenv("MY_KEY", "s3cret")
+    assert main(["verify", str(p), "--key-env", "MY_KEY"]) == 0
+    monkeypatch.setenv("MY_KEY", "wrong")
+    assert main(["verify", str(p), "--key-env", "MY_KEY"]) == 1
+    assert main(["verify", str(p), "--key-env", "UNSET_VAR_XYZ"]) == 2
+    capsys.readouterr()
+    monkeypatch.setenv("MY_KEY", "s3cret")
+    assert main(["verify", str(p), "--key-env", "MY_KEY", "--head", "sha256:" + "0" * 64]) == 1
+    assert "head mismatch" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("anet_lite.demo") is not None, reason="demo.py exists now"
+)
+def test_demo_placeholder(capsys):
+    assert main(["demo"]) == 2
+    assert "demo: not available yet" in capsys.readouterr().out
+
+
+def test_fast_run_log_is_byte_identical_to_runlog(tmp_path):
+    rng = np.random.default_rng(3)
+    snaps = []
+    m = Monitor()
+    for i in range(300):
+        loss = float("nan") if i == 250 else 2.0 * math.exp(0.05 * rng.standard_normal())
+        g = float("inf") if i == 260 else math.exp(0.1 * rng.standard_normal())
+        snaps.append(m.update(loss, step=i, grad_norm=g, lr=1e-3 if i < 150 else 1e-4))
+    a, b = tmp_path / "a", tmp_path / "b"
+    with RunLog(a / "m.csv", a / "m.jsonl") as rl:
+        for s in snaps:
+            rl.write(s)
+    fl = _FastRunLog(b / "m.csv", b / "m.jsonl") if (b.mkdir() or True) else None
+    for s in snaps:
+        fl.write(s)
+    fl.close()
+    for name in ("m.csv", "m.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name

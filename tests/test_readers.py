@@ -1,0 +1,278 @@
+"""Streaming log readers: formats, aliases, gaps, errors naming file/line/column, laziness."""
+
+from __future__ import annotations
+
+import json
+import math
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from anet_lite.readers import LogFormatError, detect_format, open_log, parse_mapping
+
+
+def _write(p: Path, text: str) -> Path:
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def _all(path, **kw):
+    log = open_log(path, **kw)
+    return log, list(log)
+
+
+def test_csv_basic_columns_and_values(tmp_path):
+    p = _write(
+        tmp_path / "a.csv",
+        "step,loss,grad_norm,update_norm,noise,learning_rate,time\n"
+        "0,2.0,1.0,0.01,0.5,0.001,0.0\n"
+        "1,1.9,1.1,0.02,0.6,0.001,0.5\n",
+    )
+    log, recs = _all(p)
+    assert log.format == "csv"
+    assert log.columns == {
+        "step": "step",
+        "loss": "loss",
+        "grad_norm": "grad_norm",
+        "step_norm": "update_norm",
+        "noise": "noise",
+        "lr": "learning_rate",
+        "time": "time",
+    }
+    assert recs[1] == (1, 1.9, 1.1, 0.02, 0.6, 0.001, 0.5)
+
+
+def test_aliases_and_prefixes(tmp_path):
+    p = _write(
+        tmp_path / "b.csv",
+        "global_step,train/loss,val/loss,gradient_norm,lr,train_time_ms\n"
+        "10,3.0,9.0,2.0,0.1,1500\n"
+        "20,2.5,9.0,2.0,0.1,2500\n",
+    )
+    log, recs = _all(p)
+    assert log.columns["loss"] == "train/loss"  # never val/loss
+    assert log.columns["grad_norm"] == "gradient_norm"
+    assert [r.time for r in recs] == [1.5, 2.5]  # *_ms -> seconds
+    assert [r.step for r in recs] == [10, 20]
+
+
+def test_mapping_overrides_and_validation(tmp_path):
+    p = _write(tmp_path / "c.csv", "it,objective,loss\n1,5.0,9.0\n2,4.0,9.0\n")
+    log, recs = _all(p, mapping={"step": "it", "loss": "objective"})
+    assert [r.loss for r in recs] == [5.0, 4.0]
+    assert log.columns == {"step": "it", "loss": "objective"}
+    assert parse_mapping(["update_norm=u", "lr = LR"]) == {"step_norm": "u", "lr": "LR"}
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_mapping(["los=x"])
+    with pytest.raises(ValueError, match="FIELD=COLUMN"):
+        parse_mapping(["loss"])
+    with pytest.raises(LogFormatError, match="no such column") as ei:
+        list(open_log(p, mapping={"loss": "nope"}))
+    assert ei.value.line == 1 and ei.value.column_name == "nope"
+
+
+def test_gaps_are_counted_and_nan_is_a_value(tmp_path):
+    p = _write(
+        tmp_path / "g.csv",
+        "step,loss,grad_norm\n1,2.0,1.0\n2,,1.0\n3,2.0,\n6,2.0,null\n7,nan,1.0\n8,2.0,NaN\n",
+    )
+    log, recs = _all(p)
+    assert [r.step for r in recs] == [1, 3, 6, 7, 8]
+    assert recs[1].grad_norm is None
+    assert math.isnan(recs[3].loss)  # a NaN loss is a collapse, not a gap
+    st = log.stats
+    assert st.rows_without_loss == 1
+    assert st.missing_steps == 2 and st.step_jumps == 1  # 4 and 5
+    assert st.empty_cells == {"grad_norm": 2}
+    assert st.non_finite == {"loss": 1, "grad_norm": 1}
+    assert "2 missing steps" in st.summary() and "1 rows without a loss" in st.summary()
+
+
+def test_clock_restart_is_stitched(tmp_path):
+    p = _write(tmp_path / "t.csv", "step,loss,time\n1,1,80\n2,1,81\n3,1,0.5\n4,1,1.0\n")
+    log, recs = _all(p)
+    assert [r.time for r in recs] == [80.0, 81.0, 81.0, 81.5]
+    assert log.stats.time_resets == 1
+
+
+def test_tsv(tmp_path):
+    p = _write(tmp_path / "t.tsv", "step\tloss\n1\t2.0\n2\t1.5\n")
+    _, recs = _all(p)
+    assert [r.loss for r in recs] == [2.0, 1.5]
+
+
+def test_jsonl_joins_lines_of_one_step_and_flattens(tmp_path):
+    lines = [
+        {"step": 1, "train": {"loss": 2.0}},
+        {"step": 1, "grad_norm": 1.5},
+        {"step": 2, "train": {"loss": 1.8}, "grad_norm": "nan"},
+        {"step": 3, "val_loss": 3.0},
+        {"step": 4, "train": {"loss": None}},
+    ]
+    p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    log, recs = _all(p)
+    assert log.format == "jsonl"
+    assert recs[0] == (1, 2.0, 1.5, None, None, None, None)
+    assert recs[1].step == 2 and math.isnan(recs[1].grad_norm)
+    assert len(recs) == 2 and log.stats.rows_without_loss == 2
+
+
+def test_jsonl_errors_name_line_and_column(tmp_path):
+    p = _write(tmp_path / "bad.jsonl", '{"step": 1, "loss": 2}\n{"step": 2, "loss": }\n')
+    with pytest.raises(LogFormatError) as ei:
+        list(open_log(p))
+    e = ei.value
+    assert e.line == 2 and e.column == 21 and str(p) in str(e)
+    p2 = _write(tmp_path / "bad2.jsonl", '{"step": 1, "loss": "abc"}\n')
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(p2))
+    assert ei.value.line == 1 and ei.value.column_name == "loss"
+
+
+def test_wandb_panel_export(tmp_path):
+    p = _write(
+        tmp_path / "wandb_export.csv",
+        'Step,"run-7 - train/loss","run-7 - train/loss__MIN","run-7 - train/loss__MAX",'
+        '"run-7 - train/grad_norm"\n'
+        "1,2.0,1.9,2.1,0.5\n2,1.8,1.7,1.9,0.4\n3,,,,0.4\n",
+    )
+    log, recs = _all(p)
+    assert log.format == "wandb"
+    assert log.columns["loss"] == "run-7 - train/loss"
+    assert log.columns["grad_norm"] == "run-7 - train/grad_norm"
+    assert [r.loss for r in recs] == [2.0, 1.8]
+    assert log.stats.rows_without_loss == 1
+
+
+def test_wandb_history_export(tmp_path):
+    p = _write(
+        tmp_path / "history.csv",
+        "_step,_runtime,_timestamp,train/loss,train/learning_rate\n"
+        "0,1.5,1700000000.1,2.0,0.001\n1,2.5,1700000001.1,1.9,0.001\n",
+    )
+    log, recs = _all(p)
+    assert log.format == "wandb"
+    assert log.columns["time"] == "_runtime" and log.columns["lr"] == "train/learning_rate"
+    assert recs[1] == (1, 1.9, None, None, None, 0.001, 2.5)
+
+
+def test_mlflow_long_format_grouped_by_metric(tmp_path):
+    rows = ["key,value,step,timestamp"]
+    rows += [f"loss,{2.0 - 0.1 * s},{s},{1700000000000 + 1000 * s}" for s in range(5)]
+    rows += [f"grad_norm,{1.0 + s},{s},{1700000000000 + 1000 * s}" for s in range(0, 5, 2)]
+    rows += [f"lr,0.01,{s},{1700000000000 + 1000 * s}" for s in range(5)]
+    p = _write(tmp_path / "metric_history.csv", "\n".join(rows) + "\n")
+    log, recs = _all(p)
+    assert log.format == "mlflow"
+    assert [r.step for r in recs] == [0, 1, 2, 3, 4]
+    assert [r.grad_norm for r in recs] == [1.0, None, 3.0, None, 5.0]
+    assert recs[1].lr == 0.01
+    assert recs[1].time - recs[0].time == pytest.approx(1.0)  # epoch ms -> s
+
+
+def test_mlflow_long_format_steps_out_of_order_is_an_error(tmp_path):
+    p = _write(tmp_path / "h.csv", "key,value,step,timestamp\nloss,1,5,0\nloss,1,3,0\n")
+    with pytest.raises(LogFormatError, match="go back") as ei:
+        list(open_log(p))
+    assert ei.value.line == 3
+
+
+def test_mlflow_single_metric_csv_and_wide_table(tmp_path):
+    p = _write(tmp_path / "train_loss.csv", "step,timestamp,value\n0,1000,2.0\n1,2000,1.5\n")
+    log, recs = _all(p)
+    assert log.format == "mlflow" and [r.loss for r in recs] == [2.0, 1.5]
+    w = _write(tmp_path / "wide.csv", "step,metrics.loss,metrics.lr\n0,2.0,0.1\n1,1.0,0.1\n")
+    log, recs = _all(w)
+    assert log.format == "mlflow" and log.columns["loss"] == "metrics.loss"
+    assert recs[1].lr == 0.1
+
+
+def test_mlflow_file_store_run_folder(tmp_path):
+    run = tmp_path / "mlruns" / "0" / "abc123"
+    (run / "metrics" / "train").mkdir(parents=True)
+    (run / "metrics" / "train" / "loss").write_text(
+        "".join(f"{1700000000000 + s} {2.0 - 0.01 * s} {s}\n" for s in range(10))
+    )
+    (run / "metrics" / "grad_norm").write_text(
+        "".join(f"{1700000000000 + s} 1.0 {s}\n" for s in range(10))
+    )
+    assert detect_format(run) == "mlflow"
+    log, recs = _all(run)
+    assert log.columns["loss"] == "train/loss"
+    assert len(recs) == 10 and recs[9].grad_norm == 1.0
+
+
+def test_tensorboard_event_file_roundtrip(tmp_path):
+    pytest.importorskip("tensorboard")
+    torch_tb = pytest.importorskip("torch.utils.tensorboard")
+    logdir = tmp_path / "runs" / "exp1"
+    w = torch_tb.SummaryWriter(log_dir=str(logdir))
+    for s in range(30):
+        w.add_scalar("train/loss", 2.0 - 0.01 * s, s)
+        w.add_scalar("grad_norm", 1.0 + 0.001 * s, s)
+        w.add_scalar("lr", 1e-3, s)
+        w.add_scalar("accuracy", 0.5, s)
+    w.close()
+    assert detect_format(logdir) == "tensorboard"
+    log, recs = _all(logdir)
+    assert log.format == "tensorboard"
+    assert log.columns["loss"] == "train/loss" and log.columns["lr"] == "lr"
+    assert [r.step for r in recs] == list(range(30))
+    assert recs[10].loss == pytest.approx(1.9) and recs[10].grad_norm == pytest.approx(1.01)
+    assert recs[0].time is not None and recs[29].time >= recs[0].time
+    ev = next(logdir.glob("*tfevents*"))
+    _, recs2 = _all(ev)  # a single event file works too
+    assert len(recs2) == 30
+    _, recs3 = _all(logdir, mapping={"loss": "accuracy"})
+    assert recs3[0].loss == 0.5
+
+
+@pytest.mark.parametrize(
+    "name, content, line, column",
+    [
+        ("missing.csv", "step,val_loss\n1,2\n", 1, None),
+        ("empty.csv", "", 1, None),
+        ("header_only.csv", "step,loss\n", None, None),
+        ("garbage.csv", None, 1, None),
+        ("notes.txt", "This is not a log at all\nreally\n", 1, None),
+        ("nonnum.csv", "step,loss\n1,2\n2,2\n3,2\n4,2\n5,2\n6,abc\n", 7, 2),
+    ],
+)
+def test_bad_files_name_file_line_column(tmp_path, name, content, line, column):
+    p = tmp_path / name
+    if content is None:
+        p.write_bytes(bytes(range(256)) * 4)
+    else:
+        p.write_text(content)
+    with pytest.raises(LogFormatError) as ei:
+        list(open_log(p))
+    e = ei.value
+    assert e.file == str(p) and str(p) in str(e)
+    assert e.line == line
+    if column is not None:
+        assert e.column == column and f"line {line}, column {column}" in str(e)
+
+
+def test_unknown_extension(tmp_path):
+    p = tmp_path / "data.parquet"
+    p.write_bytes(b"PAR1\x15\x04\x15\x00")
+    with pytest.raises(LogFormatError, match=r"binary|unknown"):
+        open_log(p)
+
+
+def test_reading_is_lazy_and_constant_memory(tmp_path):
+    p = tmp_path / "long.csv"
+    with open(p, "w") as f:
+        f.write("step,loss,grad_norm\n")
+        f.writelines(f"{i},{1.0 + (i % 7) * 0.01},{0.5}\n" for i in range(100_000))
+    log = open_log(p)
+    first = next(iter(log))
+    assert first.step == 0
+    assert log.stats.lines < 1000  # the first record did not read the whole file
+    tracemalloc.start()
+    n = sum(1 for _ in log)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert n == 99_999
+    assert peak < 2_000_000  # bytes: independent of the 100k lines (~2.5 MB of text)
