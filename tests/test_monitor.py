@@ -154,7 +154,26 @@ def test_fingerprint_shift_drifts():
     snaps = [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
     assert all(not s.alert for s in snaps[:500])
     drift = [s for s in snaps[500:] if s.status == "drifting"]
-    assert drift and drift[0].theta < 0.6 and drift[0].evidence["cause"] == "fingerprint_shift"
+    assert drift and drift[0].theta < 0.6 and not drift[0].alert  # shifted, not yet stalled
+    alerts = [s for s in snaps[500:] if s.alert]
+    assert alerts and alerts[0].evidence["cause"] == "fingerprint_shift"  # flat loss: stalled
+
+
+def test_fingerprint_shift_while_improving_is_not_an_alert_and_becomes_the_reference():
+    rng = np.random.default_rng(8)
+    n = 1400
+    t = np.arange(n)
+    loss = ((1.0 + 3.0 * np.exp(-t / 300.0)) * np.exp(0.01 * rng.standard_normal(n))).tolist()
+    noise = np.abs(1.0 + 0.1 * rng.standard_normal(n))
+    red = np.zeros(n)
+    for i in range(1, n):
+        red[i] = 0.95 * red[i - 1] + 0.1 * rng.standard_normal()
+    noise[500:] = 1.0 + red[500:]
+    m = Monitor(warmup=100)
+    snaps = [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
+    assert any(s.status == "drifting" for s in snaps[500:])
+    assert not any(s.alert for s in snaps)
+    assert snaps[-1].status == "healthy" and snaps[-1].theta > 0.6  # new healthy reference
 
 
 def test_time_window_counts_seconds():

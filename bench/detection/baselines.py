@@ -33,7 +33,7 @@ factory (a zero-argument callable), see ``BASELINES``. Extra detectors (e.g. the
 ``Monitor`` adapted in ``bench/detection/anet_detector.py``) are plugged in the same way:
 a module attribute that is either one factory or a ``dict[str, factory]``.
 
-Baselines (formulas from /work/shared/anchors.md; written for this benchmark)
+Baselines (formulas from shared/anchors.md; written for this benchmark)
 ------------------------------------------------------------------------------
 ===================  ========================================================  =========
 name                 rule                                                      non-finite

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python bench/detection/score.py                       # split=test, all baselines
     python bench/detection/score.py --split train --json
     python bench/detection/score.py --detectors zclip,megatron_10x
-    python bench/detection/score.py --real-logs /work/shared/data/real-logs
+    python bench/detection/score.py --real-logs ../shared/data/real-logs
     python bench/detection/score.py --extra anet_detector:DETECTORS   # plug in more
 
 Each run of the cache (``bench/detection/cache``) is replayed row by row through a
@@ -51,7 +51,10 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 CACHE = os.path.join(HERE, "cache")
-REAL_LOGS = "/work/shared/data/real-logs"
+# shared/ lies beside the repository checkout
+REAL_LOGS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "real-logs"
+)
 NUM_COLUMNS = (
     "time",
     "lr",

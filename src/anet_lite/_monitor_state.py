@@ -6,26 +6,37 @@ from typing import Any, Dict
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 _SCALARS = (
     "t",
     "ref_pinned",
     "theta",
     "theta_low",
+    "drift_loss0",
+    "drift_stalled",
     "sdot",
     "log_space",
+    "loss_eps",
+    "loss0",
+    "loss_prev",
+    "loss_step",
+    "pz_hot",
+    "rise",
+    "grad_hot",
+    "co_hot",
+    "ur_prev",
+    "dead",
     "lr_prev",
     "lr_max",
+    "lr_peak",
     "lr_rising",
     "grace_until",
     "pending_mark",
-    "grad_hot",
     "grad_ref",
-    "dead",
     "last_status",
     "checked",
 )
-_PARTS = ("recent", "loss_base", "grad_base", "upd_base", "proc", "fp")
+_PARTS = ("recent", "loss_base", "grad_recent", "grad_base", "upd_base", "proc", "fp")
 
 
 def dump(m: Any) -> Dict[str, Any]:

@@ -21,36 +21,36 @@ from ._validate import positive
 from .metrics import Z_CAP, _entropy_bins, _entropy_rate_core
 from .verdict import Snapshot, make_snapshot
 
+_DEAD = math.log(100.0)  # a gradient 100x below its healthy level: units stopped learning
+_SEVERE = ("lr_jump", "bad_batch", "grad_explosion", "update_blowup")
+
 
 def _exp(x: float) -> float:
     return math.exp(min(x, 700.0))
-
-
-_DEAD = math.log(100.0)  # a gradient 100x below its healthy level: units stopped learning
 
 
 class Monitor:
     """Streaming failure monitor. ``snap = m.update(loss, grad_norm=..., lr=...)`` per step.
 
     Parameters (defaults need no per-run tuning; units in brackets):
-      rate_hz, window_sec  the precursor window: rate_hz * window_sec samples, or the last
-                           window_sec seconds when ``time`` is passed [Hz, s]
-      z                    precursor threshold on the robust z of the loss window
+      rate_hz, window_sec  the precursor window: rate_hz * window_sec samples (n), or the
+                           last window_sec seconds when ``time`` is passed [Hz, s]
+      z, persist           precursor: robust z of the window above z for persist steps
       window               samples in the noise fingerprint (and the Ṡ windows: 2 x window/2)
-      beta, theta_alert    θ sensitivity and the θ below which the run is "drifting"
+      beta, theta_alert    θ sensitivity and the θ below which the fingerprint has shifted
       warmup               steps before the healthy reference may be taken
       w_s, w_p             F_Total weights
+      loss_floor           the loss is read as log(loss + loss_floor * first loss), so a loss
+                           near 0 does not make harmless wiggles look like 10x jumps
       spike_z              one-step loss deviation (robust z) reported as a ``spike``
-      severe_loss          one-step loss ratio to its baseline that alarms at once [x]
-      severe_grad          one-step gradient-norm ratio that alarms at once [x]
-      severe_update        one-step update-norm ratio (lr-normalised) that alarms at once [x]
-      lr_jump              lr above this multiple of the largest earlier lr is a bug, not a schedule
+      severe_loss, severe_grad, severe_update
+                           one-step ratios to the baseline that alarm at once [x]
+      grad_growth          gradient level (window vs. baseline) that is a precursor [x]
+      lr_jump              lr above this multiple of the largest earlier lr: a bug [x]
+      lr_ramp              lr above this multiple of the schedule's peak after warm-up [x]
       grace                steps after a schedule change during which slow signals are muted
-      policy               a ``Policy`` for ``decide`` (default: ``Policy()``)
-      run_log              an ``outputs.RunLog`` that gets every snapshot
-      tombstones           a ``tombstone.TombstoneLog`` that gets every action ``decide`` takes
-      on_error             "warn" (default: an internal error never reaches the training loop)
-                           or "raise"
+      policy, run_log, tombstones   see ``decide`` and ``outputs.RunLog``
+      on_error             "warn" (an internal error never reaches the training loop) or "raise"
     """
 
     def __init__(
@@ -59,17 +59,24 @@ class Monitor:
         rate_hz: float = 5.0,
         window_sec: float = 2.0,
         z: float = 2.5,
+        persist: int = 3,
         window: int = 64,
         beta: float = 3.0,
         theta_alert: float = 0.6,
-        warmup: int = 50,
+        warmup: int = 100,
         w_s: float = 0.7,
         w_p: float = 0.3,
+        loss_floor: float = 0.25,
         spike_z: float = 6.0,
-        severe_loss: float = 4.0,
-        severe_grad: float = 30.0,
+        severe_loss: float = 8.0,
+        severe_grad: float = 200.0,
         severe_update: float = 30.0,
+        grad_growth: float = 3.0,
+        co_rise: float = 2.0,
         lr_jump: float = 3.0,
+        lr_ramp: float = 1.5,
+        drift_persist: int = 8,
+        loss_gate: float = 0.25,
         grace: Optional[int] = None,
         policy: Any = None,
         run_log: Any = None,
@@ -79,6 +86,7 @@ class Monitor:
         self.n = max(1, round(positive(rate_hz, "rate_hz") * positive(window_sec, "window_sec")))
         self.window_sec = float(window_sec)
         self.z = positive(z, "z")
+        self.persist = int(positive(persist, "persist", integer=True))
         self.window = int(positive(window, "window", integer=True))
         if self.window < _fp.SEGMENT:
             raise ValueError(f"window must be >= {_fp.SEGMENT}, got {window!r}")
@@ -86,13 +94,19 @@ class Monitor:
         self.theta_alert = float(theta_alert)
         self.warmup = int(warmup)
         self.w_s, self.w_p = float(w_s), float(w_p)
+        self.loss_floor = float(loss_floor)
         self.spike_z = positive(spike_z, "spike_z")
         self.severe_loss = math.log(positive(severe_loss, "severe_loss"))
         self.severe_grad = math.log(positive(severe_grad, "severe_grad"))
         self.severe_update = math.log(positive(severe_update, "severe_update"))
+        self.grad_growth = math.log(positive(grad_growth, "grad_growth"))
+        self.co_rise_x = positive(co_rise, "co_rise")
         self.lr_jump = positive(lr_jump, "lr_jump")
-        base = max(4 * self.n, 16)
-        self.grace = int(grace) if grace is not None else base + self.n
+        self.lr_ramp = positive(lr_ramp, "lr_ramp")
+        self.drift_persist = int(positive(drift_persist, "drift_persist", integer=True))
+        self.loss_gate = float(loss_gate)
+        self._base_len = max(4 * self.n, 16)
+        self.grace = int(grace) if grace is not None else self._base_len + self.n
         if on_error not in ("warn", "raise"):
             raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.on_error = on_error
@@ -101,7 +115,6 @@ class Monitor:
 
             policy = Policy()
         self.policy, self.run_log, self.tombstones = policy, run_log, tombstones
-        self._base_len = base
         self.reset()
 
     # ---- state ---------------------------------------------------------------------------
@@ -109,10 +122,11 @@ class Monitor:
     def reset(self) -> None:
         """Forget everything (a new run)."""
         n, base = self.n, self._base_len
+        every = max(1, min(2 * n, base // 2))  # refresh baselines every ~4 s of samples
         self.t = 0
         self.recent = RecentWindow(n, seconds=self.window_sec)
-        every = max(1, min(2 * n, base // 2))  # refresh baselines every ~4 s of samples
         self.loss_base = RobustLevel(base, every)
+        self.grad_recent = RecentWindow(n)
         self.grad_base = RobustLevel(base, every)
         self.upd_base = RobustLevel(base, every)
         self.proc = EWCorrelation(2.0 / (self.window + 1))
@@ -121,16 +135,23 @@ class Monitor:
         self.ref_pinned = False
         self.theta = 1.0
         self.theta_low = 0  # consecutive fingerprint refreshes with theta < theta_alert
+        self.drift_loss0: Optional[float] = None  # loss level when the fingerprint shifted
         self.losses: list = []  # last `window` loss values for Ṡ
         self.sdot = 0.0
         self.log_space = True
+        self.loss_eps: Optional[float] = None
+        self.loss0: Optional[float] = None  # the first finite loss: the run's own scale
+        self.loss_prev: Optional[float] = None
+        self.loss_step = 0.0
+        self.drift_stalled = False
+        self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
+        self.ur_prev = math.inf
         self.lr_prev = self.lr_max = 0.0
+        self.lr_peak: Optional[float] = None  # the schedule's peak once its warm-up is over
         self.lr_rising = False
         self.grace_until = 0
         self.pending_mark: Optional[str] = None
-        self.grad_hot = 0  # recent steps with gradient z above the threshold (decays)
         self.grad_ref: Optional[float] = None  # log grad-norm level when the reference was taken
-        self.dead = 0  # consecutive steps with the gradient 100x below that level
         self.last_status = "warming_up"
         self.checked = False
         self._warned = False
@@ -200,120 +221,62 @@ class Monitor:
 
     def _update(self, s: Signals) -> Snapshot:
         self.t += 1
-        t, n = self.t, self.n
-        step = s.step if s.step is not None else t
         ev: Dict[str, Any] = {"loss": s.loss}
-        if s.grad_norm is not None:
-            ev["grad_norm"] = s.grad_norm
-        if s.step_norm is not None:
-            ev["step_norm"] = s.step_norm
-        event, cause, severe = self._schedule(s, ev), "", False
-        if event:
-            ev["event"] = event
-        grace = t < self.grace_until or self.lr_rising
-
-        # -- loss ---------------------------------------------------------------------------
-        L = s.loss
-        pz = 0.0
-        finite_loss = math.isfinite(L)
-        if finite_loss:
-            if L <= 0.0 and self.log_space:
-                self.log_space = False
-                self.recent.clear()
-                self.loss_base.reset()
-            x = math.log(L) if self.log_space else L
-            base = self.loss_base
-            floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
-            if base.ready:
-                dev = (x - base.center) / max(base.scale, floor)
-                ev["loss_dev"] = dev
-                if self.log_space and x - base.center >= self.severe_loss:
-                    severe, cause = True, "bad_batch"
-                elif dev >= self.spike_z:
-                    ev["spike"] = True
-            for old in self.recent.push(x, s.time if self._timed(s) else None):
-                base.push(old)
-            if base.ready and len(self.recent) >= min(n, 3):
-                pz = (self.recent.trimmed_mean() - base.center) / max(base.scale, floor)
-                pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
-            self.losses.append(L)
-            if len(self.losses) > self.window:
-                del self.losses[0]
-            if t % max(16, self.window // 2) == 0 and len(self.losses) >= self.window:
-                h = self.window // 2
-                arr = np.asarray(self.losses)
-                self.sdot = _entropy_rate_core(arr[:h], arr[h:], _entropy_bins(h))
-
-        # -- gradient and update --------------------------------------------------------------
-        G, S = s.grad_norm, s.step_norm
-        finite_grad = G is None or math.isfinite(G)
-        if G is not None and finite_grad and G > 0.0:
-            lg = math.log(G)
-            gb = self.grad_base
-            if gb.ready:
-                gd = lg - gb.center
-                ev["grad_ratio"] = _exp(gd)
-                gz = gd / max(gb.scale, 1e-3)
-                ev["grad_z"] = gz
-                self.grad_hot = self.grad_hot + 1 if gz > self.z else max(0, self.grad_hot - 1)
-                if gd >= self.severe_grad and not severe:
-                    severe, cause = True, "grad_explosion"
-            gb.push(lg)
-            ref = self.grad_ref
-            self.dead = self.dead + 1 if ref is not None and gb.center < ref - _DEAD else 0
-        if S is not None and math.isfinite(S) and S > 0.0:
-            lr_ok = s.lr is not None and 0.0 < s.lr < math.inf
-            lu = math.log(S) - (math.log(s.lr) if lr_ok else 0.0)
-            ub = self.upd_base
-            if ub.ready:
-                ud = lu - ub.center
-                ev["update_ratio"] = _exp(ud)
-                if ud >= self.severe_update and not severe:
-                    severe, cause = True, "update_blowup"
-            ub.push(lu)
-            if G is not None and finite_grad and G > 0.0:
-                self.proc.update(math.log(G), math.log(S))
-        if "lr_jump" in ev:
-            severe, cause = True, "lr_jump"
-
-        # -- noise fingerprint ----------------------------------------------------------------
-        v = (
-            s.noise
-            if s.noise is not None
-            else (G if G is not None else (L if finite_loss else None))
-        )
+        event = self._schedule(s, ev)
+        grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
+        finite_loss = math.isfinite(s.loss)
+        pz = self._loss_signals(s, ev) if finite_loss else Z_CAP
+        finite_grad = self._grad_signals(s, ev)
+        G = s.grad_norm
+        v = s.noise if s.noise is not None else G
+        if v is None and finite_loss:
+            v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
         if v is not None and math.isfinite(v) and self.fp.push(v) is not None:
-            self._refresh_theta(grace, t)
-
-        # -- verdict --------------------------------------------------------------------------
+            self._refresh_theta(grace)
         proc = self.proc.value()
         ft = self.w_s * self.sdot + self.w_p * proc
-        ready = self.loss_base.ready and t > min(self.warmup, 2 * self._base_len)
+        ready = self.loss_base.ready and self.t > min(self.warmup, 2 * self._base_len)
+        cause, status = ev.pop("severe", ""), "precursor"
+        # A jump that leaves the loss far below where the run started is not a collapse
+        # precursor (a near-perfect classifier's rare hard batch): loss rules need the loss
+        # above loss_gate x the first loss. lr rules, non-finite values and drift do not.
+        gate = finite_loss and (self.loss0 is None or s.loss >= self.loss_gate * self.loss0)
+        if cause not in ("lr_jump", "") and not gate:
+            cause = ""
         if not finite_loss or not finite_grad:
             status, cause = "collapsed", "non_finite"
-            pz = Z_CAP
-        elif severe:
-            status = "precursor"
-        elif ready and not grace and pz > self.z:
-            status = "precursor"
-            cause = "oscillation" if (self.sdot > 0.2 or self.grad_hot >= 2) else "divergence"
-        elif ready and not grace and self.grad_hot >= n:
-            status, cause = "precursor", "grad_growth"
-        elif ready and self.dead >= n and pz > -1.0:
+        elif cause:
+            pass
+        elif "lr_ramp" in ev:
+            cause = "lr_ramp"
+        elif ready and not grace and max(self.grad_hot, self.co_hot) >= self.persist:
+            cause = "grad_growth"  # sustained, so not gated by the loss level
+        elif not gate:
+            status = "healthy" if ready and self.ref is not None else "warming_up"
+        elif ready and not grace and self.pz_hot >= self.persist:
+            cause = "oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"
+        elif ready and not grace and self.rise >= self.persist:
+            cause = "divergence"
+        elif ready and self.dead >= self.n and pz > -1.0:
             status, cause = "drifting", "stagnation"
-        elif self.ref is not None and self.theta_low >= 2 and not grace:
-            status, cause = "drifting", "fingerprint_shift"
+        elif self.theta_low >= 2 and not grace:
+            status = "drifting"
+            if self.theta_low >= self.drift_persist and self.drift_stalled:
+                cause = "fingerprint_shift"  # the dynamics changed AND progress stalled
         elif not ready or self.ref is None:
             status = "warming_up"
         else:
             status = "healthy"
+        alert = bool(cause)
         if cause:
             ev["cause"] = cause
-        ev.update(theta=self.theta, sdot=self.sdot, proc=proc, f_total=ft, precursor_z=pz)
+        if event:
+            ev["event"] = event
         if grace:
             ev["grace"] = True
+        ev.update(theta=self.theta, sdot=self.sdot, proc=proc, f_total=ft, precursor_z=pz)
         self.last_status = status
-        alert = status in ("precursor", "collapsed", "drifting")
+        step = s.step if s.step is not None else self.t
         return make_snapshot(
             self.theta,
             self.sdot,
@@ -327,13 +290,98 @@ class Monitor:
             ev,
         )
 
-    def _timed(self, s: Signals) -> bool:
-        return s.time is not None and math.isfinite(s.time)
+    def _loss_signals(self, s: Signals, ev: Dict[str, Any]) -> float:
+        """One-step severity, spikes, the precursor window and Ṡ; returns the precursor z."""
+        L = s.loss
+        if self.loss_eps is None:
+            self.loss0 = abs(L)
+            self.loss_eps = self.loss_floor * abs(L) if L > 0 else 0.0
+        if self.log_space and L + self.loss_eps <= 0.0:
+            self.log_space = False  # a loss that can be <= 0: read it linearly from now on
+            self.recent.clear()
+            self.loss_base.reset()
+        x = math.log(L + self.loss_eps) if self.log_space else L
+        base = self.loss_base
+        floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
+        pz = 0.0
+        if base.ready:
+            dev = (x - base.center) / max(base.scale, floor)
+            ev["loss_dev"] = dev
+            if self.log_space and x - base.center >= self.severe_loss:
+                ev["severe"] = "bad_batch"
+            elif dev >= self.spike_z:
+                ev["spike"] = True
+            self.rise = self.rise + 1 if dev >= 0.5 * self.spike_z else 0
+        self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0
+        self.loss_prev = x
+        for old in self.recent.push(
+            x, s.time if s.time is not None and math.isfinite(s.time) else None
+        ):
+            base.push(old)
+        if base.ready and len(self.recent) >= min(self.n, 3):
+            pz = (self.recent.trimmed_mean() - base.center) / max(base.scale, floor)
+            pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
+        self.pz_hot = self.pz_hot + 1 if pz > self.z else 0
+        self.losses.append(L)
+        if len(self.losses) > self.window:
+            del self.losses[0]
+        if self.t % max(16, self.window // 2) == 0 and len(self.losses) >= self.window:
+            h = self.window // 2
+            arr = np.asarray(self.losses)
+            self.sdot = _entropy_rate_core(arr[:h], arr[h:], _entropy_bins(h))
+        return pz
+
+    def _grad_signals(self, s: Signals, ev: Dict[str, Any]) -> bool:
+        """Gradient and update checks; returns False for a non-finite gradient norm."""
+        G, S = s.grad_norm, s.step_norm
+        if G is not None and not math.isfinite(G):
+            return False
+        if G is not None and G > 0.0:
+            lg = math.log(G)
+            gb = self.grad_base
+            if gb.ready:
+                gd = lg - gb.center
+                ev["grad_ratio"] = _exp(gd)
+                if gd >= self.severe_grad and "severe" not in ev:
+                    ev["severe"] = "grad_explosion"
+            for old in self.grad_recent.push(lg, None):
+                gb.push(old)
+            if gb.ready and len(self.grad_recent) >= min(self.n, 3):
+                up = self.grad_recent.trimmed_mean() - gb.center >= self.grad_growth
+                self.grad_hot = self.grad_hot + 1 if up else 0
+            ref = self.grad_ref
+            self.dead = self.dead + 1 if ref is not None and gb.center < ref - _DEAD else 0
+        if S is not None and math.isfinite(S) and S > 0.0:
+            lr_ok = s.lr is not None and 0.0 < s.lr < math.inf
+            lu = math.log(S) - (math.log(s.lr) if lr_ok else 0.0)
+            ub = self.upd_base
+            if ub.ready:
+                ud = lu - ub.center
+                ev["update_ratio"] = _exp(ud)
+                if ud >= self.severe_update and "severe" not in ev:
+                    ev["severe"] = "update_blowup"
+            ub.push(lu)
+            if G is not None and G > 0.0:
+                self.proc.update(math.log(G), math.log(S))
+        gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
+        if gr is not None and ur is not None:
+            # gradient AND update far above their levels, the update growing step after step:
+            # the optimizer is being pushed one way (a one-batch spike decays instead)
+            hot = min(gr, ur) >= self.co_rise_x and ur > self.ur_prev
+            self.co_hot = self.co_hot + 1 if hot else 0
+            self.ur_prev = ur
+        else:
+            self.co_hot, self.ur_prev = 0, math.inf
+        if "lr_jump" in ev:
+            ev["severe"] = "lr_jump"
+        return True
 
     def _schedule(self, s: Signals, ev: Dict[str, Any]) -> str:
         """Recognise intended changes (lr decay, restart, end of warm-up, marks) and lr bugs."""
         event = self.pending_mark or ""
         self.pending_mark = None
+        if event:
+            self.lr_peak = None  # a declared change may bring a new warm-up and peak
         lr = s.lr
         if lr is not None and math.isfinite(lr) and lr > 0.0:
             ev["lr"] = lr
@@ -346,32 +394,55 @@ class Monitor:
                     event = "lr_decay" if ratio < 1.0 else "lr_restart"
                 elif self.lr_rising and ratio <= 1.0 and not event:
                     event = "warmup_end"
-                self.lr_rising = ratio > 1.0 + 1e-12 and "lr_jump" not in ev and not event
-            if "lr_jump" not in ev:
+                rising = ratio > 1.0 + 1e-12 and "lr_jump" not in ev
+                if not rising and self.lr_peak is None:
+                    self.lr_peak = max(self.lr_max, lr)  # the initial warm-up (if any) is over
+                self.lr_rising = rising and not event
+            if (
+                self.lr_peak is not None
+                and lr > self.lr_ramp * self.lr_peak
+                and "lr_jump" not in ev
+            ):
+                ev["lr_ramp"] = lr / self.lr_peak
+            if "lr_jump" not in ev and "lr_ramp" not in ev:
                 self.lr_max = max(self.lr_max, lr)
             self.lr_prev = lr
         if event:
             self.grace_until = self.t + self.grace
-            self.grad_hot = 0
+            self.pz_hot = self.rise = self.grad_hot = self.co_hot = 0
             if not self.ref_pinned:
                 self.ref = None  # re-take the healthy fingerprint in the new regime
         return event
 
-    def _refresh_theta(self, grace: bool, t: int) -> None:
+    def _refresh_theta(self, grace: bool) -> None:
         if not self.fp.ready:
             return
         cur = self.fp.mean_powers()
         if self.ref is None:
-            if t > self.warmup and not grace and self.last_status in ("healthy", "warming_up"):
+            if self.t > self.warmup and not grace and self.last_status in ("healthy", "warming_up"):
                 self.ref = cur.copy()
                 self.grad_ref = self.grad_base.center if self.grad_base.ready else None
+                self.theta_low, self.drift_loss0 = 0, None
             return
         self.theta = _fp.similarity_of_powers(cur.tolist(), self.ref.tolist(), self.beta)
-        self.theta_low = self.theta_low + 1 if self.theta < self.theta_alert else 0
-        if not self.ref_pinned and self.last_status == "healthy" and self.theta >= self.theta_alert:
-            self.ref += 0.02 * (cur - self.ref)  # follow a healthy run slowly, never a drift
+        level = self.recent.trimmed_mean() if len(self.recent) else None
+        self.drift_stalled = False
+        if self.theta < self.theta_alert:
+            self.theta_low += 1
+            if self.theta_low == 1:
+                self.drift_loss0 = level
+            known = level is not None and self.drift_loss0 is not None
+            margin = max(self.loss_base.scale, 1e-3)  # improved = clearly below, not by noise
+            self.drift_stalled = known and level > self.drift_loss0 - margin
+            if self.theta_low >= 16 and known and not self.drift_stalled and not self.ref_pinned:
+                # A new fingerprint under which the run kept improving is the new healthy one.
+                self.ref, self.theta, self.theta_low, self.drift_loss0 = cur.copy(), 1.0, 0, None
+        else:
+            self.theta_low, self.drift_loss0 = 0, None
+            if not self.ref_pinned and self.last_status == "healthy":
+                self.ref += 0.02 * (cur - self.ref)  # follow a healthy run slowly, never a drift
 
-    # ---- decisions ------------------------------------------------------------------------
+    # ---- decisions and persistence -------------------------------------------------------
 
     def decide(self, snap: Snapshot, *, scope: Optional[Dict[str, Any]] = None) -> Any:
         """The policy's ``Action`` for this snapshot; actions other than "none" are tombstoned."""
@@ -384,8 +455,6 @@ class Monitor:
                 evidence={**action.evidence, "reason": action.reason},
             )
         return action
-
-    # ---- persistence ----------------------------------------------------------------------
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue exactly where this monitor is (JSON-serialisable)."""

@@ -1,0 +1,51 @@
+"""anet-lite's Monitor as a benchmark detector (the `Detector` interface of baselines.py).
+
+    python bench/detection/score.py --extra anet_detector:DETECTORS
+
+Default settings, no per-run tuning. Feeds the Monitor what a training loop has: loss,
+grad_norm, update_norm (as step_norm), noise, lr. An alarm is ``snapshot.alert``. When
+the scorer passes benign events the loop itself knows about (``--pass-benign-events``),
+they are declared with ``Monitor.mark`` — the API a user would call; by default the
+scorer blanks them and the Monitor sees the schedule only through lr.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+from anet_lite import Monitor
+
+
+def _num(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+class AnetMonitor:
+    name = "anet_monitor"
+
+    def __init__(self, **kw: Any) -> None:
+        self.m = Monitor(**kw)
+
+    def update(self, rec: Dict[str, Any]) -> bool:
+        ev = rec.get("event")
+        if ev:
+            self.m.mark(str(ev))
+        loss = _num(rec.get("loss"))
+        snap = self.m.update(
+            math.nan if loss is None else loss,
+            step=int(rec["step"]),
+            grad_norm=_num(rec.get("grad_norm")),
+            step_norm=_num(rec.get("update_norm")),
+            noise=_num(rec.get("noise")),
+            lr=_num(rec.get("lr")),
+        )
+        return bool(snap.alert)
+
+
+DETECTORS = {"anet_monitor": AnetMonitor}
