@@ -101,6 +101,7 @@ SLOT_NAMES = (
 )
 
 _SIGN_BITS = 32  # one random int32 gives the sign flips of 32 elements
+_INT32_MIN = -(2**31)
 _MASK64 = (1 << 64) - 1
 
 
@@ -342,12 +343,11 @@ class GradNoiseTap:
     <g, theta_after> - <g, theta_before>, both accumulated in float64. ||delta_theta|| is
     estimated from a sign-randomised CountSketch: element i of the flat chunk goes to
     bucket i mod p (p = ``sketch_buckets``, the smallest prime >= ``sketch_dim``, so the
-    buckets do not alias with power-of-two tensor shapes) with the random sign of its row
-    i // p (elements sharing a bucket are in different rows, so this is a proper
-    CountSketch), S theta is taken before and after the step, and S delta_theta =
-    S theta_after - S theta_before. Signs are fresh every step (so errors are independent
-    across steps) and are regenerated from a seeded generator instead of stored: extra
-    memory is O(sketch_dim), time O(n) (one batched matrix product per sketch). The
+    buckets do not alias with power-of-two tensor shapes) with a random sign, S theta is
+    taken before and after the step, and S delta_theta = S theta_after - S theta_before.
+    Signs are fresh random bits every step (so errors are independent across steps) and
+    are regenerated from a seeded generator instead of stored: extra memory is
+    O(sketch_dim), time O(n) (a sign-bit XOR and one strided sum per element). The
     gradient is sketched too and used as a control variate: writing
     delta_theta = a g + r with a = <g, delta_theta> / ||g||^2 (exact), the estimate is
     a^2 ||g||^2 + ||S r||^2, unbiased, and only the part of the update orthogonal to g
@@ -426,6 +426,7 @@ class GradNoiseTap:
         self._layout_key: Optional[Tuple[Any, ...]] = None
         self._chunks: List[_Chunk] = []
         self._gens: Dict[torch.device, torch.Generator] = {}
+        self._shifts: Dict[torch.device, Tensor] = {}
         self._workspace: Dict[Tuple[str, torch.dtype], Tensor] = {}
         self._grad_state: Optional[Dict[str, Any]] = None
         self._pending: Optional[Tensor] = None
@@ -779,34 +780,38 @@ class GradNoiseTap:
         return dst, src
 
     def _sign_masks(self, chunk: _Chunk, step: int) -> Tensor:
-        """Random signs for the chunk at this step, one per row of ``sketch_buckets``
-        elements, shaped ``[n_pad / (32 k), 1, 32]`` in the chunk's work dtype.
+        """Random sign-bit masks for the chunk at this step, shaped ``[n_pad / 32, 32]``.
 
-        Element i goes to bucket i mod k with the sign of its row i // k. Two elements
-        share a bucket only if they are a multiple of k apart, i.e. in different rows,
-        whose signs are independent: the same unbiased CountSketch as per-element signs,
-        for n / k random numbers per step instead of n. Regenerated from (seed, step,
-        chunk) so measure_update reproduces measure_grads' signs.
+        One random int32 per 32 elements; bit j of it becomes the sign bit of element j.
+        Regenerated from (seed, step, chunk) so measure_update reproduces measure_grads'.
         """
         gen = self._gens.get(chunk.device)
         if gen is None:
             gen = torch.Generator(device=chunk.device)
             self._gens[chunk.device] = gen
         gen.manual_seed(_mix(self.seed, step, chunk.index))
-        rows = chunk.n_pad // self.sketch_buckets  # a multiple of 32
-        bits = torch.randint(0, 2, (rows,), generator=gen, device=chunk.device)
-        return (bits.to(chunk.wdtype) * 2.0 - 1.0).view(rows // _SIGN_BITS, 1, _SIGN_BITS)
+        rows = chunk.n_pad // _SIGN_BITS
+        words = torch.randint(
+            _INT32_MIN, 2**31 - 1, (rows, 1), generator=gen, dtype=torch.int32, device=chunk.device
+        )
+        shifts = self._shifts.get(chunk.device)
+        if shifts is None:
+            shifts = torch.arange(_SIGN_BITS - 1, -1, -1, dtype=torch.int32, device=chunk.device)
+            self._shifts[chunk.device] = shifts
+        masks = torch.bitwise_left_shift(words, shifts).bitwise_and_(_INT32_MIN)
+        if chunk.wdtype == torch.float64:
+            masks = masks.to(torch.int64).bitwise_left_shift_(32)
+        return masks
 
-    def _sketch(self, buf: Tensor, signs: Tensor) -> Tensor:
-        """Fold ``buf`` into ``sketch_buckets`` signed sums (``buf`` is not modified).
-
-        A batched matrix product: groups of 32 rows are summed in the work dtype, the
-        groups in float64 (the difference of two sketches must survive cancellation).
-        """
+    def _sketch(self, buf: Tensor, masks: Tensor) -> Tensor:
+        """Fold ``buf`` (modified in place: signs flipped) into ``sketch_buckets`` sums."""
+        ibuf = buf.view(torch.int64 if buf.dtype == torch.float64 else torch.int32)
+        ibuf.view(masks.shape).bitwise_xor_(masks)
         k = self.sketch_buckets
-        groups = signs.shape[0]
-        part = torch.bmm(signs, buf.view(groups, _SIGN_BITS, k))  # [groups, 1, k]
-        return part.view(groups, k).sum(0, dtype=self._acc_dtype(buf.device))
+        rows = buf.numel() // k  # a multiple of 32
+        # Two-stage sum: float32 over groups of 32 rows, then float64 over the groups.
+        part = buf.view(rows // _SIGN_BITS, _SIGN_BITS, k).sum(1)
+        return part.sum(0, dtype=self._acc_dtype(buf.device))
 
     def _dot(self, a: Tensor, b: Tensor) -> Tensor:
         """<a, b> of two padded flat buffers: float32 products summed per row of
