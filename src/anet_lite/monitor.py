@@ -222,6 +222,10 @@ class Monitor:
     def _update(self, s: Signals) -> Snapshot:
         self.t += 1
         ev: Dict[str, Any] = {"loss": s.loss}
+        if s.grad_norm is not None:
+            ev["grad_norm"] = s.grad_norm
+        if s.step_norm is not None:
+            ev["step_norm"] = s.step_norm
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         finite_loss = math.isfinite(s.loss)
