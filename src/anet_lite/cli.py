@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "demo":  # everything after "demo" is the demo's, --flags included
+        return _demo(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -513,14 +516,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    return _demo(list(args.args))
+
+
+def _demo(argv: List[str]) -> int:
+    """``anet-lite demo ...``: the demo parses its own flags (and its own --help)."""
     try:
         from .demo import run_demo
     except ImportError as e:
         missing = getattr(e, "name", None)
-        detail = "" if missing in (None, f"{__package__}.demo") else f" (needs {missing})"
-        print(f"demo: not available yet{detail}")
+        if missing in (None, f"{__package__}.demo"):
+            raise
+        _err(f"demo needs {missing}: pip install 'anet-lite[torch]' (CPU: torch==2.13.0)")
         return EXIT_USAGE
-    rc = run_demo(list(args.args))
+    rc = run_demo(argv)
     return EXIT_OK if rc is None else int(rc)
 
 
