@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 _MAD_TO_SIGMA = 1.4826
+_NONE: List[float] = []  # shared empty result, never mutated
 
 
 class RobustLevel:
@@ -26,10 +27,13 @@ class RobustLevel:
         self.scale = 0.0
         self.count = 0  # values pushed since the last reset
         self._since = 0
+        self.ready = False  # >= 3 values: a center and a scale exist
 
     def push(self, x: float) -> None:
         self.values.append(x)
         self.count += 1
+        if not self.ready:
+            self.ready = len(self.values) >= 3
         self._since += 1
         if self._since >= self.every or self.count <= 4:
             self.refresh()
@@ -52,14 +56,11 @@ class RobustLevel:
         mad = dev[m // 2] if m % 2 else 0.5 * (dev[m // 2 - 1] + dev[m // 2])
         self.scale = _MAD_TO_SIGMA * mad / math.sqrt(2.0)
 
-    @property
-    def ready(self) -> bool:
-        return len(self.values) >= 3
-
     def reset(self) -> None:
         self.values.clear()
         self.center = self.scale = 0.0
         self.count = self._since = 0
+        self.ready = False
 
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class RobustLevel:
         self.values = deque((float(x) for x in st["values"]), maxlen=self.size)
         self.center, self.scale = float(st["center"]), float(st["scale"])
         self.count, self._since = int(st["count"]), int(st["since"])
+        self.ready = len(self.values) >= 3
 
 
 class RecentWindow:
@@ -100,17 +102,17 @@ class RecentWindow:
         while self.maxq and self.maxq[-1][1] <= x:
             self.maxq.pop()
         self.maxq.append((self.seq, x))
-        out: List[float] = []
         if self.seconds is not None and t is not None:
+            out: List[float] = []
             horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
             while len(self.items) > 1 and (
                 t - self.items[0][1] >= horizon or len(self.items) > self.cap
             ):
                 out.append(self._pop())
-        else:
-            while len(self.items) > self.n:
-                out.append(self._pop())
-        return out
+            return out
+        if len(self.items) > self.n:  # count mode: at most one sample leaves per push
+            return [self._pop()]
+        return _NONE
 
     def _pop(self) -> float:
         seq, _, x = self.items.popleft()
