@@ -313,6 +313,7 @@ class Monitor:
             ev["loss_dev"] = dev
             if self.log_space and x - base.center >= self.severe_loss:
                 ev["severe"] = "bad_batch"
+                ev["loss_ratio"] = _exp(x - base.center)  # in the floored loss scale
             elif dev >= self.spike_z:
                 ev["spike"] = True
             self.rise = self.rise + 1 if dev >= 0.5 * self.spike_z else 0
@@ -394,6 +395,8 @@ class Monitor:
                 ratio = lr / prev  # may underflow to 0 or overflow to inf
                 if ratio > 1.0 and lr > self.lr_jump * self.lr_max:
                     ev["lr_jump"] = lr / self.lr_max
+                elif self.lr_peak is None and ratio > 1.0:
+                    pass  # the initial warm-up is still rising: not an event
                 elif (ratio < 0.905 or ratio > 1.105) and not event:  # |log ratio| > ~0.1
                     event = "lr_decay" if ratio < 1.0 else "lr_restart"
                 elif self.lr_rising and ratio <= 1.0 and not event:

@@ -150,6 +150,7 @@ class Guard:
         self._skipped = False
         self._warned = False
         self._host: Optional[torch.Tensor] = None
+        self._undone = 0
         self._hooks = (
             optimizer.register_step_pre_hook(self._pre_hook),
             optimizer.register_step_post_hook(self._post_hook),
@@ -318,7 +319,7 @@ class Guard:
             return
         if not snap.alert:  # healthy, or warming up with nothing wrong seen
             self._healthy += 1
-            if self.lr_scale == 1.0 and snap.status == "healthy":
+            if self.lr_scale == 1.0:
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 self.lr_healthy_max = max(self.lr_healthy_max, lr)
             self._maybe_recover()
@@ -363,10 +364,30 @@ class Guard:
             raise GuardStop(action)
 
     def _skip(self) -> None:
+        self._undo_ema()
         for grp in self.optimizer.param_groups:
             for p in grp["params"]:
                 p.grad = None
         self._skipped = True
+
+    def _undo_ema(self) -> None:
+        """Take this step's gradient back out of the tap's noise EMA (the step is dropped).
+
+        The tap set m = ema * m_old + (1 - ema) * g for finite gradients (and left m
+        alone otherwise), so m_old = (m - (1 - ema) g) / ema; a 1e4x gradient is thus
+        not remembered for the next ~60 steps as if it had been trained on.
+        """
+        tap, ema = self.tap, self.tap.ema
+        if not ema or self._undone == self.step:
+            return
+        self._undone = self.step
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                m = tap.m.get(name)
+                g = p.grad
+                if m is None or g is None or m.shape != g.shape or not torch.isfinite(g).all():
+                    continue
+                m.sub_(g.to(m.dtype), alpha=1.0 - ema).div_(ema)
 
     def _scale_lr(self, factor: float) -> None:
         for grp in self.optimizer.param_groups:
@@ -380,7 +401,9 @@ class Guard:
             return
         self._healthy = 0
         lr = float(self.optimizer.param_groups[0]["lr"])
-        ceiling = min(self.lr_cap, self.lr_healthy_max or math.inf)
+        if not self.lr_healthy_max:
+            return  # no lr is known to have been healthy: do not guess upwards
+        ceiling = min(self.lr_cap, self.lr_healthy_max)
         factor = min(2.0, 1.0 / self.lr_scale, ceiling / lr if lr > 0 else 1.0)
         if factor > 1.0 + 1e-9:
             self._scale_lr(factor)

@@ -1,0 +1,799 @@
+"""``anet-lite demo``: detect, explain, act and record, on a real model, in one command.
+
+A small character-level MLP language model trains on CPU on the source text of Python's own
+standard library (no download), with the ``Guard`` watching every optimizer step. At a fixed
+step a real fault is injected; the Monitor's alert is printed in words, the Guard acts (slow
+down, skip the update, roll back, stop) and every action goes to a hash-chained tombstone
+log. ``--no-guard`` runs the identical fault with the Guard watching only, so the collapse it
+prevents is visible. The run folder holds metrics.csv, metrics.jsonl, tombstones.jsonl,
+meta.json and report.html (see docs/demo.md).
+
+``run_demo(argv) -> int`` parses its own arguments (``anet-lite demo ...`` calls it) and
+returns the exit code: 0 when the demo ran (whatever the Guard did), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+
+FAULTS = ("lr_jump", "bad_batch", "loss_scale", "none")
+DEFAULT_STEPS = 500
+MIN_STEPS = 250
+FIRST_FAULT_STEP = 200  # the lr warm-up (100 steps), then the Monitor's healthy reference
+
+# The model, the data and the optimizer (chosen so that every fault, unguarded, blows up
+# within a few dozen steps; measured numbers in docs/demo.md).
+CONTEXT, EMBED, HIDDEN, BATCH = 8, 32, 256, 64
+LR, MOMENTUM, WARMUP = 0.1, 0.9, 100  # SGD with momentum; linear lr warm-up over WARMUP steps
+CHECKPOINT_EVERY = 50
+LR_FACTOR = 100.0  # lr_jump: the schedule multiplies the lr by this from the fault step on
+BAD_WEIGHT = 1e4  # bad_batch: that one batch's per-example loss weights are garbage (1e4)
+LOSS_SCALE = 1e4  # loss_scale: the loss is multiplied by this from the fault step on
+EVAL_EXAMPLES, EVAL_SEED = 2048, 1234
+TEXT_FILES = ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "shlex.py")
+
+_EPILOG = """examples:
+  anet-lite demo                          # lr x100 at step 250: detected, slowed down, recovered
+  anet-lite demo --no-guard               # the same fault, watched only: the loss blows up
+  anet-lite demo --fault bad_batch --lang ja
+  anet-lite demo --fault none --steps 300 --out /tmp/healthy
+
+faults (injected at --fault-step, default: half of --steps):
+  lr_jump     the lr schedule multiplies the lr by 100 from that step on (a schedule bug)
+  bad_batch   one corrupted batch: its per-example loss weights are 1e4 instead of 1
+  loss_scale  the loss is multiplied by 1e4 from that step on (a loss-scale bug)
+  none        a healthy run
+
+Writes DIR (default: ./anet-demo-<fault>, or ./anet-demo-<fault>-noguard) with
+metrics.csv, metrics.jsonl, tombstones.jsonl, meta.json and report.html.
+
+exit codes:
+  0  the demo ran (whatever the Guard did)
+  2  usage error, or PyTorch is not installed
+"""
+
+# ---- words ----------------------------------------------------------------------------------
+
+_UI: Dict[str, Dict[str, str]] = {
+    "en": {
+        "title": "anet-lite demo: detect, explain, act, record",
+        "fault": "fault",
+        "fault_none": "none (a healthy run)",
+        "fault_lr_jump": "the lr schedule multiplies the learning rate by {x:g} from step {s}"
+        " on (a schedule bug)",
+        "fault_bad_batch": "one corrupted batch at step {s}: its loss weights are {x:g}"
+        " instead of 1 (a corrupted shard)",
+        "fault_loss_scale": "the loss is multiplied by {x:g} from step {s} on (a loss-scale bug)",
+        "model": "model",
+        "model_desc": "character-level MLP ({params:,} parameters) on {chars:,} characters of"
+        " Python's standard library source ({files})",
+        "optim": "optimizer",
+        "optim_desc": "SGD (momentum {m:g}), lr {lr:g} after a {w}-step linear warm-up;"
+        " batch {b}; {steps} steps; seed {seed}",
+        "guard": "guard",
+        "guard_on": "acting (slow down / skip / roll back / stop; checkpoint every {k} steps)",
+        "guard_off": "watching only (--no-guard): alerts are explained, nothing is done",
+        "out": "run folder",
+        "inject": "step {s}: FAULT injected: {what}",
+        "alert": "step {s}: ALERT [{status}] {cause}",
+        "collapse": "step {s}: COLLAPSE: the loss is no longer a finite number",
+        "action": "step {s}: ACTION {what}",
+        "rolled": "rolled back to the checkpoint of step {c} (steps {a}-{b} undone)",
+        "stopped": "step {s}: the Guard STOPPED the run: skipping and rolling back did not"
+        " remove the cause, so a person has to (see the advice above)",
+        "live": "step {s:>4}/{n}  loss {loss}  θ {theta:.2f}  F {f:+.2f}  z {z:+6.2f}  {status}",
+        "summary": "summary",
+        "s_fault": "fault            {what}",
+        "s_first": "first alert      step {s}: {cause} ({rel})",
+        "s_rel_after": "{k} steps after the fault began",
+        "s_rel_at": "at the fault step itself, before its update was applied",
+        "s_rel_before": "{k} steps BEFORE the fault (a false alarm)",
+        "s_no_alert": "first alert      none",
+        "s_blowup": "blow-up          step {s}: the model loss went {how}; it was {pre}"
+        " before the fault",
+        "s_blowup_nf": "non-finite",
+        "s_blowup_big": "above a uniform guess (ln {v} = {u:.2f})",
+        "s_no_blowup": "blow-up          none: the model loss stayed finite and below a uniform"
+        " guess (ln {v} = {u:.2f})",
+        "s_actions": "actions          {n}: {list}",
+        "s_no_actions": "actions          none",
+        "s_watch_only": "actions          none (--no-guard: watching only)",
+        "s_stopped": "stopped          at step {s}; the model is the rolled-back state of step {c}",
+        "s_final": "final loss       held-out {held} (train, last 20 steps: {train})",
+        "s_tomb": "tombstones       {n} record{pl}, hash chain {ok}",
+        "s_tomb_ok": "verified",
+        "s_tomb_bad": "BROKEN: {why}",
+        "s_time": "wall time        {sec:.1f} s for {n} steps",
+        "files": "files",
+        "hint_noguard": "Run again without --no-guard to see the Guard prevent this collapse.",
+        "hint_guard": "Run again with --no-guard to see what this fault does unguarded.",
+        "hint_none": "Run again with --fault lr_jump (or bad_batch, loss_scale) to see a fault.",
+        "need_torch": "the demo needs PyTorch: pip install 'anet-lite[torch]'"
+        " (on CPU machines: pip install torch==2.13.0 first)",
+        "slow_down": "slow down (lr x{f:.3g})",
+        "skip_step": "skip this update",
+        "rollback": "roll back to the last healthy checkpoint",
+        "stop": "stop the run",
+    },
+    "ja": {
+        "title": "anet-lite デモ：検知・説明・対処・記録",
+        "fault": "故障",
+        "fault_none": "なし（健全な学習）",
+        "fault_lr_jump": "ステップ {s} から学習率スケジュールが学習率を {x:g} 倍にします"
+        "（スケジュールの不具合）",
+        "fault_bad_batch": "ステップ {s} の 1 バッチが壊れています：損失の重みが 1 ではなく"
+        " {x:g}（壊れたシャード）",
+        "fault_loss_scale": "ステップ {s} から損失が {x:g} 倍されます（損失スケールの不具合）",
+        "model": "モデル",
+        "model_desc": "文字単位の MLP（パラメータ {params:,} 個）、Python 標準ライブラリの"
+        "ソース {chars:,} 文字で学習（{files}）",
+        "optim": "最適化",
+        "optim_desc": "SGD（モーメンタム {m:g}）、{w} ステップの線形ウォームアップ後に"
+        "学習率 {lr:g}、"
+        "バッチ {b}、{steps} ステップ、シード {seed}",
+        "guard": "ガード",
+        "guard_on": "対処あり（減速／スキップ／ロールバック／停止、"
+        "{k} ステップごとにチェックポイント）",
+        "guard_off": "監視のみ（--no-guard）：警報は説明しますが、何もしません",
+        "out": "出力フォルダ",
+        "inject": "ステップ {s}：故障を注入：{what}",
+        "alert": "ステップ {s}：警報 [{status}] {cause}",
+        "collapse": "ステップ {s}：崩壊：損失が有限の数ではなくなりました",
+        "action": "ステップ {s}：対処 {what}",
+        "rolled": "ステップ {c} のチェックポイントへロールバック（ステップ {a}〜{b} を取り消し）",
+        "stopped": "ステップ {s}：ガードが学習を停止しました。スキップとロールバックでは原因が"
+        "消えないため、人が直す必要があります（上の助言を参照）",
+        "live": "ステップ {s:>4}/{n}  損失 {loss}  ϑ {theta:.2f}  F {f:+.2f}  z {z:+6.2f}"
+        "  {status}",
+        "summary": "まとめ",
+        "s_fault": "故障            {what}",
+        "s_first": "最初の警報      ステップ {s}：{cause}（{rel}）",
+        "s_rel_after": "故障開始の {k} ステップ後",
+        "s_rel_at": "故障したステップそのもの。その更新が適用される前",
+        "s_rel_before": "故障の {k} ステップ前（誤警報）",
+        "s_no_alert": "最初の警報      なし",
+        "s_blowup": "発散            ステップ {s}：モデル損失が{how}（故障前は {pre}）",
+        "s_blowup_nf": "有限の数ではなくなりました",
+        "s_blowup_big": "一様な当て推量（ln {v} = {u:.2f}）を超えました",
+        "s_no_blowup": "発散            なし：モデル損失は有限で、"
+        "一様な当て推量（ln {v} = {u:.2f}）"
+        "より低いままでした",
+        "s_actions": "対処            {n} 回：{list}",
+        "s_no_actions": "対処            なし",
+        "s_watch_only": "対処            なし（--no-guard：監視のみ）",
+        "s_stopped": "停止            ステップ {s}。モデルはステップ {c} の状態へロールバック済み",
+        "s_final": "最終損失        検証 {held}（学習、最後の 20 ステップ：{train}）",
+        "s_tomb": "墓標ログ        {n} 件{pl}、ハッシュチェーン{ok}",
+        "s_tomb_ok": "検証済み",
+        "s_tomb_bad": "破損：{why}",
+        "s_time": "所要時間        {n} ステップで {sec:.1f} 秒",
+        "files": "ファイル",
+        "hint_noguard": "--no-guard を外してもう一度実行すると、"
+        "ガードがこの崩壊を防ぐ様子が見られます。",
+        "hint_guard": "--no-guard を付けてもう一度実行すると、"
+        "ガードなしでこの故障が何を起こすか見られます。",
+        "hint_none": "--fault lr_jump（または bad_batch、loss_scale）で実行すると"
+        "故障の例が見られます。",
+        "need_torch": "デモには PyTorch が必要です：pip install 'anet-lite[torch]'"
+        "（CPU マシンでは先に pip install torch==2.13.0）",
+        "slow_down": "減速（学習率 ×{f:.3g}）",
+        "skip_step": "この更新をスキップ",
+        "rollback": "最後の健全なチェックポイントへロールバック",
+        "stop": "学習を停止",
+    },
+}
+
+_CAUSES = {
+    "en": {
+        "non_finite": "the loss or gradient became non-finite",
+        "lr_jump": "a learning-rate jump (schedule bug)",
+        "lr_ramp": "the learning rate rose above the schedule's peak",
+        "bad_batch": "a bad batch (one-step loss jump)",
+        "grad_explosion": "a gradient explosion",
+        "update_blowup": "an update blow-up",
+        "oscillation": "oscillation (loss rising and jittering)",
+        "divergence": "divergence (loss rising)",
+        "grad_growth": "persistent gradient growth",
+        "stagnation": "stagnation (gradient collapsed)",
+        "fingerprint_shift": "a noise-fingerprint shift",
+    },
+    "ja": {
+        "non_finite": "損失または勾配が非有限",
+        "lr_jump": "学習率の跳ね上がり（スケジュールの不具合）",
+        "lr_ramp": "学習率がスケジュールの最大値を超えて上昇",
+        "bad_batch": "不良バッチ（1 ステップでの損失の跳ね上がり）",
+        "grad_explosion": "勾配爆発",
+        "update_blowup": "更新の暴走",
+        "oscillation": "振動（損失が上昇しつつ揺れる）",
+        "divergence": "発散（損失の上昇）",
+        "grad_growth": "勾配の持続的な増大",
+        "stagnation": "停滞（勾配の消失）",
+        "fingerprint_shift": "ノイズ指紋のずれ",
+    },
+}
+
+_STATUS = {
+    "en": {},
+    "ja": {
+        "warming_up": "ウォームアップ",
+        "healthy": "健全",
+        "drifting": "ドリフト",
+        "precursor": "前駆",
+        "collapsed": "崩壊",
+    },
+}
+
+
+def _cause(cause: str, lang: str) -> str:
+    return _CAUSES[lang].get(cause, cause)
+
+
+def _status(status: str, lang: str) -> str:
+    return _STATUS[lang].get(status, status)
+
+
+def _num(x: float) -> str:
+    if not math.isfinite(x):
+        return "nan" if x != x else ("inf" if x > 0 else "-inf")
+    return f"{x:.3g}" if abs(x) >= 1e4 else f"{x:.3f}"
+
+
+# ---- arguments ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="anet-lite demo",
+        description="Train a small character-level model on CPU (Python's standard library "
+        "source as data; no download), inject a real fault mid-run, and watch anet-lite "
+        "detect it before the loss blows up, explain it, act on it and record it.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "fault_pos",
+        nargs="?",
+        choices=FAULTS,
+        metavar="FAULT",
+        help="the fault, as a positional shorthand for --fault",
+    )
+    p.add_argument("--fault", choices=FAULTS, help="the fault to inject (default: lr_jump)")
+    p.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="watch and explain only (Guard(act=False)): see the collapse the Guard prevents",
+    )
+    p.add_argument("--lang", default="en", choices=("en", "ja"), help="language (default: en)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the model, data order (default 0)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help=f"training steps (default {DEFAULT_STEPS}, at least {MIN_STEPS})",
+    )
+    p.add_argument(
+        "--fault-step",
+        type=int,
+        metavar="N",
+        help=f"the step at which the fault begins (default: half of --steps, at least "
+        f"{FIRST_FAULT_STEP})",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default: ./anet-demo-<fault>[-noguard])",
+    )
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress, alerts or actions while it runs; only the summary at the end",
+    )
+    return p
+
+
+def _parse(argv: Sequence[str]) -> Tuple[Optional[argparse.Namespace], int]:
+    argv = list(argv)
+    if argv[:1] == ["--"]:  # `anet-lite demo -- --fault x` passes the "--" through
+        argv = argv[1:]
+    p = build_parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2): return, never exit
+        code = e.code
+        return None, code if isinstance(code, int) else (0 if code is None else 2)
+    if args.fault and args.fault_pos and args.fault != args.fault_pos:
+        p.print_usage(sys.stderr)
+        sys.stderr.write(f"{p.prog}: error: FAULT {args.fault_pos} and --fault {args.fault}\n")
+        return None, 2
+    args.fault = args.fault or args.fault_pos or "lr_jump"
+    if args.steps < MIN_STEPS:
+        p.print_usage(sys.stderr)
+        sys.stderr.write(f"{p.prog}: error: --steps must be at least {MIN_STEPS}\n")
+        return None, 2
+    if args.fault_step is None:
+        args.fault_step = max(args.steps // 2, FIRST_FAULT_STEP)
+    lo = FIRST_FAULT_STEP
+    if not lo <= args.fault_step <= args.steps:
+        p.print_usage(sys.stderr)
+        sys.stderr.write(
+            f"{p.prog}: error: --fault-step must be in [{lo}, --steps]: the Monitor needs "
+            f"a healthy reference after the {WARMUP}-step lr warm-up first (from step ~152)\n"
+        )
+        return None, 2
+    if args.out is None:
+        args.out = f"anet-demo-{args.fault}" + ("-noguard" if args.no_guard else "")
+    return args, 0
+
+
+# ---- data and model -------------------------------------------------------------------------
+
+
+def load_text() -> Tuple[str, List[str]]:
+    """Source text of a few standard-library modules (falls back to anet_lite's own source)."""
+    root = os.path.dirname(os.__file__)
+    parts, used = [], []
+    for name in TEXT_FILES:
+        try:
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                parts.append(f.read())
+            used.append(name)
+        except OSError:
+            continue
+    if sum(map(len, parts)) < 40_000:  # a stripped Python without .py sources
+        here = Path(__file__).resolve().parent
+        for p in sorted(here.rglob("*.py")):
+            parts.append(p.read_text(encoding="utf-8"))
+            used.append(f"anet_lite/{p.relative_to(here).as_posix()}")
+    return "".join(parts), used
+
+
+class _Data:
+    """Train on the first 90 % of the text, evaluate on a fixed sample of the last 10 %."""
+
+    def __init__(self, torch: Any, seed: int) -> None:
+        text, self.files = load_text()
+        vocab = sorted(set(text))
+        self.vocab = len(vocab)
+        index = {c: i for i, c in enumerate(vocab)}
+        self.ids = torch.tensor([index[c] for c in text], dtype=torch.long)
+        self.chars = len(text)
+        self.split = int(0.9 * len(text))
+        self.offsets = torch.arange(CONTEXT)
+        self.gen = torch.Generator().manual_seed(seed)  # fixed batch order for the seed
+        g = torch.Generator().manual_seed(EVAL_SEED)  # the same held-out sample for every seed
+        i = torch.randint(self.split, len(text) - CONTEXT - 1, (EVAL_EXAMPLES,), generator=g)
+        self.eval_x, self.eval_y = self.ids[i[:, None] + self.offsets], self.ids[i + CONTEXT]
+        self.torch = torch
+
+    def batch(self) -> Tuple[Any, Any]:
+        torch = self.torch
+        i = torch.randint(0, self.split - CONTEXT - 1, (BATCH,), generator=self.gen)
+        return self.ids[i[:, None] + self.offsets], self.ids[i + CONTEXT]
+
+
+def _model(torch: Any, vocab: int) -> Any:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Embedding(vocab, EMBED),
+        nn.Flatten(),
+        nn.Linear(CONTEXT * EMBED, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, vocab),
+    )
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+
+class _Progress:
+    """tqdm on stderr when it is a terminal (messages above the bar); else periodic lines."""
+
+    def __init__(self, total: int, out: TextIO, quiet: bool, every: int) -> None:
+        self.out, self.quiet, self.every, self.total = out, quiet, every, total
+        self.bar: Any = None
+        self.tqdm: Any = None
+        if quiet or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.tqdm = tqdm  # the bar starts at the first step, below the header
+
+    def say(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=self.out)
+        else:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def step(self, step: int, live: str) -> None:
+        if self.quiet:
+            return
+        if self.tqdm is not None and self.bar is None:
+            self.bar = self.tqdm(
+                total=self.total, unit="step", file=sys.stderr, mininterval=0.2, dynamic_ncols=True
+            )
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 5 == 0 or step == self.total:
+                self.bar.set_postfix_str(live, refresh=False)
+        elif step % self.every == 0 or step == self.total:
+            self.say(live)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = self.tqdm = None
+
+
+def _action_words(action: Any, lang: str) -> str:
+    """What the Guard does and why, e.g. "slow down (lr x0.01), reason: ... [slow_down 1/2]"."""
+    what = _UI[lang][action.kind].format(f=action.factor)
+    cause = _cause(str(action.evidence.get("cause", "")), lang)
+    m = re.search(r"\[[a-z_]+ \d+/\d+\]$", action.reason)
+    rung = f" {m.group(0)}" if m else ""
+    if lang == "ja":
+        return f"{what}、理由：{cause}{rung}"
+    return f"{what}, reason: {cause}{rung}"
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def _clear(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.csv", "metrics.jsonl", "tombstones.jsonl", "meta.json", "report.html"):
+        if (out / name).is_file():
+            (out / name).unlink()  # a fresh run, not an append to an old one
+
+
+def run_demo(argv: Optional[Sequence[str]] = None) -> int:
+    """``anet-lite demo [FAULT] [--fault F] [--no-guard] [--lang L] [--seed S] ...``."""
+    args, code = _parse(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        return code
+    ui = _UI[args.lang]
+    try:
+        import torch
+    except ImportError:
+        sys.stderr.write(f"anet-lite demo: {ui['need_torch']}\n")
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        sys.stderr.write(f"anet-lite demo: --out {out}: exists and is not a folder\n")
+        return 2
+    try:
+        _clear(out)
+    except OSError as e:
+        sys.stderr.write(f"anet-lite demo: --out {out}: {e.strerror or e}\n")
+        return 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic and polite on a shared machine
+    try:
+        result = _train(args, out, torch)
+    finally:
+        torch.set_num_threads(threads)
+    _finish(args, out, result)
+    return 0
+
+
+def _train(args: argparse.Namespace, out: Path, torch: Any) -> Dict[str, Any]:
+    from . import __version__
+    from .monitor import Monitor
+    from .outputs import RunLog
+    from .report.html import RunData
+    from .torch import Guard, GuardStop
+
+    lang, ui, say_out = args.lang, _UI[args.lang], sys.stdout
+    fault, at, steps = args.fault, args.fault_step, args.steps
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    try:
+        import numpy as np
+
+        np.random.seed(args.seed)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    data = _Data(torch, args.seed)
+    model = _model(torch, data.vocab)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    jump = LR_FACTOR if fault == "lr_jump" else 1.0
+
+    def schedule(epoch: int) -> float:  # epoch = optimizer steps taken so far
+        warm = min(1.0, (epoch + 1) / WARMUP)
+        return warm * (jump if epoch + 1 >= at else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    run_log = RunLog(out / "metrics.csv", out / "metrics.jsonl")
+    guard = Guard(
+        model,
+        opt,
+        monitor=Monitor(),
+        scheduler=sched,
+        tombstones=out / "tombstones.jsonl",
+        run_log=run_log,
+        checkpoint_every=CHECKPOINT_EVERY,
+        act=not args.no_guard,
+    )
+    report = RunData(lang=lang)
+    params = sum(p.numel() for p in model.parameters())
+    what = (
+        ui["fault_none"]
+        if fault == "none"
+        else ui[f"fault_{fault}"].format(
+            s=at, x={"lr_jump": LR_FACTOR, "bad_batch": BAD_WEIGHT}.get(fault, LOSS_SCALE)
+        )
+    )
+    prog = _Progress(steps, say_out, args.quiet, max(1, steps // 10))
+    header = [
+        ui["title"],
+        f"  {ui['fault']}: {fault} — {what}",
+        f"  {ui['model']}: "
+        + ui["model_desc"].format(params=params, chars=data.chars, files=", ".join(data.files)),
+        f"  {ui['optim']}: "
+        + ui["optim_desc"].format(
+            m=MOMENTUM, lr=LR, w=WARMUP, b=BATCH, steps=steps, seed=args.seed
+        ),
+        f"  {ui['guard']}: "
+        + (ui["guard_off"] if args.no_guard else ui["guard_on"].format(k=CHECKPOINT_EVERY)),
+        f"  {ui['out']}: {out}",
+        "",
+    ]
+    for line in header:
+        prog.say(line)
+
+    ce_hist: List[float] = []
+    alerts: List[Dict[str, Any]] = []
+    actions: List[Dict[str, Any]] = []
+    causes_seen: set = set()
+    n_incidents, n_actions, n_rolled = 0, 0, 0
+    collapsed_at: Optional[int] = None
+    stopped: Optional[Dict[str, Any]] = None
+    t0 = time.perf_counter()
+    step = 0
+    try:
+        for step in range(1, steps + 1):
+            x, y = data.batch()
+            per = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+            ce = per.mean()
+            loss = ce
+            if fault == "bad_batch" and step == at:
+                loss = (per * BAD_WEIGHT).mean()  # garbage per-example weights
+            elif fault == "loss_scale" and step >= at:
+                loss = ce * LOSS_SCALE
+            if step == at and fault != "none":
+                prog.say(ui["inject"].format(s=step, what=what))
+            loss.backward()
+            guard.observe(loss)
+            ce_hist.append(float(ce.detach()))
+            try:
+                opt.step()
+            except GuardStop as stop:
+                stopped = {"step": step, "reason": stop.action.reason}
+            snap = guard.last
+            if snap is not None and snap.step == step:
+                report.add(snap)
+                if snap.alert:
+                    cause = str(snap.evidence.get("cause") or snap.status)
+                    alerts.append({"step": step, "status": snap.status, "cause": cause})
+                    new_incident = len(report.incidents) > n_incidents
+                    n_incidents = len(report.incidents)
+                    if new_incident:
+                        causes_seen = set()
+                    if cause not in causes_seen and len(causes_seen) < 6:
+                        causes_seen.add(cause)
+                        prog.say(
+                            ui["alert"].format(
+                                s=step,
+                                status=_status(snap.status, lang),
+                                cause=_cause(cause, lang),
+                            )
+                        )
+                        prog.say("    " + snap.explain(lang))
+                if snap.status == "collapsed" and collapsed_at is None:
+                    collapsed_at = step
+                    prog.say(ui["collapse"].format(s=step))
+            for a in guard.actions[n_actions:]:
+                rec = {
+                    "step": a.step,
+                    "kind": a.kind,
+                    "factor": a.factor,
+                    "cause": str(a.evidence.get("cause", "")),
+                    "reason": a.reason,
+                }
+                prog.say(ui["action"].format(s=a.step, what=_action_words(a, lang)))
+                if a.kind == "rollback" and len(guard.rolled_back) > n_rolled:
+                    first, last = guard.rolled_back[-1]
+                    rec["checkpoint_step"] = first - 1
+                    prog.say("    " + ui["rolled"].format(c=first - 1, a=first, b=last))
+                n_rolled = len(guard.rolled_back)
+                actions.append(rec)
+            n_actions = len(guard.actions)
+            if stopped is not None:
+                prog.say(ui["stopped"].format(s=step))
+                break
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if snap is not None:
+                prog.step(
+                    step,
+                    ui["live"].format(
+                        s=step,
+                        n=steps,
+                        loss=_num(float(snap.evidence.get("loss", math.nan))),
+                        theta=snap.theta,
+                        f=snap.f_total,
+                        z=snap.zscore,
+                        status=_status(snap.status, lang),
+                    ),
+                )
+    finally:
+        prog.close()
+        guard.close()
+        run_log.close()
+    elapsed = time.perf_counter() - t0
+
+    with torch.no_grad():
+        held = float(torch.nn.functional.cross_entropy(model(data.eval_x), data.eval_y))
+    pre = ce_hist[max(0, at - 21) : at - 1]
+    pre_level = sum(pre) / len(pre) if pre else math.nan
+    uniform = math.log(data.vocab)
+    blowup = None
+    for i, v in enumerate(ce_hist[at - 1 :], start=at):
+        if not math.isfinite(v) or v > uniform:
+            blowup = {"step": i, "non_finite": not math.isfinite(v)}
+            break
+    tail = ce_hist[-20:]
+    first = alerts[0] if alerts else None
+    if stopped is not None and actions:
+        rb = [a for a in actions if "checkpoint_step" in a]
+        if rb:
+            stopped["checkpoint_step"] = rb[-1]["checkpoint_step"]
+    return {
+        "version": __version__,
+        "fault": fault,
+        "fault_step": at,
+        "what": what,
+        "steps": steps,
+        "steps_run": step,
+        "seed": args.seed,
+        "guard": "watching" if args.no_guard else "acting",
+        "params": params,
+        "vocab": data.vocab,
+        "chars": data.chars,
+        "files": data.files,
+        "pre_fault_loss": pre_level,
+        "first_alert": first,
+        "first_alert_loss": ce_hist[first["step"] - 1] if first else None,
+        "alert_steps": len(alerts),
+        "incidents": len(report.incidents),
+        "collapsed_at": collapsed_at,
+        "blowup": blowup,
+        "uniform_loss": uniform,
+        "actions": actions,
+        "stopped": stopped,
+        "final_loss_heldout": held,
+        "final_loss_train": sum(tail) / len(tail) if tail else math.nan,
+        "seconds": elapsed,
+        "report_data": report,
+    }
+
+
+def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
+    from .outputs import json_safe
+    from .report.html import write_report
+    from .tombstone import verify
+
+    lang, ui = args.lang, _UI[args.lang]
+    tomb_path = out / "tombstones.jsonl"
+    if not tomb_path.exists():
+        tomb_path.touch()  # an empty chain (no action taken) is a valid one
+    res = verify(tomb_path)
+    report = r.pop("report_data")
+    meta = {
+        "run_name": out.name,
+        "source": "anet-lite demo " + " ".join(_cmdline(args)),
+        "format": "demo",
+        "lang": lang,
+        "model": f"char-MLP ctx={CONTEXT} emb={EMBED} hidden={HIDDEN}",
+        "optimizer": f"SGD lr={LR} momentum={MOMENTUM} warmup={WARMUP} batch={BATCH}",
+        **{k: v for k, v in r.items() if k != "seconds"},
+        "tombstones": {"ok": res.ok, "records": res.records, "head": res.head},
+        "anet_lite_version": r["version"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(r["seconds"], 3),
+    }
+    meta.pop("version", None)
+    (out / "meta.json").write_text(
+        json.dumps(json_safe(meta), indent=2, ensure_ascii=False) + "\n", "utf-8"
+    )
+    report_path = write_report(out, data=report)
+
+    w = sys.stdout.write
+    first = r["first_alert"]
+    lines = ["", f"{ui['summary']}:"]
+    fault_at = "none" if r["fault"] == "none" else f"{r['fault']} @ step {r['fault_step']}"
+    lines.append("  " + ui["s_fault"].format(what=fault_at))
+    if first is None:
+        lines.append("  " + ui["s_no_alert"])
+    else:
+        k = first["step"] - r["fault_step"]
+        rel = (
+            ui["s_rel_at"]
+            if k == 0
+            else (ui["s_rel_after"].format(k=k) if k > 0 else ui["s_rel_before"].format(k=-k))
+        )
+        lines.append(
+            "  "
+            + ui["s_first"].format(s=first["step"], cause=_cause(first["cause"], lang), rel=rel)
+        )
+    bu = r["blowup"]
+    if bu is None:
+        lines.append("  " + ui["s_no_blowup"].format(v=r["vocab"], u=r["uniform_loss"]))
+    else:
+        how = (
+            ui["s_blowup_nf"]
+            if bu["non_finite"]
+            else ui["s_blowup_big"].format(v=r["vocab"], u=r["uniform_loss"])
+        )
+        lines.append(
+            "  " + ui["s_blowup"].format(s=bu["step"], how=how, pre=_num(r["pre_fault_loss"]))
+        )
+    acts = r["actions"]
+    if acts:
+        listed = ", ".join(
+            f"{a['kind']}@{a['step']}"
+            + (f" x{a['factor']:.3g}" if a["kind"] == "slow_down" else "")
+            for a in acts[:8]
+        ) + (" ..." if len(acts) > 8 else "")
+        lines.append("  " + ui["s_actions"].format(n=len(acts), list=listed))
+    else:
+        lines.append("  " + (ui["s_watch_only"] if args.no_guard else ui["s_no_actions"]))
+    st = r["stopped"]
+    if st is not None:
+        lines.append("  " + ui["s_stopped"].format(s=st["step"], c=st.get("checkpoint_step", "?")))
+    lines.append(
+        "  "
+        + ui["s_final"].format(
+            held=_num(r["final_loss_heldout"]), train=_num(r["final_loss_train"])
+        )
+    )
+    ok = ui["s_tomb_ok"] if res.ok else ui["s_tomb_bad"].format(why=res.reason)
+    pl = ("" if res.records == 1 else "s") if lang == "en" else ""
+    lines.append("  " + ui["s_tomb"].format(n=res.records, pl=pl, ok=ok))
+    lines.append("  " + ui["s_time"].format(sec=r["seconds"], n=r["steps_run"]))
+    lines.append(f"{ui['files']}:")
+    for p in ("metrics.csv", "metrics.jsonl", "tombstones.jsonl", "meta.json"):
+        lines.append(f"  {out / p}")
+    lines.append(f"  {report_path}")
+    if args.fault == "none":
+        lines.append(ui["hint_none"])
+    else:
+        lines.append(ui["hint_noguard"] if args.no_guard else ui["hint_guard"])
+    w("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def _cmdline(args: argparse.Namespace) -> List[str]:
+    parts = ["--fault", args.fault, "--seed", str(args.seed), "--steps", str(args.steps)]
+    parts += ["--fault-step", str(args.fault_step), "--lang", args.lang]
+    if args.no_guard:
+        parts.append("--no-guard")
+    return parts
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_demo())
