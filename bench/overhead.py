@@ -130,8 +130,15 @@ def main() -> None:
 
     variants: Dict[str, Dict] = {}
     seed_name = "seed tap (.item per tensor)"
-    names = ["baseline", seed_name, "tap (no-sync)", "tap exact_update", "clip_grad_norm_",
-             "Guard", "Guard + clip 1.0"]
+    names = [
+        "baseline",
+        seed_name,
+        "tap (no-sync)",
+        "tap exact_update",
+        "clip_grad_norm_",
+        "Guard",
+        "Guard + clip 1.0",
+    ]
     for name in names:
         model = TinyLM(len(chars), ctx=args.ctx)
         model.load_state_dict(init.state_dict())
@@ -142,8 +149,9 @@ def main() -> None:
     v["tap (no-sync)"]["tap"] = GradNoiseTap(v["tap (no-sync)"]["model"])
     v["tap exact_update"]["tap"] = GradNoiseTap(v["tap exact_update"]["model"], exact_update=True)
     for name, clip in (("Guard", None), ("Guard + clip 1.0", 1.0)):
-        v[name]["guard"] = Guard(v[name]["model"], v[name]["opt"], clip_grad_norm=clip,
-                                 on_error="raise")
+        v[name]["guard"] = Guard(
+            v[name]["model"], v[name]["opt"], clip_grad_norm=clip, on_error="raise"
+        )
 
     loss_fn = nn.CrossEntropyLoss()
 

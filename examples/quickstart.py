@@ -62,13 +62,13 @@ logs = train_bigram()
 # ---- the seed README's quick start, as written ---------------------------------------------
 from anet_lite import theta_consistency, entropy_rate, processivity, f_total, two_second_precursor
 
-loss_hist     = logs["loss"]         # JA: 損失/温度の履歴 | EN: loss/temperature history
-grad_norms    = logs["g"]            # JA: 勾配ノルム     | EN: gradient norms
-step_norms    = logs["s"]            # JA: 更新ノルム     | EN: parameter update norms
-noise_series  = logs["noise"][-64:]  # JA: 勾配ノイズ列   | EN: gradient noise series
-ref_series    = logs["noise"][50:150]  # JA: 正常参照列     | EN: reference (healthy) series
+loss_hist = logs["loss"]  # JA: 損失/温度の履歴 | EN: loss/temperature history
+grad_norms = logs["g"]  # JA: 勾配ノルム     | EN: gradient norms
+step_norms = logs["s"]  # JA: 更新ノルム     | EN: parameter update norms
+noise_series = logs["noise"][-64:]  # JA: 勾配ノイズ列   | EN: gradient noise series
+ref_series = logs["noise"][50:150]  # JA: 正常参照列     | EN: reference (healthy) series
 
-phi = theta_consistency(noise_series, ref_series)     # 0..1 (1=healthy)
-F   = f_total(entropy_rate(loss_hist), processivity(grad_norms, step_norms), w_s=0.7, w_p=0.3)
-alert, z = two_second_precursor(loss_hist, rate_hz=5) # True if z>2.5
+phi = theta_consistency(noise_series, ref_series)  # 0..1 (1=healthy)
+F = f_total(entropy_rate(loss_hist), processivity(grad_norms, step_norms), w_s=0.7, w_p=0.3)
+alert, z = two_second_precursor(loss_hist, rate_hz=5)  # True if z>2.5
 print(phi, F, alert, z)

@@ -39,7 +39,9 @@ class CharMLP(nn.Module):
     def __init__(self, vocab: int, dim: int = 32, hidden: int = 128):
         super().__init__()
         self.emb = nn.Embedding(vocab, dim)
-        self.net = nn.Sequential(nn.Linear(CONTEXT * dim, hidden), nn.ReLU(), nn.Linear(hidden, vocab))
+        self.net = nn.Sequential(
+            nn.Linear(CONTEXT * dim, hidden), nn.ReLU(), nn.Linear(hidden, vocab)
+        )
 
     def forward(self, batch):
         x, y = batch
@@ -61,33 +63,55 @@ loader = make_loader()
 import torch
 from anet_lite import snapshot  # returns theta/sdot/proc/F/precursor
 
+
 class GradNoiseTap:
     def __init__(self, model, ema=0.9):
         self.model, self.ema = model, ema
-        self.m = {n: torch.zeros_like(p) for n,p in model.named_parameters() if p.requires_grad}
+        self.m = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+
     def norm(self):
         acc = 0.0
-        for n,p in self.model.named_parameters():
-            if not p.requires_grad or p.grad is None: continue
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad or p.grad is None:
+                continue
             g = p.grad.detach()
-            self.m[n].mul_(self.ema).add_(g, alpha=1-self.ema)
+            self.m[n].mul_(self.ema).add_(g, alpha=1 - self.ema)
             acc += float((g - self.m[n]).norm().cpu().item())
         return acc
 
-logs = {'loss':[], 'g':[], 's':[]}
-model = CharMLP(len(VOCAB)); opt = torch.optim.AdamW(model.parameters(), 3e-4)
-tap = GradNoiseTap(model); ref = []
+
+logs = {"loss": [], "g": [], "s": []}
+model = CharMLP(len(VOCAB))
+opt = torch.optim.AdamW(model.parameters(), 3e-4)
+tap = GradNoiseTap(model)
+ref = []
 
 for t, batch in enumerate(loader, 1):
-    opt.zero_grad(); loss = model(batch).loss; loss.backward()
+    opt.zero_grad()
+    loss = model(batch).loss
+    loss.backward()
     gnorm = tap.norm()
-    snorm = sum(float((p.grad**2).sum().sqrt().cpu()) for p in model.parameters() if p.grad is not None)
+    snorm = sum(
+        float((p.grad**2).sum().sqrt().cpu()) for p in model.parameters() if p.grad is not None
+    )
     opt.step()
-    logs['loss'].append(float(loss)); logs['g'].append(gnorm); logs['s'].append(snorm)
-    if t < 100: ref.append(gnorm); continue
-    snap = snapshot(loss_hist=logs['loss'][-64:], grad_norms=logs['g'][-64:],
-                    step_norms=logs['s'][-64:], noise_seq=logs['g'][-64:], ref_seq=ref[-64:])
+    logs["loss"].append(float(loss))
+    logs["g"].append(gnorm)
+    logs["s"].append(snorm)
+    if t < 100:
+        ref.append(gnorm)
+        continue
+    snap = snapshot(
+        loss_hist=logs["loss"][-64:],
+        grad_norms=logs["g"][-64:],
+        step_norms=logs["s"][-64:],
+        noise_seq=logs["g"][-64:],
+        ref_seq=ref[-64:],
+    )
     if t % 20 == 0:
-        print(f"[{t}] θ={snap.theta:.2f} F={snap.f_total:+.2f} pre={snap.precursor} z={snap.zscore:+.2f}")
+        print(
+            f"[{t}] θ={snap.theta:.2f} F={snap.f_total:+.2f} pre={snap.precursor} z={snap.zscore:+.2f}"
+        )
     if snap.precursor or snap.theta < 0.6:
-        for g in opt.param_groups: g['lr'] *= 0.8   # slow down gently
+        for g in opt.param_groups:
+            g["lr"] *= 0.8  # slow down gently

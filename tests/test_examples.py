@@ -15,7 +15,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_example(name: str, timeout: float = 300) -> str:
     proc = subprocess.run(
         [sys.executable, "-W", "ignore::UserWarning", os.path.join(ROOT, "examples", name)],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
