@@ -15,21 +15,15 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import fingerprint as _fp
+from ._monitor_rules import MonitorRules
 from ._signals import Signals, read_inputs
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
 from ._validate import positive
-from .metrics import Z_CAP, _entropy_bins, _entropy_rate_core
+from .metrics import Z_CAP
 from .verdict import Snapshot, make_snapshot
 
-_DEAD = math.log(100.0)  # a gradient 100x below its healthy level: units stopped learning
-_SEVERE = ("lr_jump", "bad_batch", "grad_explosion", "update_blowup")
 
-
-def _exp(x: float) -> float:
-    return math.exp(min(x, 700.0))
-
-
-class Monitor:
+class Monitor(MonitorRules):
     """Streaming failure monitor. ``snap = m.update(loss, grad_norm=..., lr=...)`` per step.
 
     Parameters (defaults need no per-run tuning; units in brackets):
@@ -293,161 +287,6 @@ class Monitor:
             alert,
             ev,
         )
-
-    def _loss_signals(self, s: Signals, ev: Dict[str, Any]) -> float:
-        """One-step severity, spikes, the precursor window and Ṡ; returns the precursor z."""
-        L = s.loss
-        if self.loss_eps is None:
-            self.loss0 = abs(L)
-            self.loss_eps = self.loss_floor * abs(L) if L > 0 else 0.0
-        if self.log_space and L + self.loss_eps <= 0.0:
-            self.log_space = False  # a loss that can be <= 0: read it linearly from now on
-            self.recent.clear()
-            self.loss_base.reset()
-        x = math.log(L + self.loss_eps) if self.log_space else L
-        base = self.loss_base
-        floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
-        pz = 0.0
-        if base.ready:
-            dev = (x - base.center) / max(base.scale, floor)
-            ev["loss_dev"] = dev
-            if self.log_space and x - base.center >= self.severe_loss:
-                ev["severe"] = "bad_batch"
-                ev["loss_ratio"] = _exp(x - base.center)  # in the floored loss scale
-            elif dev >= self.spike_z:
-                ev["spike"] = True
-            self.rise = self.rise + 1 if dev >= 0.5 * self.spike_z else 0
-        self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0
-        self.loss_prev = x
-        for old in self.recent.push(
-            x, s.time if s.time is not None and math.isfinite(s.time) else None
-        ):
-            base.push(old)
-        if base.ready and len(self.recent) >= min(self.n, 3):
-            pz = (self.recent.trimmed_mean() - base.center) / max(base.scale, floor)
-            pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
-        self.pz_hot = self.pz_hot + 1 if pz > self.z else 0
-        self.losses.append(L)
-        if len(self.losses) > self.window:
-            del self.losses[0]
-        if self.t % max(16, self.window // 2) == 0 and len(self.losses) >= self.window:
-            h = self.window // 2
-            arr = np.asarray(self.losses)
-            self.sdot = _entropy_rate_core(arr[:h], arr[h:], _entropy_bins(h))
-        return pz
-
-    def _grad_signals(self, s: Signals, ev: Dict[str, Any]) -> bool:
-        """Gradient and update checks; returns False for a non-finite gradient norm."""
-        G, S = s.grad_norm, s.step_norm
-        if G is not None and not math.isfinite(G):
-            return False
-        if G is not None and G > 0.0:
-            lg = math.log(G)
-            gb = self.grad_base
-            if gb.ready:
-                gd = lg - gb.center
-                ev["grad_ratio"] = _exp(gd)
-                if gd >= self.severe_grad and "severe" not in ev:
-                    ev["severe"] = "grad_explosion"
-            for old in self.grad_recent.push(lg, None):
-                gb.push(old)
-            if gb.ready and len(self.grad_recent) >= min(self.n, 3):
-                up = self.grad_recent.trimmed_mean() - gb.center >= self.grad_growth
-                self.grad_hot = self.grad_hot + 1 if up else 0
-            ref = self.grad_ref
-            self.dead = self.dead + 1 if ref is not None and gb.center < ref - _DEAD else 0
-        if S is not None and math.isfinite(S) and S > 0.0:
-            lr_ok = s.lr is not None and 0.0 < s.lr < math.inf
-            lu = math.log(S) - (math.log(s.lr) if lr_ok else 0.0)
-            ub = self.upd_base
-            if ub.ready:
-                ud = lu - ub.center
-                ev["update_ratio"] = _exp(ud)
-                if ud >= self.severe_update and "severe" not in ev:
-                    ev["severe"] = "update_blowup"
-            ub.push(lu)
-            if G is not None and G > 0.0:
-                self.proc.update(math.log(G), math.log(S))
-        gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
-        if gr is not None and ur is not None:
-            # gradient AND update far above their levels, the update growing step after step:
-            # the optimizer is being pushed one way (a one-batch spike decays instead)
-            hot = min(gr, ur) >= self.co_rise_x and ur > self.ur_prev
-            self.co_hot = self.co_hot + 1 if hot else 0
-            self.ur_prev = ur
-        else:
-            self.co_hot, self.ur_prev = 0, math.inf
-        if "lr_jump" in ev:
-            ev["severe"] = "lr_jump"
-        return True
-
-    def _schedule(self, s: Signals, ev: Dict[str, Any]) -> str:
-        """Recognise intended changes (lr decay, restart, end of warm-up, marks) and lr bugs."""
-        event = self.pending_mark or ""
-        self.pending_mark = None
-        if event:
-            self.lr_peak = None  # a declared change may bring a new warm-up and peak
-        lr = s.lr
-        if lr is not None and math.isfinite(lr) and lr > 0.0:
-            ev["lr"] = lr
-            prev = self.lr_prev
-            if prev > 0.0:
-                ratio = lr / prev  # may underflow to 0 or overflow to inf
-                if ratio > 1.0 and lr > self.lr_jump * self.lr_max:
-                    ev["lr_jump"] = lr / self.lr_max
-                elif self.lr_peak is None and ratio > 1.0:
-                    pass  # the initial warm-up is still rising: not an event
-                elif (ratio < 0.905 or ratio > 1.105) and not event:  # |log ratio| > ~0.1
-                    event = "lr_decay" if ratio < 1.0 else "lr_restart"
-                elif self.lr_rising and ratio <= 1.0 and not event:
-                    event = "warmup_end"
-                rising = ratio > 1.0 + 1e-12 and "lr_jump" not in ev
-                if not rising and self.lr_peak is None:
-                    self.lr_peak = max(self.lr_max, lr)  # the initial warm-up (if any) is over
-                self.lr_rising = rising and not event
-            if (
-                self.lr_peak is not None
-                and lr > self.lr_ramp * self.lr_peak
-                and "lr_jump" not in ev
-            ):
-                ev["lr_ramp"] = lr / self.lr_peak
-            if "lr_jump" not in ev and "lr_ramp" not in ev:
-                self.lr_max = max(self.lr_max, lr)
-            self.lr_prev = lr
-        if event:
-            self.grace_until = self.t + self.grace
-            self.pz_hot = self.rise = self.grad_hot = self.co_hot = 0
-            if not self.ref_pinned:
-                self.ref = None  # re-take the healthy fingerprint in the new regime
-        return event
-
-    def _refresh_theta(self, grace: bool) -> None:
-        if not self.fp.ready:
-            return
-        cur = self.fp.mean_powers()
-        if self.ref is None:
-            if self.t > self.warmup and not grace and self.last_status in ("healthy", "warming_up"):
-                self.ref = cur.copy()
-                self.grad_ref = self.grad_base.center if self.grad_base.ready else None
-                self.theta_low, self.drift_loss0 = 0, None
-            return
-        self.theta = _fp.similarity_of_powers(cur.tolist(), self.ref.tolist(), self.beta)
-        level = self.recent.trimmed_mean() if len(self.recent) else None
-        self.drift_stalled = False
-        if self.theta < self.theta_alert:
-            self.theta_low += 1
-            if self.theta_low == 1:
-                self.drift_loss0 = level
-            known = level is not None and self.drift_loss0 is not None
-            margin = max(self.loss_base.scale, 1e-3)  # improved = clearly below, not by noise
-            self.drift_stalled = known and level > self.drift_loss0 - margin
-            if self.theta_low >= 16 and known and not self.drift_stalled and not self.ref_pinned:
-                # A new fingerprint under which the run kept improving is the new healthy one.
-                self.ref, self.theta, self.theta_low, self.drift_loss0 = cur.copy(), 1.0, 0, None
-        else:
-            self.theta_low, self.drift_loss0 = 0, None
-            if not self.ref_pinned and self.last_status == "healthy":
-                self.ref += 0.02 * (cur - self.ref)  # follow a healthy run slowly, never a drift
 
     # ---- decisions and persistence -------------------------------------------------------
 
