@@ -275,3 +275,25 @@ def test_snapshot_evidence_from_the_tap():
     for k in ("grad_norm", "step_norm", "param_norm", "max_abs_grad", "step_processivity", "lr"):
         assert math.isfinite(snap.evidence[k]), k
     assert -1.0 <= snap.evidence["step_processivity"] <= 1.0
+
+
+def test_amp_grad_scaler_overflow_is_a_skipped_step_not_a_collapse():
+    model = char_mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    g = Guard(model, opt, on_error="raise")
+    for i, (x, y) in enumerate(batches(40)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        if i == 30:
+            loss = loss * 1e35  # the scaled loss overflows: the scaler must skip this step
+        scaler.scale(loss).backward()
+        g.observe(loss)
+        scaler.step(opt)  # unscales first: the Guard's pre-hook sees unscaled gradients
+        scaler.update()
+        opt.zero_grad()
+    assert g.step == 39  # the overflow step never reached optimizer.step()
+    assert g.actions == [] and g.last.status != "collapsed"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert scaler.get_scale() >= 2.0**14  # so a scaled gradient would read >= 1e4 ...
+    assert g.last.evidence["grad_norm"] < 100.0  # ... but the Guard read the unscaled one
