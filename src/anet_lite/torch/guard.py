@@ -313,7 +313,8 @@ class Guard:
         else:
             self.tap.measure_update(publish=False)
             p = self.tap.pending_tensor()
-            self._prev = p[[UPDATE_SQ, PARAM_SQ, GRAD_DOT_UPDATE, GRAD_SQ]].clone()
+            # 0-d views stacked on the device (a list index would build a host tensor)
+            self._prev = torch.stack((p[UPDATE_SQ], p[PARAM_SQ], p[GRAD_DOT_UPDATE], p[GRAD_SQ]))
         snap = self.last
         if not self.act or snap is None:
             return
