@@ -23,7 +23,11 @@ the Monitor's decision is carried out before the update is applied:
   the rolled-back step range is recorded (``guard.rolled_back``) so batches can be skipped.
 * ``stop``: raises ``GuardStop`` out of ``optimizer.step()``.
 
-Every action goes to the tombstone log (rank 0 only) with evidence and scope. Every rank
+The update statistics (‖Δθ‖, cos(−g, Δθ)) of a step are known only after it, so they
+reach the Monitor with the next step's pack (one step late; the lr, loss and gradients are
+on time). On GPU the whole pack is read one step late (no sync): decisions then act on
+the following step. Every action goes to the tombstone log (rank 0 only) with evidence
+and scope. Every rank
 sees the same reduced numbers and so takes the same decision at the same step. An
 internal error never stops training (``on_error="warn"``), and a ``GradScaler`` overflow
 is invisible here because the scaler skips ``optimizer.step()`` (a skipped step, not a
