@@ -14,6 +14,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
         "(on CPU machines: pip install torch==2.13.0 first)"
     ) from exc
 
+from .forget import forget_layers, weights_hash
 from .guard import Guard, GuardStop
 from .tap import (
     GRAD_DOT_UPDATE,
@@ -52,5 +53,7 @@ __all__ = [
     "GuardStop",
     "StepStats",
     "combine_rank_stats",
+    "forget_layers",
     "stats_from_values",
+    "weights_hash",
 ]
