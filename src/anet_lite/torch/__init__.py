@@ -16,6 +16,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 from .forget import forget_layers, weights_hash
 from .guard import Guard, GuardStop
+from .merge import MergeScan, digits_batches, digits_mlp, digits_pairs, merge_state, scan
 from .tap import (
     GRAD_DOT_UPDATE,
     GRAD_SQ,
@@ -51,9 +52,15 @@ __all__ = [
     "GradNoiseTap",
     "Guard",
     "GuardStop",
+    "MergeScan",
     "StepStats",
     "combine_rank_stats",
+    "digits_batches",
+    "digits_mlp",
+    "digits_pairs",
     "forget_layers",
+    "merge_state",
+    "scan",
     "stats_from_values",
     "weights_hash",
 ]
