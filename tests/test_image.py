@@ -111,3 +111,20 @@ def test_cli_sig_check_files_and_compare(tmp_path, capsys, china):
     assert main(["sig-check", str(up), str(orig)]) == 2  # "upscaled" smaller than the original
     assert "upscaled" in capsys.readouterr().err
     assert main(["sig-check", str(orig)]) == 2
+
+
+def test_example_runs():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "sig_check.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "lanczos+blur" in out.stdout
