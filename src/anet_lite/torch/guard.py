@@ -166,6 +166,19 @@ class Guard:
         """Give the Guard this step's loss (a tensor is fine: nothing syncs here)."""
         self._loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
 
+    def detach_pre_hook(self) -> None:
+        """For loops that run backward INSIDE ``optimizer.step()`` (Lightning's closure):
+        the pre-hook would see no gradients; call ``before_step()`` yourself after backward."""
+        self._hooks[0].remove()
+
+    def before_step(self) -> None:
+        """Run the pre-step work by hand (measure, decide, act); see ``detach_pre_hook``."""
+        self._pre_hook(self.optimizer, (), {})
+
+    def skip_step(self) -> None:
+        """Drop this step's update: gradients set to None (and taken out of the noise EMA)."""
+        self._skip()
+
     def close(self) -> None:
         """Remove the hooks (the Guard stops watching)."""
         for h in self._hooks:
