@@ -27,7 +27,7 @@ from anet_lite.integrations.hf import AnetTrainer, AnetTrainerCallback
 
 pytestmark = pytest.mark.torch
 
-SEQ, FAULT, STEPS = 32, 160, 200
+SEQ, FAULT, STEPS = 32, 60, 200
 
 
 @pytest.fixture(autouse=True)
