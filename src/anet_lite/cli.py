@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
 _MAX_PRINTED_INCIDENTS = 20
@@ -477,19 +477,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---- verify -------------------------------------------------------------------------------
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from .tombstone import verify
-
+def _tombstone_file_and_key(args: argparse.Namespace) -> Optional[Tuple[Path, Optional[str]]]:
+    """FILE and the HMAC key from ``--key-env`` (None after printing a usage error)."""
     p = Path(args.file)
     if not p.is_file():
         _err(f"{p}: no such file")
-        return EXIT_USAGE
+        return None
     key = None
     if args.key_env:
         key = os.environ.get(args.key_env)
         if not key:
             _err(f"--key-env {args.key_env}: the environment variable is not set or empty")
-            return EXIT_USAGE
+            return None
+    return p, key
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .tombstone import verify
+
+    got = _tombstone_file_and_key(args)
+    if got is None:
+        return EXIT_USAGE
+    p, key = got
     try:
         res = verify(p, head=args.head, key=key)
     except (TypeError, ValueError) as e:
@@ -574,16 +583,10 @@ def cmd_tombstones(args: argparse.Namespace) -> int:
     from .forgetting import format_table
     from .tombstone import verify
 
-    p = Path(args.file)
-    if not p.is_file():
-        _err(f"{p}: no such file")
+    got = _tombstone_file_and_key(args)
+    if got is None:
         return EXIT_USAGE
-    key = None
-    if args.key_env:
-        key = os.environ.get(args.key_env)
-        if not key:
-            _err(f"--key-env {args.key_env}: the environment variable is not set or empty")
-            return EXIT_USAGE
+    p, key = got
     try:
         res = verify(p, key=key)
         recs = _read_tombstone_lines(p)

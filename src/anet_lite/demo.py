@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from .explain import CAUSE_WORDS
+
 FAULTS = ("lr_jump", "bad_batch", "loss_scale", "none")
 DEFAULT_STEPS = 500
 MIN_STEPS = 250
@@ -192,35 +194,6 @@ _UI: Dict[str, Dict[str, str]] = {
     },
 }
 
-_CAUSES = {
-    "en": {
-        "non_finite": "the loss or gradient became non-finite",
-        "lr_jump": "a learning-rate jump (schedule bug)",
-        "lr_ramp": "the learning rate rose above the schedule's peak",
-        "bad_batch": "a bad batch (one-step loss jump)",
-        "grad_explosion": "a gradient explosion",
-        "update_blowup": "an update blow-up",
-        "oscillation": "oscillation (loss rising and jittering)",
-        "divergence": "divergence (loss rising)",
-        "grad_growth": "persistent gradient growth",
-        "stagnation": "stagnation (gradient collapsed)",
-        "fingerprint_shift": "a noise-fingerprint shift",
-    },
-    "ja": {
-        "non_finite": "損失または勾配が非有限",
-        "lr_jump": "学習率の跳ね上がり（スケジュールの不具合）",
-        "lr_ramp": "学習率がスケジュールの最大値を超えて上昇",
-        "bad_batch": "不良バッチ（1 ステップでの損失の跳ね上がり）",
-        "grad_explosion": "勾配爆発",
-        "update_blowup": "更新の暴走",
-        "oscillation": "振動（損失が上昇しつつ揺れる）",
-        "divergence": "発散（損失の上昇）",
-        "grad_growth": "勾配の持続的な増大",
-        "stagnation": "停滞（勾配の消失）",
-        "fingerprint_shift": "ノイズ指紋のずれ",
-    },
-}
-
 _STATUS = {
     "en": {},
     "ja": {
@@ -234,7 +207,7 @@ _STATUS = {
 
 
 def _cause(cause: str, lang: str) -> str:
-    return _CAUSES[lang].get(cause, cause)
+    return CAUSE_WORDS[lang].get(cause, cause)
 
 
 def _status(status: str, lang: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..explain import CAUSE_WORDS
 from ..verdict import Snapshot
 
 __all__ = ["INCIDENT_GAP", "RunData", "load_run", "plots_available", "write_report"]
@@ -34,22 +35,9 @@ _MAX_SPIKES = 2000
 _MAX_INCIDENT_TEXTS = 1000
 _NUMERIC_SKIP = {"cause", "event", "error"}
 
-_CAUSE_WORDS = {
-    "non_finite": "the loss or gradient became non-finite",
-    "lr_jump": "a learning-rate jump (schedule bug)",
-    "bad_batch": "a bad batch (one-step loss jump)",
-    "grad_explosion": "a gradient explosion",
-    "update_blowup": "an update blow-up",
-    "oscillation": "oscillation (loss rising and jittering)",
-    "divergence": "divergence (loss rising)",
-    "grad_growth": "persistent gradient growth",
-    "stagnation": "stagnation (gradient collapsed)",
-    "fingerprint_shift": "a noise-fingerprint shift",
-}
-
 
 def cause_words(cause: Optional[str]) -> str:
-    return _CAUSE_WORDS.get(str(cause or ""), str(cause or "unknown cause"))
+    return CAUSE_WORDS["en"].get(str(cause or ""), str(cause or "unknown cause"))
 
 
 class _Decimator:
