@@ -60,9 +60,7 @@ class MonitorRules:
             pz = (self.recent.trimmed_mean() - base.center) / max(base.scale, floor)
             pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
         self.pz_hot = self.pz_hot + 1 if pz > self.z else 0
-        self.losses.append(L)
-        if len(self.losses) > self.window:
-            del self.losses[0]
+        self.losses.append(L)  # a deque(maxlen=window): O(1)
         if self.t % max(16, self.window // 2) == 0 and len(self.losses) >= self.window:
             h = self.window // 2
             arr = np.asarray(self.losses)

@@ -66,6 +66,6 @@ def load(m: Any, st: Dict[str, Any]) -> None:
     for k in _PARTS:
         getattr(m, k).load_state_dict(st[k])
     m.ref = None if st["ref"] is None else np.asarray(st["ref"], dtype=np.float64)
-    m.losses = [float(v) for v in st["losses"]]
+    m.losses.extend(float(v) for v in st["losses"])  # reset() left an empty deque
     if st.get("policy") is not None and hasattr(m.policy, "load_state_dict"):
         m.policy.load_state_dict(st["policy"])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, Optional
+from collections import deque
+from typing import Any, Deque, Dict, Optional
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class Monitor(MonitorRules):
         self.theta = 1.0
         self.theta_low = 0  # consecutive fingerprint refreshes with theta < theta_alert
         self.drift_loss0: Optional[float] = None  # loss level when the fingerprint shifted
-        self.losses: list = []  # last `window` loss values for Ṡ
+        self.losses: Deque[float] = deque(maxlen=self.window)  # last `window` losses, for Ṡ
         self.sdot = 0.0
         self.log_space = True
         self.loss_eps: Optional[float] = None
