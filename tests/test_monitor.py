@@ -89,7 +89,56 @@ def test_severe_one_step_jump_alarms_at_that_step():
     loss[300] *= 50.0
     g[300] *= 100.0
     snaps = feed(Monitor(), loss, g)
-    assert snaps[300].alert and snaps[300].evidence["cause"] in ("bad_batch", "grad_explosion")
+    assert snaps[299].status == "healthy" and not snaps[299].alert
+    assert snaps[300].alert
+    assert snaps[300].evidence["cause"] in ("grad_explosion", "update_blowup")
+
+
+def test_a_level_shift_is_drifting_until_it_keeps_climbing():
+    # A curriculum switch: the loss jumps 20x in one step and then does not climb further.
+    loss, g = healthy_stream(500, seed=5)
+    for i in range(300, 500):
+        loss[i] *= 20.0 * (1.0 - 0.5 * (i - 300) / 200)  # harder data, slowly learned
+        g[i] *= 5.0
+    snaps = feed(Monitor(), loss, g)
+    assert not any(s.alert for s in snaps)
+    assert snaps[300].evidence.get("level_shift") and snaps[301].status == "drifting"
+    assert snaps[301].explain().startswith("Level shift: the loss moved to ")
+    assert "nan" not in snaps[301].explain() and "水準の移動" in snaps[301].explain("ja")
+    # The same jump followed by a steady climb is a divergence, and alerts.
+    loss2, g2 = healthy_stream(500, seed=5)
+    for i in range(300, 500):
+        loss2[i] *= 20.0 * 1.15 ** (i - 300)
+        g2[i] *= 5.0 * 1.15 ** (i - 300)
+    snaps2 = feed(Monitor(), loss2, g2)
+    first = next(s.step for s in snaps2 if s.alert)
+    assert 302 <= first <= 315
+    assert any(s.evidence.get("shift_over") for s in snaps2[300 : first + 1])
+
+
+def test_a_loss_climbing_from_the_first_step_alerts_during_warm_up():
+    loss = [2.3, 2.2, 2.5, 3.6, 4.1, 9.0, 30.0]
+    snaps = feed(Monitor(), loss)
+    assert [s.alert for s in snaps[:3]] == [False, False, False]
+    assert snaps[4].alert and snaps[4].evidence["cause"] == "early_divergence"
+    assert "early_divergence" not in [s.evidence.get("cause") for s in snaps[:4]]
+    assert "1.78x its first value" in snaps[4].explain()
+    assert "1.78 倍" in snaps[4].explain("ja")
+
+
+def test_explosion_is_judged_against_the_runs_own_gradient_jitter():
+    # A near-zero-loss run whose gradient norm swings ~100x between batches: a 300x
+    # batch is within its jitter, not an explosion. The same 300x in a smooth run is.
+    rng = np.random.default_rng(7)
+    loss, _ = healthy_stream(400, seed=7)
+    wild = np.exp(2.0 * rng.standard_normal(400)).tolist()
+    wild[300] = 300.0 * float(np.median(wild[:300]))
+    snaps = feed(Monitor(), loss, wild)
+    assert snaps[300].evidence.get("cause") != "grad_explosion"
+    smooth = np.exp(0.1 * rng.standard_normal(400)).tolist()
+    smooth[300] = 300.0
+    snaps = feed(Monitor(), loss, smooth)
+    assert snaps[300].evidence.get("cause") in ("grad_explosion", "update_blowup")
 
 
 def test_lr_schedule_changes_are_not_failures():

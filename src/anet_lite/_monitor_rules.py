@@ -16,6 +16,14 @@ from ._signals import Signals
 from .metrics import Z_CAP, _entropy_bins, _entropy_rate_core
 
 DEAD = math.log(100.0)  # a gradient 100x below its healthy level: units stopped learning
+# Gradient growth (window) and explosion (one step) must also beat the run's own jitter,
+# in robust sigmas of log grad-norm: a near-zero-loss run whose gradient swings 100x from
+# batch to batch is not exploding at 200x.
+GROWTH_Z = 2.5
+SEVERE_Z = 4.0
+PZ_DEV = 1.0  # the precursor window counts only while the current step is also high (z)
+EARLY_RISE = 1.5  # x the first loss, twice in a row, within warm-up: diverging from the start
+SHIFT_MARGIN = math.log(1.5)  # a shifted loss (or gradient) 1.5x past its jump: diverging
 
 
 def exp_capped(x: float) -> float:
@@ -40,16 +48,37 @@ class MonitorRules:
         x = math.log(L + self.loss_eps) if self.log_space else L
         base = self.loss_base
         floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
-        pz = 0.0
+        pz, dev = 0.0, 0.0
         if base.ready:
             dev = (x - base.center) / max(base.scale, floor)
             ev["loss_dev"] = dev
+            elevated = dev >= 0.5 * self.spike_z
             if self.log_space and x - base.center >= self.severe_loss:
-                ev["severe"] = "bad_batch"
                 ev["loss_ratio"] = exp_capped(x - base.center)  # in the floored loss scale
-            elif dev >= self.spike_z:
+                if self.shift_x is None and not self.rise:
+                    # A severe jump out of a calm state: a level shift (harder data, a bad
+                    # shard) until the loss or gradient climbs past where it jumped to.
+                    self.shift_x = x
+            if dev >= self.spike_z:
                 ev["spike"] = True
-            self.rise = self.rise + 1 if dev >= 0.5 * self.spike_z else 0
+            if self.shift_x is not None:
+                if not elevated:
+                    self.shift_x = self.shift_g = None  # back to the old level: it passed
+                elif x > self.shift_x + SHIFT_MARGIN:
+                    self.shift_x = self.shift_g = None  # still climbing: a divergence
+                    ev["shift_over"] = True
+                else:
+                    ev["level_shift"] = True
+                    ev["loss_ratio"] = exp_capped(x - base.center)
+            self.rise = self.rise + 1 if elevated else 0
+        if self.t <= self.warmup and self.log_space and self.loss0:
+            # Before any baseline exists the first loss is the yardstick: a healthy run
+            # does not climb well above where it started (a too-high lr from step 0 does).
+            ratio0 = L / self.loss0
+            self.early_hot = self.early_hot + 1 if ratio0 >= EARLY_RISE else 0
+            if self.early_hot >= 2 or ratio0 >= 2.0 * EARLY_RISE:
+                ev["severe"] = "early_divergence"
+                ev["loss_ratio"] = ratio0
         self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0
         self.loss_prev = x
         for old in self.recent.push(
@@ -59,7 +88,9 @@ class MonitorRules:
         if base.ready and len(self.recent) >= min(self.n, 3):
             pz = (self.recent.trimmed_mean() - base.center) / max(base.scale, floor)
             pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
-        self.pz_hot = self.pz_hot + 1 if pz > self.z else 0
+        # persistent = the window is high AND so is this step (two spikes in the window
+        # keep its mean up for n steps while the loss between them is back to normal)
+        self.pz_hot = self.pz_hot + 1 if pz > self.z and dev >= PZ_DEV else 0
         self.losses.append(L)  # a deque(maxlen=window): O(1)
         if self.t % max(16, self.window // 2) == 0 and len(self.losses) >= self.window:
             h = self.window // 2
@@ -78,12 +109,21 @@ class MonitorRules:
             if gb.ready:
                 gd = lg - gb.center
                 ev["grad_ratio"] = exp_capped(gd)
-                if gd >= self.severe_grad and "severe" not in ev:
+                if gd >= max(self.severe_grad, SEVERE_Z * gb.scale) and "severe" not in ev:
                     ev["severe"] = "grad_explosion"
+            if self.shift_x is not None:  # a level shift: where the gradient jumped to
+                if self.shift_g is None:
+                    self.shift_g = lg
+                elif lg > self.shift_g + 2.0 * SHIFT_MARGIN:
+                    self.shift_x = self.shift_g = None  # the gradient keeps growing
+                    ev.pop("level_shift", None)
+                    ev["shift_over"] = True
             for old in self.grad_recent.push(lg, None):
                 gb.push(old)
             if gb.ready and len(self.grad_recent) >= min(self.n, 3):
-                up = self.grad_recent.trimmed_mean() - gb.center >= self.grad_growth
+                up = self.grad_recent.trimmed_mean() - gb.center >= max(
+                    self.grad_growth, GROWTH_Z * gb.scale
+                )
                 self.grad_hot = self.grad_hot + 1 if up else 0
             ref = self.grad_ref
             self.dead = self.dead + 1 if ref is not None and gb.center < ref - DEAD else 0

@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-VERSION = 2
+VERSION = 3
 _SCALARS = (
     "t",
     "ref_pinned",
@@ -14,6 +14,9 @@ _SCALARS = (
     "theta_low",
     "drift_loss0",
     "drift_stalled",
+    "shift_x",
+    "shift_g",
+    "early_hot",
     "sdot",
     "log_space",
     "loss_eps",

@@ -58,6 +58,11 @@ _EN = {
         "stays flat — units have died or training has stalled{nums}.",
         "Roll back to before the collapse and lower the learning rate; check for dead ReLUs.",
     ),
+    "early_divergence": (
+        "The loss climbed to {loss_ratio:.3g}x its first value within warm-up — the "
+        "learning rate is likely too high from the start (no warm-up?){nums}.",
+        "Stop and restart with a lower learning rate or a warm-up.",
+    ),
     "fingerprint_shift": (
         "The gradient-noise fingerprint no longer matches the healthy reference "
         "(θ={theta:.2f}) — the training dynamics have shifted{nums}.",
@@ -101,6 +106,10 @@ _JA = {
         "損失が高いまま平らで、勾配ノルムが健全時の約 1/100 に落ちました。ユニットが死んだか学習が止まっています{nums}。",
         "崩壊前へロールバックし、学習率を下げてください。死んだ ReLU を確認してください。",
     ),
+    "early_divergence": (
+        "ウォームアップ中に損失が最初の値の {loss_ratio:.3g} 倍まで上がりました。最初から学習率が高すぎる可能性があります（ウォームアップなし？）{nums}。",
+        "停止し、学習率を下げるかウォームアップを入れて再開してください。",
+    ),
     "fingerprint_shift": (
         "勾配ノイズの指紋が健全な参照と一致しなくなりました（ϑ={theta:.2f}）。学習の力学が変わっています{nums}。",
         "学習率／温度／LoRA ランクを段階的に下げ、ϑ を見守ってください。",
@@ -113,6 +122,17 @@ _HEALTHY = {
 _WARMING = {
     "en": "Warming up: collecting the healthy reference (θ, baselines) — no verdict yet.",
     "ja": "ウォームアップ中：健全な参照（ϑ・基準値）を集めています。判定はまだです。",
+}
+_DRIFTING = {
+    "en": "Drifting: the training dynamics moved away from the healthy reference "
+    "(θ={theta:.2f}); watched, not yet a failure.",
+    "ja": "ドリフト中：学習の力学が健全な参照から離れています（ϑ={theta:.2f}）。監視中で、まだ故障ではありません。",
+}
+_SHIFT = {
+    "en": "Level shift: the loss moved to {loss_ratio:.3g}x its level in one step and is not "
+    "climbing further (new or harder data?); watched — it alerts if the loss keeps rising.",
+    "ja": "水準の移動：損失が 1 ステップで {loss_ratio:.3g} 倍の水準に移り、それ以上は上がっていません"
+    "（新しい、または難しいデータ？）。監視中で、上がり続ければ警報を出します。",
 }
 _SPIKE = {
     "en": " A one-step loss spike (deviation {loss_dev:.1f}σ) was seen; the run recovered, so it is not a precursor.",
@@ -137,6 +157,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "grad_growth": "persistent gradient growth",
         "stagnation": "stagnation (gradient collapsed)",
         "fingerprint_shift": "a noise-fingerprint shift",
+        "early_divergence": "the loss climbing from the first step",
     },
     "ja": {
         "non_finite": "損失または勾配が非有限",
@@ -150,6 +171,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "grad_growth": "勾配の持続的な増大",
         "stagnation": "停滞（勾配の消失）",
         "fingerprint_shift": "ノイズ指紋のずれ",
+        "early_divergence": "最初のステップからの損失の上昇",
     },
 }
 
@@ -168,7 +190,10 @@ def explain(snap: Any, lang: str = "en") -> str:
     ev.setdefault("f_total", snap.f_total)
     ev.setdefault("precursor_z", snap.zscore)
     if not snap.alert:
-        text = (_WARMING if snap.status == "warming_up" else _HEALTHY)[lang].format_map(ev)
+        if snap.status == "drifting":
+            text = (_SHIFT if ev.get("level_shift") else _DRIFTING)[lang].format_map(ev)
+        else:
+            text = (_WARMING if snap.status == "warming_up" else _HEALTHY)[lang].format_map(ev)
         if ev.get("spike"):
             text += _SPIKE[lang].format_map(ev)
         if ev.get("event"):

@@ -139,6 +139,9 @@ class Monitor(MonitorRules):
         self.loss_prev: Optional[float] = None
         self.loss_step = 0.0
         self.drift_stalled = False
+        self.shift_x: Optional[float] = None  # loss level (log space) a severe jump went to
+        self.shift_g: Optional[float] = None  # log gradient norm at that jump
+        self.early_hot = 0  # consecutive warm-up steps with the loss well above the first
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
         self.ur_prev = math.inf
         self.lr_prev = self.lr_max = 0.0
@@ -236,6 +239,7 @@ class Monitor(MonitorRules):
         ft = self.w_s * self.sdot + self.w_p * proc
         ready = self.loss_base.ready and self.t > min(self.warmup, 2 * self._base_len)
         cause, status = ev.pop("severe", ""), "precursor"
+        shifted = self.shift_x is not None
         # A jump that leaves the loss far below where the run started is not a collapse
         # precursor (a near-perfect classifier's rare hard batch): loss rules need the loss
         # above loss_gate x the first loss. lr rules, non-finite values and drift do not.
@@ -248,6 +252,8 @@ class Monitor(MonitorRules):
             pass
         elif "lr_ramp" in ev:
             cause = "lr_ramp"
+        elif shifted:
+            status = "drifting"  # a level shift that is not (yet) climbing further
         elif ready and not grace and max(self.grad_hot, self.co_hot) >= self.persist:
             cause = "grad_growth"  # sustained, so not gated by the loss level
         elif not gate:
