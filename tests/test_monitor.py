@@ -116,6 +116,17 @@ def test_a_level_shift_is_drifting_until_it_keeps_climbing():
     assert any(s.evidence.get("shift_over") for s in snaps2[300 : first + 1])
 
 
+def test_a_gradient_blowup_alerts_even_when_the_loss_is_near_zero():
+    # A loss-scale bug (1e4x gradient) in a run whose loss is far below its first value.
+    loss, g = healthy_stream(400, seed=8)
+    loss = [v if i < 10 else v * 0.01 for i, v in enumerate(loss)]
+    g[300] *= 1e4
+    snaps = feed(Monitor(), loss, g)
+    assert loss[300] < 0.25 * loss[0]
+    assert snaps[300].alert and snaps[300].evidence["cause"] == "grad_explosion"
+    assert not any(s.alert for s in snaps[:300])
+
+
 def test_a_loss_climbing_from_the_first_step_alerts_during_warm_up():
     loss = [2.3, 2.2, 2.5, 3.6, 4.1, 9.0, 30.0]
     snaps = feed(Monitor(), loss)

@@ -134,7 +134,7 @@ class MonitorRules:
             if ub.ready:
                 ud = lu - ub.center
                 ev["update_ratio"] = exp_capped(ud)
-                if ud >= self.severe_update and "severe" not in ev:
+                if ud >= max(self.severe_update, SEVERE_Z * ub.scale) and "severe" not in ev:
                     ev["severe"] = "update_blowup"
             ub.push(lu)
             if G is not None and G > 0.0:

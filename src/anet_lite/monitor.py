@@ -240,12 +240,12 @@ class Monitor(MonitorRules):
         ready = self.loss_base.ready and self.t > min(self.warmup, 2 * self._base_len)
         cause, status = ev.pop("severe", ""), "precursor"
         shifted = self.shift_x is not None
-        # A jump that leaves the loss far below where the run started is not a collapse
-        # precursor (a near-perfect classifier's rare hard batch): loss rules need the loss
-        # above loss_gate x the first loss. lr rules, non-finite values and drift do not.
+        # A rise that leaves the loss far below where the run started is not a collapse
+        # precursor (a near-perfect classifier's rare hard batches): the loss-window rules
+        # need the loss above loss_gate x the first loss. One-step gradient/update blow-ups
+        # are not gated: they must beat the run's own jitter (SEVERE_Z), which is what
+        # tells a hard batch from a loss-scale bug. lr rules and non-finite values neither.
         gate = finite_loss and (self.loss0 is None or s.loss >= self.loss_gate * self.loss0)
-        if cause not in ("lr_jump", "") and not gate:
-            cause = ""
         if not finite_loss or not finite_grad:
             status, cause = "collapsed", "non_finite"
         elif cause:
