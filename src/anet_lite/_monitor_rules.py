@@ -71,7 +71,7 @@ class MonitorRules:
                     ev["level_shift"] = True
                     ev["loss_ratio"] = exp_capped(x - base.center)
             self.rise = self.rise + 1 if elevated else 0
-        if self.t <= self.warmup and self.log_space and self.loss0:
+        if not base.ready and self.t <= self.warmup and self.log_space and self.loss0:
             # Before any baseline exists the first loss is the yardstick: a healthy run
             # does not climb well above where it started (a too-high lr from step 0 does).
             ratio0 = L / self.loss0
