@@ -378,6 +378,125 @@ def test_ema_none_is_sketch_only():
     assert tap.m == {}
 
 
+def test_sketched_noise_tracks_the_exact_ema():
+    # noise="sketch": the EMA of S g instead of g (O(sketch_dim) memory, no pass over m).
+    model, data = mlp(width=256, depth=2), Data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    exact, sketch = GradNoiseTap(model), GradNoiseTap(model, noise="sketch")
+    errs = []
+    for _ in range(50):
+        opt.zero_grad()
+        data.loss(model).backward()
+        for tap in (exact, sketch):
+            tap.measure_grads()
+        opt.step()
+        for tap in (exact, sketch):
+            tap.measure_update()
+        a, b = sketch.stats(), exact.stats()
+        errs.append(rel(a.noise_norm, b.noise_norm))
+        assert a.finite and rel(a.grad_norm, b.grad_norm) < 1e-6
+    errs.sort()
+    # relative std ~ sqrt(1 / (2 p)) = 2.2% for p = 1031
+    assert errs[len(errs) // 2] <= 0.05 and errs[-1] <= 0.15, errs
+    assert errs[-1] > 0.0  # really a sketch, not the exact EMA under another name
+    assert sketch.m == {}
+    assert sum(t.numel() for t in sketch._sk_m.values()) == sketch.sketch_buckets
+
+
+def exact_update_norm(model, step):
+    before = [p.detach().clone() for p in model.parameters()]
+    step()
+    return float(flat64([p.detach() - b for p, b in zip(model.parameters(), before)]).norm())
+
+
+def test_theta_sketch_reuse_notices_parameter_changes():
+    # S theta_before is the previous S theta_after while nothing touched the parameters;
+    # in-place changes (load_state_dict, copy_, mul_) bump version counters and force a
+    # fresh sketch, changes through .data need params_changed().
+    model, data = mlp(width=256, depth=2), Data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tap = GradNoiseTap(model)
+    other = mlp(width=256, depth=2, seed=3).state_dict()
+
+    def step():
+        opt.zero_grad()
+        data.loss(model).backward()
+        tap.measure_grads()
+        opt.step()
+        tap.measure_update()
+
+    def change(how):
+        if how == "load_state_dict":
+            model.load_state_dict(other)
+        elif how == "no_grad mul_":
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(0.9)
+        elif how.startswith(".data"):
+            for p in model.parameters():
+                p.data.mul_(0.9)
+            if how == ".data + params_changed":
+                tap.params_changed()
+
+    for how in ("none", "load_state_dict", "no_grad mul_", ".data + params_changed"):
+        step()
+        change(how)
+        upd = exact_update_norm(model, step)
+        assert rel(tap.stats().update_norm, upd) < 0.15, how
+    step()
+    change(".data")  # invisible to version counters: the jump counts as part of the step
+    upd = exact_update_norm(model, step)
+    assert tap.stats().update_norm > 2 * upd
+
+
+@pytest.mark.parametrize("chunk_numel", [2**24, 1000])
+@pytest.mark.parametrize("exact", [False, True])
+def test_clipping_after_measure_grads_keeps_the_measured_gradient(chunk_numel, exact):
+    # The gradient is scaled between measure_grads and measure_update (clipping inside a
+    # Guard). One chunk: the measured gradient buffer is kept; several: it is re-read and
+    # note_grad_scale undoes the factor. Either way <g, delta> is that of the measured g.
+    model, data = mlp(width=128, depth=2), Data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tap = GradNoiseTap(model, exact_update=exact, chunk_numel=chunk_numel)
+    for _ in range(8):
+        opt.zero_grad()
+        data.loss(model).backward()
+        g = flat64(grads_of(model))
+        before = [p.detach().clone() for p in model.parameters()]
+        tap.measure_grads()
+        scale = torch.tensor(0.25)
+        for p in model.parameters():
+            p.grad.mul_(scale)
+        tap.note_grad_scale(scale)
+        opt.step()
+        tap.measure_update()
+        s = tap.stats()
+        d = flat64([p.detach() - b for p, b in zip(model.parameters(), before)])
+        cos = float(-(g @ d) / (g.norm() * d.norm()))
+        assert abs(s.processivity - cos) < (1e-5 if exact else 0.05)
+        assert rel(s.update_norm, float(d.norm())) < (1e-5 if exact else 0.15)
+        assert rel(s.grad_norm, float(g.norm())) < 1e-6  # before the scaling
+    assert (len(tap._chunks) > 1) == (chunk_numel == 1000)
+
+
+def test_small_chunks_sketch_agrees_with_exact():
+    rows_big = run_update_comparison(OPTIMIZERS["adamw"], steps=20)
+    model, data = mlp(width=256, depth=2), Data()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tap = GradNoiseTap(model, chunk_numel=5000)  # 15 chunks, each sketched on its own
+    errs = []
+    for _ in range(20):
+        opt.zero_grad()
+        data.loss(model).backward()
+        tap.measure_grads()
+        upd = exact_update_norm(model, opt.step)
+        tap.measure_update()
+        errs.append(rel(tap.stats().update_norm, upd))
+    assert len(tap._chunks) > 10
+    assert sorted(errs)[len(errs) // 2] <= 0.05 and max(errs) <= 0.15, errs
+    assert all(s.finite for s, *_ in rows_big)
+
+
 # ---------------------------------------------------------------- syncs and transfers
 
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
@@ -477,11 +596,13 @@ def test_stepstats_is_frozen_and_validation():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_no_sync_and_one_step_lag():
+@pytest.mark.parametrize("noise", ["exact", "sketch"])
+@pytest.mark.parametrize("chunk_numel", [2**24, 1000])  # one chunk; several
+def test_cuda_no_sync_and_one_step_lag(chunk_numel, noise):
     model, data = mlp(depth=2).cuda(), Data()
     data.X, data.y = data.X.cuda(), data.y.cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tap = GradNoiseTap(model)
+    tap = GradNoiseTap(model, noise=noise, chunk_numel=chunk_numel)
     for _ in range(3):
         opt.zero_grad()
         data.loss(model).backward()

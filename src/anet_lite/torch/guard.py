@@ -89,6 +89,11 @@ class Guard:
     checkpoint_dir         keep checkpoints in a folder instead of CPU memory
     clip_grad_norm         clip to this total norm after measuring (None: no clipping)
     act                    False: watch and explain only
+    ema, noise             the tap's gradient EMA; default ``noise="sketch"``: the EMA of the
+                           gradient's sketch (O(sketch) memory, ~2% error on the noise
+                           norm, no extra pass over the gradient); ``"exact"``: the
+                           per-parameter EMA (``tap.m``, 1x the parameters, ~4 more passes)
+    exact_update           measure the update from a copy of theta_before (+1x memory)
     batch_size             per-rank batch size, for the gradient noise scale under DDP
     use_time               True: the precursor's "two seconds" are wall-clock seconds;
                            default False: rate_hz x window_sec steps (deterministic runs)
@@ -103,6 +108,7 @@ class Guard:
         scheduler: Any = None,
         tap: Optional[GradNoiseTap] = None,
         ema: Optional[float] = 0.9,
+        noise: str = "sketch",
         exact_update: bool = False,
         tombstones: Union[str, Path, TombstoneLog, None] = None,
         run_log: Any = None,
@@ -120,7 +126,11 @@ class Guard:
             raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.monitor = monitor if monitor is not None else Monitor()
-        self.tap = tap if tap is not None else GradNoiseTap(model, ema, exact_update=exact_update)
+        self.tap = (
+            tap
+            if tap is not None
+            else GradNoiseTap(model, ema, noise=noise, exact_update=exact_update)
+        )
         self.group = process_group
         self.rank, self.world_size = world(process_group)
         self.sharded = is_sharded(model)
@@ -155,6 +165,8 @@ class Guard:
         self._warned = False
         self._host: Optional[torch.Tensor] = None
         self._undone = 0
+        # (device, dtype, zeros(4), index of the _prev slots, 0-d zero, 0-d one)
+        self._consts: Optional[tuple] = None
         self._hooks = (
             optimizer.register_step_pre_hook(self._pre_hook),
             optimizer.register_step_post_hook(self._post_hook),
@@ -224,24 +236,28 @@ class Guard:
         tap.measure_grads()
         g = tap.pending_tensor()
         dev, dt = g.device, g.dtype
-        pack = torch.zeros(_PACK, dtype=dt, device=dev)
-        pack[:N_SLOTS] = g
-        if self._prev is not None:
-            pack[_PREV:_LOSS] = self._prev
+        consts = self._constants(dev, dt)
         loss = self._loss
         self._loss = None
-        if loss is not None:
-            pack[_LOSS] = (
-                loss.reshape(()).to(dev, dt) if isinstance(loss, torch.Tensor) else float(loss)
+        # pack = g | previous step's update stats | loss, loss count, local grad sq: one cat
+        zero, one = consts[4], consts[5]
+        gns = self.gns.take(dev) if self.gns is not None else zero
+        if isinstance(loss, torch.Tensor):  # 0-d tensors of any float dtype: stack promotes
+            tail_t = torch.stack((loss.reshape(()).to(dev), one, gns))
+        else:
+            tail_t = torch.stack(
+                (zero if loss is None else zero + float(loss), zero + (loss is not None), gns)
             )
-            pack[_LOSS + 1] = 1.0
-        if self.gns is not None:
-            pack[_LOSS + 2] = self.gns.take(dev)
+        prev = self._prev if self._prev is not None else consts[2]
+        pack = torch.cat((g, prev, tail_t))
         all_reduce_sum(pack, self.group)
         if self.clip_grad_norm is not None:
             params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
             total = pack[GRAD_SQ].sqrt() if self.sharded else (pack[GRAD_SQ] / pack[RANKS]).sqrt()
             torch.nn.utils.clip_grads_with_norm_(params, self.clip_grad_norm, total.float())
+            # the factor clip_grads_with_norm_ applied, so the tap's update stats stay those
+            # of the measured gradient (no sync)
+            tap.note_grad_scale((self.clip_grad_norm / (total.float() + 1e-6)).clamp(max=1.0))
         if dev.type == "cuda":
             got = self._lagged(pack)  # the previous step's numbers: no sync on this one
             if got is None:
@@ -261,6 +277,15 @@ class Guard:
         snap = self._feed(vals, step)
         if self.act:
             self._carry_out(self.monitor.decide(snap), snap)
+
+    def _constants(self, dev: torch.device, dt: torch.dtype) -> tuple:
+        c = self._consts
+        if c is None or c[0] != dev or c[1] != dt:
+            idx = torch.tensor([UPDATE_SQ, PARAM_SQ, GRAD_DOT_UPDATE, GRAD_SQ], device=dev)
+            zeros = torch.zeros(_LOSS - _PREV, dtype=dt, device=dev)
+            one = torch.ones((), dtype=dt, device=dev)
+            c = self._consts = (dev, dt, zeros, idx, zeros[0], one)
+        return c
 
     def _lagged(self, pack: torch.Tensor) -> Optional[tuple]:
         """GPU: start this step's one non-blocking copy; return the last landed one's values.
@@ -293,7 +318,9 @@ class Guard:
         grad_norm = math.sqrt(grad_sq) if finite and grad_sq >= 0 else math.nan
         step_norm = math.sqrt(upd_sq) if upd_sq > 0 else None
         noise = (
-            math.sqrt(v[NOISE_SQ] / div) if self.tap.ema is not None and v[NOISE_SQ] >= 0 else None
+            math.sqrt(v[NOISE_SQ] / div)
+            if self.tap.ema is not None and v[NOISE_SQ] >= 0 and v[NONFINITE] == 0
+            else None
         )
         lr = float(self.optimizer.param_groups[0]["lr"])
         t = None
@@ -330,8 +357,8 @@ class Guard:
         else:
             self.tap.measure_update(publish=False)
             p = self.tap.pending_tensor()
-            # 0-d views stacked on the device (a list index would build a host tensor)
-            self._prev = torch.stack((p[UPDATE_SQ], p[PARAM_SQ], p[GRAD_DOT_UPDATE], p[GRAD_SQ]))
+            # gathered on the device with a cached index (a list index would build a host tensor)
+            self._prev = p.index_select(0, self._constants(p.device, p.dtype)[3])
         snap = self.last
         if not self.act or snap is None:
             return
@@ -389,23 +416,13 @@ class Guard:
         self._skipped = True
 
     def _undo_ema(self) -> None:
-        """Take this step's gradient back out of the tap's noise EMA (the step is dropped).
-
-        The tap set m = ema * m_old + (1 - ema) * g for finite gradients (and left m
-        alone otherwise), so m_old = (m - (1 - ema) g) / ema; a 1e4x gradient is thus
-        not remembered for the next ~60 steps as if it had been trained on.
-        """
-        tap, ema = self.tap, self.tap.ema
-        if not ema or self._undone == self.step:
+        """Take this step's gradient back out of the tap's noise EMA (the step is dropped),
+        so a 1e4x gradient is not remembered for the next ~60 steps as if it had been
+        trained on (``GradNoiseTap.undo_ema``: exact or sketched EMA, no sync)."""
+        if self._undone == self.step:
             return
         self._undone = self.step
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                m = tap.m.get(name)
-                g = p.grad
-                if m is None or g is None or m.shape != g.shape or not torch.isfinite(g).all():
-                    continue
-                m.sub_(g.to(m.dtype), alpha=1.0 - ema).div_(ema)
+        self.tap.undo_ema()
 
     def _scale_lr(self, factor: float) -> None:
         for grp in self.optimizer.param_groups:
@@ -431,7 +448,7 @@ class Guard:
         extra = {
             "monitor": self.monitor.state_dict(),
             "lr_scale": self.lr_scale,
-            "tap_ema": {k: v.detach().to("cpu", copy=True) for k, v in self.tap.m.items()},
+            "tap_ema": self.tap.ema_state(),
         }
         ck = ckpt_mod.capture(self.model, self.optimizer, self.scheduler, self.step, extra)
         if self.checkpoint_dir is not None:
@@ -454,10 +471,7 @@ class Guard:
         old_scale = float(ck.extra.get("lr_scale", 1.0))
         if old_scale != self.lr_scale:
             self._scale_lr(self.lr_scale / old_scale)
-        with torch.no_grad():
-            for k, v in ck.extra.get("tap_ema", {}).items():
-                if k in self.tap.m:
-                    self.tap.m[k].copy_(v)
+        self.tap.load_ema_state(ck.extra.get("tap_ema", {}))
         self._prev = None
         self.rolled_back.append((ck.step + 1, self.step))
         return {"checkpoint": ckpt_mod.digest(ck), "checkpoint_step": ck.step}
