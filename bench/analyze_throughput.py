@@ -5,15 +5,18 @@
 Writes a CSV (step, loss, grad_norm) from a realistic synthetic curve (power-law decay with
 multiplicative noise, a cosine lr schedule's effect is not simulated), times the whole
 ``main(["analyze", csv, "--out", tmp, "--quiet"])`` in this process (reading, Monitor,
-metrics.csv + metrics.jsonl, report.html), and compares with the seed's way: the batch
+metrics.csv + events.jsonl, report.html), and compares with the seed's way: the batch
 ``anet_lite.snapshot()`` over the last 64 values at every step, timed on --batch-steps steps
 and extrapolated (said so in the output). Goal: 1,000,000 steps in under 20 s.
-``--profile`` also times the stages separately (reading only; reading + Monitor; + RunLog).
+``--profile`` also times the stages in one more pass that does what analyze does, with timers
+(reading, Monitor.update, columns, CSV formatting, writing, report data, report.html; and
+what --jsonl would add).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -55,48 +58,121 @@ def time_batch(path: Path, steps: int) -> float:
 
 
 def profile(path: Path, out: Path) -> None:
-    from anet_lite.cli import _FastRunLog
-    from anet_lite.outputs import RunLog
+    """Where analyze's time goes, in one pass that does what analyze does, with timers.
+
+    Reading and Monitor.update are timed per step (three perf_counter calls per step, their
+    own cost is shown); the chunk stages per chunk of CHUNK steps. --jsonl's extra cost is
+    measured in the same pass (encoded, not counted in the analyze total).
+    """
+    import gc
+
+    from anet_lite import outputs
+    from anet_lite._cli_analyze import CHUNK
     from anet_lite.readers import open_log
     from anet_lite.report.html import RunData, write_report
 
-    def run(stage: str) -> float:
-        t0 = time.process_time()  # CPU time: less sensitive to other load on the machine
-        m = Monitor()
-        data = RunData()
-        if stage in ("runlog_buffered", "all"):
-            rl = _FastRunLog(out / "p.csv", out / "p.jsonl")
-        elif stage == "runlog_flush":
-            rl = RunLog(out / "p.csv", out / "p.jsonl")
-        else:
-            rl = None
-        for rec in open_log(path):
-            if stage == "read":
-                continue
-            snap = m.update(rec.loss, step=rec.step, grad_norm=rec.grad_norm, time=rec.time)
-            if rl is not None:
-                rl.write(snap)
-            if stage == "all":
-                data.add(snap)
-        if rl is not None:
-            rl.close()
-        if stage == "all":
-            write_report(out, out / "p.html", data=data)
-        for p in ("p.csv", "p.jsonl"):
-            if (out / p).exists():
-                (out / p).unlink()
-        return time.process_time() - t0
+    pc = time.perf_counter
+    tm: dict = dict.fromkeys(
+        ("read", "monitor", "columns", "csv", "write", "report_data", "report", "jsonl"), 0.0
+    )
+    d = out / "profile"
+    d.mkdir(exist_ok=True)
+    m = Monitor()
+    up = m.update
+    data = RunData()
+    enc = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+    n = 0
+    buf: list = []
 
-    stages = ["read", "monitor", "runlog_buffered", "runlog_flush", "all"]
-    prev = 0.0
-    print("\n| stage (cumulative) | CPU seconds | added |")
+    def chunk() -> None:
+        t0 = pc()
+        cols = outputs.snapshot_columns(buf)
+        t1 = pc()
+        text = outputs.csv_chunk(cols, len(buf))
+        t2 = pc()
+        f_csv.write(text)
+        f_csv.flush()
+        st, al, ev, sp = cols["status"], cols["alert"], cols["event"], cols["spike"]
+        lines = [
+            outputs.json_line(buf[i])
+            for i in range(len(buf))
+            if outputs.is_notable(st[i], al[i], ev[i], sp[i])
+        ]
+        if lines:
+            f_ev.write("".join(lines))
+            f_ev.flush()
+        t3 = pc()
+        data.add_many(buf, cols)
+        t4 = pc()
+        js = []
+        for snap in buf:
+            dd = snap.to_dict()
+            try:
+                js.append(enc(dd) + "\n")
+            except ValueError:
+                js.append(enc(outputs.json_safe(dd)) + "\n")
+        f_js.write("".join(js))
+        t5 = pc()
+        tm["columns"] += t1 - t0
+        tm["csv"] += t2 - t1
+        tm["write"] += t3 - t2
+        tm["report_data"] += t4 - t3
+        tm["jsonl"] += t5 - t4
+
+    gc.collect()
+    gc.disable()  # as analyze's loop does (see _cli_analyze._GC_SLACK)
+    with (
+        open(d / "metrics.csv", "w", encoding="utf-8", newline="") as f_csv,
+        open(d / "events.jsonl", "w", encoding="utf-8", newline="") as f_ev,
+        open(d / "metrics.jsonl", "w", encoding="utf-8", newline="") as f_js,
+    ):
+        t_all = pc()
+        it = iter(open_log(path))
+        while True:
+            a = pc()
+            try:
+                step, loss, g, sn, noise, lr, t = next(it)
+            except StopIteration:
+                break
+            b = pc()
+            buf.append(up(loss, step=step, grad_norm=g, step_norm=sn, noise=noise, lr=lr, time=t))
+            c = pc()
+            tm["read"] += b - a
+            tm["monitor"] += c - b
+            n += 1
+            if len(buf) >= CHUNK:
+                chunk()
+                buf = []
+        if buf:
+            chunk()
+        t_loop = pc() - t_all
+    gc.enable()
+    t0 = pc()
+    write_report(d, d / "report.html", data=data)
+    tm["report"] = pc() - t0
+    t0 = pc()
+    for _ in range(100_000):
+        pc()
+    timer = (pc() - t0) / 100_000 * 3 * n  # three perf_counter calls per step
+    rows = [
+        ("reading the CSV (readers.open_log)", tm["read"]),
+        ("Monitor.update", tm["monitor"]),
+        ("snapshots to columns (outputs.snapshot_columns)", tm["columns"]),
+        ("formatting metrics.csv (outputs.csv_chunk)", tm["csv"]),
+        ("writing metrics.csv + events.jsonl (flushed per chunk)", tm["write"]),
+        ("report series / incidents (RunData.add_many)", tm["report_data"]),
+        ("report.html (matplotlib SVG; once)", tm["report"]),
+        ("profiling timers (3 perf_counter calls per step)", timer),
+    ]
+    total = sum(v for _, v in rows)
+    print(f"\nprofile: one pass over {n:,} steps, wall-clock seconds (loop {t_loop:.2f} s)")
+    print("| stage | seconds | µs / step |")
     print("| --- | ---: | ---: |")
-    for st in stages:
-        s = run(st)
-        added = s - prev
-        print(f"| {st} | {s:.2f} | {added:+.2f} |")
-        if st != "runlog_flush":
-            prev = s
+    for label, v in rows:
+        print(f"| {label} | {v:.2f} | {v / n * 1e6:.2f} |")
+    print(f"| **sum (analyze)** | **{total:.2f}** | **{total / n * 1e6:.2f}** |")
+    js = tm["jsonl"]
+    print(f"| (--jsonl only: metrics.jsonl encoding) | {js:.2f} | {js / n * 1e6:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from anet_lite import Monitor
-from anet_lite.cli import _FastRunLog, main
-from anet_lite.outputs import RunLog
+from anet_lite.cli import main
+from anet_lite.outputs import COLUMNS, DERIVED, RunLog
 from anet_lite.tombstone import TombstoneLog
 
 # shared/ lies beside the checkout (here and in CI): public healthy training logs.
@@ -67,9 +67,10 @@ def test_analyze_healthy_writes_run_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "healthy: no alert" in out
     run = tmp_path / "run1.anet"  # default: next to the input
-    for name in ("metrics.csv", "metrics.jsonl", "meta.json", "report.html"):
+    for name in ("metrics.csv", "events.jsonl", "meta.json", "report.html"):
         assert (run / name).is_file(), name
         assert str(run / name) in out
+    assert not (run / "metrics.jsonl").exists()  # per-step JSONL only with --jsonl
     meta = json.loads((run / "meta.json").read_text())
     assert meta["format"] == "csv" and meta["steps"] == 400
     assert meta["columns"] == {"step": "step", "loss": "loss", "grad_norm": "grad_norm", "lr": "lr"}
@@ -237,21 +238,95 @@ def test_demo_help_is_the_demos_own(capsys):
     assert "--fault" in capsys.readouterr().out
 
 
-def test_fast_run_log_is_byte_identical_to_runlog(tmp_path):
+def _analyze_snaps(n=300):
     rng = np.random.default_rng(3)
-    snaps = []
     m = Monitor()
-    for i in range(300):
+    snaps = []
+    for i in range(n):
         loss = float("nan") if i == 250 else 2.0 * math.exp(0.05 * rng.standard_normal())
+        if i == 200:
+            loss *= 40.0  # a bad batch: an alert with evidence (loss_ratio) the CSV lacks
         g = float("inf") if i == 260 else math.exp(0.1 * rng.standard_normal())
         snaps.append(m.update(loss, step=i, grad_norm=g, lr=1e-3 if i < 150 else 1e-4))
-    a, b = tmp_path / "a", tmp_path / "b"
-    with RunLog(a / "m.csv", a / "m.jsonl") as rl:
+    return snaps
+
+
+def _write_csv(tmp_path, n=300, name="train.csv"):
+    snaps = _analyze_snaps(n)
+    p = tmp_path / name
+    with open(p, "w") as f:
+        f.write("step,loss,grad_norm,lr\n")
         for s in snaps:
-            rl.write(s)
-    fl = _FastRunLog(b / "m.csv", b / "m.jsonl") if (b.mkdir() or True) else None
-    for s in snaps:
-        fl.write(s)
-    fl.close()
-    for name in ("m.csv", "m.jsonl"):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+            ev = s.evidence
+            f.write(f"{s.step},{ev['loss']!r},{ev['grad_norm']!r},{ev['lr']!r}\n")
+    return p
+
+
+def test_analyze_files_match_runlog(tmp_path):
+    """metrics.csv is RunLog's CSV with the Monitor's statistics at 6 significant digits;
+    events.jsonl holds RunLog's JSONL line of every notable step; --jsonl the full JSONL."""
+    from anet_lite.readers import open_log
+
+    src = _write_csv(tmp_path)
+    out = tmp_path / "o"
+    assert main(["analyze", str(src), "--out", str(out), "--quiet", "--jsonl", "--no-report"]) == 1
+    ref = tmp_path / "ref"
+    m = Monitor()
+    with RunLog(ref / "m.csv", ref / "m.jsonl") as rl:
+        for r in open_log(src):
+            rl.write(m.update(r.loss, step=r.step, grad_norm=r.grad_norm, lr=r.lr))
+    assert (out / "metrics.jsonl").read_bytes() == (ref / "m.jsonl").read_bytes()
+    got = (out / "metrics.csv").read_text().splitlines()
+    want = (ref / "m.csv").read_text().splitlines()
+    assert got[0] == want[0] and len(got) == len(want) == 301
+    for g_line, w_line in zip(got[1:], want[1:]):
+        for col, g_cell, w_cell in zip(COLUMNS, g_line.split(","), w_line.split(",")):
+            if col in DERIVED and w_cell not in ("", "nan", "inf", "-inf"):
+                assert g_cell == format(float(w_cell), ".6g"), (col, g_cell, w_cell)
+            else:
+                assert g_cell == w_cell, (col, g_cell, w_cell)
+    jl = [json.loads(x) for x in (ref / "m.jsonl").read_text().splitlines()]
+    notable = [
+        x
+        for x in jl
+        if x["alert"]
+        or x["status"] not in ("healthy", "warming_up")
+        or "event" in x["evidence"]
+        or x["evidence"].get("spike")
+    ]
+    ev = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert ev == notable and any(e["evidence"].get("loss_ratio") for e in ev)
+
+
+def test_report_from_analyze_folder_keeps_the_explanations(tmp_path):
+    """`anet-lite report` on analyze's folder (metrics.csv + events.jsonl, no metrics.jsonl)
+    finds the same incidents, with the same explanations, as the streamed report."""
+    from anet_lite.report.html import RunData, load_run
+
+    src = _write_csv(tmp_path)
+    out = tmp_path / "o"
+    assert main(["analyze", str(src), "--out", str(out), "--quiet"]) == 1
+    meta = json.loads((out / "meta.json").read_text())
+    data = load_run(out)
+    assert data.steps == meta["steps"] == 300 and data.alerts == meta["alerts"]
+    ref = RunData()
+    for s in _analyze_snaps():
+        ref.add(s)
+    assert data.incidents and [i["explanation"] for i in data.incidents] == [
+        i["explanation"] for i in ref.incidents
+    ]
+    assert main(["report", str(out)]) == 0
+
+
+def test_analyze_keeps_the_steps_before_a_bad_line(tmp_path):
+    """A bad line mid-file: exit 2, and every step before it is in metrics.csv (chunks are
+    flushed, and the last partial chunk is written on the error too)."""
+    p = tmp_path / "bad.csv"
+    lines = ["step,loss"] + [f"{i},{1.0 + 0.01 * (i % 5)}" for i in range(9000)]
+    lines[6001] = "6000,oops"
+    p.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    assert main(["analyze", str(p), "--out", str(out), "--quiet"]) == 2
+    rows = (out / "metrics.csv").read_text().splitlines()
+    # (step 5999 waits, as every row does, for the next one: rows of one step are joined)
+    assert len(rows) == 1 + 5999 and rows[-1].startswith("5998,")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import tracemalloc
 from pathlib import Path
 
@@ -276,3 +277,113 @@ def test_reading_is_lazy_and_constant_memory(tmp_path):
     tracemalloc.stop()
     assert n == 99_999
     assert peak < 2_000_000  # bytes: independent of the 100k lines (~2.5 MB of text)
+
+
+# ---- the CSV fast path (whole blocks converted column-wise) vs the row-by-row path ------
+
+
+def _csv_cases(rng):
+    """CSV texts that exercise every branch: gaps, nan/inf, joins, jumps, restarts, errors."""
+    n = 3000
+
+    def rows(step_fn, cell_fn, header="step,loss,grad_norm"):
+        out = [header]
+        for i in range(n):
+            out.append(cell_fn(i, step_fn(i)))
+        return "\n".join(out) + "\n"
+
+    plain = lambda i, s: f"{s},{1 + rng.random():.5f},{rng.random():.4f}"  # noqa: E731
+    yield "plain", rows(lambda i: i, plain)
+    yield "stride5", rows(lambda i: 5 * i + 3, plain)
+    yield "jumps", rows(lambda i: i + 10 * (i // 700), plain)
+    yield "restart", rows(lambda i: i % 1700, plain)
+    yield "joins", rows(lambda i: i // 2, plain)  # every step twice: rows are joined
+    yield "join_at_block_edge", rows(lambda i: i - (i == 513) - (i == 1025), plain)
+    yield (
+        "nonfinite",
+        rows(
+            lambda i: i,
+            lambda i, s: (
+                f"{s},{['nan', 'inf', '-inf', '1e400'][i % 4] if i % 97 == 50 else 1.5},"
+                + ("nan" if i % 89 == 3 else "2")
+            ),  # grad_norm's first nan comes first
+        ),
+    )
+    yield (
+        "gaps",
+        rows(
+            lambda i: i,
+            lambda i, s: f"{s},{'' if i % 311 == 0 else 1.0},{'NA' if i % 7 == 0 else 3}",
+        ),
+    )
+    yield (
+        "float_steps",
+        rows(lambda i: i, lambda i, s: f"{s}.0,1.0,2.0" if i % 900 == 5 else f"{s},1.0,2.0"),
+    )
+    yield (
+        "blank_and_short",
+        rows(
+            lambda i: i,
+            lambda i, s: "" if i % 600 == 0 else (f"{s},1.0" if i % 601 == 0 else f"{s},1.0,2.0"),
+        ),
+    )
+    yield (
+        "no_step",
+        rows(
+            lambda i: i, lambda i, s: f"{1 + rng.random()},{rng.random()}", header="loss,grad_norm"
+        ),
+    )
+    yield (
+        "time_ms",
+        rows(lambda i: i, lambda i, s: f"{s},1.0,{(i % 1300) * 100.0}", header="step,loss,time_ms"),
+    )
+    yield "tsv", rows(lambda i: i, lambda i, s: f"{s}\t1.25\t0.5", header="step\tloss\tgrad_norm")
+    yield (
+        "quoted_multiline",
+        rows(
+            lambda i: i,
+            lambda i, s: f'{s},1.0,2.0,"a\nb"' if i == 800 else f"{s},1.0,2.0,x",
+            header="step,loss,grad_norm,note",
+        ),
+    )
+    yield (
+        "bad_cell",
+        rows(lambda i: i, lambda i, s: f"{s},oops,2.0" if i == 1500 else f"{s},1.0,2.0"),
+    )
+    yield (
+        "bad_step",
+        rows(lambda i: i, lambda i, s: f"{s}.5,1.0,2.0" if i == 2100 else f"{s},1.0,2.0"),
+    )
+
+
+def _read_all(path):
+    log = open_log(path)
+    recs, err = [], None
+    try:
+        for r in log:
+            recs.append(tuple(float("nan") if isinstance(v, float) and v != v else v for v in r))
+    except LogFormatError as e:
+        err = str(e)
+    recs = [tuple("nan" if isinstance(v, float) and v != v else v for v in r) for r in recs]
+    return recs, err, json.dumps(log.stats.as_dict()), log.stats.lines  # key order too
+
+
+def test_csv_fast_path_matches_row_by_row(tmp_path, monkeypatch):
+    from anet_lite import readers
+
+    rng = random.Random(5)
+    cases = list(_csv_cases(rng))
+    fast = {}
+    for name, text in cases:
+        p = tmp_path / f"{name}.csv"
+        p.write_text(text)
+        fast[name] = _read_all(p)
+    monkeypatch.setattr(readers.LogReader, "_fast_block", lambda self, *a: None)
+    for name, _ in cases:
+        slow = _read_all(tmp_path / f"{name}.csv")
+        assert fast[name] == slow, name
+    assert "line 1502" in fast["bad_cell"][1] and "column 2 ('loss')" in fast["bad_cell"][1]
+    assert len(fast["bad_cell"][0]) == 1499  # every step before the bad line was yielded
+    joins, restart, nonf = (json.loads(fast[k][2]) for k in ("joins", "restart", "nonfinite"))
+    assert joins["records"] == 1500 and restart["step_regressions"] == 1
+    assert list(nonf["non_finite"]) == ["grad_norm", "loss"]

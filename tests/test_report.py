@@ -128,6 +128,36 @@ def test_decimation_keeps_extremes_in_constant_memory():
     assert np.nanmax(series["loss"][1]) == 50.0 and series["x"][0] == 0
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 4096, 100_000])
+def test_add_many_equals_add_one_by_one(chunk):
+    """RunData.add_many (analyze's chunked path) gives the same report data as add()."""
+    rng = np.random.default_rng(chunk)
+    m = Monitor()
+    snaps = []
+    for i in range(30_000):  # > 512 * 2 rows: the decimator halves its buckets several times
+        loss = 2.0 * math.exp(0.05 * rng.standard_normal())
+        if i % 5000 == 4000:
+            loss *= 30.0
+        if 20_000 <= i < 20_010:
+            loss = float("nan")
+        lr = 1e-3 if i < 10_000 else 1e-4
+        g = None if i % 3 == 0 else math.exp(0.1 * rng.standard_normal())
+        snaps.append(m.update(loss, step=None if i % 777 == 0 else i, grad_norm=g, lr=lr))
+    one, many = report_html.RunData(), report_html.RunData()
+    for s in snaps:
+        one.add(s)
+    for lo in range(0, len(snaps), chunk):
+        many.add_many(snaps[lo : lo + chunk])
+    assert many.summary() == one.summary() and one.alerts > 0 and one.n_events > 0
+    assert (many.events, many.spikes, many.statuses) == (one.events, one.spikes, one.statuses)
+    a, b = one.finish_series(), many.finish_series()
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = np.asarray(a[k]), np.asarray(b[k])
+        assert x.shape == y.shape and np.array_equal(x, y, equal_nan=True), k
+    assert one.has == many.has
+
+
 def _png_distinct_colours(png: Path) -> int:
     mpimg = pytest.importorskip("matplotlib.image")
     img = mpimg.imread(str(png))

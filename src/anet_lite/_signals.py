@@ -23,8 +23,13 @@ class Signals:
         lr: Optional[float],
         time: Optional[float],
     ) -> None:
-        self.loss, self.step, self.grad_norm, self.step_norm = loss, step, grad_norm, step_norm
-        self.noise, self.lr, self.time = noise, lr, time
+        self.loss = loss  # (one assignment per field: cheaper than tuple unpacking)
+        self.step = step
+        self.grad_norm = grad_norm
+        self.step_norm = step_norm
+        self.noise = noise
+        self.lr = lr
+        self.time = time
 
 
 def _lenient(x: Any) -> Optional[float]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice, repeat
+from operator import sub as _sub
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 _MAD_TO_SIGMA = 1.4826
+_SQRT2 = math.sqrt(2.0)
 _NONE: List[float] = []  # shared empty result, never mutated
 
 
@@ -31,11 +34,11 @@ class RobustLevel:
 
     def push(self, x: float) -> None:
         self.values.append(x)
-        self.count += 1
+        count = self.count = self.count + 1
         if not self.ready:
             self.ready = len(self.values) >= 3
-        self._since += 1
-        if self._since >= self.every or self.count <= 4:
+        since = self._since = self._since + 1
+        if since >= self.every or count <= 4:
             self.refresh()
 
     def refresh(self) -> None:
@@ -44,17 +47,22 @@ class RobustLevel:
         n = len(v)
         if n == 0:
             return
-        s = sorted(v)
-        self.center = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        v.sort()  # (a copy: the unsorted order is needed below)
+        h = n // 2
+        self.center = v[h] if n % 2 else 0.5 * (v[h - 1] + v[h])
         if n < 3:
             self.scale = 0.0
             return
-        d = sorted([b - a for a, b in zip(v, v[1:])])
+        v = list(self.values)
+        d = list(map(_sub, islice(v, 1, None), v))  # b - a for consecutive a, b
+        d.sort()
         m = len(d)
-        dm = d[m // 2] if m % 2 else 0.5 * (d[m // 2 - 1] + d[m // 2])
-        dev = sorted([abs(x - dm) for x in d])
-        mad = dev[m // 2] if m % 2 else 0.5 * (dev[m // 2 - 1] + dev[m // 2])
-        self.scale = _MAD_TO_SIGMA * mad / math.sqrt(2.0)
+        h = m // 2
+        dm = d[h] if m % 2 else 0.5 * (d[h - 1] + d[h])
+        dev = list(map(abs, map(_sub, d, repeat(dm, m))))
+        dev.sort()
+        mad = dev[h] if m % 2 else 0.5 * (dev[h - 1] + dev[h])
+        self.scale = _MAD_TO_SIGMA * mad / _SQRT2
 
     def reset(self) -> None:
         self.values.clear()
@@ -96,22 +104,26 @@ class RecentWindow:
         self.seq = 0
 
     def push(self, x: float, t: Optional[float]) -> List[float]:
-        self.seq += 1
-        self.items.append((self.seq, 0.0 if t is None else t, x))
+        seq = self.seq = self.seq + 1
+        items = self.items
+        items.append((seq, 0.0 if t is None else t, x))
         self.total += x
-        while self.maxq and self.maxq[-1][1] <= x:
-            self.maxq.pop()
-        self.maxq.append((self.seq, x))
-        if self.seconds is not None and t is not None:
+        maxq = self.maxq
+        while maxq and maxq[-1][1] <= x:
+            maxq.pop()
+        maxq.append((seq, x))
+        if t is not None and self.seconds is not None:
             out: List[float] = []
             horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
-            while len(self.items) > 1 and (
-                t - self.items[0][1] >= horizon or len(self.items) > self.cap
-            ):
+            while len(items) > 1 and (t - items[0][1] >= horizon or len(items) > self.cap):
                 out.append(self._pop())
             return out
-        if len(self.items) > self.n:  # count mode: at most one sample leaves per push
-            return [self._pop()]
+        if len(items) > self.n:  # count mode: at most one sample leaves per push
+            first, _, old = items.popleft()  # (= self._pop(), inlined: the hot path)
+            self.total -= old
+            if maxq[0][0] == first:  # maxq holds at least the value just pushed
+                maxq.popleft()
+            return [old]
         return _NONE
 
     def _pop(self) -> float:

@@ -61,6 +61,13 @@ for _b, (_lo, _hi) in enumerate(zip(BAND_EDGES[:-1], BAND_EDGES[1:])):
     _BANDS[_b, _lo:_hi] = 1.0
 
 
+_OPERATOR_T = _OPERATOR.T
+_BANDS_T = _BANDS.T
+_isfinite = np.isfinite
+_add_reduce = np.add.reduce
+_true_divide = np.true_divide
+
+
 def segment_band_powers(segments: np.ndarray) -> np.ndarray:
     """Band powers of each row of ``segments`` (shape (n, 16)) -> shape (n, 3), un-normalised."""
     spec = segments @ _OPERATOR.T
@@ -132,6 +139,13 @@ def similarity_of_powers(a: list, b: list, beta: float) -> float:
     return min(1.0, max(0.0, bc ** (3.0 * beta)))
 
 
+def _segment_powers(seg: np.ndarray) -> tuple[np.ndarray, float]:
+    """(band powers, mean square) of one (1, 16) segment: ``segment_band_powers``' steps."""
+    spec = seg @ _OPERATOR_T
+    powers = (spec.real**2 + spec.imag**2) @ _BANDS_T
+    return powers[0], float(seg[0] @ seg[0]) / SEGMENT
+
+
 class StreamingFingerprint:
     """The fingerprint of the last ``window`` samples of a stream, updated every HOP samples.
 
@@ -157,18 +171,24 @@ class StreamingFingerprint:
         buf.append(x)
         if len(buf) > SEGMENT:
             del buf[0]
-        self.since += 1
-        if len(buf) < SEGMENT or self.since < HOP:
+        since = self.since = self.since + 1
+        if since < HOP or len(buf) < SEGMENT:
             return None
         self.since = 0
-        seg = np.asarray(buf)
-        with np.errstate(all="ignore"):  # huge samples overflow to inf, rejected below
-            powers = segment_band_powers(seg[None, :])[0]
-            energy = float(seg @ seg) / SEGMENT
-        if not (np.all(np.isfinite(powers)) and np.isfinite(energy)):
-            return None  # overflowing samples are the precursor's business, not the shape's
-        self.ring[self.pos, :N_BANDS] = powers
-        self.ring[self.pos, N_BANDS] = energy
+        seg = np.asarray(buf)[None, :]  # (1, 16), as segment_band_powers sees it
+        if sum(map(abs, buf)) < 1e150:
+            # Every sample finite and small (a nan/inf fails the test). |_OPERATOR| <= 1, so
+            # band powers stay below 5e300 and energy below 1e300: nothing overflows (no
+            # errstate needed) and both are finite (no check needed).
+            powers, energy = _segment_powers(seg)
+        else:
+            with np.errstate(all="ignore"):  # huge samples overflow to inf, rejected below
+                powers, energy = _segment_powers(seg)
+            if not (_isfinite(powers).all() and _isfinite(energy)):
+                return None  # overflowing samples are the precursor's business, not the shape's
+        row = self.ring[self.pos]
+        row[:N_BANDS] = powers
+        row[N_BANDS] = energy
         self.pos = (self.pos + 1) % self.n_segments
         self.filled = min(self.filled + 1, self.n_segments)
         return powers
@@ -179,13 +199,13 @@ class StreamingFingerprint:
 
     def mean_powers(self) -> Optional[np.ndarray]:
         """Mean (band powers..., energy) over the segments in the window; None if none yet."""
-        if not self.filled:
+        filled = self.filled
+        if not filled:
             return None
-        return (
-            self.ring[: self.filled].mean(axis=0)
-            if self.filled < self.n_segments
-            else self.ring.mean(axis=0)
-        )
+        # = ring[:filled].mean(axis=0): the same two ufunc calls as numpy's mean, minus its
+        # Python wrapper (this runs every HOP samples)
+        ret = _add_reduce(self.ring[:filled] if filled < self.n_segments else self.ring, 0)
+        return _true_divide(ret, filled, out=ret, casting="unsafe")
 
     def fingerprint(self) -> Optional[np.ndarray]:
         m = self.mean_powers()

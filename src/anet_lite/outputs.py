@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from array import array
+from itertools import chain, repeat
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 COLUMNS = (
     "step",
@@ -120,3 +122,147 @@ class RunLog:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# ---- chunked writing (``anet-lite analyze``) -------------------------------------------------
+
+DERIVED = ("theta", "sdot", "proc", "f_total", "zscore", "grad_ratio", "update_ratio", "loss_dev")
+"""Columns computed by the Monitor; ``csv_chunk`` writes them with 6 significant digits."""
+_DERIVED = frozenset(DERIVED)
+_EXACT = frozenset(("loss", "grad_norm", "step_norm", "lr"))
+_BOOLS = frozenset(("alert", "precursor"))
+_STATUSES = frozenset(("warming_up", "healthy", "drifting", "precursor", "collapsed"))
+_FROM_EVIDENCE = tuple(c for c in COLUMNS if c not in _FROM_SNAP)
+
+
+def _cell6(v: Any) -> str:
+    """``_cell`` with numbers (not bools) written as ``%.6g`` (nan/inf/-inf as ``_cell``)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, ".6g")
+    return _cell(v)
+
+
+def snapshot_columns(snaps: Sequence[Any]) -> Dict[str, List[Any]]:
+    """``COLUMNS`` name -> the raw values of ``snaps`` (None where an evidence key is absent)."""
+    cols: Dict[str, List[Any]] = {
+        "step": [s.step for s in snaps],
+        "status": [s.status for s in snaps],
+        "alert": [s.alert for s in snaps],
+        "theta": [s.theta for s in snaps],
+        "sdot": [s.sdot for s in snaps],
+        "proc": [s.proc for s in snaps],
+        "f_total": [s.f_total for s in snaps],
+        "precursor": [s.precursor for s in snaps],
+        "zscore": [s.zscore for s in snaps],
+    }
+    evs = [s.evidence for s in snaps]
+    k = len(evs)
+    for c in _FROM_EVIDENCE:
+        try:
+            cols[c] = list(map(dict.get, evs, repeat(c, k)))
+        except TypeError:  # an evidence mapping that is not a dict
+            cols[c] = [e.get(c) for e in evs]
+    return cols
+
+
+def _constant(col: List[Any], by_value: bool) -> bool:
+    """All of ``col`` is one value: compared with ``==`` (bools, strings) or bit for bit
+    (numbers: -0.0 is not 0.0, and a NaN can be constant)."""
+    first = col[0]
+    if by_value:
+        return col[-1] == first and col.count(first) == len(col)
+    try:
+        return col[-1] == first and (
+            array("d", col).tobytes() == array("d", (first,)).tobytes() * len(col)
+        )
+    except (TypeError, OverflowError):
+        return False
+
+
+_STEPWISE = frozenset(("theta", "sdot", "f_total", "proc"))  # refreshed every 8-32 steps
+
+
+def _format_runs(col: List[Any], k: int) -> Optional[List[str]]:
+    """``%.6g`` cells of a column with few distinct values, each value formatted once; None
+    when it has many, a zero (0.0 and -0.0 would share one entry) or a non-number."""
+    distinct = dict.fromkeys(col)
+    if len(distinct) * 4 > k or 0.0 in distinct:
+        return None
+    try:
+        text = {v: format(v, ".6g") for v in distinct}  # (= "%.6g" % v for numbers)
+    except (TypeError, ValueError):
+        return None
+    return list(map(text.__getitem__, col))
+
+
+def csv_chunk(cols: Dict[str, List[Any]], k: int) -> str:
+    """``k`` CSV lines (``COLUMNS`` order) from ``snapshot_columns``, formatted in one go.
+
+    Cells are ``RunLog``'s (``_cell``) except the ``DERIVED`` columns, written with 6
+    significant digits (``%.6g``): full ``repr`` of those statistics costs more than the
+    Monitor itself at a million steps and adds nothing readable. Inputs (loss, grad_norm,
+    step_norm, lr) stay exact. Columns of plain types are formatted by one ``%`` over the
+    whole chunk; anything else (gaps, strings, odd types) goes through ``_cell``/``_cell6``.
+    """
+    if k == 0:
+        return ""
+    specs: List[str] = []
+    args: List[List[Any]] = []
+    for c in COLUMNS:
+        col = cols[c]
+        first = col[0]
+        if first is None and col.count(None) == k:
+            specs.append("")  # a column nobody measured: empty cells, no formatting at all
+            continue
+        spec = ""
+        if None not in col:
+            if c in _DERIVED:
+                spec = "%.6g"  # any number formats as _cell6 does; anything else: TypeError
+            elif c in _EXACT:
+                if set(map(type, col)) <= {float}:
+                    spec = "%r"
+            elif c == "step":
+                if set(map(type, col)) <= {int}:
+                    spec = "%d"
+            elif c in _BOOLS:
+                if set(map(type, col)) <= {bool}:
+                    spec = "%d"
+            elif c == "status" and set(col) <= _STATUSES:
+                spec = "%s"
+            if spec and c != "step" and _constant(col, c in _BOOLS or c == "status"):
+                # the same value all chunk long (alert 0, status healthy, proc 0, ...): one
+                # literal cell instead of k formatted ones
+                specs.append((spec % (first,)).replace("%", "%%"))
+                continue
+            if c in _STEPWISE:
+                cells = _format_runs(col, k)
+                if cells is not None:
+                    col, spec = cells, "%s"
+        if not spec:
+            cell = _cell6 if c in _DERIVED else _cell
+            col = [cell(v) for v in col]
+            spec = "%s"
+        specs.append(spec)
+        args.append(col)
+    row = ",".join(specs) + "\n"
+    try:
+        if not args:
+            return row * k
+        return (row * k) % tuple(chain.from_iterable(zip(*args)))
+    except TypeError:  # a non-number in a DERIVED column: cell by cell
+        return "".join(
+            ",".join((_cell6 if c in _DERIVED else _cell)(v) for c, v in zip(COLUMNS, r)) + "\n"
+            for r in zip(*(cols[c] for c in COLUMNS))
+        )
+
+
+def is_notable(status: str, alert: bool, event: Any, spike: Any) -> bool:
+    """A step worth its full snapshot in ``events.jsonl``: an alert, a status other than
+    healthy / warming_up, a schedule event or a one-step spike (the same test on a
+    metrics.csv row: alert == "1", status, non-empty event, spike == "1")."""
+    return bool(alert) or bool(event) or bool(spike) or status not in ("healthy", "warming_up")
+
+
+def json_line(snap: Any) -> str:
+    """``RunLog``'s JSONL line (with the newline) for one snapshot."""
+    return json.dumps(json_safe(snap.to_dict()), ensure_ascii=False, allow_nan=False) + "\n"

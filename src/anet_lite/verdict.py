@@ -77,16 +77,15 @@ def make_snapshot(
     The Monitor's hot path: same object, ~3x cheaper to make. Arguments are trusted.
     """
     snap = _new(Snapshot)
-    snap.__dict__.update(
-        theta=theta,
-        sdot=sdot,
-        proc=proc,
-        f_total=f_total,
-        precursor=precursor,
-        zscore=zscore,
-        step=step,
-        status=status,
-        alert=alert,
-        evidence=evidence,
-    )
+    d = snap.__dict__  # the fields in the dataclass's order, as __init__ would store them
+    d["theta"] = theta
+    d["sdot"] = sdot
+    d["proc"] = proc
+    d["f_total"] = f_total
+    d["precursor"] = precursor
+    d["zscore"] = zscore
+    d["step"] = step
+    d["status"] = status
+    d["alert"] = alert
+    d["evidence"] = evidence
     return snap

@@ -3,8 +3,9 @@
 ``RunData`` collects what the report shows while snapshots stream past (constant memory:
 the plotted series are decimated to at most ~2 x ``target`` min/max buckets, incidents are
 summarised); ``load_run(run_dir)`` fills one from a run folder written by ``RunLog``
-(metrics.jsonl, else metrics.csv), and ``write_report`` renders it with the folder's
-meta.json and tombstones.jsonl (verified with ``tombstone.verify``).
+(metrics.jsonl, else metrics.csv with the full snapshots of ``anet-lite analyze``'s
+events.jsonl in place of its notable rows), and ``write_report`` renders it with the
+folder's meta.json and tombstones.jsonl (verified with ``tombstone.verify``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import os
 import re
 from array import array
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -57,6 +59,16 @@ class _Decimator:
         self.pending.extend(row)
         if len(self.pending) >= self.ncols * self.width * 512:
             self._reduce(final=False)
+
+    def push_block(self, a: np.ndarray) -> None:
+        """``push`` of each row of ``a`` (shape (rows, ncols)), same buckets, one copy per fill."""
+        k, i, n = self.ncols, 0, len(a)
+        while i < n:
+            take = min(n - i, self.width * 512 - len(self.pending) // k)
+            self.pending.frombytes(np.ascontiguousarray(a[i : i + take], dtype=float).tobytes())
+            i += take
+            if len(self.pending) >= k * self.width * 512:
+                self._reduce(final=False)
 
     def _reduce(self, final: bool) -> None:
         k = self.ncols
@@ -170,6 +182,55 @@ class RunData:
                 self.spikes.append((step, _f(loss)))
         if snap.alert:
             self._alert(snap, step)
+
+    def add_many(self, snaps: Any, cols: Optional[Dict[str, List[Any]]] = None) -> None:
+        """``add`` of each snapshot in order (the same result), from their columns.
+
+        ``cols`` is ``outputs.snapshot_columns(snaps)`` when the caller has it already.
+        """
+        k = len(snaps)
+        if not k:
+            return
+        if cols is None:
+            from ..outputs import snapshot_columns
+
+            cols = snapshot_columns(snaps)
+        steps = cols["step"]
+        if None in steps:
+            n0 = self.steps + 1
+            steps = [n0 + i if v is None else v for i, v in enumerate(steps)]
+        self.steps += k
+        if self.first_step is None:
+            self.first_step = steps[0]
+        self.last_step = steps[-1]
+        counts, status = self.statuses, cols["status"]
+        st0 = status[0]
+        for st, c in ((st0, k),) if status.count(st0) == k else Counter(status).items():
+            counts[st] = counts.get(st, 0) + c
+        block = np.empty((k, 1 + len(_SERIES)))
+        for j, name in enumerate(("step", "loss", "grad_norm", "theta", "f_total", "zscore")):
+            block[:, j] = cols[name]  # None -> nan
+        self._dec.push_block(block)
+        events = cols["event"]
+        if events.count(None) != k:
+            for i, e in enumerate(events):
+                if e is not None:
+                    self.n_events += 1
+                    if len(self.events) < _MAX_EVENTS:
+                        self.events.append((steps[i], str(e)))
+        spikes = cols["spike"]
+        if any(spikes):
+            loss = cols["loss"]
+            for i, sp in enumerate(spikes):
+                if sp:
+                    self.n_spikes += 1
+                    if len(self.spikes) < _MAX_SPIKES:
+                        self.spikes.append((steps[i], _f(loss[i])))
+        alerts = cols["alert"]
+        if any(alerts):
+            for i, al in enumerate(alerts):
+                if al:
+                    self._alert(snaps[i], steps[i])
 
     def _alert(self, snap: Any, step: int) -> None:
         self.alerts += 1
@@ -322,6 +383,31 @@ def _snap_from_csv(r: Dict[str, str]) -> Snapshot:
     )
 
 
+def _csv_notable(r: Dict[str, str]) -> bool:
+    """``outputs.is_notable`` on a metrics.csv row: the rows events.jsonl holds in full."""
+    return (
+        r.get("alert") == "1"
+        or bool(r.get("event"))
+        or r.get("spike") == "1"
+        or (r.get("status") or "healthy") not in ("healthy", "warming_up")
+    )
+
+
+def _events_jsonl(run_dir: Path) -> Iterator[Snapshot]:
+    """The snapshots in ``anet-lite analyze``'s events.jsonl (none if absent or unreadable)."""
+    p = run_dir / "events.jsonl"
+    if not p.is_file():
+        return
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            try:
+                d = json.loads(line)
+            except ValueError:
+                return  # a torn or damaged line: the CSV rows are used from here on
+            if isinstance(d, dict):
+                yield _snap_from_json(d)
+
+
 def _iter_snapshots(run_dir: Path) -> Iterator[Snapshot]:
     j, c = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
     if j.is_file() and j.stat().st_size > 0:
@@ -344,8 +430,14 @@ def _iter_snapshots(run_dir: Path) -> Iterator[Snapshot]:
             reader = csv.DictReader(f)
             if not reader.fieldnames or "status" not in reader.fieldnames:
                 raise ValueError(f"{c}: line 1: not a RunLog CSV (no 'status' column)")
+            full = _events_jsonl(run_dir)
+            nxt = next(full, None)
             for r in reader:
-                yield _snap_from_csv(r)
+                if nxt is not None and _csv_notable(r) and r.get("step") == str(nxt.step):
+                    yield nxt  # the full snapshot (all evidence) that analyze kept
+                    nxt = next(full, None)
+                else:
+                    yield _snap_from_csv(r)
         return
     raise ValueError(f"{run_dir}: no metrics.jsonl or metrics.csv (not a run folder)")
 
@@ -487,7 +579,10 @@ def _svg_plots(data: RunData, series: Dict[str, Any], actions: List[Tuple[int, s
         if actions:
             handles.append(Line2D([], [], color="#7c3aed", label="action (tombstone)"))
         fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        h = fig.get_figheight()  # fixed margins (in inches): tight_layout costs ~0.25 s
+        fig.subplots_adjust(
+            left=0.075, right=0.985, bottom=0.45 / h, top=1.0 - 0.4 / h, hspace=0.12
+        )
         buf = io.StringIO()
         fig.savefig(
             buf,

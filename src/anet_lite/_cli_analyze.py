@@ -1,0 +1,351 @@
+"""``anet-lite analyze``: replay a log through a Monitor and write a run folder, streaming.
+
+Split from cli.py. The loop keeps memory constant in the log's length: snapshots are
+collected in chunks of ``CHUNK`` steps; each chunk is turned into columns once
+(``outputs.snapshot_columns``), written to metrics.csv with one formatting call
+(``outputs.csv_chunk``), its notable steps to events.jsonl, and handed to the report's
+``RunData.add_many`` (a bounded min/max-decimated series). Files are flushed after every
+chunk and at the end or on an error, so an interrupted replay keeps every finished chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, TextIO
+
+EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
+CHUNK = 512  # steps formatted and written at once (small enough to still be in the CPU cache)
+_MAX_PRINTED_INCIDENTS = 20
+_BAR_MIN_BYTES = 2_000_000  # show a progress bar for inputs larger than this (on a TTY)
+# The replay allocates millions of short-lived, acyclic objects (snapshots, their dicts):
+# reference counting frees them, and the cyclic collector only rescans the survivors of
+# each chunk, again and again (~10 % of the time). It is paused during the loop; should
+# objects pile up anyway (more than _GC_SLACK net allocations: cycles), it runs at once.
+_GC_SLACK = 500_000
+_WRITES = ("metrics.csv", "metrics.jsonl", "events.jsonl", "meta.json", "report.html")
+
+ANALYZE_FILES = """Writes DIR (default: <input stem>.anet/ next to the input):
+  metrics.csv    every step, RunLog's columns (Monitor statistics to 6 significant digits)
+  events.jsonl   the full snapshot (all evidence) of every notable step: alerts, statuses
+                 other than healthy/warming_up, schedule events, one-step spikes
+  metrics.jsonl  every step's full snapshot, only with --jsonl (it repeats metrics.csv)
+  meta.json, report.html"""
+
+
+def add_analyze_parser(sub: Any, fmt: Any, codes: str, func: Any) -> None:
+    epilog = f"""examples:
+  anet-lite analyze train.csv
+  anet-lite analyze metrics.jsonl --map loss=train/loss --map grad_norm=optim/gnorm
+  anet-lite analyze runs/exp1 --format tensorboard --out exp1.anet --lang ja
+  anet-lite analyze wandb_export.csv --json > summary.json
+
+Inputs: CSV/TSV or JSONL with a step column and any of loss, grad_norm, step_norm
+(update_norm), noise, lr, time (seconds; *_ms columns are converted); TensorBoard event
+files or run folders; W&B CSV exports; MLflow CSV exports and run folders. Common names
+(train/loss, learning_rate, gradient_norm, _runtime, ...) are recognised.
+
+{ANALYZE_FILES}
+
+{codes}
+"""
+    a = sub.add_parser(
+        "analyze",
+        help="replay a training log through the Monitor; print alerts; write a run folder",
+        description="Replay a training log through a fresh Monitor, print the first alert of "
+        "each incident with its explanation, and write a run folder with a report.",
+        epilog=epilog,
+        formatter_class=fmt,
+    )
+    a.add_argument("path", metavar="PATH", help="log file or run folder")
+    a.add_argument("--out", metavar="DIR", help="run folder to write (default: <stem>.anet/)")
+    a.add_argument(
+        "--map",
+        metavar="FIELD=COLUMN",
+        action="append",
+        default=[],
+        help="read FIELD (step, loss, grad_norm, step_norm, noise, lr, time) from COLUMN; "
+        "repeatable",
+    )
+    a.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow"),
+        help="input format (default: auto, from the name and first line)",
+    )
+    a.add_argument("--lang", default="en", choices=("en", "ja"), help="explanation language")
+    a.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    a.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="also write metrics.jsonl: every step's full snapshot (RunLog's JSONL; slower, "
+        "and metrics.csv + events.jsonl already hold every step and every notable one)",
+    )
+    a.add_argument("--no-report", action="store_true", help="do not write report.html")
+    a.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    a.set_defaults(func=func)
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"anet-lite: error: {msg}\n")
+
+
+class _Bar:
+    """tqdm on stderr when it is a TTY and the input is large; otherwise nothing."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(
+                desc=desc, unit=" steps", unit_scale=True, file=sys.stderr, mininterval=0.5
+            )
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _input_size(p: Path) -> int:
+    try:
+        if p.is_file():
+            return p.stat().st_size
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    except OSError:
+        return 0
+
+
+def default_out(p: Path) -> Path:
+    stem = p.name if p.is_dir() else p.stem
+    return p.resolve().parent / f"{stem}.anet"
+
+
+class RunFolderWriter:
+    """metrics.csv (every step), events.jsonl (notable steps), metrics.jsonl (optional).
+
+    ``add(snap)`` collects; every ``chunk`` snapshots (and at ``close``) the chunk is
+    written with one ``write`` per file and flushed, and passed to ``data.add_many``.
+    The CSV header and the JSONL lines are ``RunLog``'s; see ``outputs.csv_chunk`` for the
+    cells. Append-only: after a crash every finished chunk is on disk.
+    """
+
+    def __init__(self, out: Path, data: Any, *, jsonl: bool = False, chunk: int = CHUNK) -> None:
+        from . import outputs
+
+        self._o = outputs
+        self.data = data
+        self.chunk = max(1, int(chunk))
+        self.buf: List[Any] = []
+        outputs.RunLog(out / "metrics.csv").close()  # creates it with RunLog's header
+        self._csv = self._open(out / "metrics.csv")
+        self._events = self._open(out / "events.jsonl")
+        self._jsonl = self._open(out / "metrics.jsonl") if jsonl else None
+        self._encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+    @staticmethod
+    def _open(p: Path) -> Any:
+        return open(p, "a", encoding="utf-8", newline="")
+
+    def add(self, snap: Any) -> None:
+        self.buf.append(snap)
+        if len(self.buf) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        snaps = self.buf
+        k = len(snaps)
+        if not k:
+            return
+        o = self._o
+        cols = o.snapshot_columns(snaps)
+        self._csv.write(o.csv_chunk(cols, k))
+        self._csv.flush()
+        st, al, ev, sp = cols["status"], cols["alert"], cols["event"], cols["spike"]
+        if any(al) or any(ev) or any(sp) or st.count("healthy") + st.count("warming_up") != k:
+            lines = [
+                o.json_line(snaps[i]) for i in range(k) if o.is_notable(st[i], al[i], ev[i], sp[i])
+            ]
+            self._events.write("".join(lines))
+            self._events.flush()
+        if self._jsonl is not None:
+            self._jsonl.write("".join([self._json(s) for s in snaps]))
+            self._jsonl.flush()
+        self.buf = []
+        self.data.add_many(snaps, cols)
+
+    def _json(self, snap: Any) -> str:
+        d = snap.to_dict()
+        try:
+            return self._encode(d) + "\n"
+        except ValueError:  # a non-finite float: RunLog writes it as "nan"/"inf"/"-inf"
+            return self._encode(self._o.json_safe(d)) + "\n"
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            for f in (self._csv, self._events, self._jsonl):
+                if f is not None and not f.closed:
+                    f.close()
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .monitor import Monitor
+    from .readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
+    from .report.html import RunData
+
+    src = Path(args.path)
+    try:
+        mapping = parse_mapping(args.map)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    try:
+        log = open_log(src, args.format, mapping)
+    except (LogFormatError, MissingDependencyError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except OSError as e:
+        _err(f"{src}: {e.strerror or e}")
+        return EXIT_USAGE
+
+    out = Path(args.out) if args.out else default_out(src)
+    if out.exists() and not out.is_dir():
+        _err(f"--out {out}: exists and is not a folder")
+        return EXIT_USAGE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in _WRITES:
+            if (out / name).is_file():
+                (out / name).unlink()  # a fresh replay, not an append to an old one
+    except OSError as e:
+        _err(f"--out {out}: {e.strerror or e}")
+        return EXIT_USAGE
+
+    data = RunData(lang=args.lang)
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    bar = _Bar(tty and not args.quiet and _input_size(src) > _BAR_MIN_BYTES, src.name)
+    t0 = time.perf_counter()
+    monitor = Monitor()
+    writer = RunFolderWriter(out, data, jsonl=bool(getattr(args, "jsonl", False)))
+    update, buf, chunk = monitor.update, writer.buf, writer.chunk
+    gc_on = gc.isenabled()
+    gc.disable()  # see _GC_SLACK
+    try:
+        try:
+            for step, loss, g, sn, noise, lr, t in log:
+                buf.append(
+                    update(loss, step=step, grad_norm=g, step_norm=sn, noise=noise, lr=lr, time=t)
+                )
+                if len(buf) >= chunk:
+                    writer.flush()
+                    buf = writer.buf
+                    bar.update(chunk)
+                    if gc.get_count()[0] > _GC_SLACK:
+                        gc.collect()
+        finally:
+            if gc_on:
+                gc.enable()
+            bar.update(len(writer.buf))
+            bar.close()
+            writer.close()
+    except (LogFormatError, MissingDependencyError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except TypeError as e:  # Monitor's first-call type check
+        _err(f"{src}: {e}")
+        return EXIT_USAGE
+    elapsed = time.perf_counter() - t0
+
+    meta: Dict[str, Any] = {
+        "run_name": src.name if src.is_dir() else src.stem,
+        "source": str(src.resolve()),
+        "format": log.format,
+        "columns": log.columns,
+        "mapping": mapping,
+        "gaps": log.stats.as_dict(),
+        "gaps_summary": log.stats.summary(),
+        "lang": args.lang,
+        "steps": data.steps,
+        "alerts": data.alerts,
+        "incidents": len(data.incidents),
+        "anet_lite_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(elapsed, 3),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    paths = {
+        "run_dir": str(out),
+        "metrics_csv": str(out / "metrics.csv"),
+        "events_jsonl": str(out / "events.jsonl"),
+    }
+    if writer._jsonl is not None:
+        paths["metrics_jsonl"] = str(out / "metrics.jsonl")
+    paths["meta"] = str(out / "meta.json")
+    report_note = ""
+    if not args.no_report:
+        from .report.html import plots_available, write_report
+
+        paths["report"] = str(write_report(out, data=data))
+        if not plots_available():
+            report_note = "report.html has no plots: pip install 'anet-lite[report]'"
+    code = EXIT_ALERT if data.alerts else EXIT_OK
+    if args.json:
+        from .outputs import json_safe
+
+        summary = {"source": str(src), "format": log.format, "exit_code": code}
+        summary.update(data.summary())
+        summary["gaps"] = log.stats.as_dict()
+        summary["paths"] = paths
+        summary["seconds"] = round(elapsed, 3)
+        json.dump(json_safe(summary), sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        _print_analysis(sys.stdout, src, log, data, paths, elapsed)
+    if report_note and not args.quiet:
+        sys.stderr.write(f"anet-lite: note: {report_note}\n")
+    return code
+
+
+def _print_analysis(
+    f: TextIO, src: Path, log: Any, data: Any, paths: Dict[str, str], elapsed: float
+) -> None:
+    cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
+    f.write(f"{src}: {data.steps:,} steps ({log.format}; {cols}) in {elapsed:.1f} s\n")
+    f.write(f"{log.stats.summary()}\n")
+    if not data.incidents:
+        f.write(f"healthy: no alert in {data.steps:,} steps\n")
+    else:
+        n = len(data.incidents)
+        f.write(
+            f"ALERT: {data.alerts:,} alert steps in {n:,} incident{'s' if n != 1 else ''}"
+            f" (alerts within 50 steps form one incident)\n"
+        )
+        for inc in data.incidents[:_MAX_PRINTED_INCIDENTS]:
+            span = (
+                f"step {inc['first_step']}"
+                if inc["first_step"] == inc["last_step"]
+                else f"steps {inc['first_step']}-{inc['last_step']}"
+            )
+            f.write(
+                f"\n  [{inc['status']}] {span}: {inc['cause']} "
+                f"({inc['alerts']:,} alert steps)\n    {inc['explanation']}\n"
+            )
+        if n > _MAX_PRINTED_INCIDENTS:
+            f.write(f"\n  ... and {n - _MAX_PRINTED_INCIDENTS:,} more incidents (see the report)\n")
+        f.write("\n")
+    for k in ("run_dir", "metrics_csv", "events_jsonl", "metrics_jsonl", "meta", "report"):
+        if k in paths:
+            f.write(f"{k.replace('_', ' ')}: {paths[k]}\n")

@@ -1,0 +1,37 @@
+"""Streaming training-log readers: CSV, JSONL, TensorBoard, W&B and MLflow exports.
+
+    from anet_lite.readers import open_log
+    log = open_log("train.csv", mapping={"loss": "train/loss"})
+    for rec in log:                      # Record(step, loss, grad_norm, step_norm, noise, lr, time)
+        snap = monitor.update(rec.loss, step=rec.step, grad_norm=rec.grad_norm, ...)
+    log.stats.as_dict()                  # gaps, non-finite cells, time resets, ...
+
+Every reader is a generator over the file: memory stays constant in the log length (the
+MLflow long format and the MLflow file store read each metric's rows in their own pass and
+merge them by step; TensorBoard scalars of different tags are joined by step in a bounded
+buffer). Bad input raises ``LogFormatError`` naming the file, line and column.
+
+Cells: empty, ``null``, ``None``, ``NA`` and ``-`` are *gaps* (not measured; counted).
+``nan`` / ``inf`` are real values (a NaN loss is a collapse, not a gap) and counted too.
+Rows without a loss are skipped and counted. ``time`` is seconds: columns named ``*_ms``
+and MLflow timestamps (epoch ms) are divided by 1000; a clock that restarts (goes back)
+is stitched so that it keeps increasing, and each restart is counted.
+"""
+
+from .columns import ALIASES, FIELDS, FORMATS, parse_mapping, resolve_columns  # noqa: F401 - importable here, as before
+from .detect import detect_format
+from .errors import LogFormatError, MissingDependencyError, ReadStats, Record
+from .reader import LogReader, open_log
+
+__all__ = [
+    "FIELDS",
+    "FORMATS",
+    "LogFormatError",
+    "LogReader",
+    "MissingDependencyError",
+    "ReadStats",
+    "Record",
+    "detect_format",
+    "open_log",
+    "parse_mapping",
+]

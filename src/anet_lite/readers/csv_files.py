@@ -1,0 +1,234 @@
+"""CSV / TSV (plain, W&B, MLflow wide): block-wise reading with a column-wise fast path."""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from itertools import islice, repeat
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Tuple
+
+from .cells import _Clock, _num, _step_of
+from .columns import ALIASES, FIELDS, _time_scale, resolve_columns
+from .errors import LogFormatError, ReadStats, Record
+
+
+class _Text:
+    """A text file opened for the csv module; decode errors become LogFormatError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by owner
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _csv_blocks(
+    path: Path, stats: ReadStats, size: int = 512
+) -> Iterator[Tuple[List[List[str]], List[int]]]:
+    """(rows, their line numbers), ``size`` rows at a time (the first block: the header
+    alone); LogFormatError on decode / csv errors, after the rows read before the error."""
+    t = _Text(path)
+    try:
+        first = t.f.readline()
+        t.f.seek(0)
+        delim = "\t" if "\t" in first and "," not in first else ","
+        reader = csv.reader(t.f, delimiter=delim)
+        n = 1
+        while True:
+            rows: List[List[str]] = []
+            lines: List[int] = []
+            add_row, add_line = rows.append, lines.append
+            error: Optional[LogFormatError] = None
+            try:
+                for row in islice(reader, n):
+                    add_row(row)
+                    add_line(reader.line_num)
+            except UnicodeDecodeError:
+                error = LogFormatError(
+                    "not UTF-8 text (a binary file?)", file=path, line=reader.line_num + 1
+                )
+            except csv.Error as exc:
+                error = LogFormatError(f"malformed CSV ({exc})", file=path, line=reader.line_num)
+            if rows:
+                stats.lines = lines[-1]
+                yield rows, lines
+            if error is not None:
+                raise error
+            if len(rows) < n:
+                return
+            n = size
+    finally:
+        t.close()
+
+
+def _csv_rows(path: Path, stats: ReadStats) -> Iterator[Tuple[int, List[str]]]:
+    """(line number, cells) for each row; LogFormatError on decode / csv errors."""
+    for rows, lines in _csv_blocks(path, stats):
+        yield from zip(lines, rows)
+
+
+class _Block:
+    """Consecutive CSV rows already converted column-wise (``LogReader._fast_block``): steps,
+    the six value columns (None = not in the log) and the rows' line numbers."""
+
+    __slots__ = ("cols", "lines", "steps")
+
+    def __init__(self, steps: List[int], cols: List[Optional[List[Any]]], lines: List[int]):
+        self.steps, self.cols, self.lines = steps, cols, lines
+
+    def rows(self) -> Iterator[list]:
+        """The block as ``_read_csv``'s row lists."""
+        n = len(self.steps)
+        cols = [c if c is not None else repeat(None, n) for c in self.cols]
+        for r in zip(self.steps, *cols, self.lines):
+            yield list(r)
+
+
+def _uniform(steps: List[int]) -> bool:
+    """Integer steps rising by one constant stride (> 0)."""
+    n = len(steps)
+    if n < 2:
+        return True
+    first = steps[0]
+    d = steps[1] - first
+    if d <= 0 or steps[-1] != first + (n - 1) * d:
+        return False
+    return steps == list(range(first, first + n * d, d))
+
+
+_new_record = partial(tuple.__new__, Record)  # Record(*seven) without the Python-level __new__
+
+
+class CsvReading:
+    """``LogReader``'s CSV methods (a mixin: ``path``, ``stats``, ``mapping``, ``columns``)."""
+
+    def _read_csv(self) -> Iterator[list]:
+        path, stats = self.path, self.stats
+        blocks = _csv_blocks(path, stats)
+        try:
+            header = next(blocks)[0][0]
+        except StopIteration:
+            raise LogFormatError("empty file", file=path, line=1) from None
+        if not any(c.strip() for c in header):
+            raise LogFormatError("empty header line", file=path, line=1)
+        cols = resolve_columns(header, self.mapping, file=path)
+        if "loss" not in cols:
+            raise LogFormatError(
+                "no loss column (looked for "
+                + ", ".join(ALIASES["loss"][:4])
+                + ", ...); name it with --map loss=COLUMN",
+                file=path,
+                line=1,
+                column_name="loss",
+            )
+        self.columns = {k: header[i] for k, i in cols.items()}
+        idx = [cols.get(f) for f in FIELDS]
+        names = [None if i is None else header[i] for i in idx]
+        si = idx[0]
+        if si is None:
+            stats.step_source = "row number"
+        tcol = idx[6]
+        clock = _Clock(_time_scale(header[tcol], self.format), stats) if tcol is not None else None
+        fields = FIELDS
+        present = [(k, idx[k], fields[k]) for k in range(1, 7) if idx[k] is not None]
+        nf = len(header)
+        row_no = -1
+        for block, lines in blocks:
+            fast = self._fast_block(block, lines, nf, si, present, row_no, clock)
+            if fast is not None:
+                row_no += len(block)
+                yield fast
+                continue
+            yield from self._rows_one_by_one(block, lines, nf, si, present, names, row_no, clock)
+            row_no += len(block)
+
+    def _fast_block(
+        self,
+        block: List[List[str]],
+        lines: List[int],
+        nf: int,
+        si: Optional[int],
+        present: List[Tuple[int, int, str]],
+        row_no: int,
+        clock: Optional[_Clock],
+    ) -> Optional[_Block]:
+        """The block converted column-wise when every cell is a plain number (no gaps, no
+        short rows, integer steps); None otherwise (``_rows_one_by_one`` then reads it,
+        with its exact errors and gap counts). Changes nothing in ``stats`` unless it
+        succeeds, and then exactly what ``_rows_one_by_one`` would have."""
+        if set(map(len, block)) != {nf}:
+            return None
+        cols = list(zip(*block))
+        out: List[Optional[List[Any]]] = [None] * 6
+        bad: List[Tuple[int, int, str, int]] = []
+        try:
+            if si is None:
+                steps = list(range(row_no + 1, row_no + 1 + len(block)))
+            else:
+                steps = list(map(int, cols[si]))
+            for k, i, field in present:
+                v = list(map(float, cols[i]))
+                total = sum(v)
+                if total - total != 0.0:  # a nan/inf somewhere (or an overflowing sum)
+                    where = [j for j, x in enumerate(v) if x - x != 0.0]
+                    if where:
+                        bad.append((where[0], k, field, len(where)))
+                out[k - 1] = v
+        except ValueError:
+            return None
+        nonf = self.stats.non_finite
+        for _, _, field, n_bad in sorted(bad):  # (first seen first, as row by row)
+            nonf[field] = nonf.get(field, 0) + n_bad
+        if clock is not None and out[5] is not None:
+            out[5] = [clock(t) for t in out[5]]
+        return _Block(steps, out, lines)
+
+    def _rows_one_by_one(
+        self,
+        block: List[List[str]],
+        lines: List[int],
+        nf: int,
+        si: Optional[int],
+        present: List[Tuple[int, int, str]],
+        names: List[Optional[str]],
+        row_no: int,
+        clock: Optional[_Clock],
+    ) -> Iterator[list]:
+        """One row list per row of ``block`` (the general path: gaps, short rows, errors)."""
+        path, stats = self.path, self.stats
+        for line, row in zip(lines, block):
+            stats.lines = line  # (the block was read ahead: an error names its own line)
+            row_no += 1
+            if len(row) < nf:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                row = row + [""] * (nf - len(row))
+            vals: list = [None] * 8
+            if si is None:
+                vals[0] = row_no
+            else:
+                cell = row[si]
+                try:
+                    vals[0] = int(cell)
+                except ValueError:
+                    v = _num(cell, "step", stats, file=path, line=line, col=si + 1, name=names[0])
+                    if v is None:
+                        stats.rows_without_loss += 1
+                        continue  # a row without a step cannot be placed
+                    vals[0] = _step_of(v, file=path, line=line, col=si + 1, name=names[0])
+            for k, i, field in present:
+                cell = row[i]
+                try:
+                    v = vals[k] = float(cell)
+                    if v - v != 0.0:
+                        stats.non_finite[field] = stats.non_finite.get(field, 0) + 1
+                except ValueError:
+                    vals[k] = _num(
+                        cell, field, stats, file=path, line=line, col=i + 1, name=names[k]
+                    )
+            if clock is not None:
+                vals[6] = clock(vals[6])
+            vals[7] = line
+            yield vals

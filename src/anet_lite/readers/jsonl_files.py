@@ -1,0 +1,118 @@
+"""JSONL: one JSON object per line (nested objects flattened with ``/``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+from .cells import _Clock, _num, _step_of
+from .columns import ALIASES, FIELDS, _flatten, _time_scale, resolve_columns
+from .errors import LogFormatError
+
+
+class JsonlReading:
+    """``LogReader``'s JSONL methods (a mixin)."""
+
+    def _read_jsonl(self) -> Iterator[list]:
+        path, stats = self.path, self.stats
+        cache: Dict[Tuple[str, ...], Dict[str, int]] = {}
+        clock: Optional[_Clock] = None
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise LogFormatError(f"cannot open ({exc.strerror})", file=path) from None
+        row_no = -1
+        with f:
+            for line, raw in enumerate(f, 1):
+                stats.lines = line
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw.decode("utf-8-sig" if line == 1 else "utf-8"))
+                except UnicodeDecodeError:
+                    raise LogFormatError(
+                        "not UTF-8 text (a binary file?)", file=path, line=line
+                    ) from None
+                except json.JSONDecodeError as exc:
+                    raise LogFormatError(
+                        f"not valid JSON ({exc.msg})", file=path, line=line, column=exc.colno
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise LogFormatError(
+                        f"expected a JSON object per line, got {type(obj).__name__}",
+                        file=path,
+                        line=line,
+                        column=1,
+                    )
+                if any(isinstance(v, dict) for v in obj.values()):
+                    obj = _flatten(obj)
+                keys = tuple(obj)
+                cols = cache.get(keys)
+                if cols is None:
+                    try:
+                        cols = resolve_columns(list(keys), self.mapping, file=path, line=line)
+                    except LogFormatError:
+                        cols = resolve_columns(list(keys), {}, file=path, line=line)
+                    if len(cache) < 1024:
+                        cache[keys] = cols
+                    for k, i in cols.items():
+                        self.columns.setdefault(k, keys[i])
+                vals: list = [None] * 8
+                row_no += 1
+                for k in range(1, 7):
+                    i = cols.get(FIELDS[k])
+                    if i is None:
+                        continue
+                    key = keys[i]
+                    vals[k] = self._jnum(obj[key], FIELDS[k], line, key)
+                si = cols.get("step")
+                if si is None:
+                    stats.step_source = "row number"
+                    vals[0] = row_no
+                else:
+                    key = keys[si]
+                    v = self._jnum(obj[key], "step", line, key)
+                    if v is None:
+                        stats.rows_without_loss += 1
+                        continue
+                    vals[0] = _step_of(v, file=path, line=line, col=None, name=key)
+                if vals[6] is not None:
+                    if clock is None:
+                        tname = keys[cols["time"]]
+                        clock = _Clock(_time_scale(tname, "jsonl"), stats)
+                    vals[6] = clock(vals[6])
+                vals[7] = line
+                yield vals
+        if "loss" not in self.columns:
+            raise LogFormatError(
+                "no loss key in any line (looked for "
+                + ", ".join(ALIASES["loss"][:4])
+                + ", ...); name it with --map loss=KEY",
+                file=path,
+                line=1,
+                column_name="loss",
+            )
+
+    def _jnum(self, v: Any, field: str, line: int, key: str) -> Optional[float]:
+        if v is None:
+            self.stats.note_empty(field)
+            return None
+        if isinstance(v, bool):
+            raise LogFormatError(
+                f"expected a number, got {v!r}", file=self.path, line=line, column_name=key
+            )
+        if isinstance(v, (int, float)):
+            v = float(v)
+            if v - v != 0.0:
+                self.stats.non_finite[field] = self.stats.non_finite.get(field, 0) + 1
+            return v
+        if isinstance(v, str):
+            return _num(v, field, self.stats, file=self.path, line=line, col=None, name=key)
+        raise LogFormatError(
+            f"expected a number, got {type(v).__name__}",
+            file=self.path,
+            line=line,
+            column_name=key,
+        )
+
+    # -- TensorBoard ------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""``LogReader`` and ``open_log``: one iterable of ``Record``s for every format."""
+
+from __future__ import annotations
+
+from itertools import islice, repeat
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, Optional
+
+from .columns import FORMATS
+from .csv_files import CsvReading, _Block, _new_record, _uniform
+from .detect import detect_format
+from .errors import LogFormatError, ReadStats, Record
+from .jsonl_files import JsonlReading
+from .mlflow_files import MlflowReading
+from .tensorboard_files import TensorBoardReading
+
+
+class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
+    """Iterable over ``Record``s of one log; ``format``, ``columns`` (field -> source column),
+    ``stats`` (``ReadStats``) and ``path`` describe it. Iterate once."""
+
+    def __init__(
+        self,
+        path: Any,
+        fmt: str = "auto",
+        mapping: Optional[Dict[str, str]] = None,
+    ) -> None:
+        self.path = Path(path)
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if not self.path.exists():
+            raise LogFormatError("no such file or folder", file=self.path)
+        self.format = detect_format(self.path) if fmt == "auto" else fmt
+        self.mapping = dict(mapping or {})
+        self.columns: Dict[str, str] = {}
+        self.stats = ReadStats()
+        self._it: Optional[Iterator[Record]] = None
+        fmt_text = self.format in ("csv", "wandb", "jsonl", "mlflow")
+        if fmt_text and self.path.is_file() and self.path.stat().st_size == 0:
+            raise LogFormatError("empty file", file=self.path, line=1)
+
+    def __iter__(self) -> Iterator[Record]:
+        if self._it is None:
+            self._it = self._records()
+        return self._it
+
+    def _records(self) -> Iterator[Record]:
+        f = self.format
+        if f in ("csv", "wandb"):
+            raw = self._read_csv()
+        elif f == "jsonl":
+            raw = self._read_jsonl()
+        elif f == "tensorboard":
+            raw = self._read_tensorboard()
+        else:
+            raw = self._read_mlflow()
+        return self._finish(raw)
+
+    # -- post-processing shared by all formats: join same-step rows, count gaps ---------
+
+    def _finish(self, raw: Iterator[Any]) -> Iterator[Record]:
+        stats = self.stats
+        note_step = stats.note_step
+        pending: Optional[list] = None
+        for r in raw:  # r = [step, loss, grad, step_norm, noise, lr, time, line] or a _Block
+            if type(r) is _Block:
+                steps = r.steps
+                n = len(steps)
+                if (pending is None or steps[0] != pending[0]) and _uniform(steps):
+                    # No step repeats inside (nothing to join): every row but the last is a
+                    # record as it is; the last waits, as any row does, for the next one.
+                    if pending is not None:
+                        rec = self._emit(pending)
+                        if rec is not None:
+                            yield rec
+                    if n > 1:
+                        stats.note_uniform_steps(steps[0], steps[1] - steps[0], n - 1)
+                        stats.records += n - 1
+                        cols = [c if c is not None else repeat(None) for c in r.cols]
+                        yield from map(_new_record, islice(zip(steps, *cols), n - 1))
+                    pending = [steps[-1]] + [c[-1] if c is not None else None for c in r.cols]
+                    pending.append(r.lines[-1])
+                    continue
+                rows: Iterable[list] = r.rows()
+            else:
+                rows = (r,)
+            for r in rows:
+                if pending is not None:
+                    if r[0] == pending[0]:
+                        for i in range(1, 7):
+                            if r[i] is not None:
+                                pending[i] = r[i]
+                        continue
+                    note_step(pending[0])  # = self._emit(pending), inlined
+                    if pending[1] is None:
+                        stats.rows_without_loss += 1
+                    else:
+                        stats.records += 1
+                        yield _new_record(pending[:7])
+                pending = r
+        if pending is not None:
+            rec = self._emit(pending)
+            if rec is not None:
+                yield rec
+        if stats.records == 0:
+            raise LogFormatError(
+                "no step with a loss value in the whole log"
+                + (f" (columns used: {self.columns})" if self.columns else ""),
+                file=self.path,
+            )
+
+    def _emit(self, p: list) -> Optional[Record]:
+        stats = self.stats
+        stats.note_step(p[0])
+        if p[1] is None:
+            stats.rows_without_loss += 1
+            return None
+        stats.records += 1
+        return Record(p[0], p[1], p[2], p[3], p[4], p[5], p[6])
+
+
+def open_log(path: Any, fmt: str = "auto", mapping: Optional[Dict[str, str]] = None) -> LogReader:
+    """A ``LogReader`` over ``path`` (``fmt`` "auto" detects it from the name and first line)."""
+    return LogReader(path, fmt, mapping)
