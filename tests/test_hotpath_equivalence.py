@@ -397,3 +397,53 @@ def test_make_snapshot_is_the_dataclass():
     s = read_inputs(1, 3, np.float64(0.5), None, 2, None, 1.5, strict=False)
     got = (s.loss, s.step, s.grad_norm, s.step_norm, s.noise, s.lr, s.time)
     assert _bits(got) == _bits((1.0, 3, 0.5, None, 2.0, None, 1.5))
+
+
+def _old_detrended(y: np.ndarray) -> np.ndarray:
+    t = np.arange(len(y), dtype=np.float64)
+    t -= t.mean()
+    yc = y - y.mean()
+    denom = float(t @ t)
+    slope = float(t @ yc) / denom if denom > 0 else 0.0
+    return yc - slope * t
+
+
+@np.errstate(all="ignore")
+def _old_entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
+    r_prev, r_last = _old_detrended(prev), _old_detrended(last)
+    lo = min(r_prev.min(), r_last.min())
+    hi = max(r_prev.max(), r_last.max())
+    scale = max(float(np.abs(prev).max()), float(np.abs(last).max()))
+    if not (hi - lo > 1e-10 * scale and hi - lo > 1e-300):
+        return 0.0
+    edges = np.linspace(lo, hi, bins + 1)
+
+    def entropy(r: np.ndarray) -> float:
+        counts = np.bincount(
+            np.clip(np.searchsorted(edges, r, side="right") - 1, 0, bins - 1), minlength=bins
+        )
+        p = counts[counts > 0] / len(r)
+        return float(-(p * np.log(p)).sum())
+
+    return float(np.clip((entropy(r_last) - entropy(r_prev)) / math.log(bins), -1.0, 1.0))
+
+
+@pytest.mark.parametrize("kind", range(5))
+def test_entropy_rate_core_matches_old(kind):
+    from anet_lite.metrics import _entropy_bins, _entropy_rate_core
+
+    rng = np.random.default_rng(kind)
+    for _ in range(400):
+        h = int(rng.integers(2, 70))
+        a = rng.standard_normal(2 * h) * 10 ** rng.uniform(-8, 8)
+        if kind == 1:
+            a = np.round(a, 1)  # ties on the bin edges
+        elif kind == 2:
+            a[:] = 3.0  # flat
+        elif kind == 3:
+            a = np.cumsum(a)  # a trend
+        elif kind == 4:
+            a[rng.integers(0, 2 * h)] = 1e300  # a huge value
+        b = _entropy_bins(h)
+        old, new = _old_entropy_rate_core(a[:h], a[h:], b), _entropy_rate_core(a[:h], a[h:], b)
+        assert old == new or (old != old and new != new)

@@ -8,6 +8,7 @@ returns a non-finite number.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence, Tuple
 
@@ -74,11 +75,19 @@ def entropy_rate(values: Sequence[float], window: int = 32) -> float:
     return _entropy_rate_core(x[-2 * w : -w], x[-w:], _entropy_bins(w))
 
 
-def _detrended(y: np.ndarray) -> np.ndarray:
-    t = np.arange(len(y), dtype=np.float64)
+@functools.lru_cache(maxsize=32)
+def _centred_time(n: int) -> Tuple[np.ndarray, float]:
+    """Centred sample index 0..n-1 and its squared norm (cached: the Monitor asks for the
+    same length every time)."""
+    t = np.arange(n, dtype=np.float64)
     t -= t.mean()
+    t.setflags(write=False)
+    return t, float(t @ t)
+
+
+def _detrended(y: np.ndarray) -> np.ndarray:
+    t, denom = _centred_time(len(y))
     yc = y - y.mean()
-    denom = float(t @ t)
     slope = float(t @ yc) / denom if denom > 0 else 0.0
     return yc - slope * t
 
@@ -92,15 +101,19 @@ def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     if not (hi - lo > 1e-10 * scale and hi - lo > 1e-300):  # flat up to rounding
         return 0.0
     edges = np.linspace(lo, hi, bins + 1)
+    # one searchsorted over both windows (the same bins as two separate calls)
+    idx = np.clip(
+        np.searchsorted(edges, np.concatenate((r_prev, r_last)), side="right") - 1, 0, bins - 1
+    )
+    n_prev = len(r_prev)
 
-    def entropy(r: np.ndarray) -> float:
-        counts = np.bincount(
-            np.clip(np.searchsorted(edges, r, side="right") - 1, 0, bins - 1), minlength=bins
-        )
-        p = counts[counts > 0] / len(r)
+    def entropy(ix: np.ndarray) -> float:
+        counts = np.bincount(ix, minlength=bins)
+        p = counts[counts > 0] / len(ix)
         return float(-(p * np.log(p)).sum())
 
-    return float(np.clip((entropy(r_last) - entropy(r_prev)) / math.log(bins), -1.0, 1.0))
+    h_prev, h_last = entropy(idx[:n_prev]), entropy(idx[n_prev:])
+    return float(np.clip((h_last - h_prev) / math.log(bins), -1.0, 1.0))
 
 
 def processivity(grad_norms: Sequence[float], step_norms: Sequence[float]) -> float:
