@@ -1,0 +1,190 @@
+"""A run folder read back for the report: snapshots, meta.json and the tombstone chain.
+
+Snapshots come from metrics.jsonl (``RunLog``), else from metrics.csv with the full
+snapshots of ``anet-lite analyze``'s events.jsonl in place of its notable rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+from ..verdict import Snapshot
+from .data import _NUMERIC_SKIP, RunData, _f
+
+
+def _unsafe_float(v: Any) -> Any:
+    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+        return float(v)
+    return v
+
+
+def _snap_from_json(d: Dict[str, Any]) -> Snapshot:
+    ev = {
+        k: (v if k in _NUMERIC_SKIP else _unsafe_float(v))
+        for k, v in (d.get("evidence") or {}).items()
+    }
+    return Snapshot(
+        theta=_f(_unsafe_float(d.get("theta", 1.0))),
+        sdot=_f(_unsafe_float(d.get("sdot", 0.0))),
+        proc=_f(_unsafe_float(d.get("proc", 0.0))),
+        f_total=_f(_unsafe_float(d.get("f_total", 0.0))),
+        precursor=bool(d.get("precursor", False)),
+        zscore=_f(_unsafe_float(d.get("zscore", 0.0))),
+        step=d.get("step") if isinstance(d.get("step"), int) else None,
+        status=str(d.get("status", "healthy")),
+        alert=bool(d.get("alert", False)),
+        evidence=ev,
+    )
+
+
+_CSV_EVIDENCE = (
+    "loss",
+    "grad_norm",
+    "step_norm",
+    "lr",
+    "grad_ratio",
+    "update_ratio",
+    "loss_dev",
+)
+
+
+def _snap_from_csv(r: Dict[str, str]) -> Snapshot:
+    ev: Dict[str, Any] = {}
+    for k in _CSV_EVIDENCE:
+        v = r.get(k) or ""
+        if v:
+            ev[k] = _f(v)
+    for k in ("cause", "event"):
+        if r.get(k):
+            ev[k] = r[k]
+    if r.get("spike") == "1":
+        ev["spike"] = True
+    z = _f(r.get("zscore"))
+    ev["precursor_z"] = z
+    step = r.get("step") or ""
+    return Snapshot(
+        theta=_f(r.get("theta")),
+        sdot=_f(r.get("sdot")),
+        proc=_f(r.get("proc")),
+        f_total=_f(r.get("f_total")),
+        precursor=r.get("precursor") == "1",
+        zscore=z,
+        step=int(step) if step.lstrip("-").isdigit() else None,
+        status=r.get("status") or "healthy",
+        alert=r.get("alert") == "1",
+        evidence=ev,
+    )
+
+
+def _csv_notable(r: Dict[str, str]) -> bool:
+    """``outputs.is_notable`` on a metrics.csv row: the rows events.jsonl holds in full."""
+    return (
+        r.get("alert") == "1"
+        or bool(r.get("event"))
+        or r.get("spike") == "1"
+        or (r.get("status") or "healthy") not in ("healthy", "warming_up")
+    )
+
+
+def _events_jsonl(run_dir: Path) -> Iterator[Snapshot]:
+    """The snapshots in ``anet-lite analyze``'s events.jsonl (none if absent or unreadable)."""
+    p = run_dir / "events.jsonl"
+    if not p.is_file():
+        return
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            try:
+                d = json.loads(line)
+            except ValueError:
+                return  # a torn or damaged line: the CSV rows are used from here on
+            if isinstance(d, dict):
+                yield _snap_from_json(d)
+
+
+def _iter_snapshots(run_dir: Path) -> Iterator[Snapshot]:
+    j, c = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+    if j.is_file() and j.stat().st_size > 0:
+        with open(j, encoding="utf-8") as f:
+            for no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    if not line.endswith("\n"):
+                        return  # a torn last line (the run was killed mid-write)
+                    raise ValueError(f"{j}: line {no}: not valid JSON") from None
+                if not isinstance(d, dict):
+                    raise ValueError(f"{j}: line {no}: not a JSON object")
+                yield _snap_from_json(d)
+        return
+    if c.is_file() and c.stat().st_size > 0:
+        with open(c, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "status" not in reader.fieldnames:
+                raise ValueError(f"{c}: line 1: not a RunLog CSV (no 'status' column)")
+            full = _events_jsonl(run_dir)
+            nxt = next(full, None)
+            for r in reader:
+                if nxt is not None and _csv_notable(r) and r.get("step") == str(nxt.step):
+                    yield nxt  # the full snapshot (all evidence) that analyze kept
+                    nxt = next(full, None)
+                else:
+                    yield _snap_from_csv(r)
+        return
+    raise ValueError(f"{run_dir}: no metrics.jsonl or metrics.csv (not a run folder)")
+
+
+def _read_meta(run_dir: Path) -> Dict[str, Any]:
+    p = run_dir / "meta.json"
+    if not p.is_file():
+        return {}
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"_error": "meta.json is not valid JSON"}
+    return d if isinstance(d, dict) else {}
+
+
+def load_run(run_dir: Any, lang: Optional[str] = None) -> RunData:
+    """A ``RunData`` from a run folder's metrics.jsonl (or metrics.csv); ValueError if none."""
+    rd = Path(run_dir)
+    if not rd.is_dir():
+        raise ValueError(f"{rd}: not a folder")
+    meta = _read_meta(rd)
+    data = RunData(lang=lang or str(meta.get("lang") or "en"))
+    for snap in _iter_snapshots(rd):
+        data.add(snap)
+    return data
+
+
+def _tombstones(run_dir: Path) -> Dict[str, Any]:
+    p = run_dir / "tombstones.jsonl"
+    if not p.is_file():
+        return {"present": False}
+    from ..tombstone import verify
+
+    try:
+        res = verify(p)
+        status = {"ok": res.ok, "line": res.line, "reason": res.reason, "records": res.records}
+    except (TypeError, ValueError) as exc:
+        status = {"ok": False, "line": None, "reason": str(exc), "records": 0}
+    rows: List[Dict[str, Any]] = []
+    with open(p, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            if len(rows) >= 1000:
+                break
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                rows.append({"line": no, "bad": True})
+                continue
+            if isinstance(rec, dict):
+                rows.append({"line": no, **rec})
+    return {"present": True, "path": str(p), "status": status, "rows": rows}
+
+
+# ---- rendering ----------------------------------------------------------------------------
