@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict
 
+# "bad_batch" is no longer a Monitor cause (a one-step loss jump is now a level shift);
+# its words stay so that run folders written by earlier versions still explain.
 _EN = {
     "non_finite": (
         "The loss or gradient is no longer a finite number (numeric overflow, e.g. a "

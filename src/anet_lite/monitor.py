@@ -38,8 +38,11 @@ class Monitor(MonitorRules):
       loss_floor           the loss is read as log(loss + loss_floor * first loss), so a loss
                            near 0 does not make harmless wiggles look like 10x jumps
       spike_z              one-step loss deviation (robust z) reported as a ``spike``
-      severe_loss, severe_grad, severe_update
-                           one-step ratios to the baseline that alarm at once [x]
+      severe_loss          one-step loss jump (vs. baseline) that starts a level shift:
+                           drifting, an alert only if it keeps climbing [x]
+      severe_grad, severe_update
+                           one-step ratios to the baseline that alarm at once, if also
+                           4 robust sigmas above the run's own jitter [x]
       grad_growth          gradient level (window vs. baseline) that is a precursor [x]
       lr_jump              lr above this multiple of the largest earlier lr: a bug [x]
       lr_ramp              lr above this multiple of the schedule's peak after warm-up [x]
