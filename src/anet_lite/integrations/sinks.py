@@ -387,7 +387,9 @@ class WandbSink(Sink):
     def _log(self, step: int, metrics: Dict[str, float]) -> None:
         metrics[self.prefix + "step"] = step
         if self._own:
-            self.run.log(metrics, step=step)
+            # commit now: a row left open for finish() to commit was lost now and then (the
+            # last step of an offline run, under load)
+            self.run.log(metrics, step=step, commit=True)
         else:  # the user's run has its own step counter
             self.run.log(metrics)
 
