@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 from .forget import forget_layers, weights_hash
 from .guard import Guard, GuardStop
 from .merge import MergeScan, digits_batches, digits_mlp, digits_pairs, merge_state, scan
-from .tap import (
+from .stepstats import (
     GRAD_DOT_UPDATE,
     GRAD_SQ,
     MAX_ABS_GRAD,
@@ -30,11 +30,11 @@ from .tap import (
     SLOT_NAMES,
     SUM_SLOTS,
     UPDATE_SQ,
-    GradNoiseTap,
     StepStats,
     combine_rank_stats,
     stats_from_values,
 )
+from .tap import GradNoiseTap
 
 __all__ = [
     "GRAD_DOT_UPDATE",

@@ -50,7 +50,7 @@ from ..tombstone import TombstoneLog
 from ..verdict import Snapshot
 from . import checkpoint as ckpt_mod
 from .dist import LocalGradNorm, NoiseScale, all_reduce_sum, is_sharded, world
-from .tap import (
+from .stepstats import (
     GRAD_DOT_UPDATE,
     GRAD_SQ,
     MAX_ABS_GRAD,
@@ -60,8 +60,9 @@ from .tap import (
     PARAM_SQ,
     RANKS,
     UPDATE_SQ,
-    GradNoiseTap,
+    cos_neg_grad_update,
 )
+from .tap import GradNoiseTap
 
 # pack layout: tap slots 0..7 | previous step: update_sq, param_sq, gdot, grad_sq |
 # loss sum, number of ranks that observed a loss, local (pre-all-reduce) grad sq
@@ -341,8 +342,8 @@ class Guard:
         ev["param_norm"] = math.sqrt(max(v[_PREV + 1] / div, 0.0))
         ev["max_abs_grad"] = v[MAX_ABS_GRAD] / div  # FSDP: mean of the shards' maxima
         if step_norm and prev_g > 0:
-            ev["step_processivity"] = max(
-                -1.0, min(1.0, -v[_PREV + 2] / div / (step_norm * math.sqrt(prev_g)))
+            ev["step_processivity"] = cos_neg_grad_update(
+                v[_PREV + 2] / div, math.sqrt(prev_g), step_norm
             )
         if self.noise_scale is not None:
             ev["gns"] = self.noise_scale.update(v[_LOSS + 2] / ranks, grad_sq)

@@ -116,6 +116,11 @@ class StepStats:
     step: int
 
 
+def cos_neg_grad_update(dot: float, grad_norm: float, update_norm: float) -> float:
+    """Processivity cos(-g, dtheta) from <g, dtheta> and the two norms (both > 0), in [-1, 1]."""
+    return min(1.0, max(-1.0, -dot / (grad_norm * update_norm)))
+
+
 def stats_from_values(values: Any, step: int, *, has_noise: bool = True) -> StepStats:
     """Turn a (reduced) stats tensor or sequence of ``N_SLOTS`` numbers into ``StepStats``.
 
@@ -139,7 +144,7 @@ def stats_from_values(values: Any, step: int, *, has_noise: bool = True) -> Step
     if not finite:
         proc = math.nan
     elif grad > 0.0 and upd > 0.0:
-        proc = min(1.0, max(-1.0, -dot / (grad * upd)))
+        proc = cos_neg_grad_update(dot, grad, upd)
     else:
         proc = 0.0
     return StepStats(

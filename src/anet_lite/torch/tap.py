@@ -48,41 +48,18 @@ from .sketch import (
     sign_masks,
 )
 from .stepstats import (
-    GRAD_DOT_UPDATE,
     GRAD_SQ,
-    MAX_ABS_GRAD,
-    MAX_SLOTS,
     N_SLOTS,
     NOISE_SQ,
     NONFINITE,
-    PARAM_SQ,
     RANKS,
-    SLOT_NAMES,
-    SUM_SLOTS,
     UPDATE_SQ,
     StepStats,
     combine_rank_stats,
     stats_from_values,
 )
 
-__all__ = [
-    "GRAD_DOT_UPDATE",
-    "GRAD_SQ",
-    "MAX_ABS_GRAD",
-    "MAX_SLOTS",
-    "NOISE_SQ",
-    "NONFINITE",
-    "N_SLOTS",
-    "PARAM_SQ",
-    "RANKS",
-    "SLOT_NAMES",
-    "SUM_SLOTS",
-    "UPDATE_SQ",
-    "GradNoiseTap",
-    "StepStats",
-    "combine_rank_stats",
-    "stats_from_values",
-]
+__all__ = ["GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
 
 
 def _sum(vals: Sequence[Tensor]) -> Tensor:
