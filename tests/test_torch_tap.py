@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -165,10 +166,24 @@ def test_grad_norm_and_max_match_torch():
     assert s.finite and s.step == 1
 
 
+def test_without_max_abs_the_other_stats_are_unchanged():
+    torch.manual_seed(3)
+    a, da, db = mlp(depth=3), Data(), Data()
+    b = copy.deepcopy(a)
+    ta, tb = GradNoiseTap(a, noise="sketch"), GradNoiseTap(b, noise="sketch", max_abs=False)
+    oa, ob = torch.optim.AdamW(a.parameters(), 1e-2), torch.optim.AdamW(b.parameters(), 1e-2)
+    for _ in range(3):
+        sa, sb = measured_step(a, da, ta, oa), measured_step(b, db, tb, ob)
+    assert sb.finite and math.isnan(sb.max_abs_grad) and math.isfinite(sa.max_abs_grad)
+    for f in ("grad_norm", "noise_norm", "update_norm", "param_norm", "processivity"):
+        assert getattr(sb, f) == getattr(sa, f), f
+
+
+@pytest.mark.parametrize("max_abs", [True, False])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_nonfinite_grad_sets_the_flag_and_spares_the_ema(bad):
+def test_nonfinite_grad_sets_the_flag_and_spares_the_ema(bad, max_abs):
     model, data = mlp(), Data()
-    tap = GradNoiseTap(model)
+    tap = GradNoiseTap(model, max_abs=max_abs)
     assert measured_step(model, data, tap).finite
     m_before = {n: t.clone() for n, t in tap.m.items()}
     model.zero_grad()
@@ -179,7 +194,10 @@ def test_nonfinite_grad_sets_the_flag_and_spares_the_ema(bad):
     s = tap.stats()
     assert not s.finite
     assert math.isnan(s.processivity)
-    assert math.isnan(s.max_abs_grad) if math.isnan(bad) else s.max_abs_grad == math.inf
+    if not max_abs or math.isnan(bad):
+        assert math.isnan(s.max_abs_grad)
+    else:
+        assert s.max_abs_grad == math.inf
     assert float(tap.pending_tensor()[NONFINITE]) >= 1
     for n, t in tap.m.items():  # a non-finite step leaves the EMA as it was
         torch.testing.assert_close(t, m_before[n], rtol=1e-6, atol=1e-7)

@@ -95,6 +95,8 @@ class Guard:
                            norm, no extra pass over the gradient); ``"exact"``: the
                            per-parameter EMA (``tap.m``, 1x the parameters, ~4 more passes)
     exact_update           measure the update from a copy of theta_before (+1x memory)
+    tap                    a ``GradNoiseTap`` of your own (the Guard's is built with
+                           ``max_abs=False``: no max |g| in the evidence, one pass less)
     batch_size             per-rank batch size, for the gradient noise scale under DDP
     use_time               True: the precursor's "two seconds" are wall-clock seconds;
                            default False: rate_hz x window_sec steps (deterministic runs)
@@ -130,7 +132,7 @@ class Guard:
         self.tap = (
             tap
             if tap is not None
-            else GradNoiseTap(model, ema, noise=noise, exact_update=exact_update)
+            else GradNoiseTap(model, ema, noise=noise, exact_update=exact_update, max_abs=False)
         )
         self.group = process_group
         self.rank, self.world_size = world(process_group)
@@ -340,7 +342,8 @@ class Guard:
         )
         ev = snap.evidence
         ev["param_norm"] = math.sqrt(max(v[_PREV + 1] / div, 0.0))
-        ev["max_abs_grad"] = v[MAX_ABS_GRAD] / div  # FSDP: mean of the shards' maxima
+        if self.tap.max_abs:  # off in the Guard's own tap: one pass over g less
+            ev["max_abs_grad"] = v[MAX_ABS_GRAD] / div  # FSDP: mean of the shards' maxima
         if step_norm and prev_g > 0:
             ev["step_processivity"] = cos_neg_grad_update(
                 v[_PREV + 2] / div, math.sqrt(prev_g), step_norm

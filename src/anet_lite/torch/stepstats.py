@@ -102,6 +102,7 @@ class StepStats:
       gradient (momentum, Adam's per-coordinate scaling, weight decay). 0.0 when either
       norm is 0, NaN when the step is not finite. This is the per-step cosine; the core's
       ``anet_lite.processivity`` is a different statistic over a window of norms.
+    * ``max_abs_grad``: max |g_i|; NaN when the tap was built with ``max_abs=False``.
     * ``finite``: no gradient held a NaN/inf and every value above is finite.
     * ``step``: 1-based count of ``measure_grads`` calls on this tap.
     """
@@ -121,10 +122,14 @@ def cos_neg_grad_update(dot: float, grad_norm: float, update_norm: float) -> flo
     return min(1.0, max(-1.0, -dot / (grad_norm * update_norm)))
 
 
-def stats_from_values(values: Any, step: int, *, has_noise: bool = True) -> StepStats:
+def stats_from_values(
+    values: Any, step: int, *, has_noise: bool = True, has_max: bool = True
+) -> StepStats:
     """Turn a (reduced) stats tensor or sequence of ``N_SLOTS`` numbers into ``StepStats``.
 
-    Reading a device tensor here syncs; ``GradNoiseTap.stats()`` only calls it on host
+    ``has_noise`` / ``has_max``: False where the tap did not measure the noise / max |g|
+    (those slots then read NaN and do not make the step non-finite). Reading a device
+    tensor here syncs; ``GradNoiseTap.stats()`` only calls it on host
     copies that have landed.
     """
     if isinstance(values, Tensor):
@@ -138,7 +143,8 @@ def stats_from_values(values: Any, step: int, *, has_noise: bool = True) -> Step
     param = _sqrt(v[PARAM_SQ])
     dot = v[GRAD_DOT_UPDATE]
     gmax = v[MAX_ABS_GRAD]
-    finite = v[NONFINITE] == 0.0 and all(math.isfinite(x) for x in (grad, upd, param, dot, gmax))
+    measured = (grad, upd, param, dot, gmax) if has_max else (grad, upd, param, dot)
+    finite = v[NONFINITE] == 0.0 and all(math.isfinite(x) for x in measured)
     if has_noise:
         finite = finite and math.isfinite(noise)
     if not finite:

@@ -114,7 +114,7 @@ class GradNoiseTap:
     """Gradient noise, update size and processivity per optimizer step, without syncs.
 
     ``GradNoiseTap(model, ema=0.9, *, noise="exact", sketch_dim=1024, exact_update=False,
-    seed=0, chunk_numel=2**24)``
+    seed=0, chunk_numel=2**24, max_abs=True)``
 
     Parameters with ``requires_grad=False`` are ignored and parameters whose ``.grad`` is
     None are skipped for that step (frozen layers, unused branches). Gradients and
@@ -170,6 +170,11 @@ class GradNoiseTap:
     +4.6% with ``chunk_numel=2**27``, one chunk); re-read gradients are corrected for a
     clip factor passed to ``note_grad_scale`` (the ``Guard`` does).
 
+    ``max_abs=False`` skips max |g| (one pass over the gradient less; ``max_abs_grad``
+    is then NaN) and tells a non-finite gradient by <g, g> instead, which also flags a
+    finite gradient whose squared norm overflows (|g| above ~1e19 in float32). The
+    ``Guard`` builds its tap so.
+
     GPU lag: ``stats()`` never waits for the current step. It returns the newest step
     whose device->host copy has landed, normally the previous one (one step behind);
     ``stats(sync=True)`` waits for the current one. On CPU the copy is immediate, so
@@ -190,6 +195,7 @@ class GradNoiseTap:
         exact_update: bool = False,
         seed: int = 0,
         chunk_numel: int = 2**24,
+        max_abs: bool = True,
     ) -> None:
         if not hasattr(model, "named_parameters"):
             raise TypeError(
@@ -219,6 +225,7 @@ class GradNoiseTap:
         self.sketch_dim = sketch_dim
         self.sketch_buckets = next_prime(sketch_dim)
         self.chunk_numel = chunk_numel
+        self.max_abs = bool(max_abs)
         self.step = 0
         self.transfers = 0
         # EMA of the gradient per parameter name (the seed's ``m``), created on first use.
@@ -241,7 +248,9 @@ class GradNoiseTap:
         self._pending: Optional[Tensor] = None
         self._pending_step = 0
         self._copies = HostRing(
-            lambda values, step: stats_from_values(values, step, has_noise=self.ema is not None)
+            lambda values, step: stats_from_values(
+                values, step, has_noise=self.ema is not None, has_max=self.max_abs
+            )
         )
 
     # ------------------------------------------------------------------ public API
@@ -543,11 +552,16 @@ class GradNoiseTap:
         k, ema = self.sketch_buckets, self.ema
         consts = self._consts(chunk.device)
         g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
-        lo, hi = torch.aminmax(g)
-        mx = torch.maximum(hi, lo.neg())  # max |g|; NaN propagates
-        ok = torch.isfinite(mx)
+        if self.max_abs:
+            lo, hi = torch.aminmax(g)
+            mx = torch.maximum(hi, lo.neg())  # max |g|; NaN propagates
+            ok = torch.isfinite(mx)
+            gsq = dot(g, g) if full else consts[0]  # (more accurate than vector_norm's square)
+        else:  # one pass less: a NaN/inf in g makes <g, g> NaN/inf (so does |g| > ~1e19)
+            gsq = dot(g, g)
+            mx = consts[5]
+            ok = torch.isfinite(gsq)
         out: Dict[str, Any] = {"ok": ok}
-        gsq = dot(g, g) if full else consts[0]  # (more accurate than vector_norm's square)
         nsq = consts[0]
         if ema is not None and self.noise == "exact":
             # In place, no temporaries: m <- m - g; ||m - g||; m <- decay (m - g) + g, with
@@ -597,7 +611,7 @@ class GradNoiseTap:
         return out
 
     def _consts(self, device: torch.device) -> Tuple[Tensor, ...]:
-        """Cached 0-d constants on ``device``: 0 (work), 0, 0, 0, 1 (stats dtype)."""
+        """Cached 0-d constants on ``device``: 0, 0, 0, 0, 1, NaN (stats dtype)."""
         c = self._constants.get(device)
         if c is None:
             acc = acc_dtype(device)
@@ -605,7 +619,8 @@ class GradNoiseTap:
                 torch.zeros((), dtype=acc, device=device),
                 torch.ones((), dtype=acc, device=device),
             )
-            c = self._constants[device] = (zero, zero, zero, zero, one)
+            nan = torch.full((), math.nan, dtype=acc, device=device)
+            c = self._constants[device] = (zero, zero, zero, zero, one, nan)
         return c
 
     def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Any:
