@@ -16,15 +16,20 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from anet_lite.torch import (  # noqa: E402
+    GRAD_DOT_AFTER,
+    GRAD_DOT_BEFORE,
     GRAD_SQ,
     MAX_ABS_GRAD,
     N_SLOTS,
-    NONFINITE,
     RANKS,
+    SKETCH_GRAD_SQ,
+    UPDATE_DOT_SKETCH,
+    UPDATE_SQ,
     GradNoiseTap,
     StepStats,
     combine_rank_stats,
     stats_from_values,
+    update_sq,
 )
 
 pytestmark = pytest.mark.torch
@@ -166,6 +171,34 @@ def test_grad_norm_and_max_match_torch():
     assert s.finite and s.step == 1
 
 
+@pytest.mark.parametrize("noise", ["exact", "sketch"])
+def test_undo_ema_restores_the_ema_and_a_nonfinite_step_stays_out(noise):
+    model, data = mlp(), Data()
+    tap = GradNoiseTap(model, noise=noise)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        measured_step(model, data, tap, opt)
+    state = tap.ema_state()
+    opt.zero_grad()
+    data.loss(model).backward()
+    tap.measure_grads()
+    tap.undo_ema()  # a dropped step: as if it never happened
+    after = tap.ema_state()
+    for part in ("m", "sketch"):
+        for k, v in state[part].items():
+            torch.testing.assert_close(after[part][k], v, rtol=1e-5, atol=1e-7)
+    opt.zero_grad()
+    data.loss(model).backward()
+    model[0].weight.grad.fill_(math.nan)  # NaN in a whole tensor: every bucket it reaches
+    tap.measure_grads()
+    tap.undo_ema()
+    after = tap.ema_state()
+    for part in ("m", "sketch"):
+        for k, v in state[part].items():
+            assert torch.isfinite(after[part][k]).all()
+            torch.testing.assert_close(after[part][k], v, rtol=1e-5, atol=1e-7)
+
+
 def test_without_max_abs_the_other_stats_are_unchanged():
     torch.manual_seed(3)
     a, da, db = mlp(depth=3), Data(), Data()
@@ -198,7 +231,7 @@ def test_nonfinite_grad_sets_the_flag_and_spares_the_ema(bad, max_abs):
         assert math.isnan(s.max_abs_grad)
     else:
         assert s.max_abs_grad == math.inf
-    assert float(tap.pending_tensor()[NONFINITE]) >= 1
+    assert not math.isfinite(float(tap.pending_tensor()[GRAD_SQ]))
     for n, t in tap.m.items():  # a non-finite step leaves the EMA as it was
         torch.testing.assert_close(t, m_before[n], rtol=1e-6, atol=1e-7)
     model.zero_grad()
@@ -583,14 +616,37 @@ def test_combine_rank_stats_sums_and_maxes():
     assert float(sharded[GRAD_SQ]) == pytest.approx(2 * float(t[GRAD_SQ]))
     assert float(sharded[MAX_ABS_GRAD]) == pytest.approx(3 * float(t[MAX_ABS_GRAD]))
     replicated = combine_rank_stats(torch.stack([t, t]), replicated=True)
-    a, b = stats_from_values(replicated, 1), stats_from_values(t, 1)
+    a, b = stats_from_values(replicated, 1, ema=0.9), stats_from_values(t, 1, ema=0.9)
     assert a == b
     # Processivity is a ratio: unchanged by summing identical ranks without dividing.
-    assert stats_from_values(combine_rank_stats(torch.stack([t, t])), 1).processivity == (
-        pytest.approx(b.processivity)
-    )
+    summed = combine_rank_stats(torch.stack([t, t]))
+    assert stats_from_values(summed, 1, ema=0.9).processivity == pytest.approx(b.processivity)
     tap.publish(replicated)
     assert tap.transfers == 2
+
+
+def test_update_sq_is_the_control_variate_estimate():
+    # delta = a g + r: the host formula on the raw sums equals a <g, delta> + ||S r||^2
+    # computed directly, and is exact when the sketch slots are 0 (exact_update).
+    gen = torch.Generator().manual_seed(0)
+    g, r = (
+        torch.randn(50, generator=gen, dtype=torch.float64),
+        torch.randn(50, generator=gen, dtype=torch.float64),
+    )
+    r -= (r @ g) / (g @ g) * g  # orthogonal to g
+    delta, before = -0.3 * g + r, torch.randn(50, generator=gen, dtype=torch.float64)
+    S = torch.randn(7, 50, generator=gen, dtype=torch.float64)  # any linear sketch
+    v = [0.0] * N_SLOTS
+    sd, sg = S @ delta, S @ g
+    v[GRAD_SQ], v[UPDATE_SQ], v[SKETCH_GRAD_SQ] = float(g @ g), float(sd @ sd), float(sg @ sg)
+    v[UPDATE_DOT_SKETCH] = float(sd @ sg)
+    v[GRAD_DOT_BEFORE], v[GRAD_DOT_AFTER] = float(g @ before), float(g @ (before + delta))
+    want = 0.3**2 * float(g @ g) + float((S @ r).square().sum())
+    assert update_sq(v) == pytest.approx(want, rel=1e-9)
+    v[SKETCH_GRAD_SQ] = 0.0  # exact_update: UPDATE_SQ is ||delta||^2 itself
+    assert update_sq(v) == v[UPDATE_SQ]
+    shifted = [1.0, 2.0] + v  # read at an offset (the Guard's pack)
+    assert update_sq(shifted, 2) == v[UPDATE_SQ]
 
 
 def test_stepstats_is_frozen_and_validation():

@@ -51,24 +51,27 @@ from ..verdict import Snapshot
 from . import checkpoint as ckpt_mod
 from .dist import LocalGradNorm, NoiseScale, all_reduce_sum, is_sharded, world
 from .stepstats import (
-    GRAD_DOT_UPDATE,
+    GRAD_DOT_AFTER,
+    GRAD_DOT_BEFORE,
     GRAD_SQ,
     MAX_ABS_GRAD,
+    N_GRAD_SLOTS,
     N_SLOTS,
     NOISE_SQ,
-    NONFINITE,
     PARAM_SQ,
     RANKS,
-    UPDATE_SQ,
     cos_neg_grad_update,
+    update_sq,
 )
 from .tap import GradNoiseTap
 
-# pack layout: tap slots 0..7 | previous step: update_sq, param_sq, gdot, grad_sq |
-# loss sum, number of ranks that observed a loss, local (pre-all-reduce) grad sq
-_PREV = N_SLOTS
-_LOSS = N_SLOTS + 4
-_PACK = N_SLOTS + 7
+# pack layout (``stepstats`` slots): this step's gradient slots | the previous step's
+# full stats row | loss sum, number of ranks that observed a loss, local (pre-all-reduce)
+# grad sq. The update of step t is measured after its decision, so it rides along with
+# step t + 1's collective.
+_PREV = N_GRAD_SLOTS
+_LOSS = N_GRAD_SLOTS + N_SLOTS
+_PACK = _LOSS + 3
 
 
 class GuardStop(RuntimeError):
@@ -163,12 +166,12 @@ class Guard:
         self.lr_healthy_max = 0.0  # largest lr seen healthy at full scale
         self.lr_cap = math.inf  # 0.75x the lr at which the last incident began
         self._loss: Any = None
-        self._prev: Optional[torch.Tensor] = None
+        self._prev: Optional[tuple] = None  # the tap's rows of the previous step
         self._skipped = False
         self._warned = False
         self._host: Optional[torch.Tensor] = None
         self._undone = 0
-        # (device, dtype, zeros(4), index of the _prev slots, 0-d zero, 0-d one)
+        # (device, dtype, zeros(N_SLOTS), zeros(1), ones(1))
         self._consts: Optional[tuple] = None
         self._hooks = (
             optimizer.register_step_pre_hook(self._pre_hook),
@@ -237,23 +240,23 @@ class Guard:
         self._skipped = False
         tap = self.tap
         tap.measure_grads()
-        g = tap.pending_tensor()
+        g = tap.pending_rows()[0]
         dev, dt = g.device, g.dtype
-        consts = self._constants(dev, dt)
+        zeros, zero, one = self._constants(dev, dt)
         loss = self._loss
         self._loss = None
-        # pack = g | previous step's update stats | loss, loss count, local grad sq: one cat
-        zero, one = consts[4], consts[5]
-        gns = self.gns.take(dev) if self.gns is not None else zero
-        if isinstance(loss, torch.Tensor):  # 0-d tensors of any float dtype: stack promotes
-            tail_t = torch.stack((loss.reshape(()).to(dev), one, gns))
+        # one cat (it promotes dtypes): each device op costs, see stepstats
+        gns = self.gns.take(dev).reshape(1) if self.gns is not None else zero
+        if isinstance(loss, torch.Tensor):
+            loss_t = loss.reshape(1) if loss.device == dev else loss.reshape(1).to(dev)
+            tail = (loss_t, one, gns)
         else:
-            tail_t = torch.stack(
-                (zero if loss is None else zero + float(loss), zero + (loss is not None), gns)
-            )
-        prev = self._prev if self._prev is not None else consts[2]
-        pack = torch.cat((g, prev, tail_t))
-        all_reduce_sum(pack, self.group)
+            seen = one if loss is not None else zero
+            tail = (zero if loss is None else zero + float(loss), seen, gns)
+        prev = self._prev if self._prev is not None else (zeros,)
+        pack = torch.cat((g, *prev, *tail))
+        if self.world_size > 1:
+            all_reduce_sum(pack, self.group)
         if self.clip_grad_norm is not None:
             params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
             total = pack[GRAD_SQ].sqrt() if self.sharded else (pack[GRAD_SQ] / pack[RANKS]).sqrt()
@@ -282,13 +285,13 @@ class Guard:
             self._carry_out(self.monitor.decide(snap), snap)
 
     def _constants(self, dev: torch.device, dt: torch.dtype) -> tuple:
+        """(zeros(N_SLOTS): a previous step with nothing measured, zeros(1), ones(1))"""
         c = self._consts
         if c is None or c[0] != dev or c[1] != dt:
-            idx = torch.tensor([UPDATE_SQ, PARAM_SQ, GRAD_DOT_UPDATE, GRAD_SQ], device=dev)
-            zeros = torch.zeros(_LOSS - _PREV, dtype=dt, device=dev)
-            one = torch.ones((), dtype=dt, device=dev)
-            c = self._consts = (dev, dt, zeros, idx, zeros[0], one)
-        return c
+            zeros = torch.zeros(N_SLOTS, dtype=dt, device=dev)
+            one = torch.ones(1, dtype=dt, device=dev)
+            c = self._consts = (dev, dt, zeros, zeros[:1], one)
+        return c[2:]
 
     def _lagged(self, pack: torch.Tensor) -> Optional[tuple]:
         """GPU: start this step's one non-blocking copy; return the last landed one's values.
@@ -315,14 +318,15 @@ class Guard:
     def _feed(self, v: List[float], step: int) -> Snapshot:
         ranks = max(v[RANKS], 1.0)
         div = 1.0 if self.sharded else ranks
-        grad_sq, upd_sq = v[GRAD_SQ] / div, v[_PREV] / div
-        prev_g = v[_PREV + 3] / div
-        finite = v[NONFINITE] == 0 and math.isfinite(grad_sq)
+        grad_sq, upd_sq = v[GRAD_SQ] / div, update_sq(v, _PREV) / div
+        prev_g = v[_PREV + GRAD_SQ] / div
+        finite = math.isfinite(grad_sq)
         grad_norm = math.sqrt(grad_sq) if finite and grad_sq >= 0 else math.nan
         step_norm = math.sqrt(upd_sq) if upd_sq > 0 else None
+        ema = self.tap.ema
         noise = (
-            math.sqrt(v[NOISE_SQ] / div)
-            if self.tap.ema is not None and v[NOISE_SQ] >= 0 and v[NONFINITE] == 0
+            ema * math.sqrt(v[NOISE_SQ] / div)
+            if ema is not None and v[NOISE_SQ] >= 0 and finite
             else None
         )
         lr = float(self.optimizer.param_groups[0]["lr"])
@@ -341,12 +345,14 @@ class Guard:
             time=t,
         )
         ev = snap.evidence
-        ev["param_norm"] = math.sqrt(max(v[_PREV + 1] / div, 0.0))
+        ev["param_norm"] = math.sqrt(max(v[_PREV + PARAM_SQ] / div, 0.0))
         if self.tap.max_abs:  # off in the Guard's own tap: one pass over g less
             ev["max_abs_grad"] = v[MAX_ABS_GRAD] / div  # FSDP: mean of the shards' maxima
         if step_norm and prev_g > 0:
             ev["step_processivity"] = cos_neg_grad_update(
-                v[_PREV + 2] / div, math.sqrt(prev_g), step_norm
+                (v[_PREV + GRAD_DOT_AFTER] - v[_PREV + GRAD_DOT_BEFORE]) / div,
+                math.sqrt(prev_g),
+                step_norm,
             )
         if self.noise_scale is not None:
             ev["gns"] = self.noise_scale.update(v[_LOSS + 2] / ranks, grad_sq)
@@ -360,9 +366,7 @@ class Guard:
             self._prev = None
         else:
             self.tap.measure_update(publish=False)
-            p = self.tap.pending_tensor()
-            # gathered on the device with a cached index (a list index would build a host tensor)
-            self._prev = p.index_select(0, self._constants(p.device, p.dtype)[3])
+            self._prev = self.tap.pending_rows()  # concatenated into the next step's pack
         snap = self.last
         if not self.act or snap is None:
             return

@@ -157,6 +157,9 @@ class Scratch:
         self.bufs: Dict[Tuple[str, torch.dtype, torch.device], Tensor] = {}
         self.tags: Dict[Tuple[str, torch.dtype, torch.device], Any] = {}
         self.pads: Dict[int, Tuple[int, int]] = {}  # buffer data_ptr -> (n, n_pad) zeroed
+        # Views of the buffers (slices, bit views, fold shapes), made once: a view is an op
+        # too (see ``stepstats`` on why ops count).
+        self.views: Dict[Tuple[Any, ...], Tensor] = {}
 
     @staticmethod
     def key(role: str, chunk: Chunk, dtype: Optional[torch.dtype] = None) -> Tuple[Any, ...]:
@@ -170,7 +173,12 @@ class Scratch:
             self.bufs[key] = buf
             self.tags.pop(key, None)
             self.pads.pop(buf.data_ptr(), None)
-        buf = buf[: chunk.n_pad]
+            self.views.clear()
+        vkey = (key, chunk.n_pad)
+        view = self.views.get(vkey)
+        if view is None:
+            view = self.views[vkey] = buf[: chunk.n_pad]
+        buf = view
         if role != "signs":
             self.zero_pad(buf, chunk)
         return buf
@@ -179,6 +187,15 @@ class Scratch:
         self.bufs.clear()
         self.tags.clear()
         self.pads.clear()
+        self.views.clear()
+
+    def view(self, buf: Tensor, how: Any) -> Tensor:
+        """``buf.view(how)`` (a dtype or a shape), cached for the life of the buffers."""
+        vkey = (buf.data_ptr(), buf.numel(), buf.dtype, how)
+        v = self.views.get(vkey)
+        if v is None:
+            v = self.views[vkey] = buf.view(how)
+        return v
 
     def zero_pad(self, buf: Tensor, chunk: Chunk) -> None:
         """Zero ``buf[chunk.n:]`` unless it is known to be zero already: the tap's ops keep
@@ -202,7 +219,10 @@ def fill_params(chunk: Chunk, buf: Tensor) -> Tensor:
             parts.append(flat if seg.whole else flat[seg.start : seg.end])
         if contiguous:  # views stay valid while the layout key (data_ptr included) holds
             chunk.cache["p"] = parts
-    torch.cat(parts, out=buf[: chunk.n])
+    out = buf if buf.numel() == chunk.n else chunk.cache.get(("out", buf.data_ptr(), buf.numel()))
+    if out is None:
+        out = chunk.cache[("out", buf.data_ptr(), buf.numel())] = buf[: chunk.n]
+    torch.cat(parts, out=out)
     return buf
 
 
@@ -264,18 +284,21 @@ def sign_masks(
     return masks
 
 
-def flip_(buf: Tensor, masks: Tensor) -> Tensor:
-    """Apply the random signs in place (an XOR of the sign bits)."""
-    buf.view(masks.dtype).bitwise_xor_(masks)
+def flip_(buf: Tensor, masks: Tensor, scratch: Optional[Scratch] = None) -> Tensor:
+    """Apply the random signs in place (an XOR of the sign bits). ``buf`` a scratch
+    buffer: pass the ``Scratch`` to reuse its views."""
+    (buf.view(masks.dtype) if scratch is None else scratch.view(buf, masks.dtype)).bitwise_xor_(
+        masks
+    )
     return buf
 
 
-def fold(buf: Tensor, k: int) -> Tensor:
+def fold(buf: Tensor, k: int, scratch: Optional[Scratch] = None) -> Tensor:
     """Sum a sign-flipped padded buffer into its ``k`` buckets: float32 over groups of 32
     rows of ``k``, then float64 (see ``acc_dtype``) over the groups, because sketches are
     differenced across the step (S theta_after - S theta_before)."""
-    rows = buf.numel() // k  # a multiple of 32
-    part = buf.view(rows // SIGN_BITS, SIGN_BITS, k).sum(1)
+    shape = (buf.numel() // k // SIGN_BITS, SIGN_BITS, k)  # rows: a multiple of 32
+    part = (buf.view(shape) if scratch is None else scratch.view(buf, shape)).sum(1)
     return part.sum(0, dtype=acc_dtype(buf.device))
 
 

@@ -1,84 +1,99 @@
 """The tap's per-step stats tensor: slot layout, ``StepStats``, and the rank reduction.
 
 Stats tensor layout (``pending_tensor()``; length ``N_SLOTS``, float64, or float32 on
-devices without float64). Each rank holds its local sums; summing over ranks is
-meaningful for every slot except the last:
+devices without float64). The device only sums: every slot is a raw sum that adds across
+chunks and ranks (except ``MAX_ABS_GRAD``, a max), and the few lines of algebra that turn
+the sums into norms and the cosine run on the host (``derive``) once the numbers are
+there anyway. Each device op is a kernel launch on a GPU and, on a CPU right after
+backward, 10-20 us of dispatch; so the tap does one op where it can.
 
-====  ===================  ======  ====================================================
-slot  name                 reduce  value
-====  ===================  ======  ====================================================
-0     ``GRAD_SQ``          sum     sum of g**2
-1     ``NOISE_SQ``         sum     sum of (g - m)**2, m the EMA after this step's update
-                                   (sketched with ``noise="sketch"``); only meaningful
-                                   where ``NONFINITE`` is 0
-2     ``UPDATE_SQ``        sum     sum of (theta_after - theta_before)**2 (sketched or
-                                   exact; the sketched value is an unbiased estimate)
-3     ``PARAM_SQ``         sum     sum of theta_after**2
-4     ``GRAD_DOT_UPDATE``  sum     <g, theta_after - theta_before>
-5     ``NONFINITE``        sum     number of gradient chunks holding a NaN/inf (> 0 means
-                                   the step's gradient is not finite)
-6     ``RANKS``            sum     1.0 per rank: sums to the number of ranks
-7     ``MAX_ABS_GRAD``     max     max |g|: needs a MAX reduce, not a sum
-====  ===================  ======  ====================================================
+====  =====================  ======  ==================================================
+slot  name                   reduce  value
+====  =====================  ======  ==================================================
+0     ``GRAD_SQ``            sum     sum of g**2; NaN/inf: the gradient is not finite
+1     ``NOISE_SQ``           sum     sum of (g - m)**2, m the EMA of g BEFORE this
+                                     step's update (sketched with ``noise="sketch"``);
+                                     the noise norm ||g - m_new|| is ema * sqrt(this)
+2     ``RANKS``              sum     1.0 per rank: sums to the number of ranks
+3     ``MAX_ABS_GRAD``       max     max |g| (NaN where the tap does not measure it)
+4     ``UPDATE_SQ``          sum     ||S delta||^2, delta = theta_after - theta_before
+                                     and S the sketch; ||delta||^2 with exact_update
+5     ``UPDATE_DOT_SKETCH``  sum     <S delta, S g> (0 with exact_update)
+6     ``SKETCH_GRAD_SQ``     sum     ||S g||^2 (0 with exact_update)
+7     ``PARAM_SQ``           sum     sum of theta_after**2
+8     ``GRAD_DOT_BEFORE``    sum     <g, theta_before> (0 with exact_update)
+9     ``GRAD_DOT_AFTER``     sum     <g, theta_after> (<g, delta> with exact_update)
+====  =====================  ======  ==================================================
+
+``measure_grads`` fills slots 0-3 (``N_GRAD_SLOTS``), ``measure_update`` the rest.
+<g, delta> is ``GRAD_DOT_AFTER - GRAD_DOT_BEFORE``. The update norm uses the gradient as a
+control variate (see ``update_sq``): only the part of delta orthogonal to g carries
+sketch error.
 
 For FSDP-style sharded parameters (each element on one rank) the sums over ranks are the
 global values. For DDP-style replicated parameters every rank holds the same values, so
-divide the sum slots by the ``RANKS`` slot (processivity is a ratio and needs no
-division). ``combine_rank_stats`` does this for a tensor gathered from all ranks with ONE
-``all_gather_into_tensor``; the alternative is two collectives on the views
-``t[SUM_SLOTS]`` (SUM) and ``t[MAX_SLOTS]`` (MAX). The reduced tensor is then handed to
-``publish()``.
+divide the sum slots by the ``RANKS`` slot. ``combine_rank_stats`` does this for a tensor
+gathered from all ranks with ONE ``all_gather_into_tensor``. The reduced tensor is then
+handed to ``publish()``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Sequence
 
-import torch
 from torch import Tensor
 
 __all__ = [
-    "GRAD_DOT_UPDATE",
+    "GRAD_DOT_AFTER",
+    "GRAD_DOT_BEFORE",
     "GRAD_SQ",
     "MAX_ABS_GRAD",
     "MAX_SLOTS",
     "NOISE_SQ",
-    "NONFINITE",
+    "N_GRAD_SLOTS",
     "N_SLOTS",
     "PARAM_SQ",
     "RANKS",
+    "SKETCH_GRAD_SQ",
     "SLOT_NAMES",
     "SUM_SLOTS",
+    "UPDATE_DOT_SKETCH",
     "UPDATE_SQ",
     "StepStats",
     "combine_rank_stats",
     "stats_from_values",
+    "update_sq",
 ]
 
 GRAD_SQ = 0
 NOISE_SQ = 1
-UPDATE_SQ = 2
-PARAM_SQ = 3
-GRAD_DOT_UPDATE = 4
-NONFINITE = 5
-RANKS = 6
-MAX_ABS_GRAD = 7
-N_SLOTS = 8
-SUM_SLOTS = slice(0, 7)
-"""Slots that add across ranks (squared norms, dot products, counts)."""
-MAX_SLOTS = slice(7, 8)
+RANKS = 2
+MAX_ABS_GRAD = 3
+N_GRAD_SLOTS = 4
+UPDATE_SQ = 4
+UPDATE_DOT_SKETCH = 5
+SKETCH_GRAD_SQ = 6
+PARAM_SQ = 7
+GRAD_DOT_BEFORE = 8
+GRAD_DOT_AFTER = 9
+N_SLOTS = 10
+SUM_SLOTS = (0, 1, 2, 4, 5, 6, 7, 8, 9)
+"""Slots that add across ranks and chunks (squared norms, dot products, counts)."""
+MAX_SLOTS = (3,)
 """Slots that need a MAX across ranks."""
 SLOT_NAMES = (
     "grad_sq",
     "noise_sq",
-    "update_sq",
-    "param_sq",
-    "grad_dot_update",
-    "nonfinite",
     "ranks",
     "max_abs_grad",
+    "update_sq",
+    "update_dot_sketch",
+    "sketch_grad_sq",
+    "param_sq",
+    "grad_dot_before",
+    "grad_dot_after",
 )
 
 
@@ -122,15 +137,35 @@ def cos_neg_grad_update(dot: float, grad_norm: float, update_norm: float) -> flo
     return min(1.0, max(-1.0, -dot / (grad_norm * update_norm)))
 
 
+def update_sq(v: Sequence[float], at: int = 0) -> float:
+    """||delta||^2 from the raw sums ``v[at:at + N_SLOTS]`` (any common scale).
+
+    Sketched: delta = a g + r with a = <g, delta> / ||g||^2 known exactly, so
+    ||delta||^2 = a <g, delta> + ||r||^2, and only ||r||^2 is taken from the sketch:
+    ||S r||^2 = ||S delta||^2 - 2 a <S delta, S g> + a^2 ||S g||^2 (unbiased; 0 error
+    for plain SGD, whose delta is a multiple of g). With ``exact_update`` (or g = 0) the
+    sketch slots are 0 and ``UPDATE_SQ`` is ||delta||^2 itself.
+    """
+    gsq, sg = v[at + GRAD_SQ], v[at + SKETCH_GRAD_SQ]
+    usq = v[at + UPDATE_SQ]
+    if not (sg > 0.0 and gsq > 0.0):
+        return usq
+    gdot = v[at + GRAD_DOT_AFTER] - v[at + GRAD_DOT_BEFORE]
+    a = gdot / gsq
+    r_sq = usq - 2.0 * a * v[at + UPDATE_DOT_SKETCH] + a * a * sg
+    return a * gdot + max(r_sq, 0.0)
+
+
 def stats_from_values(
-    values: Any, step: int, *, has_noise: bool = True, has_max: bool = True
+    values: Any, step: int, *, ema: Optional[float], has_max: bool = True
 ) -> StepStats:
     """Turn a (reduced) stats tensor or sequence of ``N_SLOTS`` numbers into ``StepStats``.
 
-    ``has_noise`` / ``has_max``: False where the tap did not measure the noise / max |g|
-    (those slots then read NaN and do not make the step non-finite). Reading a device
-    tensor here syncs; ``GradNoiseTap.stats()`` only calls it on host
-    copies that have landed.
+    ``ema``: the tap's EMA decay (the noise norm is ema * sqrt(``NOISE_SQ``)); None where
+    the tap measured no noise. ``has_max``: False where the tap did not measure max |g|
+    (that slot then reads NaN and does not make the step non-finite). Reading a device
+    tensor here syncs; ``GradNoiseTap.stats()`` only calls it on host copies that have
+    landed.
     """
     if isinstance(values, Tensor):
         values = values.detach().cpu().tolist()
@@ -138,14 +173,16 @@ def stats_from_values(
     if len(v) != N_SLOTS:
         raise ValueError(f"values must have {N_SLOTS} entries, got {len(v)}")
     grad = _sqrt(v[GRAD_SQ])
-    noise = _sqrt(v[NOISE_SQ]) if has_noise and v[NONFINITE] == 0.0 else math.nan
-    upd = _sqrt(max(v[UPDATE_SQ], 0.0)) if not math.isnan(v[UPDATE_SQ]) else math.nan
+    grad_ok = math.isfinite(grad)
+    noise = ema * _sqrt(v[NOISE_SQ]) if ema is not None and grad_ok else math.nan
+    usq = update_sq(v)
+    upd = _sqrt(max(usq, 0.0)) if not math.isnan(usq) else math.nan
     param = _sqrt(v[PARAM_SQ])
-    dot = v[GRAD_DOT_UPDATE]
+    dot = v[GRAD_DOT_AFTER] - v[GRAD_DOT_BEFORE]
     gmax = v[MAX_ABS_GRAD]
     measured = (grad, upd, param, dot, gmax) if has_max else (grad, upd, param, dot)
-    finite = v[NONFINITE] == 0.0 and all(math.isfinite(x) for x in measured)
-    if has_noise:
+    finite = all(math.isfinite(x) for x in measured)
+    if ema is not None:
         finite = finite and math.isfinite(noise)
     if not finite:
         proc = math.nan
@@ -178,12 +215,10 @@ def combine_rank_stats(gathered: Tensor, *, replicated: bool = False) -> Tensor:
         raise ValueError(
             f"gathered must have shape [world, {N_SLOTS}], got {tuple(gathered.shape)}"
         )
-    out = torch.empty_like(gathered[0])
-    sums = gathered[:, SUM_SLOTS].sum(0)
+    out = gathered.sum(0)
     if replicated:
-        sums = sums / gathered.shape[0]
-    out[SUM_SLOTS] = sums
-    out[MAX_SLOTS] = gathered[:, MAX_SLOTS].amax(0)
+        out = out / gathered.shape[0]
+    out[MAX_ABS_GRAD] = gathered[:, MAX_ABS_GRAD].amax(0)
     return out
 
 

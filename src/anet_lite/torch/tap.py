@@ -49,24 +49,29 @@ from .sketch import (
 )
 from .stepstats import (
     GRAD_SQ,
+    MAX_ABS_GRAD,
+    N_GRAD_SLOTS,
     N_SLOTS,
     NOISE_SQ,
-    NONFINITE,
     RANKS,
-    UPDATE_SQ,
     StepStats,
-    combine_rank_stats,
     stats_from_values,
 )
 
 __all__ = ["GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
 
 
-def _sum(vals: Sequence[Tensor]) -> Tensor:
-    """Sum of per-chunk 0-d partials (on the first one's device and dtype); no sync."""
-    if len(vals) == 1:
-        return vals[0]
-    return torch.stack([v.to(vals[0].device, vals[0].dtype) for v in vals]).sum()
+def _sum_rows(rows: Sequence[Tensor], grad: bool) -> Tensor:
+    """Per-chunk stats rows summed (on the first one's device); for gradient rows
+    ``RANKS`` stays 1 and ``MAX_ABS_GRAD`` is the max. No sync."""
+    if len(rows) == 1:
+        return rows[0]
+    t = torch.stack([r.to(rows[0].device) for r in rows])
+    out = t.sum(0)
+    if grad:
+        out[RANKS] = 1.0
+        out[MAX_ABS_GRAD] = t[:, MAX_ABS_GRAD].amax()
+    return out
 
 
 _RESCAN = 100  # measure calls between walks of the module tree (see ``_layout``)
@@ -233,6 +238,8 @@ class GradNoiseTap:
         self._before: Dict[str, Tensor] = _Buffers()
         self._layout_key: Optional[Tuple[Any, ...]] = None
         self._named: Optional[List[Tuple[str, Tensor, bool]]] = None
+        self._params: List[Tensor] = []
+        self._plain = True
         self._calls = 0
         self._chunks: List[Chunk] = []
         self._order: Dict[Tuple[torch.device, torch.dtype], List[Tuple[str, int, int]]] = {}
@@ -245,12 +252,11 @@ class GradNoiseTap:
         self._constants: Dict[torch.device, Tuple[Tensor, ...]] = {}
         self._grad_state: Optional[Dict[str, Any]] = None
         self._grad_scale: Optional[Tensor] = None
-        self._pending: Optional[Tensor] = None
+        self._pending: Optional[Tensor] = None  # the rows concatenated, on demand
+        self._rows: Optional[Tuple[Tensor, Optional[Tensor]]] = None
         self._pending_step = 0
         self._copies = HostRing(
-            lambda values, step: stats_from_values(
-                values, step, has_noise=self.ema is not None, has_max=self.max_abs
-            )
+            lambda values, step: stats_from_values(values, step, ema=self.ema, has_max=self.max_abs)
         )
 
     # ------------------------------------------------------------------ public API
@@ -260,7 +266,8 @@ class GradNoiseTap:
 
         The global L2 norm over all tensors (see the class docstring for why it differs
         from the seed's sum of per-tensor norms). NaN if a gradient is not finite; the
-        EMA is then left unchanged. 0.0 when no parameter has a gradient. Do not also
+        EMA is then left unchanged (with ``noise="sketch"``: the buckets the NaN/inf
+        reached). 0.0 when no parameter has a gradient. Do not also
         call ``measure_grads`` in the same step: each call advances the EMA.
         """
         if self.ema is None:
@@ -270,14 +277,17 @@ class GradNoiseTap:
             if not chunks:
                 return 0.0
             rows = [self._grad_chunk(c, full=False)["row"] for c in chunks]
-            noise_sq, bad = self._combine(rows, chunks[0].device)[[NOISE_SQ, NONFINITE]].tolist()
-            return math.nan if bad else math.sqrt(max(noise_sq, 0.0))
+            grad_sq, noise_sq = _sum_rows(rows, True)[[GRAD_SQ, NOISE_SQ]].tolist()
+            if not math.isfinite(grad_sq):
+                return math.nan
+            return self.ema * math.sqrt(max(noise_sq, 0.0))
 
     def measure_grads(self) -> None:
         """Measure the gradients on the device; call after backward, before ``step()``.
 
-        Fills the gradient slots (grad_sq, noise_sq, nonfinite, max_abs_grad) of
-        ``pending_tensor()``, advances the EMA (skipped for chunks holding a NaN/inf), and
+        Fills the gradient slots (grad_sq, noise_sq, ranks, max_abs_grad) of
+        ``pending_tensor()``, advances the EMA (not where a NaN/inf is: in the chunk holding
+        it, or with ``noise="sketch"`` in the buckets it reached), and
         records <g, theta_before> and the sketches (or the copy of theta_before) for
         ``measure_update``. No host sync.
         """
@@ -287,15 +297,18 @@ class GradNoiseTap:
             chunks = self._layout()
             keep = len(chunks) == 1
             parts = [self._grad_chunk(c, full=True, keep=keep) for c in chunks]
-            primary = self._primary_device(chunks)
-            self._pending = self._combine([p["row"] for p in parts], primary)
+            if parts:
+                self._rows = (_sum_rows([p["row"] for p in parts], True), None)
+            else:
+                self._rows = (self._empty_row(self._primary_device(chunks))[:N_GRAD_SLOTS], None)
+            self._pending = None
             self._pending_step = self.step
             self._grad_state = {"step": self.step, "chunks": chunks, "parts": parts}
 
     def measure_update(self, *, publish: bool = True) -> None:
         """Measure the step just taken; call after ``optimizer.step()``.
 
-        Fills update_sq, param_sq and grad_dot_update. With ``publish=True`` (default)
+        Fills the update slots (``N_GRAD_SLOTS`` on). With ``publish=True`` (default)
         starts the one device->host copy; with ``publish=False`` the caller reduces
         ``pending_tensor()`` across ranks and calls ``publish(reduced)``. No host sync.
         """
@@ -304,26 +317,14 @@ class GradNoiseTap:
             raise RuntimeError("measure_update() needs measure_grads() first in the same step")
         self._grad_state = None
         with torch.no_grad():
-            pend = self._pending
+            grad_row = self._rows[0]
             outs = [self._update_chunk(c, part) for c, part in zip(st["chunks"], st["parts"])]
-            if not outs:
-                upd = torch.zeros(3, dtype=pend.dtype, device=pend.device)
-            elif self.exact_update:  # outs: (||delta||^2, ||theta_after||^2, <g, delta>)
-                upd = torch.stack([_sum([o[i].to(pend.dtype) for o in outs]) for i in range(3)])
+            if outs:
+                upd = _sum_rows(outs, False)
             else:
-                gdot = _sum([o["gdot"].to(pend.dtype) for o in outs])
-                # Control variate: delta = a g + r with a = <g, delta> / ||g||^2 exactly known;
-                # only r is sketched. ||delta||^2 = a^2 ||g||^2 + ||r||^2 = a <g, delta> + ||r||^2
-                tiny = torch.finfo(pend.dtype).tiny
-                alpha = gdot / pend[GRAD_SQ].clamp_min(tiny)
-                rs = [
-                    torch.addcmul(o["sk_delta"], p["sk_g"], alpha, value=-1)
-                    for o, p in zip(outs, st["parts"])
-                ]
-                rsq = _sum([torch.dot(r, r) for r in rs])
-                psq = _sum([o["psq"].to(pend.dtype) for o in outs])
-                upd = torch.stack([torch.addcmul(rsq, alpha, gdot), psq, gdot])
-            self._pending = torch.cat([pend[:UPDATE_SQ], upd.to(pend.dtype), pend[NONFINITE:]])
+                upd = self._empty_row(grad_row.device)[N_GRAD_SLOTS:]
+            self._rows = (grad_row, upd)
+            self._pending = None
         if publish:
             self.publish()
 
@@ -334,7 +335,18 @@ class GradNoiseTap:
         after ``measure_update`` all are. Reduce it across ranks (one collective) before
         ``publish``. None before the first ``measure_grads``.
         """
+        if self._pending is None and self._rows is not None:
+            grad_row, upd = self._rows
+            if upd is None:
+                upd = self._empty_row(grad_row.device)[N_GRAD_SLOTS:]
+            self._pending = torch.cat((grad_row, upd.to(grad_row.dtype)))
         return self._pending
+
+    def pending_rows(self) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """``pending_tensor()`` in its two parts, the gradient slots (``measure_grads``)
+        and the update slots (``measure_update``; None before it), for a caller that
+        concatenates them with more (the ``Guard``'s one collective) in one op."""
+        return self._rows
 
     def note_grad_scale(self, scale: Tensor) -> None:
         """The gradients were multiplied by ``scale`` (a positive 0-d tensor, e.g. a clip
@@ -357,15 +369,13 @@ class GradNoiseTap:
         ema = self.ema
         with torch.no_grad():
             for c, part in zip(st["chunks"], st["parts"]):
-                ok = part["ok"]
                 if self.noise == "sketch":
                     skm = self._sk_m.get(c.index)
-                    if skm is not None and "sk_g" in part:
-                        old = (skm - (1.0 - ema) * part["sk_g"]) / ema
-                        self._sk_m[c.index] = torch.where(ok, old, skm)
+                    if skm is not None and "sk_diff" in part:
+                        skm.sub_(part["sk_diff"], alpha=1.0 - ema)
                     continue
                 g = self._measured_grad(c, part)
-                w = torch.where(ok, 1.0 - ema, 0.0).to(c.wdtype)
+                w = torch.where(part["ok"], 1.0 - ema, 0.0).to(c.wdtype)
                 m = self._ema_slice(c)  # m_new = m_old + w (g - m_old)
                 m.addcmul_(g[: c.n], -w).div_(1.0 - w)
                 part["G"] = None  # the scratch buffer may have been reused
@@ -394,7 +404,7 @@ class GradNoiseTap:
         """Start the ONE device->host copy of this step's stats (``tensor`` if given, e.g.
         the rank-reduced one; else ``pending_tensor()``). Non-blocking into pinned memory
         on CUDA; increments ``transfers``."""
-        t = self._pending if tensor is None else tensor
+        t = self.pending_tensor() if tensor is None else tensor
         if t is None:
             raise RuntimeError("nothing to publish: call measure_grads() first")
         t = t.detach().reshape(-1)
@@ -430,21 +440,16 @@ class GradNoiseTap:
         self._before.clear()
         self._grad_state = None
         self._pending = None
+        self._rows = None
         self._copies.clear()
         self.step = 0
 
     # ------------------------------------------------------------------ internals
 
-    def _combine(self, rows: List[Tensor], primary: torch.device) -> Tensor:
-        """One stats tensor from the chunks' rows (update slots 0 until measure_update)."""
-        if not rows:
-            t = torch.zeros(N_SLOTS, dtype=acc_dtype(primary), device=primary)
-            t.select(0, RANKS).fill_(1.0)  # (an item assignment would sync on CUDA)
-            return t
-        if len(rows) == 1:
-            return rows[0]
-        t = combine_rank_stats(torch.stack([r.to(primary) for r in rows]))
-        t.select(0, RANKS).fill_(1.0)
+    def _empty_row(self, device: torch.device) -> Tensor:
+        """A full stats row of a step with nothing measured: zeros, ``RANKS`` 1."""
+        t = torch.zeros(N_SLOTS, dtype=acc_dtype(device), device=device)
+        t.select(0, RANKS).fill_(1.0)  # (an item assignment would sync on CUDA)
         return t
 
     def _primary_device(self, chunks: List[Chunk]) -> torch.device:
@@ -462,15 +467,24 @@ class GradNoiseTap:
         the rest of this check): parameters added to the model later join within that."""
         self._calls += 1
         if self._named is None or self._calls % _RESCAN == 0:
-            self._named = [
+            named = [
                 (n, p, callable(getattr(p, "to_local", None)))
                 for n, p in self.model.named_parameters()
             ]
-        key_t = tuple(
-            (id(p), (local(p) if dist else p).data_ptr(), p.numel())
-            for _, p, dist in self._named
-            if p.grad is not None and p.requires_grad
-        )
+            if self._named is None or [id(t[1]) for t in named] != [id(t[1]) for t in self._named]:
+                self._layout_key = None  # another set of parameters: plan anew
+            self._named = named
+            self._params = [p for _, p, _ in named]
+            self._plain = not any(dist for _, _, dist in named)
+        if self._plain:  # one cheap pass (each step): which have a gradient, and where
+            key_t: Any = [
+                p.data_ptr() if p.grad is not None and p.requires_grad else 0 for p in self._params
+            ]
+        else:
+            key_t = [
+                local(p).data_ptr() if p.grad is not None and p.requires_grad else 0
+                for p in self._params
+            ]
         if key_t == self._layout_key:
             return self._chunks
         items = []
@@ -536,7 +550,7 @@ class GradNoiseTap:
         g = part.get("G")
         if g is not None:
             if part.get("flipped"):
-                flip_(g, self._masks(chunk))
+                flip_(g, self._masks(chunk), self._scratch)
                 part["flipped"] = False
             return g
         g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
@@ -546,26 +560,23 @@ class GradNoiseTap:
         return g
 
     def _grad_chunk(self, chunk: Chunk, full: bool, keep: bool = False) -> Dict[str, Any]:
-        """Measure one chunk's gradient; ``out["row"]`` is its stats row (``stepstats``
-        layout, update slots 0). Few small ops: each costs about as much as a pass over a
-        small model's gradient."""
+        """Measure one chunk's gradient; ``out["row"]`` is its gradient row (slots 0-3 of
+        ``stepstats``). Each op counts (see ``stepstats``), hence the terse code."""
         k, ema = self.sketch_buckets, self.ema
         consts = self._consts(chunk.device)
         g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
+        gsq = dot(g, g)  # NaN/inf iff g holds a NaN/inf (or |g| > ~1e19 in float32)
         if self.max_abs:
             lo, hi = torch.aminmax(g)
-            mx = torch.maximum(hi, lo.neg())  # max |g|; NaN propagates
-            ok = torch.isfinite(mx)
-            gsq = dot(g, g) if full else consts[0]  # (more accurate than vector_norm's square)
-        else:  # one pass less: a NaN/inf in g makes <g, g> NaN/inf (so does |g| > ~1e19)
-            gsq = dot(g, g)
-            mx = consts[5]
-            ok = torch.isfinite(gsq)
-        out: Dict[str, Any] = {"ok": ok}
+            mx = torch.maximum(hi, lo.neg())  # NaN propagates
+        else:
+            mx = consts[2]
+        out: Dict[str, Any] = {}
         nsq = consts[0]
         if ema is not None and self.noise == "exact":
             # In place, no temporaries: m <- m - g; ||m - g||; m <- decay (m - g) + g, with
-            # ||g - m_new|| = ema ||g - m_old||. A non-finite chunk keeps its EMA (decay 1).
+            # ||g - m_new|| = ema ||g - m_old||. A non-finite chunk leaves its EMA alone.
+            out["ok"] = ok = torch.isfinite(gsq)
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
             m, gv = self._ema_slice(chunk), g[: chunk.n]
             m.sub_(gv)
@@ -577,7 +588,7 @@ class GradNoiseTap:
         sketch = full and not self.exact_update
         if sketch or (ema is not None and self.noise == "sketch"):
             masks = self._masks(chunk)
-            out["sk_g"] = sk_g = fold(flip_(g, masks), k)
+            out["sk_g"] = sk_g = fold(flip_(g, masks, self._scratch), k, self._scratch)
             out["flipped"] = True
             if ema is not None and self.noise == "sketch":
                 skm = self._sk_m.get(chunk.index)
@@ -585,9 +596,11 @@ class GradNoiseTap:
                     skm = self._sk_m[chunk.index] = torch.zeros_like(sk_g)
                 diff = sk_g - skm  # the EMA of S g lags S g by ema * diff
                 nsq = torch.dot(diff, diff)
-                self._sk_m[chunk.index] = torch.where(
-                    ok, torch.add(skm, diff, alpha=1.0 - ema), skm
-                )
+                # Buckets a NaN/inf reached keep their EMA; the rest of a non-finite step
+                # is taken in unless the step is undone (the Guard drops such steps). A
+                # whole-chunk test would cost two more device ops every step.
+                out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+                skm.add_(diff, alpha=1.0 - ema)
         if sketch:
             # theta_before = the last measure_update's theta_after unless something moved the
             # parameters since (version counters): reuse its sketch, and its flipped flat copy
@@ -598,20 +611,17 @@ class GradNoiseTap:
             same = cached is not None and versions is not None and cached[1] == versions
             pkey = self._scratch.key("p", chunk)
             if not (same and self._scratch.tags.get(pkey) == ("theta", chunk.index, versions)):
-                flip_(fill_params(chunk, p), masks)
-            out["sk_before"] = cached[0] if same else fold(p, k)
+                flip_(fill_params(chunk, p), masks, self._scratch)
+            out["sk_before"] = cached[0] if same else fold(p, k, self._scratch)
             out["dot"] = dot(p, g)  # both flipped: the same products
             self._scratch.tags[pkey] = None
         if full and keep:
             out["G"] = g
-        # row: ||g||^2, (ema ||g - m_old||)^2, 0, 0, 0, nonfinite, 1, max |g|; NOISE_SQ is
-        # only meaningful where NONFINITE is 0 (readers check)
-        nsq = nsq if ema is None else nsq * (ema * ema)
-        out["row"] = torch.stack([gsq, nsq, *consts[1:4], ~ok, consts[4], mx])  # promotes
+        out["row"] = torch.stack([gsq, nsq, consts[1], mx])  # (promotes to the stats dtype)
         return out
 
     def _consts(self, device: torch.device) -> Tuple[Tensor, ...]:
-        """Cached 0-d constants on ``device``: 0, 0, 0, 0, 1, NaN (stats dtype)."""
+        """Cached 0-d constants on ``device`` in the stats dtype: 0, 1, NaN."""
         c = self._constants.get(device)
         if c is None:
             acc = acc_dtype(device)
@@ -620,36 +630,44 @@ class GradNoiseTap:
                 torch.ones((), dtype=acc, device=device),
             )
             nan = torch.full((), math.nan, dtype=acc, device=device)
-            c = self._constants[device] = (zero, zero, zero, zero, one, nan)
+            c = self._constants[device] = (zero, one, nan)
         return c
 
-    def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Any:
+    def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
+        """One chunk's update row (slots ``N_GRAD_SLOTS`` on, see ``stepstats``)."""
         p = fill_params(chunk, self._scratch.get("p", chunk))
         pkey = self._scratch.key("p", chunk)
         self._scratch.tags[pkey] = None
+        zero = self._consts(chunk.device)[0]
         if self.exact_update:
             g = self._measured_grad(chunk, part)
             b = fill(chunk, self._scratch.get("b", chunk), lambda s: self._before.get(s.name))
             psq = dot(p, p)
             torch.sub(p, b, out=b)
-            return (dot(b, b), psq, dot(b, g))
+            return torch.stack([dot(b, b), zero, zero, psq, zero, dot(b, g)])
         masks = self._masks(chunk)
         g = part.get("G")
         scale = None
         if g is None or not part.get("flipped"):
             # Re-read: the gradient may have been scaled since (see note_grad_scale).
-            g = flip_(fill(chunk, self._scratch.get("g", chunk), Seg.grad), masks)
+            g = flip_(fill(chunk, self._scratch.get("g", chunk), Seg.grad), masks, self._scratch)
             scale = self._grad_scale
         part["G"] = None
-        sk_after = fold(flip_(p, masks), self.sketch_buckets)
+        sk_after = fold(flip_(p, masks, self._scratch), self.sketch_buckets, self._scratch)
         dot_after = dot(g, p)
         if scale is not None:
             dot_after = dot_after / scale.to(dot_after.dtype)
         versions = chunk.param_versions()
         self._sk_theta[chunk.index] = (sk_after, versions)
         self._scratch.tags[pkey] = ("theta", chunk.index, versions)  # p: flipped theta_after
-        return {
-            "sk_delta": sk_after - part["sk_before"],
-            "psq": dot(p, p),
-            "gdot": dot_after - part["dot"],
-        }
+        sk_g, sk_delta = part["sk_g"], sk_after - part["sk_before"]
+        return torch.stack(
+            [
+                dot(sk_delta, sk_delta),
+                dot(sk_delta, sk_g),
+                dot(sk_g, sk_g),
+                dot(p, p),
+                part["dot"],
+                dot_after,
+            ]
+        )
