@@ -218,7 +218,7 @@ def combine_rank_stats(gathered: Tensor, *, replicated: bool = False) -> Tensor:
     out = gathered.sum(0)
     if replicated:
         out = out / gathered.shape[0]
-    out[MAX_ABS_GRAD] = gathered[:, MAX_ABS_GRAD].amax(0)
+    out.select(0, MAX_ABS_GRAD).copy_(gathered[:, MAX_ABS_GRAD].amax(0))
     return out
 
 

@@ -68,9 +68,9 @@ def _sum_rows(rows: Sequence[Tensor], grad: bool) -> Tensor:
         return rows[0]
     t = torch.stack([r.to(rows[0].device) for r in rows])
     out = t.sum(0)
-    if grad:
-        out[RANKS] = 1.0
-        out[MAX_ABS_GRAD] = t[:, MAX_ABS_GRAD].amax()
+    if grad:  # (select + fill_/copy_: an item assignment of a Python float syncs on CUDA)
+        out.select(0, RANKS).fill_(1.0)
+        out.select(0, MAX_ABS_GRAD).copy_(t[:, MAX_ABS_GRAD].amax())
     return out
 
 
