@@ -59,6 +59,21 @@ def test_lr_times_100_mid_run_is_survived(opt_name, lr):
     assert first.kind == "slow_down" and first.step == 201 and first.factor == pytest.approx(0.01)
 
 
+def test_a_too_high_lr_from_step_0_is_slowed_down_by_the_size_of_the_update():
+    # AdamW at 10x the healthy lr from the first step: the first update moves the weights
+    # by ~70% of their norm. The Guard sees it at step 2 and cuts the lr enough to bring
+    # that back under half the 10% limit.
+    healthy, _ = train(lr=3e-2, steps=300)
+    broken, _ = train(lr=0.3, steps=300, guard=False)
+    guarded, g = train(lr=0.3, steps=300)
+    first = g.actions[0]
+    assert first.kind == "slow_down" and first.step == 2
+    rel = first.evidence["rel_update"]
+    assert rel > 0.5 and first.factor == pytest.approx(0.5 * 0.1 / rel)
+    assert tail(broken) > 1.2 * tail(healthy)
+    assert tail(guarded) < tail(broken) - 0.3
+
+
 def _one_step(model, opt, guard, x, y):
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()

@@ -152,6 +152,30 @@ def test_explosion_is_judged_against_the_runs_own_gradient_jitter():
     assert snaps[300].evidence.get("cause") in ("grad_explosion", "update_blowup")
 
 
+def test_an_update_a_tenth_of_the_weights_alerts_from_the_first_steps():
+    # No baseline is needed: step_norm / param_norm >= max_rel_update (0.1) is damage done.
+    m = Monitor(on_error="raise")
+    rel = [0.02, 0.03, 0.35, 0.02]
+    snaps = [
+        m.update(2.3, step=i, grad_norm=1.0, step_norm=r * 50.0, param_norm=50.0)
+        for i, r in enumerate(rel)
+    ]
+    assert [s.alert for s in snaps] == [False, False, True, False]
+    assert snaps[2].evidence["cause"] == "oversized_update"
+    assert snaps[2].evidence["rel_update"] == pytest.approx(0.35)
+    assert "35.0% of their norm" in snaps[2].explain() and "35.0%" in snaps[2].explain("ja")
+    action = m.decide(snaps[2])
+    assert action.kind == "slow_down" and action.factor == pytest.approx(0.5 * 0.1 / 0.35)
+    # without param_norm (or below the limit) the rule is silent
+    m2 = Monitor(max_rel_update=0.5)
+    assert not m2.update(2.3, step_norm=17.5, param_norm=50.0).alert
+    assert not Monitor().update(2.3, step_norm=17.5).alert
+    with pytest.raises(ValueError, match="max_rel_update"):
+        Monitor(max_rel_update=0.0)
+    with pytest.raises(TypeError, match="param_norm"):
+        Monitor().update(1.0, param_norm="big")
+
+
 def test_lr_schedule_changes_are_not_failures():
     loss, g = healthy_stream(900, seed=4)
     lr = [1e-3 * min(1.0, (i + 1) / 100) for i in range(900)]  # warm-up

@@ -41,6 +41,7 @@ def _replay(meta):
                 step_norm=r["update_norm"],
                 noise=r["noise"],
                 lr=r["lr"],
+                param_norm=r["param_norm"],
             )
         )
     return snaps
@@ -75,6 +76,27 @@ def test_a_loss_scale_bug_alerts_at_its_step_although_adam_survives_it():
     assert not any(s.alert for s in snaps[:onset])
     assert snaps[onset].alert and snaps[onset].evidence["cause"] == "grad_explosion"
     assert snaps[onset].evidence["grad_ratio"] > 1e3
+
+
+def test_a_too_high_lr_from_step_0_is_an_oversized_update_and_healthy_runs_stay_below():
+    # Train split: the largest update of any healthy run is 0.065 of the weights' norm
+    # (a CNN's first Adam steps); every run started at a too-high lr moves them by 0.12 to
+    # 0.68 in its first step. (These runs survive, so they are not scored for recall.)
+    runs = _runs()
+    worst = 0.0
+    for meta in runs.values():
+        if meta["kind"] != "healthy":
+            continue
+        for r in score.load_run(os.path.join(score.CACHE, meta["file"])):
+            if r["update_norm"] is not None and r["param_norm"]:
+                worst = max(worst, r["update_norm"] / r["param_norm"])
+    assert 0.0 < worst and worst * 1.5 < Monitor().max_rel_update  # a 1.5x margin
+    hot = [m for m in runs.values() if m["kind"] == "high_lr_no_warmup"]
+    assert len(hot) >= 6
+    for meta in hot:
+        snaps = _replay(meta)
+        first = next(s for s in snaps if s.alert)
+        assert first.step <= 3 and first.evidence["cause"] == "oversized_update", meta["run_id"]
 
 
 @pytest.mark.skipif(not os.path.isdir(score.REAL_LOGS), reason="../shared/data/real-logs absent")

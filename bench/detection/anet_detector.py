@@ -3,10 +3,11 @@
     python bench/detection/score.py --extra anet_detector:DETECTORS
 
 Default settings, no per-run tuning. Feeds the Monitor what a training loop has: loss,
-grad_norm, update_norm (as step_norm), noise, lr. An alarm is ``snapshot.alert``. When
-the scorer passes benign events the loop itself knows about (``--pass-benign-events``),
-they are declared with ``Monitor.mark`` — the API a user would call; by default the
-scorer blanks them and the Monitor sees the schedule only through lr.
+grad_norm, update_norm (as step_norm), param_norm, noise, lr. An alarm is
+``snapshot.alert``. When the scorer passes benign events the loop itself knows about
+(``--pass-benign-events``), they are declared with ``Monitor.mark`` — the API a user
+would call; by default the scorer blanks them and the Monitor sees the schedule only
+through lr.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class AnetMonitor:
             step_norm=_num(rec.get("update_norm")),
             noise=_num(rec.get("noise")),
             lr=_num(rec.get("lr")),
+            param_norm=_num(rec.get("param_norm")),
         )
         return bool(snap.alert)
 

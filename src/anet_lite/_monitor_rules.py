@@ -139,6 +139,18 @@ class MonitorRules:
             ub.push(lu)
             if G is not None and G > 0.0:
                 self.proc.update(math.log(G), math.log(S))
+            P = s.param_norm
+            if P is not None and P > 0.0 and math.isfinite(P):
+                # One step that moves the weights by a tenth of their norm is damage done,
+                # whatever the run's history (a too-high lr from step 0, an lr bug, a
+                # loss-scale bug under SGD). Healthy runs here stay below 0.07 even at
+                # their first Adam steps.
+                rel = S / P
+                ev["rel_update"] = rel
+                if rel >= self.max_rel_update:
+                    ev["rel_update_limit"] = self.max_rel_update  # (sizes the slow-down)
+                    if "severe" not in ev:
+                        ev["severe"] = "oversized_update"
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
         if gr is not None and ur is not None:
             # gradient AND update far above their levels, the update growing step after step:

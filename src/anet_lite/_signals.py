@@ -11,7 +11,7 @@ from ._validate import as_number
 class Signals:
     """One step's inputs as Python floats (None = not given)."""
 
-    __slots__ = ("grad_norm", "loss", "lr", "noise", "step", "step_norm", "time")
+    __slots__ = ("grad_norm", "loss", "lr", "noise", "param_norm", "step", "step_norm", "time")
 
     def __init__(
         self,
@@ -22,6 +22,7 @@ class Signals:
         noise: Optional[float],
         lr: Optional[float],
         time: Optional[float],
+        param_norm: Optional[float] = None,
     ) -> None:
         self.loss = loss  # (one assignment per field: cheaper than tuple unpacking)
         self.step = step
@@ -30,6 +31,7 @@ class Signals:
         self.noise = noise
         self.lr = lr
         self.time = time
+        self.param_norm = param_norm
 
 
 def _lenient(x: Any) -> Optional[float]:
@@ -49,6 +51,7 @@ def read_inputs(
     noise: Any,
     lr: Any,
     time: Any,
+    param_norm: Any = None,
     *,
     strict: bool,
 ) -> Signals:
@@ -62,6 +65,7 @@ def read_inputs(
             ("noise", noise),
             ("lr", lr),
             ("time", time),
+            ("param_norm", param_norm),
         ):
             if v is None and name == "loss":
                 raise TypeError("loss is required and must be a real number, got None")
@@ -79,6 +83,7 @@ def read_inputs(
             vals["noise"],
             vals["lr"],
             vals["time"],
+            vals["param_norm"],
         )
     try:  # fast path: everything converts
         return Signals(
@@ -89,6 +94,7 @@ def read_inputs(
             None if noise is None else float(noise),
             None if lr is None else float(lr),
             None if time is None else float(time),
+            None if param_norm is None else float(param_norm),
         )
     except Exception:
         pass
@@ -105,4 +111,5 @@ def read_inputs(
         _lenient(noise),
         _lenient(lr),
         _lenient(time),
+        _lenient(param_norm),
     )

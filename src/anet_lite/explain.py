@@ -40,6 +40,12 @@ _EN = {
         "learning rate — the optimizer is unstable (e.g. Adam's ε/β2){nums}.",
         "Skip this update and lower the learning rate; roll back if it repeats.",
     ),
+    "oversized_update": (
+        "One update moved the parameters by {rel_update:.1%} of their norm (the limit is "
+        "{rel_update_limit:.0%}) — the learning rate is far too high for this model, "
+        "from the start (no warm-up?) or after a schedule or loss-scale bug{nums}.",
+        "Lower the learning rate now (or add a warm-up); roll back if the loss follows.",
+    ),
     "oscillation": (
         "The loss is rising and jittering (z={precursor_z:.2f}) — the learning rate is "
         "likely too high and training is oscillating{nums}.",
@@ -91,6 +97,10 @@ _JA = {
     "update_blowup": (
         "この学習率にしてはパラメータ更新が通常の {update_ratio:.3g} 倍に大きくなりました。オプティマイザが不安定です（Adam の ε/β2 など）{nums}。",
         "この更新をスキップし、学習率を下げてください。繰り返すならロールバックへ。",
+    ),
+    "oversized_update": (
+        "1 回の更新でパラメータがそのノルムの {rel_update:.1%} も動きました（上限 {rel_update_limit:.0%}）。このモデルには学習率が高すぎます。最初から（ウォームアップなし？）か、スケジュールや損失スケールの不具合の後です{nums}。",
+        "今すぐ学習率を下げてください（またはウォームアップを入れてください）。損失も上がるならロールバックへ。",
     ),
     "oscillation": (
         "損失が上昇しつつ揺れています（z={precursor_z:.2f}）。学習率が高すぎて振動している可能性があります{nums}。",
@@ -154,6 +164,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "bad_batch": "a bad batch (one-step loss jump)",
         "grad_explosion": "a gradient explosion",
         "update_blowup": "an update blow-up",
+        "oversized_update": "an update too large for the weights",
         "oscillation": "oscillation (loss rising and jittering)",
         "divergence": "divergence (loss rising)",
         "grad_growth": "persistent gradient growth",
@@ -168,6 +179,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "bad_batch": "不良バッチ（1 ステップでの損失の跳ね上がり）",
         "grad_explosion": "勾配爆発",
         "update_blowup": "更新の暴走",
+        "oversized_update": "重みに対して大きすぎる更新",
         "oscillation": "振動（損失が上昇しつつ揺れる）",
         "divergence": "発散（損失の上昇）",
         "grad_growth": "勾配の持続的な増大",

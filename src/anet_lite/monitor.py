@@ -43,6 +43,9 @@ class Monitor(MonitorRules):
       severe_grad, severe_update
                            one-step ratios to the baseline that alarm at once, if also
                            4 robust sigmas above the run's own jitter [x]
+      max_rel_update       one update larger than this fraction of the parameters' norm
+                           (step_norm / param_norm) alarms at once, from the first step:
+                           no baseline needed [fraction of ||θ||]
       grad_growth          gradient level (window vs. baseline) that is a precursor [x]
       lr_jump              lr above this multiple of the largest earlier lr: a bug [x]
       lr_ramp              lr above this multiple of the schedule's peak after warm-up [x]
@@ -69,6 +72,7 @@ class Monitor(MonitorRules):
         severe_loss: float = 8.0,
         severe_grad: float = 200.0,
         severe_update: float = 30.0,
+        max_rel_update: float = 0.1,
         grad_growth: float = 3.0,
         co_rise: float = 2.0,
         lr_jump: float = 3.0,
@@ -97,6 +101,7 @@ class Monitor(MonitorRules):
         self.severe_loss = math.log(positive(severe_loss, "severe_loss"))
         self.severe_grad = math.log(positive(severe_grad, "severe_grad"))
         self.severe_update = math.log(positive(severe_update, "severe_update"))
+        self.max_rel_update = positive(max_rel_update, "max_rel_update")
         self.grad_growth = math.log(positive(grad_growth, "grad_growth"))
         self.co_rise_x = positive(co_rise, "co_rise")
         self.lr_jump = positive(lr_jump, "lr_jump")
@@ -183,14 +188,20 @@ class Monitor(MonitorRules):
         noise: Any = None,
         lr: Any = None,
         time: Any = None,
+        param_norm: Any = None,
     ) -> Snapshot:
         """Feed one step; returns its ``Snapshot``. Only ``loss`` is required.
+
+        ``grad_norm`` ||g|| and ``step_norm`` ||θ_after − θ_before|| of the step, in the
+        gradients' / parameters' units; ``param_norm`` ||θ|| (with ``step_norm``: the
+        relative size of the update); ``noise`` the gradient-noise norm; ``lr`` the
+        learning rate of the step; ``time`` seconds (any origin).
 
         Accepts Python floats, NumPy scalars and 0-d tensors. Bad types raise TypeError at
         the first call only; afterwards no input makes ``update`` raise.
         """
         sig = read_inputs(
-            loss, step, grad_norm, step_norm, noise, lr, time, strict=not self.checked
+            loss, step, grad_norm, step_norm, noise, lr, time, param_norm, strict=not self.checked
         )
         self.checked = True
         try:

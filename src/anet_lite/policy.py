@@ -102,6 +102,9 @@ class Policy:
         factor = self.slow_factor
         if cause == "lr_jump":
             factor = min(self.slow_factor, 1.0 / float(ev.get("lr_jump", 2.0)))
+        if "rel_update_limit" in ev:  # whatever the cause: back under the limit, with room
+            excess = float(ev.get("rel_update", 1.0)) / float(ev["rel_update_limit"])
+            factor = min(factor, 0.5 / max(excess, 1.0))
         for kind in _LADDER[_LADDER.index(start) :]:
             if self.used[kind] < self.caps[kind]:
                 tag = "nonfinite" if cause == "non_finite" else "drift"

@@ -335,17 +335,19 @@ class Guard:
             import time
 
             t = time.monotonic()
+        param_norm = math.sqrt(max(v[_PREV + PARAM_SQ] / div, 0.0))
         snap = self.monitor.update(
             v[_LOSS] / v[_LOSS + 1],
             step=step,
             grad_norm=grad_norm,
             step_norm=step_norm,
+            param_norm=param_norm if step_norm else None,
             noise=noise,
             lr=lr,
             time=t,
         )
         ev = snap.evidence
-        ev["param_norm"] = math.sqrt(max(v[_PREV + PARAM_SQ] / div, 0.0))
+        ev["param_norm"] = param_norm
         if self.tap.max_abs:  # off in the Guard's own tap: one pass over g less
             ev["max_abs_grad"] = v[MAX_ABS_GRAD] / div  # FSDP: mean of the shards' maxima
         if step_norm and prev_g > 0:
