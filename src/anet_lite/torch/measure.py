@@ -1,0 +1,316 @@
+"""The tap's per-chunk measurements (a mixin of ``GradNoiseTap``; see tap.py for the API).
+
+One chunk's gradient (``_grad_chunk``: its row of gradient slots, the sketch of g, the
+noise EMA, <g, theta_before>) and update (``_update_chunk``: the sketch products and
+dots of the update slots), the layout check, and the EMA / theta_before buffers. Every
+device op counts (``stepstats`` says why), so these stay terse. ``GradNoiseTap.__init__``
+creates the attributes used here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .sketch import (
+    SIGN_BITS,
+    Chunk,
+    Seg,
+    acc_dtype,
+    dot,
+    fill,
+    fill_params,
+    flip_,
+    fold,
+    local,
+    plan,
+    sign_masks,
+)
+from .stepstats import MAX_ABS_GRAD, N_SLOTS, RANKS
+
+
+def sum_rows(rows: Sequence[Tensor], grad: bool) -> Tensor:
+    """Per-chunk stats rows summed (on the first one's device); for gradient rows
+    ``RANKS`` stays 1 and ``MAX_ABS_GRAD`` is the max. No sync."""
+    if len(rows) == 1:
+        return rows[0]
+    t = torch.stack([r.to(rows[0].device) for r in rows])
+    out = t.sum(0)
+    if grad:  # (select + fill_/copy_: an item assignment of a Python float syncs on CUDA)
+        out.select(0, RANKS).fill_(1.0)
+        out.select(0, MAX_ABS_GRAD).copy_(t[:, MAX_ABS_GRAD].amax())
+    return out
+
+
+RESCAN = 100  # measure calls between walks of the module tree (see ``_layout``)
+
+
+class Buffers(dict):
+    """Name -> buffer dict that counts replacements, so cached views notice them (e.g. a
+    checkpoint restore assigning ``tap.m[name] = tensor`` instead of ``copy_``)."""
+
+    version = 0
+
+    def _bump(self) -> None:
+        self.version += 1
+
+    def __setitem__(self, key: str, value: Tensor) -> None:
+        self._bump()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._bump()
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        self._bump()
+        super().clear()
+
+    def pop(self, *args: Any) -> Any:
+        self._bump()
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._bump()
+        return super().popitem()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._bump()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._bump()
+        return super().setdefault(key, default)
+
+
+class ChunkMeasure:
+    """Per-chunk measurement methods; state lives on the ``GradNoiseTap``."""
+
+    def _empty_row(self, device: torch.device) -> Tensor:
+        """A full stats row of a step with nothing measured: zeros, ``RANKS`` 1."""
+        t = torch.zeros(N_SLOTS, dtype=acc_dtype(device), device=device)
+        t.select(0, RANKS).fill_(1.0)  # (an item assignment would sync on CUDA)
+        return t
+
+    def _primary_device(self, chunks: List[Chunk]) -> torch.device:
+        if chunks:
+            return chunks[0].device
+        for p in self.model.parameters():
+            if p.requires_grad:
+                return local(p).device
+        return torch.device("cpu")
+
+    def _layout(self) -> List[Chunk]:
+        """Chunks of the parameters that have a gradient now; cached while unchanged.
+
+        The module tree is re-walked every ``RESCAN`` calls (walking it costs more than
+        the rest of this check): parameters added to the model later join within that."""
+        self._calls += 1
+        if self._named is None or self._calls % RESCAN == 0:
+            named = [
+                (n, p, callable(getattr(p, "to_local", None)))
+                for n, p in self.model.named_parameters()
+            ]
+            if self._named is None or [id(t[1]) for t in named] != [id(t[1]) for t in self._named]:
+                self._layout_key = None  # another set of parameters: plan anew
+            self._named = named
+            self._params = [p for _, p, _ in named]
+            self._plain = not any(dist for _, _, dist in named)
+        if self._plain:  # one cheap pass (each step): which have a gradient, and where
+            key_t: Any = [
+                p.data_ptr() if p.grad is not None and p.requires_grad else 0 for p in self._params
+            ]
+        else:
+            key_t = [
+                local(p).data_ptr() if p.grad is not None and p.requires_grad else 0
+                for p in self._params
+            ]
+        if key_t == self._layout_key:
+            return self._chunks
+        items = []
+        for name, p, _ in self._named:
+            lp = local(p)
+            if p.requires_grad and p.grad is not None and lp.is_floating_point():
+                items.append((name, p, lp))
+        if key_t == self._layout_key:
+            return self._chunks
+        chunks, order = plan(items, self.chunk_numel, SIGN_BITS * self.sketch_buckets)
+        shapes = {name: lp.shape for name, _, lp in items}
+        self._order = {g: [(n, o, c, shapes[n]) for n, o, c in runs] for g, runs in order.items()}
+        self._layout_key, self._chunks = key_t, chunks
+        self._m_sync = None  # EMA views are rebuilt for the new layout
+        self._sk_m.clear()  # sketches of another layout are not comparable
+        self._sk_theta.clear()
+        return chunks
+
+    def _ema_slice(self, chunk: Chunk) -> Tensor:
+        """The chunk's run of its group's flat EMA buffer; ``tap.m`` holds views of it."""
+        m = self.m
+        sync = (id(m), getattr(m, "version", None), self._layout_key)
+        if sync[1] is None or sync != self._m_sync:
+            flats = {}
+            for (device, wdtype), runs in self._order.items():
+                flat = torch.zeros(sum(r[2] for r in runs), dtype=wdtype, device=device)
+                for name, off, n, _shape in runs:
+                    old = m.get(name)
+                    if old is not None and old.numel() == n:
+                        flat[off : off + n].copy_(old.detach().reshape(-1))
+                flats[(device, wdtype)] = flat
+            for group, runs in self._order.items():
+                for name, off, n, shape in runs:
+                    m[name] = flats[group][off : off + n].view(shape)
+            self._m_flat = flats
+            self._m_sync = (id(m), getattr(m, "version", None), self._layout_key)
+        return self._m_flat[chunk.group][chunk.offset : chunk.offset + chunk.n]
+
+    def _before_views(self, chunk: Chunk) -> Tuple[List[Tensor], List[Tensor]]:
+        cached = chunk.cache.get("before")
+        if cached is not None and cached[0] == self._before.version:  # type: ignore[attr-defined]
+            return cached[1], cached[2]
+        dst, src = [], []
+        contiguous = True
+        for seg in chunk.segs:
+            lp = seg.local()
+            buf = self._before.get(seg.name)
+            if buf is None or (buf.device, buf.shape, buf.dtype) != (lp.device, lp.shape, lp.dtype):
+                buf = torch.empty(lp.shape, dtype=lp.dtype, device=lp.device)
+                self._before[seg.name] = buf
+            contiguous = contiguous and lp.is_contiguous()
+            dst.append(buf.view(-1)[seg.start : seg.end])
+            src.append(lp.detach().reshape(-1)[seg.start : seg.end])
+        if contiguous:
+            chunk.cache["before"] = (self._before.version, dst, src)  # type: ignore[attr-defined]
+        return dst, src
+
+    def _masks(self, chunk: Chunk) -> Tensor:
+        return sign_masks(chunk, self.seed, self._scratch, self._gens)
+
+    def _measured_grad(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
+        """This step's measured gradient (NaN/inf zeroed), unflipped, as a flat buffer."""
+        g = part.get("G")
+        if g is not None:
+            if part.get("flipped"):
+                flip_(g, self._masks(chunk), self._scratch)
+                part["flipped"] = False
+            return g
+        g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
+        torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+        if self._grad_scale is not None:
+            g.div_(self._grad_scale.to(g.dtype))
+        return g
+
+    def _grad_chunk(self, chunk: Chunk, full: bool, keep: bool = False) -> Dict[str, Any]:
+        """Measure one chunk's gradient; ``out["row"]`` is its gradient row (slots 0-3 of
+        ``stepstats``). Each op counts (see ``stepstats``), hence the terse code."""
+        k, ema = self.sketch_buckets, self.ema
+        consts = self._consts(chunk.device)
+        g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
+        gsq = dot(g, g)  # NaN/inf iff g holds a NaN/inf (or |g| > ~1e19 in float32)
+        if self.max_abs:
+            lo, hi = torch.aminmax(g)
+            mx = torch.maximum(hi, lo.neg())  # NaN propagates
+        else:
+            mx = consts[2]
+        out: Dict[str, Any] = {}
+        nsq = consts[0]
+        if ema is not None and self.noise == "exact":
+            # In place, no temporaries: m <- m - g; ||m - g||; m <- decay (m - g) + g, with
+            # ||g - m_new|| = ema ||g - m_old||. A non-finite chunk leaves its EMA alone.
+            out["ok"] = ok = torch.isfinite(gsq)
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+            m, gv = self._ema_slice(chunk), g[: chunk.n]
+            m.sub_(gv)
+            nsq = dot(m, m)
+            m.mul_(torch.where(ok, ema, 1.0)).add_(gv)
+        if full and self.exact_update:
+            dst, src = self._before_views(chunk)
+            torch._foreach_copy_(dst, src)
+        sketch = full and not self.exact_update
+        if sketch or (ema is not None and self.noise == "sketch"):
+            masks = self._masks(chunk)
+            out["sk_g"] = sk_g = fold(flip_(g, masks, self._scratch), k, self._scratch)
+            out["flipped"] = True
+            if ema is not None and self.noise == "sketch":
+                skm = self._sk_m.get(chunk.index)
+                if skm is None:
+                    skm = self._sk_m[chunk.index] = torch.zeros_like(sk_g)
+                diff = sk_g - skm  # the EMA of S g lags S g by ema * diff
+                nsq = torch.dot(diff, diff)
+                # Buckets a NaN/inf reached keep their EMA; the rest of a non-finite step
+                # is taken in unless the step is undone (the Guard drops such steps). A
+                # whole-chunk test would cost two more device ops every step.
+                out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+                skm.add_(diff, alpha=1.0 - ema)
+        if sketch:
+            # theta_before = the last measure_update's theta_after unless something moved the
+            # parameters since (version counters): reuse its sketch, and its flipped flat copy
+            # if the scratch buffer still holds it (one chunk per group).
+            p = self._scratch.get("p", chunk)
+            versions = chunk.param_versions()
+            cached = self._sk_theta.get(chunk.index)
+            same = cached is not None and versions is not None and cached[1] == versions
+            pkey = self._scratch.key("p", chunk)
+            if not (same and self._scratch.tags.get(pkey) == ("theta", chunk.index, versions)):
+                flip_(fill_params(chunk, p), masks, self._scratch)
+            out["sk_before"] = cached[0] if same else fold(p, k, self._scratch)
+            out["dot"] = dot(p, g)  # both flipped: the same products
+            self._scratch.tags[pkey] = None
+        if full and keep:
+            out["G"] = g
+        out["row"] = torch.stack([gsq, nsq, consts[1], mx])  # (promotes to the stats dtype)
+        return out
+
+    def _consts(self, device: torch.device) -> Tuple[Tensor, ...]:
+        """Cached 0-d constants on ``device`` in the stats dtype: 0, 1, NaN."""
+        c = self._constants.get(device)
+        if c is None:
+            acc = acc_dtype(device)
+            zero, one = (
+                torch.zeros((), dtype=acc, device=device),
+                torch.ones((), dtype=acc, device=device),
+            )
+            nan = torch.full((), math.nan, dtype=acc, device=device)
+            c = self._constants[device] = (zero, one, nan)
+        return c
+
+    def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
+        """One chunk's update row (slots ``N_GRAD_SLOTS`` on, see ``stepstats``)."""
+        p = fill_params(chunk, self._scratch.get("p", chunk))
+        pkey = self._scratch.key("p", chunk)
+        self._scratch.tags[pkey] = None
+        zero = self._consts(chunk.device)[0]
+        if self.exact_update:
+            g = self._measured_grad(chunk, part)
+            b = fill(chunk, self._scratch.get("b", chunk), lambda s: self._before.get(s.name))
+            psq = dot(p, p)
+            torch.sub(p, b, out=b)
+            return torch.stack([dot(b, b), zero, zero, psq, zero, dot(b, g)])
+        masks = self._masks(chunk)
+        g = part.get("G")
+        scale = None
+        if g is None or not part.get("flipped"):
+            # Re-read: the gradient may have been scaled since (see note_grad_scale).
+            g = flip_(fill(chunk, self._scratch.get("g", chunk), Seg.grad), masks, self._scratch)
+            scale = self._grad_scale
+        part["G"] = None
+        sk_after = fold(flip_(p, masks, self._scratch), self.sketch_buckets, self._scratch)
+        dot_after = dot(g, p)
+        if scale is not None:
+            dot_after = dot_after / scale.to(dot_after.dtype)
+        versions = chunk.param_versions()
+        self._sk_theta[chunk.index] = (sk_after, versions)
+        self._scratch.tags[pkey] = ("theta", chunk.index, versions)  # p: flipped theta_after
+        sk_g, sk_delta = part["sk_g"], sk_after - part["sk_before"]
+        return torch.stack(
+            [
+                dot(sk_delta, sk_delta),
+                dot(sk_delta, sk_g),
+                dot(sk_g, sk_g),
+                dot(p, p),
+                part["dot"],
+                dot_after,
+            ]
+        )
