@@ -131,11 +131,22 @@ def profile(path: Path, out: Path) -> None:
         while True:
             a = pc()
             try:
-                step, loss, g, sn, noise, lr, t = next(it)
+                step, loss, g, sn, noise, lr, t, w = next(it)
             except StopIteration:
                 break
             b = pc()
-            buf.append(up(loss, step=step, grad_norm=g, step_norm=sn, noise=noise, lr=lr, time=t))
+            buf.append(
+                up(
+                    loss,
+                    step=step,
+                    grad_norm=g,
+                    step_norm=sn,
+                    noise=noise,
+                    lr=lr,
+                    time=t,
+                    param_norm=w,
+                )
+            )
             c = pc()
             tm["read"] += b - a
             tm["monitor"] += c - b

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -119,6 +120,96 @@ def test_analyze_map(tmp_path, capsys):
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert meta["columns"] == {"step": "it", "loss": "objective", "grad_norm": "gn"}
     assert main(["analyze", str(src), "--map", "bogus=x"]) == 2
+
+
+def _update_csv(path: Path, big_at: int = 120, param_norm: str | None = "param_norm") -> Path:
+    """step, loss, grad_norm, update_norm[, <param_norm>], lr: updates of ~1% of the weights'
+    norm (50), one of 30% at ``big_at``; without the param_norm column if it is None."""
+    rng = np.random.default_rng(7)
+    head = "step,loss,grad_norm,update_norm" + (f",{param_norm}" if param_norm else "") + ",lr"
+    rows = [head]
+    for i in range(300):
+        loss = 2.0 * math.exp(0.02 * rng.standard_normal())
+        g = math.exp(0.1 * rng.standard_normal())
+        u = 50.0 * (0.3 if i == big_at else 0.01 * math.exp(0.1 * rng.standard_normal()))
+        pn = ",50.0" if param_norm else ""
+        rows.append(f"{i},{loss:.6f},{g:.6f},{u:.6f}{pn},0.001")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_analyze_param_norm_oversized_update(tmp_path, capsys):
+    """A log with update_norm and param_norm: a step that moves the weights by 30% alerts
+    (oversized_update) at that step, as the live Monitor does; without param_norm it does not."""
+    from anet_lite.readers import open_log
+
+    src = _update_csv(tmp_path / "upd.csv")
+    out = tmp_path / "o"
+    assert main(["analyze", str(src), "--out", str(out), "--json"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    (inc,) = d["incidents"]
+    assert inc["first_step"] == 120 and inc["cause"] == "oversized_update"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["columns"]["param_norm"] == "param_norm"
+    assert meta["columns"]["step_norm"] == "update_norm"
+    ev = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    alerts = [e for e in ev if e["alert"]]
+    assert [e["step"] for e in alerts] == [120]
+    assert alerts[0]["evidence"]["cause"] == "oversized_update"
+    assert alerts[0]["evidence"]["rel_update"] == pytest.approx(0.3)
+    rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
+    assert [r["step"] for r in rows if r["alert"] == "1"] == ["120"]
+    assert rows[120]["cause"] == "oversized_update"
+    # the same verdicts as the live Monitor fed the same inputs
+    m = Monitor()
+    live = [
+        m.update(
+            r.loss,
+            step=r.step,
+            grad_norm=r.grad_norm,
+            step_norm=r.step_norm,
+            lr=r.lr,
+            param_norm=r.param_norm,
+        )
+        for r in open_log(src)
+    ]
+    assert [s.step for s in live if s.alert] == [120]
+    # `anet-lite report` on the folder finds the incident too
+    assert main(["report", str(out)]) == 0
+    capsys.readouterr()
+    # --map param_norm=COLUMN for a name that is no alias
+    src2 = _update_csv(tmp_path / "upd2.csv", param_norm="wnorm")
+    out2 = tmp_path / "o2"
+    args = ["--out", str(out2), "--quiet", "--no-report"]
+    assert main(["analyze", str(src2), *args]) == 0  # wnorm is not read by default
+    assert main(["analyze", str(src2), *args, "--map", "param_norm=wnorm"]) == 1
+    ev2 = [json.loads(x) for x in (out2 / "events.jsonl").read_text().splitlines()]
+    assert [e["evidence"]["cause"] for e in ev2 if e["alert"]] == ["oversized_update"]
+
+
+def test_analyze_without_param_norm_no_oversized_update(tmp_path, capsys):
+    src = _update_csv(tmp_path / "upd.csv", param_norm=None)
+    out = tmp_path / "o"
+    rc = main(["analyze", str(src), "--out", str(out), "--json", "--no-report"])
+    d = json.loads(capsys.readouterr().out)
+    assert "param_norm" not in json.loads((out / "meta.json").read_text())["columns"]
+    assert all(i["cause"] != "oversized_update" for i in d["incidents"])
+    text = (out / "events.jsonl").read_text() + (out / "metrics.csv").read_text()
+    assert "oversized_update" not in text and "rel_update" not in text
+    assert rc == (1 if d["incidents"] else 0)
+
+
+def test_analyze_bad_param_norm_cell_names_line_and_column(tmp_path, capsys):
+    src = _update_csv(tmp_path / "bad.csv")
+    lines = src.read_text().splitlines()
+    cells = lines[201].split(",")  # step 200 (line 202)
+    cells[4] = "big"
+    lines[201] = ",".join(cells)
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["analyze", str(src), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{src}: line 202, column 5 ('param_norm')" in err and "not a number" in err
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,107 @@ def test_csv_basic_columns_and_values(tmp_path):
         "lr": "learning_rate",
         "time": "time",
     }
-    assert recs[1] == (1, 1.9, 1.1, 0.02, 0.6, 0.001, 0.5)
+    assert recs[1] == (1, 1.9, 1.1, 0.02, 0.6, 0.001, 0.5, None)  # no param_norm column
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "param_norm",
+        "params_norm",
+        "parameter_norm",
+        "weight_norm",
+        "train/param_norm",
+        "train_param_norm",
+        "Param_Norm",
+        "metrics.param_norm",
+    ],
+)
+def test_param_norm_aliases(tmp_path, name):
+    p = _write(
+        tmp_path / "p.csv",
+        f"step,loss,update_norm,param_update_norm,{name}\n0,2.0,0.5,9,50.0\n1,1.9,15.0,9,50.5\n",
+    )
+    log, recs = _all(p)
+    assert log.columns["param_norm"] == name
+    assert log.columns["step_norm"] == "update_norm"  # not param_update_norm, not param_norm
+    assert [(r.step_norm, r.param_norm) for r in recs] == [(0.5, 50.0), (15.0, 50.5)]
+
+
+def test_param_norm_absent_gaps_mapping_and_errors(tmp_path):
+    p = _write(tmp_path / "a.csv", "step,loss,update_norm\n0,2.0,0.5\n1,1.9,0.6\n")
+    log, recs = _all(p)
+    assert "param_norm" not in log.columns and [r.param_norm for r in recs] == [None, None]
+    p = _write(tmp_path / "g.csv", "step,loss,param_norm\n0,2.0,50\n1,1.9,\n2,1.8,NA\n3,1.7,inf\n")
+    log, recs = _all(p)
+    assert [r.param_norm for r in recs[:3]] == [50.0, None, None] and recs[3].param_norm == math.inf
+    assert log.stats.empty_cells == {"param_norm": 2}
+    assert log.stats.non_finite == {"param_norm": 1}
+    assert parse_mapping(["param_norm=wn"]) == {"param_norm": "wn"}
+    p = _write(tmp_path / "m.csv", "step,loss,wn\n0,2.0,50\n1,1.9,51\n")
+    log, recs = _all(p, mapping={"param_norm": "wn"})
+    assert log.columns["param_norm"] == "wn" and recs[1].param_norm == 51.0
+    p = _write(tmp_path / "bad.csv", "step,loss,param_norm\n0,2.0,50\n1,1.9,huge\n")
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(p))
+    e = ei.value
+    assert e.file == str(p) and e.line == 3 and e.column == 3 and e.column_name == "param_norm"
+    assert "line 3, column 3 ('param_norm')" in str(e)
+
+
+def test_param_norm_jsonl(tmp_path):
+    lines = [
+        {"step": 1, "train": {"loss": 2.0, "param_norm": 50.0}, "update_norm": 0.5},
+        {"step": 2, "train": {"loss": 1.9}},
+        {"step": 2, "train": {"param_norm": "51.5"}},
+        {"step": 3, "train": {"loss": 1.8, "param_norm": None}},
+    ]
+    p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    log, recs = _all(p)
+    assert log.columns["param_norm"] == "train/param_norm"
+    assert recs[0] == (1, 2.0, None, 0.5, None, None, None, 50.0)
+    assert [r.param_norm for r in recs] == [50.0, 51.5, None]
+    assert log.stats.empty_cells == {"param_norm": 1}
+    p2 = _write(tmp_path / "bad.jsonl", '{"step": 1, "loss": 2, "weight_norm": "big"}\n')
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(p2))
+    assert ei.value.line == 1 and ei.value.column_name == "weight_norm"
+    assert str(p2) in str(ei.value)
+
+
+def test_param_norm_wandb_and_mlflow(tmp_path):
+    p = _write(
+        tmp_path / "wandb_export.csv",
+        'Step,"run-7 - train/loss","run-7 - train/param_norm"\n1,2.0,50.0\n2,1.8,50.2\n',
+    )
+    log, recs = _all(p)
+    assert log.format == "wandb" and log.columns["param_norm"] == "run-7 - train/param_norm"
+    assert [r.param_norm for r in recs] == [50.0, 50.2]
+    rows = ["key,value,step,timestamp"]
+    rows += [f"loss,{2.0 - 0.1 * s},{s},{1700000000000 + 1000 * s}" for s in range(4)]
+    rows += [f"update_norm,0.5,{s},{1700000000000 + 1000 * s}" for s in range(4)]
+    rows += [f"param_norm,{50.0 + s},{s},{1700000000000 + 1000 * s}" for s in range(0, 4, 2)]
+    p = _write(tmp_path / "metric_history.csv", "\n".join(rows) + "\n")
+    log, recs = _all(p)
+    assert log.format == "mlflow" and log.columns["param_norm"] == "param_norm"
+    assert [r.param_norm for r in recs] == [50.0, None, 52.0, None]
+    assert recs[1].step_norm == 0.5 and recs[1].time is not None
+    run = tmp_path / "mlruns" / "0" / "abc123"
+    (run / "metrics" / "train").mkdir(parents=True)
+    (run / "metrics" / "train" / "loss").write_text(
+        "".join(f"{1700000000000 + s} {2.0 - 0.01 * s} {s}\n" for s in range(5))
+    )
+    (run / "metrics" / "weight_norm").write_text(
+        "".join(f"{1700000000000 + s} {40.0 + s} {s}\n" for s in range(5))
+    )
+    log, recs = _all(run)
+    assert log.columns["param_norm"] == "weight_norm"
+    assert [r.param_norm for r in recs] == [40.0, 41.0, 42.0, 43.0, 44.0]
+    (run / "metrics" / "weight_norm").write_text(f"{1700000000000} 40.0 0\n1700000000001 x 1\n")
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(run))
+    e = ei.value
+    assert e.file == str(run / "metrics" / "weight_norm") and e.line == 2 and e.column == 2
 
 
 def test_aliases_and_prefixes(tmp_path):
@@ -114,7 +214,7 @@ def test_jsonl_joins_lines_of_one_step_and_flattens(tmp_path):
     p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
     log, recs = _all(p)
     assert log.format == "jsonl"
-    assert recs[0] == (1, 2.0, 1.5, None, None, None, None)
+    assert recs[0] == (1, 2.0, 1.5, None, None, None, None, None)
     assert recs[1].step == 2 and math.isnan(recs[1].grad_norm)
     assert len(recs) == 2 and log.stats.rows_without_loss == 2
 
@@ -155,7 +255,7 @@ def test_wandb_history_export(tmp_path):
     log, recs = _all(p)
     assert log.format == "wandb"
     assert log.columns["time"] == "_runtime" and log.columns["lr"] == "train/learning_rate"
-    assert recs[1] == (1, 1.9, None, None, None, 0.001, 2.5)
+    assert recs[1] == (1, 1.9, None, None, None, 0.001, 2.5, None)
 
 
 def test_mlflow_long_format_grouped_by_metric(tmp_path):
@@ -227,6 +327,24 @@ def test_tensorboard_event_file_roundtrip(tmp_path):
     assert len(recs2) == 30
     _, recs3 = _all(logdir, mapping={"loss": "accuracy"})
     assert recs3[0].loss == 0.5
+
+
+def test_param_norm_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    torch_tb = pytest.importorskip("torch.utils.tensorboard")
+    logdir = tmp_path / "runs" / "exp2"
+    w = torch_tb.SummaryWriter(log_dir=str(logdir))
+    for s in range(20):
+        w.add_scalar("train/loss", 2.0 - 0.01 * s, s)
+        w.add_scalar("train/update_norm", 0.5, s)
+        if s % 2 == 0:
+            w.add_scalar("train/param_norm", 50.0 + s, s)
+    w.close()
+    log, recs = _all(logdir)
+    assert log.columns["param_norm"] == "train/param_norm"
+    assert log.columns["step_norm"] == "train/update_norm"
+    assert [r.param_norm for r in recs[:4]] == [50.0, None, 52.0, None]
+    assert recs[3].step_norm == 0.5 and recs[3].time is not None
 
 
 @pytest.mark.parametrize(
@@ -347,6 +465,25 @@ def _csv_cases(rng):
         ),
     )
     yield (
+        "param_norm",
+        rows(
+            lambda i: i,
+            lambda i, s: (
+                f"{s},1.0,{rng.random():.4f},"
+                + ("" if i % 1100 == 7 else ("nan" if i % 977 == 5 else f"{50 + rng.random():.3f}"))
+            ),
+            header="step,loss,update_norm,weight_norm",
+        ),
+    )
+    yield (
+        "bad_param_norm",
+        rows(
+            lambda i: i,
+            lambda i, s: f"{s},1.0,0.5,{'big' if i == 1300 else '50.0'}",
+            header="step,loss,step_norm,param_norm",
+        ),
+    )
+    yield (
         "bad_cell",
         rows(lambda i: i, lambda i, s: f"{s},oops,2.0" if i == 1500 else f"{s},1.0,2.0"),
     )
@@ -384,6 +521,11 @@ def test_csv_fast_path_matches_row_by_row(tmp_path, monkeypatch):
         assert fast[name] == slow, name
     assert "line 1502" in fast["bad_cell"][1] and "column 2 ('loss')" in fast["bad_cell"][1]
     assert len(fast["bad_cell"][0]) == 1499  # every step before the bad line was yielded
+    assert "line 1302, column 4 ('param_norm')" in fast["bad_param_norm"][1]
+    pn_recs, _, pn_stats, _ = fast["param_norm"]
+    assert pn_recs[0][7] > 50.0 and pn_recs[7][7] is None and pn_recs[5][7] == "nan"
+    assert json.loads(pn_stats)["empty_cells"] == {"param_norm": 3}
+    assert json.loads(pn_stats)["non_finite"] == {"param_norm": 4}
     joins, restart, nonf = (json.loads(fast[k][2]) for k in ("joins", "restart", "nonfinite"))
     assert joins["records"] == 1500 and restart["step_regressions"] == 1
     assert list(nonf["non_finite"]) == ["grad_norm", "loss"]

@@ -45,9 +45,10 @@ def add_analyze_parser(sub: Any, fmt: Any, codes: str, func: Any) -> None:
   anet-lite analyze wandb_export.csv --json > summary.json
 
 Inputs: CSV/TSV or JSONL with a step column and any of loss, grad_norm, step_norm
-(update_norm), noise, lr, time (seconds; *_ms columns are converted); TensorBoard event
+(update_norm), noise, lr, time (seconds; *_ms columns are converted), param_norm (the
+weights' norm: with step_norm, an update of >= 10% of it alerts); TensorBoard event
 files or run folders; W&B CSV exports; MLflow CSV exports and run folders. Common names
-(train/loss, learning_rate, gradient_norm, _runtime, ...) are recognised.
+(train/loss, learning_rate, gradient_norm, _runtime, weight_norm, ...) are recognised.
 
 {ANALYZE_FILES}
 
@@ -68,8 +69,8 @@ files or run folders; W&B CSV exports; MLflow CSV exports and run folders. Commo
         metavar="FIELD=COLUMN",
         action="append",
         default=[],
-        help="read FIELD (step, loss, grad_norm, step_norm, noise, lr, time) from COLUMN; "
-        "repeatable",
+        help="read FIELD (step, loss, grad_norm, step_norm, noise, lr, time, param_norm) "
+        "from COLUMN; repeatable",
     )
     a.add_argument(
         "--format",
@@ -245,9 +246,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     gc.disable()  # see _GC_SLACK
     try:
         try:
-            for step, loss, g, sn, noise, lr, t in log:
+            for step, loss, g, sn, noise, lr, t, pn in log:
                 buf.append(
-                    update(loss, step=step, grad_norm=g, step_norm=sn, noise=noise, lr=lr, time=t)
+                    update(
+                        loss,
+                        step=step,
+                        grad_norm=g,
+                        step_norm=sn,
+                        noise=noise,
+                        lr=lr,
+                        time=t,
+                        param_norm=pn,
+                    )
                 )
                 if len(buf) >= chunk:
                     writer.flush()

@@ -2,9 +2,9 @@
 
     from anet_lite.readers import open_log
     log = open_log("train.csv", mapping={"loss": "train/loss"})
-    for rec in log:                      # Record(step, loss, grad_norm, step_norm, noise, lr, time)
+    for rec in log:  # Record(step, loss, grad_norm, step_norm, noise, lr, time, param_norm)
         snap = monitor.update(rec.loss, step=rec.step, grad_norm=rec.grad_norm, ...)
-    log.stats.as_dict()                  # gaps, non-finite cells, time resets, ...
+    log.stats.as_dict()  # gaps, non-finite cells, time resets, ...
 
 Every reader is a generator over the file: memory stays constant in the log length (the
 MLflow long format and the MLflow file store read each metric's rows in their own pass and

@@ -6,7 +6,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import LogFormatError
 
-FIELDS = ("step", "loss", "grad_norm", "step_norm", "noise", "lr", "time")
+# (param_norm last: a Record's first seven positions are those of the earlier 7-tuples)
+FIELDS = ("step", "loss", "grad_norm", "step_norm", "noise", "lr", "time", "param_norm")
 FORMATS = ("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow")
 
 # Known names per field, in priority order (compared lower-cased, after the W&B "run - "
@@ -86,7 +87,21 @@ ALIASES: Dict[str, Tuple[str, ...]] = {
         "_timestamp",
         "timestamp",
     ),
+    "param_norm": (
+        "param_norm",
+        "params_norm",
+        "parameter_norm",
+        "weight_norm",
+        "weights_norm",
+        "train/param_norm",
+        "train/params_norm",
+        "train/weight_norm",
+        "parameters_norm",
+        "model/param_norm",
+    ),
 }
+# Fields that TensorBoard scalars / MLflow metrics can be (step and time are not).
+_SCALAR_FIELDS = tuple(f for f in FIELDS if f not in ("step", "time"))
 _MS_NAMES = {"time_ms", "train_time_ms", "elapsed_ms"}
 _GAP = {"", "null", "none", "na", "n/a", "-", "nil"}
 _BINARY_MARKERS = (b"\x00",)
@@ -187,7 +202,7 @@ def _tag_field(tag: str, mapping: Dict[str, str]) -> Optional[str]:
     if tag in mapping.values():
         return next(k for k, v in mapping.items() if v == tag)
     n = _norm(tag)
-    for field in FIELDS[1:6]:  # step and time are not scalars/metrics here
+    for field in _SCALAR_FIELDS:
         if field in mapping:
             continue
         if n in ALIASES[field]:

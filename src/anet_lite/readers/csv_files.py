@@ -71,7 +71,7 @@ def _csv_rows(path: Path, stats: ReadStats) -> Iterator[Tuple[int, List[str]]]:
 
 class _Block:
     """Consecutive CSV rows already converted column-wise (``LogReader._fast_block``): steps,
-    the six value columns (None = not in the log) and the rows' line numbers."""
+    the seven value columns (FIELDS[1:]; None = not in the log) and the rows' line numbers."""
 
     __slots__ = ("cols", "lines", "steps")
 
@@ -98,7 +98,7 @@ def _uniform(steps: List[int]) -> bool:
     return steps == list(range(first, first + n * d, d))
 
 
-_new_record = partial(tuple.__new__, Record)  # Record(*seven) without the Python-level __new__
+_new_record = partial(tuple.__new__, Record)  # Record(*eight) without the Python-level __new__
 
 
 class CsvReading:
@@ -132,7 +132,7 @@ class CsvReading:
         tcol = idx[6]
         clock = _Clock(_time_scale(header[tcol], self.format), stats) if tcol is not None else None
         fields = FIELDS
-        present = [(k, idx[k], fields[k]) for k in range(1, 7) if idx[k] is not None]
+        present = [(k, idx[k], fields[k]) for k in range(1, len(fields)) if idx[k] is not None]
         nf = len(header)
         row_no = -1
         for block, lines in blocks:
@@ -161,7 +161,7 @@ class CsvReading:
         if set(map(len, block)) != {nf}:
             return None
         cols = list(zip(*block))
-        out: List[Optional[List[Any]]] = [None] * 6
+        out: List[Optional[List[Any]]] = [None] * 7
         bad: List[Tuple[int, int, str, int]] = []
         try:
             if si is None:
@@ -181,7 +181,7 @@ class CsvReading:
         nonf = self.stats.non_finite
         for _, _, field, n_bad in sorted(bad):  # (first seen first, as row by row)
             nonf[field] = nonf.get(field, 0) + n_bad
-        if clock is not None and out[5] is not None:
+        if clock is not None and out[5] is not None:  # time
             out[5] = [clock(t) for t in out[5]]
         return _Block(steps, out, lines)
 
@@ -205,7 +205,7 @@ class CsvReading:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
                 row = row + [""] * (nf - len(row))
-            vals: list = [None] * 8
+            vals: list = [None] * 9  # FIELDS' values, then the line number
             if si is None:
                 vals[0] = row_no
             else:
@@ -230,5 +230,5 @@ class CsvReading:
                     )
             if clock is not None:
                 vals[6] = clock(vals[6])
-            vals[7] = line
+            vals[8] = line
             yield vals

@@ -57,6 +57,7 @@ class Record(NamedTuple):
     noise: Optional[float] = None
     lr: Optional[float] = None
     time: Optional[float] = None
+    param_norm: Optional[float] = None  # ||θ||; last, so the first seven keep their places
 
 
 class ReadStats:

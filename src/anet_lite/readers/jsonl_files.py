@@ -57,9 +57,9 @@ class JsonlReading:
                         cache[keys] = cols
                     for k, i in cols.items():
                         self.columns.setdefault(k, keys[i])
-                vals: list = [None] * 8
+                vals: list = [None] * 9  # FIELDS' values, then the line number
                 row_no += 1
-                for k in range(1, 7):
+                for k in range(1, 8):
                     i = cols.get(FIELDS[k])
                     if i is None:
                         continue
@@ -81,7 +81,7 @@ class JsonlReading:
                         tname = keys[cols["time"]]
                         clock = _Clock(_time_scale(tname, "jsonl"), stats)
                     vals[6] = clock(vals[6])
-                vals[7] = line
+                vals[8] = line
                 yield vals
         if "loss" not in self.columns:
             raise LogFormatError(

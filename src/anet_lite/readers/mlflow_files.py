@@ -159,7 +159,7 @@ class MlflowReading:
             if row is None or row[0] != step:
                 if row is not None:
                     yield row
-                row = [step, None, None, None, None, None, None, line]
+                row = [step, None, None, None, None, None, None, None, line]
             row[FIELDS.index(field)] = v
             if t is not None and row[6] is None:
                 row[6] = clock(t)

@@ -62,7 +62,8 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
         stats = self.stats
         note_step = stats.note_step
         pending: Optional[list] = None
-        for r in raw:  # r = [step, loss, grad, step_norm, noise, lr, time, line] or a _Block
+        # r = [step, loss, grad, step_norm, noise, lr, time, param_norm, line] or a _Block
+        for r in raw:
             if type(r) is _Block:
                 steps = r.steps
                 n = len(steps)
@@ -87,7 +88,7 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
             for r in rows:
                 if pending is not None:
                     if r[0] == pending[0]:
-                        for i in range(1, 7):
+                        for i in range(1, 8):
                             if r[i] is not None:
                                 pending[i] = r[i]
                         continue
@@ -96,7 +97,7 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
                         stats.rows_without_loss += 1
                     else:
                         stats.records += 1
-                        yield _new_record(pending[:7])
+                        yield _new_record(pending[:8])
                 pending = r
         if pending is not None:
             rec = self._emit(pending)
@@ -116,7 +117,7 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
             stats.rows_without_loss += 1
             return None
         stats.records += 1
-        return Record(p[0], p[1], p[2], p[3], p[4], p[5], p[6])
+        return Record(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
 
 
 def open_log(path: Any, fmt: str = "auto", mapping: Optional[Dict[str, str]] = None) -> LogReader:

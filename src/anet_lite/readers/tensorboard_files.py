@@ -60,7 +60,7 @@ class TensorBoardReading:
                         step = int(ev.step)
                         rec = buf.get(step)
                         if rec is None:
-                            rec = [step, None, None, None, None, None, None, n]
+                            rec = [step, None, None, None, None, None, None, None, n]
                             buf[step] = rec
                             while len(buf) > lookback:
                                 out = buf.popitem(last=False)[1]
