@@ -98,6 +98,8 @@ class Chunk:
         self.device, self.wdtype = group
         self.segs: List[Seg] = []
         self.n = 0
+        self._plain: Optional[bool] = None  # (segments are only added while planning)
+        self._params: Optional[List[Tensor]] = None
         self.cache: Dict[str, Any] = {}  # views reused while the layout is unchanged
 
     @property
@@ -108,10 +110,24 @@ class Chunk:
     def sizes(self) -> List[int]:
         return [s.end - s.start for s in self.segs]
 
+    @property
+    def plain(self) -> bool:
+        """Every segment a whole, plain (not DTensor) parameter: ``params`` lines up with
+        the segments and their gradients can be copied as they are."""
+        if self._plain is None:
+            self._plain = all(s.whole and not s.dist for s in self.segs)
+        return self._plain
+
+    @property
+    def params(self) -> List[Tensor]:
+        if self._params is None or len(self._params) != len(self.segs):
+            self._params = [s.param for s in self.segs]
+        return self._params
+
     def param_versions(self) -> Optional[Tuple[int, ...]]:
         """In-place ops (optimizer steps, ``copy_``, ``load_state_dict``) bump these."""
         try:
-            return tuple([s.param._version for s in self.segs])
+            return tuple([p._version for p in self.params])
         except RuntimeError:  # e.g. inference tensors have no version counter
             return None
 
@@ -240,6 +256,11 @@ def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> T
         cached = ((buf.data_ptr(), buf.dtype, buf.numel()), views)
         chunk.cache["views"] = cached
     views = cached[1]
+    if get is Seg.grad and chunk.plain:  # the usual case, without a Python call per tensor
+        grads = [p.grad for p in chunk.params]
+        if all(g is not None for g in grads):  # (not `None in grads`: that calls t == None)
+            torch._foreach_copy_(views, grads)
+            return buf
     dst, src = [], []
     for seg, v in zip(chunk.segs, views):
         t = get(seg)
