@@ -242,11 +242,18 @@ def test_nonfinite_grad_sets_the_flag_and_spares_the_ema(bad, max_abs):
 # ---------------------------------------------------------------- update statistics
 
 
-def run_update_comparison(make_opt, steps=50, exact=False, width=256, depth=2):
+# A model in one chunk is measured exactly (theta_before kept flat in the scratch); this
+# chunk size splits the ~75k-parameter MLP into 3 chunks, so the sketch is what measures.
+SKETCHED = 2**15
+
+
+def run_update_comparison(
+    make_opt, steps=50, exact=False, width=256, depth=2, chunk_numel=SKETCHED
+):
     """Train; per step compare the tap's update stats with exact ones from clones."""
     model, data = mlp(width=width, depth=depth), Data()
     opt = make_opt(model.parameters())
-    tap = GradNoiseTap(model, exact_update=exact)
+    tap = GradNoiseTap(model, exact_update=exact, chunk_numel=chunk_numel)
     rows = []
     for _ in range(steps):
         opt.zero_grad()
@@ -262,6 +269,7 @@ def run_update_comparison(make_opt, steps=50, exact=False, width=256, depth=2):
         cos = float(-(g @ d) / (g.norm() * d.norm()))
         pnorm = float(flat64([p.detach() for p in model.parameters()]).norm())
         rows.append((s, upd, cos, pnorm, float(g.norm())))
+    assert (len(tap._chunks) > 1) == (sum(p.numel() for p in model.parameters()) > chunk_numel)
     return rows
 
 
@@ -270,6 +278,15 @@ OPTIMIZERS = {
     "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9),
     "adamw_tiny_lr": lambda ps: torch.optim.AdamW(ps, lr=1e-6),
 }
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_one_chunk_is_measured_exactly(name):
+    rows = run_update_comparison(OPTIMIZERS[name], steps=20, chunk_numel=2**24)
+    for s, upd, cos, pnorm, gnorm in rows:
+        assert rel(s.update_norm, upd) < 1e-4
+        assert s.processivity == pytest.approx(cos, abs=1e-4)
+        assert rel(s.param_norm, pnorm) < 1e-5 and rel(s.grad_norm, gnorm) < 1e-5
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -290,11 +307,16 @@ def test_sketched_update_norm_and_processivity_vs_exact(name):
         assert s.finite
 
 
-def test_plain_sgd_processivity_is_one():
+@pytest.mark.parametrize("chunk_numel", [2**24, 4096])  # one chunk; sketched chunks
+def test_plain_sgd_processivity_is_one(chunk_numel):
     lr = 0.05
     for exact in (False, True):
         rows = run_update_comparison(
-            lambda ps: torch.optim.SGD(ps, lr=lr), steps=10, exact=exact, width=128
+            lambda ps: torch.optim.SGD(ps, lr=lr),
+            steps=10,
+            exact=exact,
+            width=128,
+            chunk_numel=chunk_numel,
         )
         for s, upd, cos, _, gnorm in rows:
             assert cos == pytest.approx(1.0, abs=1e-5)
@@ -460,13 +482,14 @@ def exact_update_norm(model, step):
     return float(flat64([p.detach() - b for p, b in zip(model.parameters(), before)]).norm())
 
 
-def test_theta_sketch_reuse_notices_parameter_changes():
-    # S theta_before is the previous S theta_after while nothing touched the parameters;
-    # in-place changes (load_state_dict, copy_, mul_) bump version counters and force a
-    # fresh sketch, changes through .data need params_changed().
+@pytest.mark.parametrize("chunk_numel", [2**24, SKETCHED])  # theta kept flat; sketched
+def test_theta_reuse_notices_parameter_changes(chunk_numel):
+    # theta_before (flat, or its sketch) is the previous step's theta_after while nothing
+    # touched the parameters; in-place changes (load_state_dict, copy_, mul_) bump version
+    # counters and force a fresh read, changes through .data need params_changed().
     model, data = mlp(width=256, depth=2), Data()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tap = GradNoiseTap(model)
+    tap = GradNoiseTap(model, chunk_numel=chunk_numel)
     other = mlp(width=256, depth=2, seed=3).state_dict()
 
     def step():

@@ -228,6 +228,8 @@ class ChunkMeasure:
         if full and self.exact_update:
             dst, src = self._before_views(chunk)
             torch._foreach_copy_(dst, src)
+        if full and keep and not self.exact_update:
+            return self._grad_chunk_flat(chunk, g, out, gsq, nsq, mx)
         sketch = full and not self.exact_update
         if sketch or (ema is not None and self.noise == "sketch"):
             masks = self._masks(chunk)
@@ -263,6 +265,52 @@ class ChunkMeasure:
         out["row"] = torch.stack([gsq, nsq, consts[1], mx])  # (promotes to the stats dtype)
         return out
 
+    def _grad_chunk_flat(
+        self, chunk: Chunk, g: Tensor, out: Dict[str, Any], gsq: Tensor, nsq: Tensor, mx: Tensor
+    ) -> Dict[str, Any]:
+        """One chunk per group: theta_before stays in the "p" scratch buffer from the last
+        step (unflipped), so the update is measured exactly, with fewer passes than the
+        sketch: g stays unflipped, the sketch of g (for the noise EMA only) is folded from
+        a flipped copy in the "q" buffer, which the update then reuses for theta_after."""
+        ema = self.ema
+        if ema is not None and self.noise == "sketch":
+            q = self._scratch.get("q", chunk)
+            masks = self._masks(chunk)
+            iv = self._scratch.view
+            torch.bitwise_xor(iv(g, masks.dtype), masks, out=iv(q, masks.dtype))
+            sk_g = fold(q, self.sketch_buckets, self._scratch)
+            skm = self._sk_m.get(chunk.index)
+            if skm is None:
+                skm = self._sk_m[chunk.index] = torch.zeros_like(sk_g)
+            diff = sk_g - skm
+            nsq = torch.dot(diff, diff)
+            out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # see above
+            skm.add_(diff, alpha=1.0 - ema)
+        p = self._scratch.get("p", chunk)
+        pkey = self._scratch.key("p", chunk)
+        versions = chunk.param_versions()
+        if versions is None or self._scratch.tags.get(pkey) != ("flat", chunk.index, versions):
+            fill_params(chunk, p)  # moved since (a rollback, a load): read theta_before again
+        self._scratch.tags[pkey] = None
+        out["G"], out["flat"] = g, True
+        out["row"] = torch.stack([gsq, nsq, self._consts(chunk.device)[1], mx])
+        return out
+
+    def _update_chunk_flat(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
+        """delta = theta_after - theta_before exactly (see ``_grad_chunk_flat``); then the
+        two buffers swap roles, so theta_after is the next step's theta_before."""
+        sc = self._scratch
+        q = fill_params(chunk, sc.get("q", chunk))  # theta_after
+        p = sc.get("p", chunk)  # theta_before, then delta
+        torch.sub(q, p, out=p)
+        g = part["G"]  # the measured gradient (a clip after measure_grads does not touch it)
+        part["G"] = None
+        zero = self._consts(chunk.device)[0]
+        row = torch.stack([dot(p, p), zero, zero, dot(q, q), zero, dot(g, p)])
+        sc.swap("p", "q", chunk)
+        sc.tags[sc.key("p", chunk)] = ("flat", chunk.index, chunk.param_versions())
+        return row
+
     def _consts(self, device: torch.device) -> Tuple[Tensor, ...]:
         """Cached 0-d constants on ``device`` in the stats dtype: 0, 1, NaN."""
         c = self._constants.get(device)
@@ -278,6 +326,8 @@ class ChunkMeasure:
 
     def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
         """One chunk's update row (slots ``N_GRAD_SLOTS`` on, see ``stepstats``)."""
+        if part.get("flat"):
+            return self._update_chunk_flat(chunk, part)
         p = fill_params(chunk, self._scratch.get("p", chunk))
         pkey = self._scratch.key("p", chunk)
         self._scratch.tags[pkey] = None

@@ -205,6 +205,21 @@ class Scratch:
         self.pads.clear()
         self.views.clear()
 
+    def swap(self, a: str, b: str, chunk: Chunk) -> None:
+        """Exchange the buffers (and their tags and views) of roles ``a`` and ``b``."""
+        ka, kb = self.key(a, chunk), self.key(b, chunk)
+        self.bufs[ka], self.bufs[kb] = self.bufs[kb], self.bufs[ka]
+        ta, tb = self.tags.pop(ka, None), self.tags.pop(kb, None)
+        if tb is not None:
+            self.tags[ka] = tb
+        if ta is not None:
+            self.tags[kb] = ta
+        va, vb = self.views.pop((ka, chunk.n_pad), None), self.views.pop((kb, chunk.n_pad), None)
+        if vb is not None:
+            self.views[(ka, chunk.n_pad)] = vb
+        if va is not None:
+            self.views[(kb, chunk.n_pad)] = va
+
     def view(self, buf: Tensor, how: Any) -> Tensor:
         """``buf.view(how)`` (a dtype or a shape), cached for the life of the buffers."""
         vkey = (buf.data_ptr(), buf.numel(), buf.dtype, how)

@@ -65,7 +65,14 @@ class GradNoiseTap(ChunkMeasure):
     with ``grad_norm`` or clipping thresholds. Values therefore differ from the seed's by
     up to a factor of sqrt(number of tensors).
 
-    Update size without copying the parameters. <g, delta_theta> is exact up to float32
+    Update size. A model whose measured parameters fit one chunk per (device, dtype) group
+    (``chunk_numel`` elements, 2**24 by default: most models trained on a CPU) is measured
+    exactly: the flat copy of theta_after that the scratch keeps anyway is the next step's
+    theta_before, and delta_theta = theta_after - theta_before is formed in one more
+    scratch buffer (``_grad_chunk_flat``), at about the cost of the sketch.
+
+    Larger models are measured without copying the parameters. <g, delta_theta> is exact up
+    to float32
     rounding: <g, theta_after> - <g, theta_before>, two BLAS dots (error ~1e-7 ||g||
     ||theta||, i.e. ~1e-4 on the cosine at a relative update of 1e-6 per step; see
     ``sketch.dot``). ||delta_theta|| is estimated with the
@@ -95,16 +102,18 @@ class GradNoiseTap(ChunkMeasure):
 
     Memory beyond the model: the EMA (above); O(p) per chunk for the sketches; scratch
     buffers of ``min(model, chunk_numel)`` elements each (gradient and parameters in the
-    work dtype, int32 sign masks; +1 for ``exact_update``), kept between calls, so at most
-    3 x 64 MiB at the default ``chunk_numel`` however large the model. With one chunk per
-    (device, dtype) the scratch buffers also carry work across calls: the sign masks are
-    made once, the flipped theta_after of one step is the next step's theta_before (no
-    second copy of the parameters per step), and the gradient buffer of
-    ``measure_grads`` serves ``measure_update`` (so a gradient clipped in between is seen
-    consistently). Several chunks re-make the masks and re-read both per chunk and call
-    (measured on an H100 at 100M parameters: Guard +10.5% of the step with 7 chunks,
-    +4.6% with ``chunk_numel=2**27``, one chunk); re-read gradients are corrected for a
-    clip factor passed to ``note_grad_scale`` (the ``Guard`` does).
+    work dtype, int32 sign masks; +1 for one chunk, measured exactly, and +1 for
+    ``exact_update``), kept between calls, so at most 3 x 64 MiB at the default
+    ``chunk_numel`` for a model that needs several chunks, and 4x a model that fits one
+    (its scratch: up to 256 MiB). With one chunk per (device, dtype) the scratch buffers
+    also carry work across calls: the sign masks are made once, theta_after of one step is
+    the next step's theta_before (no second copy of the parameters per step), and the
+    gradient buffer of ``measure_grads`` serves ``measure_update`` (so a gradient clipped
+    in between is seen consistently). Several chunks re-make the masks and re-read both
+    per chunk and call (measured on an H100 at 100M parameters with session 2's code:
+    Guard +10.5% of the step with 7 chunks, +4.6% with ``chunk_numel=2**27``, one chunk);
+    re-read gradients are corrected for a clip factor passed to ``note_grad_scale`` (the
+    ``Guard`` does).
 
     ``max_abs=False`` skips max |g| (one pass over the gradient less; ``max_abs_grad``
     is then NaN) and tells a non-finite gradient by <g, g> instead, which also flags a
@@ -284,8 +293,9 @@ class GradNoiseTap(ChunkMeasure):
 
     def params_changed(self) -> None:
         """The parameters were changed in place in a way their version counters do not
-        see (through ``.data``) since the last ``measure_update``: re-sketch them."""
+        see (through ``.data``) since the last ``measure_update``: re-read them."""
         self._sk_theta.clear()
+        self._scratch.tags.clear()
 
     def undo_ema(self) -> None:
         """Take the gradient of the latest ``measure_grads`` back out of the EMA (for a
