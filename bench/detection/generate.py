@@ -124,8 +124,9 @@ def split_of(family: str, kind: str, seed: int) -> str:
     return "train"
 
 
-def plan() -> List[Dict[str, Any]]:
-    """The full list of run specs (deterministic)."""
+def plan(seed_offset: int = 0) -> List[Dict[str, Any]]:
+    """The full list of run specs (deterministic). ``seed_offset`` shifts every seed: the
+    same plan on fresh seeds (a set that no choice was made on; replicates stay < 10)."""
     specs = []
     group = 0
     for setup in SETUPS:
@@ -136,14 +137,14 @@ def plan() -> List[Dict[str, Any]]:
             for ev in events:
                 group += 1
                 for rep in range(_n_reps(setup, kind)):
-                    seed = 100 * group + rep
+                    seed = 100 * group + rep + seed_offset
                     specs.append(_make_spec(setup, kind, ev, seed, rep))
     group = 100
     for kind in LATE_KINDS:
         for setup in SETUPS:
             group += 1
             for rep in range(_n_reps(setup, kind)):
-                seed = 100 * group + rep
+                seed = 100 * group + rep + seed_offset
                 specs.append(_make_spec(setup, kind, None, seed, rep))
     return specs
 
@@ -598,12 +599,20 @@ def main(argv=None) -> int:
     ap.add_argument("--setups", help="comma-separated setups to keep (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--out", default=CACHE)
+    ap.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="shift every seed (e.g. 50 with --out elsewhere: a fresh set on new seeds)",
+    )
     a = ap.parse_args(argv)
+    if a.seed_offset and os.path.abspath(a.out) == os.path.abspath(CACHE):
+        ap.error("--seed-offset writes a different set: give it its own --out folder")
     if a.relabel:
         runs = relabel(a.out)
         print("relabelled", len(runs), "runs:", write_manifest(runs, a.out, merge=True))
         return 0
-    specs = plan()
+    specs = plan(a.seed_offset)
     if a.only:
         kinds = set(a.only.split(","))
         specs = [s for s in specs if s["kind"] in kinds]
