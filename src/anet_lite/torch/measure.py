@@ -230,9 +230,22 @@ class ChunkMeasure:
             torch._foreach_copy_(dst, src)
         if full and keep and not self.exact_update:
             return self._grad_chunk_flat(chunk, g, out, gsq, nsq, mx)
-        sketch = full and not self.exact_update
+        sketch = full and not self.exact_update  # (several chunks: one goes the flat way)
+        if sketch:
+            # <g, theta_before> unflipped, before g is flipped for its sketch; S theta_before
+            # is the last measure_update's S theta_after unless something moved the
+            # parameters since (version counters).
+            p = fill_params(chunk, self._scratch.get("p", chunk))
+            out["dot"] = dot(g, p)
+            versions = chunk.param_versions()
+            cached = self._sk_theta.get(chunk.index)
+            same = cached is not None and versions is not None and cached[1] == versions
         if sketch or (ema is not None and self.noise == "sketch"):
             masks = self._masks(chunk)
+            if sketch:
+                out["sk_before"] = (
+                    cached[0] if same else fold(flip_(p, masks, self._scratch), k, self._scratch)
+                )
             out["sk_g"] = sk_g = fold(flip_(g, masks, self._scratch), k, self._scratch)
             out["flipped"] = True
             if ema is not None and self.noise == "sketch":
@@ -246,20 +259,6 @@ class ChunkMeasure:
                 # whole-chunk test would cost two more device ops every step.
                 out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
                 skm.add_(diff, alpha=1.0 - ema)
-        if sketch:
-            # theta_before = the last measure_update's theta_after unless something moved the
-            # parameters since (version counters): reuse its sketch, and its flipped flat copy
-            # if the scratch buffer still holds it (one chunk per group).
-            p = self._scratch.get("p", chunk)
-            versions = chunk.param_versions()
-            cached = self._sk_theta.get(chunk.index)
-            same = cached is not None and versions is not None and cached[1] == versions
-            pkey = self._scratch.key("p", chunk)
-            if not (same and self._scratch.tags.get(pkey) == ("theta", chunk.index, versions)):
-                flip_(fill_params(chunk, p), masks, self._scratch)
-            out["sk_before"] = cached[0] if same else fold(p, k, self._scratch)
-            out["dot"] = dot(p, g)  # both flipped: the same products
-            self._scratch.tags[pkey] = None
         if full and keep:
             out["G"] = g
         out["row"] = torch.stack([gsq, nsq, consts[1], mx])  # (promotes to the stats dtype)
@@ -329,8 +328,6 @@ class ChunkMeasure:
         if part.get("flat"):
             return self._update_chunk_flat(chunk, part)
         p = fill_params(chunk, self._scratch.get("p", chunk))
-        pkey = self._scratch.key("p", chunk)
-        self._scratch.tags[pkey] = None
         zero = self._consts(chunk.device)[0]
         if self.exact_update:
             g = self._measured_grad(chunk, part)
@@ -338,21 +335,15 @@ class ChunkMeasure:
             psq = dot(p, p)
             torch.sub(p, b, out=b)
             return torch.stack([dot(b, b), zero, zero, psq, zero, dot(b, g)])
-        masks = self._masks(chunk)
-        g = part.get("G")
-        scale = None
-        if g is None or not part.get("flipped"):
-            # Re-read: the gradient may have been scaled since (see note_grad_scale).
-            g = flip_(fill(chunk, self._scratch.get("g", chunk), Seg.grad), masks, self._scratch)
-            scale = self._grad_scale
-        part["G"] = None
-        sk_after = fold(flip_(p, masks, self._scratch), self.sketch_buckets, self._scratch)
+        # Several chunks: the gradient buffer holds another chunk by now, so g is read again
+        # (and corrected for a scale applied since: see note_grad_scale); both unflipped.
+        g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
         dot_after = dot(g, p)
-        if scale is not None:
-            dot_after = dot_after / scale.to(dot_after.dtype)
-        versions = chunk.param_versions()
-        self._sk_theta[chunk.index] = (sk_after, versions)
-        self._scratch.tags[pkey] = ("theta", chunk.index, versions)  # p: flipped theta_after
+        if self._grad_scale is not None:
+            dot_after = dot_after / self._grad_scale.to(dot_after.dtype)
+        masks = self._masks(chunk)
+        sk_after = fold(flip_(p, masks, self._scratch), self.sketch_buckets, self._scratch)
+        self._sk_theta[chunk.index] = (sk_after, chunk.param_versions())
         sk_g, sk_delta = part["sk_g"], sk_after - part["sk_before"]
         return torch.stack(
             [

@@ -258,7 +258,9 @@ class GradNoiseTap(ChunkMeasure):
         self._grad_state = None
         with torch.no_grad():
             grad_row = self._rows[0]
-            outs = [self._update_chunk(c, part) for c, part in zip(st["chunks"], st["parts"])]
+            # last chunk first: its sign masks are still in the scratch from measure_grads
+            pairs = list(zip(st["chunks"], st["parts"]))[::-1]
+            outs = [self._update_chunk(c, part) for c, part in pairs]
             upd = sum_rows(outs, False) if outs else self._empty_row(grad_row.device)[N_GRAD_SLOTS:]
             self._rows = (grad_row, upd)
             self._pending = None
