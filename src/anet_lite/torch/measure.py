@@ -1,10 +1,11 @@
 """The tap's per-chunk measurements (a mixin of ``GradNoiseTap``; see tap.py for the API).
 
 One chunk's gradient (``_grad_chunk``: its row of gradient slots, the sketch of g, the
-noise EMA, <g, theta_before>) and update (``_update_chunk``: the sketch products and
-dots of the update slots), the layout check, and the EMA / theta_before buffers. Every
-device op counts (``stepstats`` says why), so these stay terse. ``GradNoiseTap.__init__``
-creates the attributes used here.
+noise EMA, <g, theta_before>) and update (``_update_chunk``: the dots and sketch products
+of the update slots), the layout check, and the EMA / theta_before buffers. A model in
+one chunk per group takes the exact ``_flat`` variants (theta_before kept in the
+scratch); several chunks are sketched. Every device op counts (``stepstats`` says why),
+so these stay terse. ``GradNoiseTap.__init__`` creates the attributes used here.
 """
 
 from __future__ import annotations
