@@ -309,7 +309,11 @@ def sign_masks(
     words = torch.randint(
         _INT32_MIN, 2**31 - 1, (rows, 1), generator=gen, dtype=torch.int32, device=chunk.device
     )
-    shifts = torch.arange(SIGN_BITS - 1, -1, -1, dtype=torch.int32, device=chunk.device)
+    skey = ("shifts", torch.int32, chunk.device)  # made once per device (an op each time)
+    shifts = scratch.bufs.get(skey)
+    if shifts is None:
+        shifts = torch.arange(SIGN_BITS - 1, -1, -1, dtype=torch.int32, device=chunk.device)
+        scratch.bufs[skey] = shifts
     if idt == torch.int64:
         bits = torch.bitwise_left_shift(words, shifts).bitwise_and_(_INT32_MIN)
         masks.view(rows, SIGN_BITS).copy_(bits).bitwise_left_shift_(32)
