@@ -120,15 +120,11 @@ class ChunkMeasure:
             self._named = named
             self._params = [p for _, p, _ in named]
             self._plain = not any(dist for _, _, dist in named)
-        if self._plain:  # one cheap pass (each step): which have a gradient, and where
-            key_t: Any = [
-                p.data_ptr() if p.grad is not None and p.requires_grad else 0 for p in self._params
-            ]
-        else:
-            key_t = [
-                local(p).data_ptr() if p.grad is not None and p.requires_grad else 0
-                for p in self._params
-            ]
+        plain = self._plain  # one cheap pass (each step): which have a gradient, and where
+        key_t = [
+            (p if plain else local(p)).data_ptr() if p.grad is not None and p.requires_grad else 0
+            for p in self._params
+        ]
         if key_t == self._layout_key:
             return self._chunks
         items = []
@@ -136,8 +132,6 @@ class ChunkMeasure:
             lp = local(p)
             if p.requires_grad and p.grad is not None and lp.is_floating_point():
                 items.append((name, p, lp))
-        if key_t == self._layout_key:
-            return self._chunks
         chunks, order = plan(items, self.chunk_numel, SIGN_BITS * self.sketch_buckets)
         shapes = {name: lp.shape for name, _, lp in items}
         self._order = {g: [(n, o, c, shapes[n]) for n, o, c in runs] for g, runs in order.items()}
@@ -250,16 +244,7 @@ class ChunkMeasure:
             out["sk_g"] = sk_g = fold(flip_(g, masks, self._scratch), k, self._scratch)
             out["flipped"] = True
             if ema is not None and self.noise == "sketch":
-                skm = self._sk_m.get(chunk.index)
-                if skm is None:
-                    skm = self._sk_m[chunk.index] = torch.zeros_like(sk_g)
-                diff = sk_g - skm  # the EMA of S g lags S g by ema * diff
-                nsq = torch.dot(diff, diff)
-                # Buckets a NaN/inf reached keep their EMA; the rest of a non-finite step
-                # is taken in unless the step is undone (the Guard drops such steps). A
-                # whole-chunk test would cost two more device ops every step.
-                out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-                skm.add_(diff, alpha=1.0 - ema)
+                nsq = self._sketch_noise(chunk, sk_g, out)
         if full and keep:
             out["G"] = g
         out["row"] = torch.stack([gsq, nsq, consts[1], mx])  # (promotes to the stats dtype)
@@ -272,20 +257,12 @@ class ChunkMeasure:
         step (unflipped), so the update is measured exactly, with fewer passes than the
         sketch: g stays unflipped, the sketch of g (for the noise EMA only) is folded from
         a flipped copy in the "q" buffer, which the update then reuses for theta_after."""
-        ema = self.ema
-        if ema is not None and self.noise == "sketch":
+        if self.ema is not None and self.noise == "sketch":
             q = self._scratch.get("q", chunk)
             masks = self._masks(chunk)
             iv = self._scratch.view
             torch.bitwise_xor(iv(g, masks.dtype), masks, out=iv(q, masks.dtype))
-            sk_g = fold(q, self.sketch_buckets, self._scratch)
-            skm = self._sk_m.get(chunk.index)
-            if skm is None:
-                skm = self._sk_m[chunk.index] = torch.zeros_like(sk_g)
-            diff = sk_g - skm
-            nsq = torch.dot(diff, diff)
-            out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # see above
-            skm.add_(diff, alpha=1.0 - ema)
+            nsq = self._sketch_noise(chunk, fold(q, self.sketch_buckets, self._scratch), out)
         p = self._scratch.get("p", chunk)
         pkey = self._scratch.key("p", chunk)
         versions = chunk.param_versions()
@@ -295,6 +272,20 @@ class ChunkMeasure:
         out["G"], out["flat"] = g, True
         out["row"] = torch.stack([gsq, nsq, self._consts(chunk.device)[1], mx])
         return out
+
+    def _sketch_noise(self, chunk: Chunk, sk_g: Tensor, out: Dict[str, Any]) -> Tensor:
+        """Advance the EMA of S g; return ||S g - EMA_old||^2 (x ema^2 on the host)."""
+        skm = self._sk_m.get(chunk.index)
+        if skm is None:
+            skm = self._sk_m[chunk.index] = torch.zeros_like(sk_g)
+        diff = sk_g - skm  # the EMA of S g lags S g by ema * diff
+        nsq = torch.dot(diff, diff)
+        # Buckets a NaN/inf reached keep their EMA; the rest of a non-finite step is taken in
+        # unless the step is undone (undo_ema: the Guard drops such steps). A whole-chunk
+        # test would cost two more device ops every step.
+        out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        skm.add_(diff, alpha=1.0 - self.ema)
+        return nsq
 
     def _update_chunk_flat(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
         """delta = theta_after - theta_before exactly (see ``_grad_chunk_flat``); then the
