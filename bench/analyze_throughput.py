@@ -131,7 +131,7 @@ def profile(path: Path, out: Path) -> None:
         while True:
             a = pc()
             try:
-                step, loss, g, sn, noise, lr, t, w = next(it)
+                step, loss, g, sn, noise, lr, t, w, proc = next(it)
             except StopIteration:
                 break
             b = pc()
@@ -145,6 +145,7 @@ def profile(path: Path, out: Path) -> None:
                     lr=lr,
                     time=t,
                     param_norm=w,
+                    processivity=proc,
                 )
             )
             c = pc()

@@ -212,6 +212,84 @@ def test_analyze_bad_param_norm_cell_names_line_and_column(tmp_path, capsys):
     assert f"{src}: line 202, column 5 ('param_norm')" in err and "not a number" in err
 
 
+GRAD_SIGN_RUN = (
+    Path(__file__).resolve().parents[1]
+    / "bench"
+    / "detection"
+    / "cache"
+    / "cnn_digits-grad_sign-s4800.csv.gz"
+)
+
+
+def _monitor_jsonl(path: Path, rows: list, processivity: bool) -> bytes:
+    """RunLog's JSONL of a Monitor fed ``rows`` (the CSV's cells, read here without the
+    readers), with or without the processivity column."""
+    num = lambda c: float(c) if c.strip() else None  # noqa: E731
+    m = Monitor()
+    with RunLog(None, path) as rl:
+        for r in rows:
+            rl.write(
+                m.update(
+                    num(r["loss"]),
+                    step=int(r["step"]),
+                    grad_norm=num(r["grad_norm"]),
+                    step_norm=num(r["update_norm"]),
+                    noise=num(r["noise"]),
+                    lr=num(r["lr"]),
+                    time=num(r["time"]),
+                    param_norm=num(r["param_norm"]),
+                    processivity=num(r["processivity"]) if processivity else None,
+                )
+            )
+    return path.read_bytes()
+
+
+def test_analyze_passes_processivity_to_the_monitor(tmp_path, capsys):
+    """A recorded gradient-sign-bug run (a processivity column): analyze's snapshots are
+    those of the Monitor fed the same values, processivity included, and differ from
+    those of a Monitor fed everything but processivity; --map processivity=COLUMN reads a
+    column of another name."""
+    import gzip
+
+    text = gzip.decompress(GRAD_SIGN_RUN.read_bytes()).decode()
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) == 200 and all(r["processivity"].strip() for r in rows)
+    with_p = _monitor_jsonl(tmp_path / "with.jsonl", rows, True)
+    without_p = _monitor_jsonl(tmp_path / "without.jsonl", rows, False)
+    assert with_p != without_p  # processivity changes the snapshots of this run
+    src = tmp_path / "grad_sign.csv"
+    src.write_text(text)
+    out = tmp_path / "o"
+    args = ["--quiet", "--jsonl", "--no-report"]
+    assert main(["analyze", str(src), "--out", str(out), *args]) in (0, 1)  # not a usage error
+    assert json.loads((out / "meta.json").read_text())["columns"]["processivity"] == "processivity"
+    assert (out / "metrics.jsonl").read_bytes() == with_p
+    # under a name that is no alias it is read only with --map
+    src2 = tmp_path / "renamed.csv"
+    src2.write_text(text.replace(",processivity,", ",cosine,", 1))
+    main(["analyze", str(src2), "--out", str(tmp_path / "o2"), *args])
+    assert (tmp_path / "o2" / "metrics.jsonl").read_bytes() == without_p
+    main(
+        ["analyze", str(src2), "--out", str(tmp_path / "o3"), *args, "--map", "processivity=cosine"]
+    )
+    assert (tmp_path / "o3" / "metrics.jsonl").read_bytes() == with_p
+    meta3 = json.loads((tmp_path / "o3" / "meta.json").read_text())
+    assert meta3["columns"]["processivity"] == "cosine"
+    assert meta3["mapping"] == {"processivity": "cosine"}
+    assert capsys.readouterr().err == ""
+
+
+def test_analyze_bad_processivity_cell_names_line_and_column(tmp_path, capsys):
+    src = tmp_path / "bad.csv"
+    rows = ["step,loss,grad_norm,processivity"]
+    rows += [f"{i},2.0,1.0,{'uphill' if i == 57 else 0.25}" for i in range(100)]
+    src.write_text("\n".join(rows) + "\n")
+    assert main(["analyze", str(src), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{src}: line 59, column 4 ('processivity')" in err and "not a number" in err
+
+
 @pytest.mark.parametrize(
     "name, content, must",
     [

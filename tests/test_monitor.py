@@ -22,7 +22,7 @@ def healthy_stream(n: int, seed: int = 0):
     return loss.tolist(), g.tolist()
 
 
-def feed(m: Monitor, loss, g=None, lr=None, start=0):
+def feed(m: Monitor, loss, g=None, lr=None, start=0, cos=None):
     out = []
     for i, L in enumerate(loss):
         kw = {}
@@ -30,6 +30,8 @@ def feed(m: Monitor, loss, g=None, lr=None, start=0):
             kw["grad_norm"] = g[i]
             kw["step_norm"] = 1e-3 * g[i]
             kw["noise"] = g[i]
+        if cos is not None:
+            kw["processivity"] = cos[i]
         if lr is not None:
             kw["lr"] = lr[i]
         out.append(m.update(L, step=start + i, **kw))
@@ -176,6 +178,58 @@ def test_an_update_a_tenth_of_the_weights_alerts_from_the_first_steps():
         Monitor().update(1.0, param_norm="big")
 
 
+def _climb(cos_during, sgd=False, n_before=300, n_climb=10, seed=4):
+    """A healthy run, then loss, gradient and update growing x1.3 a step; returns causes."""
+    loss, g = healthy_stream(n_before + n_climb, seed=seed)
+    rng = np.random.default_rng(seed)
+    m, causes = Monitor(on_error="raise"), []
+    for i in range(n_before + n_climb):
+        k = max(0, i - n_before + 1)
+        grow = 1.3**k
+        if sgd:
+            cos = 1.0
+        elif k:
+            cos = cos_during(rng)
+        else:
+            cos = rng.uniform(-0.1, 0.5)
+        snap = m.update(
+            loss[i] * grow,
+            step=i,
+            grad_norm=g[i] * grow,
+            step_norm=1e-3 * g[i] * grow,
+            lr=1e-3,
+            processivity=cos,
+        )
+        causes.append(snap.evidence.get("cause") if snap.alert else None)
+    return causes, n_before
+
+
+def test_coherent_updates_with_a_climbing_loss_are_an_ascent():
+    causes, start = _climb(lambda rng: rng.uniform(0.7, 0.9))
+    assert not any(causes[:start])
+    assert "ascent" in causes[start : start + 4]
+
+
+def test_gradient_growth_without_coherent_updates_is_not_a_precursor_of_its_own():
+    # the same growth while the updates stay as incoherent as before (e.g. smaller
+    # batches): neither the ascent rule nor gradient growth fires; the loss rules may
+    causes, _ = _climb(lambda rng: rng.uniform(-0.1, 0.5))
+    assert "ascent" not in causes and "grad_growth" not in causes
+
+
+def test_processivity_that_is_always_1_carries_no_signal_and_gates_nothing():
+    with_cos, start = _climb(None, sgd=True)
+    loss, g = healthy_stream(310, seed=4)
+    m, without = Monitor(on_error="raise"), []
+    for i in range(310):
+        grow = 1.3 ** max(0, i - start + 1)
+        snap = m.update(
+            loss[i] * grow, step=i, grad_norm=g[i] * grow, step_norm=1e-3 * g[i] * grow, lr=1e-3
+        )
+        without.append(snap.evidence.get("cause") if snap.alert else None)
+    assert with_cos == without and "ascent" not in with_cos
+
+
 def test_lr_schedule_changes_are_not_failures():
     loss, g = healthy_stream(900, seed=4)
     lr = [1e-3 * min(1.0, (i + 1) / 100) for i in range(900)]  # warm-up
@@ -279,6 +333,8 @@ def test_bad_types_raise_only_at_the_first_call():
         Monitor().update(1.0, grad_norm="big")
     with pytest.raises(TypeError, match="loss"):
         Monitor().update(None)
+    with pytest.raises(TypeError, match="processivity"):
+        Monitor().update(1.0, processivity="high")
     m = Monitor()
     m.update(1.0)
     s = m.update("garbage", grad_norm=object())  # later: never raises
@@ -305,13 +361,14 @@ def test_state_dict_round_trip_continues_exactly():
     loss, g = healthy_stream(700, seed=9)
     loss[500:] = [v * (1 + 0.03 * k) for k, v in enumerate(loss[500:])]
     lr = [1e-3] * 250 + [1e-4] * 450
-    one = feed(Monitor(), loss, g, lr=lr)
+    cos = np.random.default_rng(9).uniform(-0.2, 0.9, 700).tolist()
+    one = feed(Monitor(), loss, g, lr=lr, cos=cos)
     m = Monitor()
-    first = feed(m, loss[:333], g[:333], lr=lr[:333])
+    first = feed(m, loss[:333], g[:333], lr=lr[:333], cos=cos[:333])
     state = json.loads(json.dumps(m.state_dict()))  # plain JSON survives
     m2 = Monitor()
     m2.load_state_dict(state)
-    second = feed(m2, loss[333:], g[333:], lr=lr[333:], start=333)
+    second = feed(m2, loss[333:], g[333:], lr=lr[333:], start=333, cos=cos[333:])
     assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
 
 
@@ -357,6 +414,7 @@ weird = st.one_of(
             st.one_of(st.none(), weird),
             st.one_of(st.none(), weird),
             st.one_of(st.none(), weird),
+            st.one_of(st.none(), weird),
         ),
         min_size=1,
         max_size=250,
@@ -365,10 +423,10 @@ weird = st.one_of(
 )
 def test_no_stream_of_floats_makes_update_raise(rows, alternate):
     m = Monitor(on_error="raise", warmup=10)
-    for i, (L, g, s, lr) in enumerate(rows):
+    for i, (L, g, s, lr, c) in enumerate(rows):
         if alternate:
             L = L if i % 2 else -L
-        snap = m.update(L, grad_norm=g, step_norm=s, lr=lr)
+        snap = m.update(L, grad_norm=g, step_norm=s, lr=lr, processivity=c)
         for name in ("theta", "sdot", "proc", "f_total", "zscore"):
             assert math.isfinite(getattr(snap, name)), (name, snap)
         assert 0.0 <= snap.theta <= 1.0 and -1.0 <= snap.proc <= 1.0

@@ -41,7 +41,7 @@ def test_csv_basic_columns_and_values(tmp_path):
         "lr": "learning_rate",
         "time": "time",
     }
-    assert recs[1] == (1, 1.9, 1.1, 0.02, 0.6, 0.001, 0.5, None)  # no param_norm column
+    assert recs[1] == (1, 1.9, 1.1, 0.02, 0.6, 0.001, 0.5, None, None)  # no param_norm, ...
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_param_norm_jsonl(tmp_path):
     p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
     log, recs = _all(p)
     assert log.columns["param_norm"] == "train/param_norm"
-    assert recs[0] == (1, 2.0, None, 0.5, None, None, None, 50.0)
+    assert recs[0] == (1, 2.0, None, 0.5, None, None, None, 50.0, None)
     assert [r.param_norm for r in recs] == [50.0, 51.5, None]
     assert log.stats.empty_cells == {"param_norm": 1}
     p2 = _write(tmp_path / "bad.jsonl", '{"step": 1, "loss": 2, "weight_norm": "big"}\n')
@@ -214,7 +214,7 @@ def test_jsonl_joins_lines_of_one_step_and_flattens(tmp_path):
     p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
     log, recs = _all(p)
     assert log.format == "jsonl"
-    assert recs[0] == (1, 2.0, 1.5, None, None, None, None, None)
+    assert recs[0] == (1, 2.0, 1.5, None, None, None, None, None, None)
     assert recs[1].step == 2 and math.isnan(recs[1].grad_norm)
     assert len(recs) == 2 and log.stats.rows_without_loss == 2
 
@@ -255,7 +255,7 @@ def test_wandb_history_export(tmp_path):
     log, recs = _all(p)
     assert log.format == "wandb"
     assert log.columns["time"] == "_runtime" and log.columns["lr"] == "train/learning_rate"
-    assert recs[1] == (1, 1.9, None, None, None, 0.001, 2.5, None)
+    assert recs[1] == (1, 1.9, None, None, None, 0.001, 2.5, None, None)
 
 
 def test_mlflow_long_format_grouped_by_metric(tmp_path):
@@ -345,6 +345,152 @@ def test_param_norm_tensorboard(tmp_path):
     assert log.columns["step_norm"] == "train/update_norm"
     assert [r.param_norm for r in recs[:4]] == [50.0, None, 52.0, None]
     assert recs[3].step_norm == 0.5 and recs[3].time is not None
+
+
+def test_record_positions_keep_their_places():
+    from anet_lite.readers import FIELDS, Record
+
+    assert FIELDS[-2:] == ("param_norm", "processivity") and Record._fields == FIELDS
+    r = Record(3, 1.5, 2.0, 0.1, 0.2, 1e-3, 9.0, 50.0)  # the eight positions of before
+    assert (r.step, r.time, r.param_norm, r.processivity) == (3, 9.0, 50.0, None)
+    assert Record(3, 1.5, processivity=-0.25).processivity == -0.25
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "processivity",
+        "step_processivity",
+        "train/processivity",
+        "train_processivity",
+        "update_cos",
+        "cos_update_grad",
+        "grad_update_cos",
+        "Processivity",
+        "metrics.processivity",
+    ],
+)
+def test_processivity_aliases(tmp_path, name):
+    p = _write(
+        tmp_path / "p.csv",
+        f"step,loss,update_norm,param_norm,{name}\n0,2.0,0.5,50.0,0.25\n1,1.9,0.6,50.5,-0.5\n",
+    )
+    log, recs = _all(p)
+    assert log.columns["processivity"] == name
+    assert log.columns["step_norm"] == "update_norm" and log.columns["param_norm"] == "param_norm"
+    assert [(r.step_norm, r.param_norm, r.processivity) for r in recs] == [
+        (0.5, 50.0, 0.25),
+        (0.6, 50.5, -0.5),
+    ]
+
+
+def test_processivity_absent_gaps_mapping_and_errors(tmp_path):
+    p = _write(tmp_path / "a.csv", "step,loss,param_norm\n0,2.0,50\n1,1.9,51\n")
+    log, recs = _all(p)
+    assert "processivity" not in log.columns and [r.processivity for r in recs] == [None, None]
+    p = _write(
+        tmp_path / "g.csv", "step,loss,processivity\n0,2.0,0.5\n1,1.9,\n2,1.8,null\n3,1.7,nan\n"
+    )
+    log, recs = _all(p)
+    assert [r.processivity for r in recs[:3]] == [0.5, None, None]
+    assert math.isnan(recs[3].processivity)
+    assert log.stats.empty_cells == {"processivity": 2}
+    assert log.stats.non_finite == {"processivity": 1}
+    assert parse_mapping(["processivity=cosine"]) == {"processivity": "cosine"}
+    p = _write(tmp_path / "m.csv", "step,loss,cosine\n0,2.0,0.1\n1,1.9,-0.2\n")
+    log, recs = _all(p, mapping={"processivity": "cosine"})
+    assert log.columns["processivity"] == "cosine" and recs[1].processivity == -0.2
+    p = _write(
+        tmp_path / "bad.csv",
+        "step,loss,param_norm,processivity\n0,2.0,50,0.3\n1,1.9,50,0.2\n2,1.8,50,high\n",
+    )
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(p))
+    e = ei.value
+    assert e.file == str(p) and e.line == 4 and e.column == 4 and e.column_name == "processivity"
+    assert "line 4, column 4 ('processivity')" in str(e)
+
+
+def test_processivity_jsonl(tmp_path):
+    lines = [
+        {"step": 1, "train": {"loss": 2.0, "processivity": 0.5}, "param_norm": 50.0},
+        {"step": 2, "train": {"loss": 1.9}},
+        {"step": 2, "train": {"processivity": "-0.125"}},
+        {"step": 3, "train": {"loss": 1.8, "processivity": None}},
+    ]
+    p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    log, recs = _all(p)
+    assert log.columns["processivity"] == "train/processivity"
+    assert recs[0] == (1, 2.0, None, None, None, None, None, 50.0, 0.5)
+    assert [r.processivity for r in recs] == [0.5, -0.125, None]
+    assert log.stats.empty_cells == {"processivity": 1}
+    p2 = _write(tmp_path / "bad.jsonl", '{"step": 1, "loss": 2, "update_cos": [0.1]}\n')
+    with pytest.raises(LogFormatError, match="expected a number") as ei:
+        list(open_log(p2))
+    assert ei.value.line == 1 and ei.value.column_name == "update_cos"
+    p3 = _write(
+        tmp_path / "bad2.jsonl",
+        '{"step": 1, "loss": 2}\n{"step": 2, "loss": 2, "processivity": "up"}\n',
+    )
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(p3))
+    assert ei.value.line == 2 and ei.value.column_name == "processivity"
+    assert str(p3) in str(ei.value)
+
+
+def test_processivity_wandb_and_mlflow(tmp_path):
+    p = _write(
+        tmp_path / "wandb_export.csv",
+        'Step,"run-7 - train/loss","run-7 - train/processivity"\n1,2.0,0.5\n2,1.8,-0.25\n',
+    )
+    log, recs = _all(p)
+    assert log.format == "wandb" and log.columns["processivity"] == "run-7 - train/processivity"
+    assert [r.processivity for r in recs] == [0.5, -0.25]
+    rows = ["key,value,step,timestamp"]
+    rows += [f"loss,{2.0 - 0.1 * s},{s},{1700000000000 + 1000 * s}" for s in range(4)]
+    rows += [f"param_norm,50.0,{s},{1700000000000 + 1000 * s}" for s in range(4)]
+    rows += [f"processivity,{0.1 * s},{s},{1700000000000 + 1000 * s}" for s in range(0, 4, 2)]
+    p = _write(tmp_path / "metric_history.csv", "\n".join(rows) + "\n")
+    log, recs = _all(p)
+    assert log.format == "mlflow" and log.columns["processivity"] == "processivity"
+    assert [r.processivity for r in recs] == [0.0, None, 0.2, None]
+    assert recs[1].param_norm == 50.0 and recs[1].time is not None
+    run = tmp_path / "mlruns" / "0" / "abc123"
+    (run / "metrics" / "train").mkdir(parents=True)
+    (run / "metrics" / "train" / "loss").write_text(
+        "".join(f"{1700000000000 + s} {2.0 - 0.01 * s} {s}\n" for s in range(5))
+    )
+    (run / "metrics" / "update_cos").write_text(
+        "".join(f"{1700000000000 + s} {0.5 - 0.25 * s} {s}\n" for s in range(5))
+    )
+    log, recs = _all(run)
+    assert log.columns["processivity"] == "update_cos"
+    assert [r.processivity for r in recs] == [0.5, 0.25, 0.0, -0.25, -0.5]
+    (run / "metrics" / "update_cos").write_text(f"{1700000000000} 0.5 0\n1700000000001 x 1\n")
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(run))
+    e = ei.value
+    assert e.file == str(run / "metrics" / "update_cos") and e.line == 2 and e.column == 2
+
+
+def test_processivity_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    torch_tb = pytest.importorskip("torch.utils.tensorboard")
+    logdir = tmp_path / "runs" / "exp3"
+    w = torch_tb.SummaryWriter(log_dir=str(logdir))
+    for s in range(20):
+        w.add_scalar("train/loss", 2.0 - 0.01 * s, s)
+        w.add_scalar("train/param_norm", 50.0, s)
+        if s % 2 == 0:
+            w.add_scalar("train/processivity", 0.5 - 0.125 * s, s)
+    w.close()
+    log, recs = _all(logdir)
+    assert log.columns["processivity"] == "train/processivity"
+    assert log.columns["param_norm"] == "train/param_norm"
+    assert [r.processivity for r in recs[:4]] == [0.5, None, 0.25, None]
+    assert recs[3].param_norm == 50.0 and recs[3].time is not None
+    _, recs2 = _all(logdir, mapping={"processivity": "train/param_norm"})
+    assert recs2[1].processivity == 50.0 and recs2[1].param_norm is None
 
 
 @pytest.mark.parametrize(
@@ -484,6 +630,29 @@ def _csv_cases(rng):
         ),
     )
     yield (
+        "processivity",
+        rows(
+            lambda i: i,
+            lambda i, s: (
+                f"{s},1.0,0.5,50.0,"
+                + (
+                    ""
+                    if i % 1000 == 9
+                    else ("inf" if i % 899 == 4 else f"{rng.random() - 0.5:.4f}")
+                )
+            ),
+            header="step,loss,update_norm,param_norm,update_cos",
+        ),
+    )
+    yield (
+        "bad_processivity",
+        rows(
+            lambda i: i,
+            lambda i, s: f"{s},1.0,0.5,50.0,{'up' if i == 1700 else '0.25'}",
+            header="step,loss,step_norm,param_norm,processivity",
+        ),
+    )
+    yield (
         "bad_cell",
         rows(lambda i: i, lambda i, s: f"{s},oops,2.0" if i == 1500 else f"{s},1.0,2.0"),
     )
@@ -526,6 +695,13 @@ def test_csv_fast_path_matches_row_by_row(tmp_path, monkeypatch):
     assert pn_recs[0][7] > 50.0 and pn_recs[7][7] is None and pn_recs[5][7] == "nan"
     assert json.loads(pn_stats)["empty_cells"] == {"param_norm": 3}
     assert json.loads(pn_stats)["non_finite"] == {"param_norm": 4}
+    assert "line 1702, column 5 ('processivity')" in fast["bad_processivity"][1]
+    assert len(fast["bad_processivity"][0]) == 1699
+    pc_recs, _, pc_stats, _ = fast["processivity"]
+    assert all(r[7] == 50.0 for r in pc_recs) and pc_recs[0][8] is not None
+    assert -0.5 <= pc_recs[1][8] <= 0.5 and pc_recs[9][8] is None and pc_recs[4][8] == math.inf
+    assert json.loads(pc_stats)["empty_cells"] == {"processivity": 3}
+    assert json.loads(pc_stats)["non_finite"] == {"processivity": 4}
     joins, restart, nonf = (json.loads(fast[k][2]) for k in ("joins", "restart", "nonfinite"))
     assert joins["records"] == 1500 and restart["step_regressions"] == 1
     assert list(nonf["non_finite"]) == ["grad_norm", "loss"]

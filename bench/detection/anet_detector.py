@@ -3,7 +3,7 @@
     python bench/detection/score.py --extra anet_detector:DETECTORS
 
 Default settings, no per-run tuning. Feeds the Monitor what a training loop has: loss,
-grad_norm, update_norm (as step_norm), param_norm, noise, lr. An alarm is
+grad_norm, update_norm (as step_norm), param_norm, processivity, noise, lr. An alarm is
 ``snapshot.alert``. When the scorer passes benign events the loop itself knows about
 (``--pass-benign-events``), they are declared with ``Monitor.mark`` — the API a user
 would call; by default the scorer blanks them and the Monitor sees the schedule only
@@ -46,6 +46,7 @@ class AnetMonitor:
             noise=_num(rec.get("noise")),
             lr=_num(rec.get("lr")),
             param_norm=_num(rec.get("param_norm")),
+            processivity=_num(rec.get("processivity")),
         )
         return bool(snap.alert)
 

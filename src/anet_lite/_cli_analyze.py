@@ -46,9 +46,11 @@ def add_analyze_parser(sub: Any, fmt: Any, codes: str, func: Any) -> None:
 
 Inputs: CSV/TSV or JSONL with a step column and any of loss, grad_norm, step_norm
 (update_norm), noise, lr, time (seconds; *_ms columns are converted), param_norm (the
-weights' norm: with step_norm, an update of >= 10% of it alerts); TensorBoard event
-files or run folders; W&B CSV exports; MLflow CSV exports and run folders. Common names
-(train/loss, learning_rate, gradient_norm, _runtime, weight_norm, ...) are recognised.
+weights' norm: with step_norm, an update of >= 10% of it alerts), processivity (cos(-g,
+update) of the step, in [-1, 1]: tells an update pushed uphill from noisy gradients);
+TensorBoard event files or run folders; W&B CSV exports; MLflow CSV exports and run
+folders. Common names (train/loss, learning_rate, gradient_norm, _runtime, weight_norm,
+update_cos, ...) are recognised.
 
 {ANALYZE_FILES}
 
@@ -69,8 +71,8 @@ files or run folders; W&B CSV exports; MLflow CSV exports and run folders. Commo
         metavar="FIELD=COLUMN",
         action="append",
         default=[],
-        help="read FIELD (step, loss, grad_norm, step_norm, noise, lr, time, param_norm) "
-        "from COLUMN; repeatable",
+        help="read FIELD (step, loss, grad_norm, step_norm, noise, lr, time, param_norm, "
+        "processivity) from COLUMN; repeatable",
     )
     a.add_argument(
         "--format",
@@ -246,7 +248,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     gc.disable()  # see _GC_SLACK
     try:
         try:
-            for step, loss, g, sn, noise, lr, t, pn in log:
+            for step, loss, g, sn, noise, lr, t, pn, proc in log:
                 buf.append(
                     update(
                         loss,
@@ -257,6 +259,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         lr=lr,
                         time=t,
                         param_norm=pn,
+                        processivity=proc,
                     )
                 )
                 if len(buf) >= chunk:

@@ -24,6 +24,18 @@ SEVERE_Z = 4.0
 PZ_DEV = 1.0  # the precursor window counts only while the current step is also high (z)
 EARLY_RISE = 1.5  # x the first loss, twice in a row, within warm-up: diverging from the start
 SHIFT_MARGIN = math.log(1.5)  # a shifted loss (or gradient) 1.5x past its jump: diverging
+# Processivity cos(−g, Δθ), when given. Healthy mini-batch training moves only partly along
+# each step's gradient (cos ~0.1-0.5 with Adam or momentum, jumping around); an optimizer
+# pushed the same way step after step -- a sign bug, a loss being maximised -- follows its
+# gradient ever more closely. COS_* are lifts above the run's own median cos.
+COS_RECENT = 4  # steps in the recent mean
+COS_COHERENT = 0.2  # gradient growth counts as a precursor only with this lift
+COS_INFORMATIVE = 0.9  # a median cos above this (plain SGD: always 1) carries no signal
+CLIMB_COS = 0.3  # "ascent": cos this far above its median, the update growing, loss rising,
+CLIMB_STEPS = 3  # for this many steps in a row
+CLIMB_UR = 1.5  # update at least this multiple of its level
+CLIMB_DEV = 1.0  # loss at least this many robust sigmas above its level
+CLIMB_RISE = 0.5  # and the loss deviation grew by this much over the streak
 
 
 def exp_capped(x: float) -> float:
@@ -162,7 +174,43 @@ class MonitorRules:
             self.co_hot, self.ur_prev = 0, math.inf
         if "lr_jump" in ev:
             ev["severe"] = "lr_jump"
+        self._coherence(s.processivity, ev)
         return True
+
+    def _coherence(self, c: Any, ev: Dict[str, Any]) -> None:
+        """Processivity: gate gradient growth on coherent updates; detect going uphill."""
+        if c is None or not math.isfinite(c):
+            self.coherent, self.climb, self.climb_devs = True, 0, []
+            return
+        c = max(-1.0, min(1.0, c))
+        rec = self.cos_recent
+        if len(rec) == rec.maxlen:
+            self.cos_base.push(rec[0])
+        rec.append(c)
+        cb = self.cos_base
+        if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
+            self.coherent, self.climb, self.climb_devs = True, 0, []
+            return
+        lift = sum(rec) / len(rec) - cb.center
+        ev["proc_lift"] = lift
+        self.coherent = lift >= COS_COHERENT
+        ur, dev = ev.get("update_ratio"), ev.get("loss_dev")
+        hot = (
+            ur is not None
+            and dev is not None
+            and c >= cb.center + CLIMB_COS
+            and ur >= CLIMB_UR
+            and ur > self.climb_ur
+            and dev >= CLIMB_DEV
+        )
+        self.climb_ur = ur if ur is not None else math.inf
+        if not hot:
+            self.climb, self.climb_devs = 0, []
+            return
+        self.climb_devs = (self.climb_devs + [dev])[-CLIMB_STEPS:]
+        rising = len(self.climb_devs) == CLIMB_STEPS and dev >= self.climb_devs[0] + CLIMB_RISE
+        # a streak of coherent growth counts only while the loss climbs across it
+        self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
 
     def _schedule(self, s: Signals, ev: Dict[str, Any]) -> str:
         """Recognise intended changes (lr decay, restart, end of warm-up, marks) and lr bugs."""
@@ -199,7 +247,8 @@ class MonitorRules:
             self.lr_prev = lr
         if event:
             self.grace_until = self.t + self.grace
-            self.pz_hot = self.rise = self.grad_hot = self.co_hot = 0
+            self.pz_hot = self.rise = self.grad_hot = self.co_hot = self.climb = 0
+            self.climb_devs = []
             if not self.ref_pinned:
                 self.ref = None  # re-take the healthy fingerprint in the new regime
         return event

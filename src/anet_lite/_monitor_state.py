@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-VERSION = 3
+VERSION = 4
 _SCALARS = (
     "t",
     "ref_pinned",
@@ -38,8 +38,12 @@ _SCALARS = (
     "grad_ref",
     "last_status",
     "checked",
+    "coherent",
+    "climb",
+    "climb_devs",
+    "climb_ur",
 )
-_PARTS = ("recent", "loss_base", "grad_recent", "grad_base", "upd_base", "proc", "fp")
+_PARTS = ("recent", "loss_base", "grad_recent", "grad_base", "upd_base", "cos_base", "proc", "fp")
 
 
 def dump(m: Any) -> Dict[str, Any]:
@@ -50,6 +54,7 @@ def dump(m: Any) -> Dict[str, Any]:
         st[k] = getattr(m, k).state_dict()
     st["ref"] = None if m.ref is None else m.ref.tolist()
     st["losses"] = list(m.losses)
+    st["cos_recent"] = list(m.cos_recent)
     st["policy"] = m.policy.state_dict() if hasattr(m.policy, "state_dict") else None
     return st
 
@@ -70,5 +75,7 @@ def load(m: Any, st: Dict[str, Any]) -> None:
         getattr(m, k).load_state_dict(st[k])
     m.ref = None if st["ref"] is None else np.asarray(st["ref"], dtype=np.float64)
     m.losses.extend(float(v) for v in st["losses"])  # reset() left an empty deque
+    m.cos_recent.extend(float(v) for v in st["cos_recent"])
+    m.climb_devs = [float(v) for v in st["climb_devs"]]
     if st.get("policy") is not None and hasattr(m.policy, "load_state_dict"):
         m.policy.load_state_dict(st["policy"])

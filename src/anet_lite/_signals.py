@@ -11,7 +11,17 @@ from ._validate import as_number
 class Signals:
     """One step's inputs as Python floats (None = not given)."""
 
-    __slots__ = ("grad_norm", "loss", "lr", "noise", "param_norm", "step", "step_norm", "time")
+    __slots__ = (
+        "grad_norm",
+        "loss",
+        "lr",
+        "noise",
+        "param_norm",
+        "processivity",
+        "step",
+        "step_norm",
+        "time",
+    )
 
     def __init__(
         self,
@@ -23,6 +33,7 @@ class Signals:
         lr: Optional[float],
         time: Optional[float],
         param_norm: Optional[float] = None,
+        processivity: Optional[float] = None,
     ) -> None:
         self.loss = loss  # (one assignment per field: cheaper than tuple unpacking)
         self.step = step
@@ -32,6 +43,7 @@ class Signals:
         self.lr = lr
         self.time = time
         self.param_norm = param_norm
+        self.processivity = processivity
 
 
 def _lenient(x: Any) -> Optional[float]:
@@ -52,6 +64,7 @@ def read_inputs(
     lr: Any,
     time: Any,
     param_norm: Any = None,
+    processivity: Any = None,
     *,
     strict: bool,
 ) -> Signals:
@@ -66,6 +79,7 @@ def read_inputs(
             ("lr", lr),
             ("time", time),
             ("param_norm", param_norm),
+            ("processivity", processivity),
         ):
             if v is None and name == "loss":
                 raise TypeError("loss is required and must be a real number, got None")
@@ -84,6 +98,7 @@ def read_inputs(
             vals["lr"],
             vals["time"],
             vals["param_norm"],
+            vals["processivity"],
         )
     try:  # fast path: everything converts
         return Signals(
@@ -95,6 +110,7 @@ def read_inputs(
             None if lr is None else float(lr),
             None if time is None else float(time),
             None if param_norm is None else float(param_norm),
+            None if processivity is None else float(processivity),
         )
     except Exception:
         pass
@@ -112,4 +128,5 @@ def read_inputs(
         _lenient(lr),
         _lenient(time),
         _lenient(param_norm),
+        _lenient(processivity),
     )

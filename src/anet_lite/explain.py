@@ -61,6 +61,12 @@ _EN = {
         "divergence that the loss does not show yet{nums}.",
         "Lower the learning rate now, before the loss follows.",
     ),
+    "ascent": (
+        "The updates follow the gradient far more closely than usual (processivity "
+        "{proc_lift:+.2f} above its level) while they grow and the loss climbs — the "
+        "optimizer is going uphill: a gradient-sign bug or a loss being maximised{nums}.",
+        "Check the loss's sign and any gradient hooks; roll back to the last healthy state.",
+    ),
     "stagnation": (
         "The gradient norm has collapsed ~100x below its healthy level while the loss "
         "stays flat — units have died or training has stalled{nums}.",
@@ -113,6 +119,10 @@ _JA = {
     "grad_growth": (
         "勾配ノルムが数ステップにわたり直近水準を大きく上回っています。損失にはまだ出ていない発散です{nums}。",
         "損失に現れる前に、今すぐ学習率を下げてください。",
+    ),
+    "ascent": (
+        "更新が普段よりはるかに勾配に沿って動き（プロセシビティが水準より {proc_lift:+.2f}）、更新が大きくなり損失が上昇しています。オプティマイザが坂を上っています。勾配の符号の不具合か、損失を最大化しています{nums}。",
+        "損失の符号と勾配フックを確認し、最後の健全な状態へロールバックしてください。",
     ),
     "stagnation": (
         "損失が高いまま平らで、勾配ノルムが健全時の約 1/100 に落ちました。ユニットが死んだか学習が止まっています{nums}。",
@@ -168,6 +178,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "oscillation": "oscillation (loss rising and jittering)",
         "divergence": "divergence (loss rising)",
         "grad_growth": "persistent gradient growth",
+        "ascent": "going uphill (coherent updates, rising loss)",
         "stagnation": "stagnation (gradient collapsed)",
         "fingerprint_shift": "a noise-fingerprint shift",
         "early_divergence": "the loss climbing from the first step",
@@ -183,6 +194,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "oscillation": "振動（損失が上昇しつつ揺れる）",
         "divergence": "発散（損失の上昇）",
         "grad_growth": "勾配の持続的な増大",
+        "ascent": "上り坂（揃った更新と損失の上昇）",
         "stagnation": "停滞（勾配の消失）",
         "fingerprint_shift": "ノイズ指紋のずれ",
         "early_divergence": "最初のステップからの損失の上昇",

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
 
 from . import fingerprint as _fp
-from ._monitor_rules import MonitorRules
+from ._monitor_rules import CLIMB_STEPS, COS_RECENT, MonitorRules
 from ._signals import Signals, read_inputs
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
 from ._validate import positive
@@ -133,6 +133,12 @@ class Monitor(MonitorRules):
         self.grad_base = RobustLevel(base, every)
         self.upd_base = RobustLevel(base, every)
         self.proc = EWCorrelation(2.0 / (self.window + 1))
+        self.cos_recent: Deque[float] = deque(maxlen=COS_RECENT)  # last per-step cos(−g, Δθ)
+        self.cos_base = RobustLevel(base, every)
+        self.coherent = True  # no processivity given, or the recent updates are coherent
+        self.climb = 0  # consecutive steps going uphill coherently (see _coherence)
+        self.climb_devs: List[float] = []  # the loss deviations of the streak's last steps
+        self.climb_ur = math.inf
         self.fp = _fp.StreamingFingerprint(self.window)
         self.ref: Optional[np.ndarray] = None
         self.ref_pinned = False
@@ -189,19 +195,31 @@ class Monitor(MonitorRules):
         lr: Any = None,
         time: Any = None,
         param_norm: Any = None,
+        processivity: Any = None,
     ) -> Snapshot:
         """Feed one step; returns its ``Snapshot``. Only ``loss`` is required.
 
         ``grad_norm`` ||g|| and ``step_norm`` ||θ_after − θ_before|| of the step, in the
         gradients' / parameters' units; ``param_norm`` ||θ|| (with ``step_norm``: the
-        relative size of the update); ``noise`` the gradient-noise norm; ``lr`` the
-        learning rate of the step; ``time`` seconds (any origin).
+        relative size of the update); ``processivity`` cos(−g, Δθ) of the step, in
+        [-1, 1] (how much the update went along the descent direction; the tap measures
+        it); ``noise`` the gradient-noise norm; ``lr`` the learning rate of the step;
+        ``time`` seconds (any origin).
 
         Accepts Python floats, NumPy scalars and 0-d tensors. Bad types raise TypeError at
         the first call only; afterwards no input makes ``update`` raise.
         """
         sig = read_inputs(
-            loss, step, grad_norm, step_norm, noise, lr, time, param_norm, strict=not self.checked
+            loss,
+            step,
+            grad_norm,
+            step_norm,
+            noise,
+            lr,
+            time,
+            param_norm,
+            processivity,
+            strict=not self.checked,
         )
         self.checked = True
         try:
@@ -268,7 +286,14 @@ class Monitor(MonitorRules):
             cause = "lr_ramp"
         elif shifted:
             status = "drifting"  # a level shift that is not (yet) climbing further
-        elif ready and not grace and max(self.grad_hot, self.co_hot) >= self.persist:
+        elif ready and not grace and self.climb >= CLIMB_STEPS:
+            cause = "ascent"
+        elif (
+            ready
+            and not grace
+            and max(self.grad_hot, self.co_hot) >= self.persist
+            and self.coherent
+        ):
             cause = "grad_growth"  # sustained, so not gated by the loss level
         elif not gate:
             status = "healthy" if ready and self.ref is not None else "warming_up"

@@ -2,7 +2,7 @@
 
     from anet_lite.readers import open_log
     log = open_log("train.csv", mapping={"loss": "train/loss"})
-    for rec in log:  # Record(step, loss, grad_norm, step_norm, noise, lr, time, param_norm)
+    for rec in log:  # Record(step, loss, grad_norm, ..., time, param_norm, processivity)
         snap = monitor.update(rec.loss, step=rec.step, grad_norm=rec.grad_norm, ...)
     log.stats.as_dict()  # gaps, non-finite cells, time resets, ...
 

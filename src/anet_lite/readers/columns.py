@@ -6,8 +6,18 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import LogFormatError
 
-# (param_norm last: a Record's first seven positions are those of the earlier 7-tuples)
-FIELDS = ("step", "loss", "grad_norm", "step_norm", "noise", "lr", "time", "param_norm")
+# (param_norm, then processivity, last: a Record's first positions keep their places)
+FIELDS = (
+    "step",
+    "loss",
+    "grad_norm",
+    "step_norm",
+    "noise",
+    "lr",
+    "time",
+    "param_norm",
+    "processivity",
+)
 FORMATS = ("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow")
 
 # Known names per field, in priority order (compared lower-cased, after the W&B "run - "
@@ -98,6 +108,18 @@ ALIASES: Dict[str, Tuple[str, ...]] = {
         "train/weight_norm",
         "parameters_norm",
         "model/param_norm",
+    ),
+    "processivity": (
+        "processivity",
+        "step_processivity",
+        "update_processivity",
+        "train/processivity",
+        "train/step_processivity",
+        "update_cos",
+        "cos_update_grad",
+        "grad_update_cos",
+        "update_grad_cos",
+        "optimizer/processivity",
     ),
 }
 # Fields that TensorBoard scalars / MLflow metrics can be (step and time are not).

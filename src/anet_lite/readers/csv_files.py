@@ -71,7 +71,7 @@ def _csv_rows(path: Path, stats: ReadStats) -> Iterator[Tuple[int, List[str]]]:
 
 class _Block:
     """Consecutive CSV rows already converted column-wise (``LogReader._fast_block``): steps,
-    the seven value columns (FIELDS[1:]; None = not in the log) and the rows' line numbers."""
+    the value columns (FIELDS[1:]; None = not in the log) and the rows' line numbers."""
 
     __slots__ = ("cols", "lines", "steps")
 
@@ -98,7 +98,8 @@ def _uniform(steps: List[int]) -> bool:
     return steps == list(range(first, first + n * d, d))
 
 
-_new_record = partial(tuple.__new__, Record)  # Record(*eight) without the Python-level __new__
+_new_record = partial(tuple.__new__, Record)  # Record(*nine) without the Python-level __new__
+_NV = len(FIELDS) - 1  # value columns: FIELDS[1:]
 
 
 class CsvReading:
@@ -161,7 +162,7 @@ class CsvReading:
         if set(map(len, block)) != {nf}:
             return None
         cols = list(zip(*block))
-        out: List[Optional[List[Any]]] = [None] * 7
+        out: List[Optional[List[Any]]] = [None] * _NV
         bad: List[Tuple[int, int, str, int]] = []
         try:
             if si is None:
@@ -205,7 +206,7 @@ class CsvReading:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
                 row = row + [""] * (nf - len(row))
-            vals: list = [None] * 9  # FIELDS' values, then the line number
+            vals: list = [None] * (_NV + 2)  # FIELDS' values, then the line number
             if si is None:
                 vals[0] = row_no
             else:
@@ -230,5 +231,5 @@ class CsvReading:
                     )
             if clock is not None:
                 vals[6] = clock(vals[6])
-            vals[8] = line
+            vals[-1] = line
             yield vals

@@ -57,7 +57,8 @@ class Record(NamedTuple):
     noise: Optional[float] = None
     lr: Optional[float] = None
     time: Optional[float] = None
-    param_norm: Optional[float] = None  # ||θ||; last, so the first seven keep their places
+    param_norm: Optional[float] = None  # ||θ||; after the first seven, which keep their places
+    processivity: Optional[float] = None  # cos(−g, Δθ) in [-1, 1]; last, as param_norm was
 
 
 class ReadStats:

@@ -9,6 +9,8 @@ from .cells import _Clock, _num, _step_of
 from .columns import ALIASES, FIELDS, _flatten, _time_scale, resolve_columns
 from .errors import LogFormatError
 
+_NF = len(FIELDS)
+
 
 class JsonlReading:
     """``LogReader``'s JSONL methods (a mixin)."""
@@ -57,9 +59,9 @@ class JsonlReading:
                         cache[keys] = cols
                     for k, i in cols.items():
                         self.columns.setdefault(k, keys[i])
-                vals: list = [None] * 9  # FIELDS' values, then the line number
+                vals: list = [None] * (_NF + 1)  # FIELDS' values, then the line number
                 row_no += 1
-                for k in range(1, 8):
+                for k in range(1, _NF):
                     i = cols.get(FIELDS[k])
                     if i is None:
                         continue
@@ -81,7 +83,7 @@ class JsonlReading:
                         tname = keys[cols["time"]]
                         clock = _Clock(_time_scale(tname, "jsonl"), stats)
                     vals[6] = clock(vals[6])
-                vals[8] = line
+                vals[-1] = line
                 yield vals
         if "loss" not in self.columns:
             raise LogFormatError(

@@ -13,6 +13,8 @@ from .csv_files import _csv_rows
 from .detect import _sniff, _split_header, _walk_files
 from .errors import LogFormatError, ReadStats
 
+_EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
+
 
 class MlflowReading:
     """``LogReader``'s MLflow methods (a mixin)."""
@@ -159,7 +161,7 @@ class MlflowReading:
             if row is None or row[0] != step:
                 if row is not None:
                     yield row
-                row = [step, None, None, None, None, None, None, None, line]
+                row = [step, *_EMPTY, line]
             row[FIELDS.index(field)] = v
             if t is not None and row[6] is None:
                 row[6] = clock(t)

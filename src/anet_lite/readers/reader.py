@@ -6,13 +6,15 @@ from itertools import islice, repeat
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, Optional
 
-from .columns import FORMATS
+from .columns import FIELDS, FORMATS
 from .csv_files import CsvReading, _Block, _new_record, _uniform
 from .detect import detect_format
 from .errors import LogFormatError, ReadStats, Record
 from .jsonl_files import JsonlReading
 from .mlflow_files import MlflowReading
 from .tensorboard_files import TensorBoardReading
+
+_NF = len(FIELDS)  # a row list: FIELDS' values, then the line number
 
 
 class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
@@ -62,7 +64,8 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
         stats = self.stats
         note_step = stats.note_step
         pending: Optional[list] = None
-        # r = [step, loss, grad, step_norm, noise, lr, time, param_norm, line] or a _Block
+        # r = [step, loss, grad, step_norm, noise, lr, time, param_norm, processivity, line]
+        # (FIELDS' values, then the line number) or a _Block
         for r in raw:
             if type(r) is _Block:
                 steps = r.steps
@@ -88,7 +91,7 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
             for r in rows:
                 if pending is not None:
                     if r[0] == pending[0]:
-                        for i in range(1, 8):
+                        for i in range(1, _NF):
                             if r[i] is not None:
                                 pending[i] = r[i]
                         continue
@@ -97,7 +100,7 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
                         stats.rows_without_loss += 1
                     else:
                         stats.records += 1
-                        yield _new_record(pending[:8])
+                        yield _new_record(pending[:_NF])
                 pending = r
         if pending is not None:
             rec = self._emit(pending)
@@ -117,7 +120,7 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
             stats.rows_without_loss += 1
             return None
         stats.records += 1
-        return Record(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7])
+        return _new_record(p[:_NF])
 
 
 def open_log(path: Any, fmt: str = "auto", mapping: Optional[Dict[str, str]] = None) -> LogReader:

@@ -10,6 +10,8 @@ from .columns import ALIASES, FIELDS, _tag_field
 from .detect import _walk_files
 from .errors import LogFormatError, MissingDependencyError
 
+_EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
+
 
 class TensorBoardReading:
     """``LogReader``'s TensorBoard method (a mixin)."""
@@ -60,7 +62,7 @@ class TensorBoardReading:
                         step = int(ev.step)
                         rec = buf.get(step)
                         if rec is None:
-                            rec = [step, None, None, None, None, None, None, None, n]
+                            rec = [step, *_EMPTY, n]
                             buf[step] = rec
                             while len(buf) > lookback:
                                 out = buf.popitem(last=False)[1]
