@@ -29,7 +29,7 @@ SHIFT_MARGIN = math.log(1.5)  # a shifted loss (or gradient) 1.5x past its jump:
 # pushed the same way step after step -- a sign bug, a loss being maximised -- follows its
 # gradient ever more closely. COS_* are lifts above the run's own median cos.
 COS_RECENT = 4  # steps in the recent mean
-COS_COHERENT = 0.2  # gradient growth counts as a precursor only with this lift
+COS_COHERENT = 0.15  # gradient growth counts as a precursor only with this lift
 COS_INFORMATIVE = 0.9  # a median cos above this (plain SGD: always 1) carries no signal
 CLIMB_COS = 0.3  # "ascent": cos this far above its median, the update growing, loss rising,
 CLIMB_STEPS = 3  # for this many steps in a row
