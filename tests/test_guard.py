@@ -305,6 +305,62 @@ def test_snapshot_evidence_from_the_tap():
     assert -1.0 <= snap.evidence["step_processivity"] <= 1.0
 
 
+@pytest.mark.parametrize("opt_name", ["adamw", "sgd"])
+def test_a_gradient_sign_bug_is_alerted_before_the_loss_blows_up(opt_name):
+    # From step 150 every gradient is negated after backward (the optimizer climbs).
+    torch.manual_seed(0)
+    model = char_mlp()
+    opt = (
+        torch.optim.AdamW(model.parameters(), 3e-3)
+        if opt_name == "adamw"
+        else torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    )
+    g = Guard(model, opt, on_error="raise", act=False)
+    losses, alerts = [], []
+    for i, (x, y) in enumerate(batches(200)):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if i >= 150:
+            for p in model.parameters():
+                p.grad.neg_()
+        g.observe(loss)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        if g.last.alert:
+            alerts.append((i, g.last.evidence["cause"]))
+        if i == 149:  # the Guard feeds the Monitor its processivity
+            assert "proc_lift" in g.last.evidence
+    before = sum(losses[130:150]) / 20
+    first = alerts[0][0]
+    assert 150 <= first < 170, alerts[:3]
+    assert losses[first] < 3 * before  # warned before the blow-up ...
+    assert not math.isfinite(losses[-1]) or losses[-1] > 10 * before  # ... which comes
+    assert any(c == "ascent" for _, c in alerts[:8]) or opt_name == "adamw"
+
+
+def test_the_unpacked_cpu_read_gives_the_packed_numbers():
+    # On CPU in one process the Guard reads the stats without packing them; a clip that
+    # never bites takes the packed path. The Monitor must see the same numbers, bit for bit.
+    seen = []
+    for clip in (None, 1e9):
+        torch.manual_seed(0)
+        model = char_mlp()
+        opt = torch.optim.AdamW(model.parameters(), 3e-3)
+        g = Guard(model, opt, clip_grad_norm=clip, on_error="raise")
+        evidence = []
+        for i, (x, y) in enumerate(batches(40)):
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            g.observe(loss if i % 3 else loss.item())  # a tensor or a float
+            opt.step()
+            opt.zero_grad()
+            evidence.append(dict(g.last.evidence))
+        seen.append(evidence)
+    assert seen[0] == seen[1]
+    assert seen[0][-1]["step_processivity"] == seen[0][-1]["step_processivity"]  # not NaN
+
+
 def test_amp_grad_scaler_overflow_is_a_skipped_step_not_a_collapse():
     model = char_mlp()
     opt = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)

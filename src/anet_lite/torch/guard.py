@@ -9,7 +9,8 @@
 Per step, in the optimizer's step pre-hook: the tap measures the gradients on the device
 (``GradNoiseTap.measure_grads``), the loss and the gradient statistics (and the previous
 step's update statistics) are packed into ONE small tensor, summed across ranks in ONE
-collective when torch.distributed is initialised, read once, and fed to the Monitor;
+collective when torch.distributed is initialised, read once, and fed to the Monitor (on
+CPU in one process, without clipping, the same numbers are read without packing them);
 the Monitor's decision is carried out before the update is applied:
 
 * ``slow_down(f)``: every param group's lr and the scheduler's ``base_lrs`` x f; once
@@ -50,6 +51,7 @@ from ..tombstone import TombstoneLog
 from ..verdict import Snapshot
 from . import checkpoint as ckpt_mod
 from .dist import LocalGradNorm, NoiseScale, all_reduce_sum, is_sharded, world
+from .measure import Row, as_row, row_device, row_values
 from .stepstats import (
     GRAD_DOT_AFTER,
     GRAD_DOT_BEFORE,
@@ -72,6 +74,7 @@ from .tap import GradNoiseTap
 _PREV = N_GRAD_SLOTS
 _LOSS = N_GRAD_SLOTS + N_SLOTS
 _PACK = _LOSS + 3
+_NOTHING = (0.0,) * N_SLOTS  # the previous step's row when nothing was measured
 
 
 class GuardStop(RuntimeError):
@@ -240,11 +243,20 @@ class Guard:
         self._skipped = False
         tap = self.tap
         tap.measure_grads()
-        g = tap.pending_rows()[0]
-        dev, dt = g.device, g.dtype
-        zeros, zero, one = self._constants(dev, dt)
+        g = tap.pending_parts()[0]
+        dev = row_device(g)
         loss = self._loss
         self._loss = None
+        if (
+            dev.type == "cpu"
+            and self.world_size == 1
+            and self.clip_grad_norm is None
+            and (not isinstance(loss, torch.Tensor) or loss.device.type == "cpu")
+        ):
+            self._feed_and_act(self._host_values(g, loss), self.step)
+            return
+        g = as_row(g)
+        zeros, zero, one = self._constants(dev, g.dtype)
         # one cat (it promotes dtypes): each device op costs, see stepstats
         gns = self.gns.take(dev).reshape(1) if self.gns is not None else zero
         if isinstance(loss, torch.Tensor):
@@ -253,7 +265,7 @@ class Guard:
         else:
             seen = one if loss is not None else zero
             tail = (zero if loss is None else zero + float(loss), seen, gns)
-        prev = self._prev if self._prev is not None else (zeros,)
+        prev = tuple(as_row(r) for r in self._prev) if self._prev is not None else (zeros,)
         pack = torch.cat((g, *prev, *tail))
         if self.world_size > 1:
             all_reduce_sum(pack, self.group)
@@ -271,12 +283,32 @@ class Guard:
             vals, step = got
         else:
             vals, step = pack.tolist(), self.step  # CPU: reading is free
+        self._feed_and_act(vals, step)
+
+    def _host_values(self, g: Row, loss: Any) -> List[float]:
+        """The pack's numbers without building it (CPU, one process, no clipping: nothing
+        to reduce, and reading is free). The same floats: the pack's cat only promotes."""
+        vals = row_values(g)
+        if self._prev is None:
+            vals += _NOTHING
+        else:
+            for row in self._prev:
+                vals += row_values(row)
+        if isinstance(loss, torch.Tensor):
+            vals += (loss.item(), 1.0, 0.0)
+        elif loss is None:
+            vals += (0.0, 0.0, 0.0)
+        else:
+            vals += (0.0 + float(loss), 1.0, 0.0)  # (0.0 + : as the pack's zero + loss)
+        return vals
+
+    def _feed_and_act(self, vals: List[float], step: int) -> None:
         if vals[_LOSS + 1] == 0:
             if not self._warned:
                 warnings.warn(
                     "anet_lite.Guard: call guard.observe(loss) before optimizer.step()",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
                 self._warned = True
             return
@@ -336,12 +368,20 @@ class Guard:
 
             t = time.monotonic()
         param_norm = math.sqrt(max(v[_PREV + PARAM_SQ] / div, 0.0))
+        proc = None
+        if step_norm and prev_g > 0:
+            proc = cos_neg_grad_update(
+                (v[_PREV + GRAD_DOT_AFTER] - v[_PREV + GRAD_DOT_BEFORE]) / div,
+                math.sqrt(prev_g),
+                step_norm,
+            )
         snap = self.monitor.update(
             v[_LOSS] / v[_LOSS + 1],
             step=step,
             grad_norm=grad_norm,
             step_norm=step_norm,
             param_norm=param_norm if step_norm else None,
+            processivity=proc,
             noise=noise,
             lr=lr,
             time=t,
@@ -350,12 +390,8 @@ class Guard:
         ev["param_norm"] = param_norm
         if self.tap.max_abs:  # off in the Guard's own tap: one pass over g less
             ev["max_abs_grad"] = v[MAX_ABS_GRAD] / div  # FSDP: mean of the shards' maxima
-        if step_norm and prev_g > 0:
-            ev["step_processivity"] = cos_neg_grad_update(
-                (v[_PREV + GRAD_DOT_AFTER] - v[_PREV + GRAD_DOT_BEFORE]) / div,
-                math.sqrt(prev_g),
-                step_norm,
-            )
+        if proc is not None:
+            ev["step_processivity"] = proc
         if self.noise_scale is not None:
             ev["gns"] = self.noise_scale.update(v[_LOSS + 2] / ranks, grad_sq)
         if self.lr_scale != 1.0:
@@ -368,7 +404,7 @@ class Guard:
             self._prev = None
         else:
             self.tap.measure_update(publish=False)
-            self._prev = self.tap.pending_rows()  # concatenated into the next step's pack
+            self._prev = self.tap.pending_parts()  # goes with the next step's pack
         snap = self.last
         if not self.act or snap is None:
             return

@@ -11,7 +11,7 @@ so these stay terse. ``GradNoiseTap.__init__`` creates the attributes used here.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -32,13 +32,33 @@ from .sketch import (
 )
 from .stepstats import MAX_ABS_GRAD, N_SLOTS, RANKS
 
+Row = Union[Tensor, Tuple[Tensor, ...]]
+"""A run of stats slots: a 1-d tensor, or its 0-d parts not stacked yet (one chunk: a CPU
+caller reads them with ``row_values`` and skips the stack, the costliest small op here)."""
 
-def sum_rows(rows: Sequence[Tensor], grad: bool) -> Tensor:
+
+def as_row(row: Row) -> Tensor:
+    """The row as one tensor (a stack of the parts promotes them to the stats dtype)."""
+    return row if isinstance(row, Tensor) else torch.stack(row)
+
+
+def row_values(row: Row) -> List[float]:
+    """The row as Python floats (the same numbers as ``as_row(row).tolist()``). Syncs off
+    the CPU."""
+    return row.tolist() if isinstance(row, Tensor) else [t.item() for t in row]
+
+
+def row_device(row: Row) -> torch.device:
+    return (row if isinstance(row, Tensor) else row[0]).device
+
+
+def sum_rows(rows: Sequence[Row], grad: bool) -> Row:
     """Per-chunk stats rows summed (on the first one's device); for gradient rows
     ``RANKS`` stays 1 and ``MAX_ABS_GRAD`` is the max. No sync."""
     if len(rows) == 1:
         return rows[0]
-    t = torch.stack([r.to(rows[0].device) for r in rows])
+    dev = row_device(rows[0])
+    t = torch.stack([as_row(r).to(dev) for r in rows])
     out = t.sum(0)
     if grad:  # (select + fill_/copy_: an item assignment of a Python float syncs on CUDA)
         out.select(0, RANKS).fill_(1.0)
@@ -120,11 +140,16 @@ class ChunkMeasure:
             self._named = named
             self._params = [p for _, p, _ in named]
             self._plain = not any(dist for _, _, dist in named)
-        plain = self._plain  # one cheap pass (each step): which have a gradient, and where
-        key_t = [
-            (p if plain else local(p)).data_ptr() if p.grad is not None and p.requires_grad else 0
-            for p in self._params
-        ]
+        # one cheap pass (each step): which have a gradient, and where
+        if self._plain:
+            key_t = [
+                p.data_ptr() if p.grad is not None and p.requires_grad else 0 for p in self._params
+            ]
+        else:
+            key_t = [
+                local(p).data_ptr() if p.grad is not None and p.requires_grad else 0
+                for p in self._params
+            ]
         if key_t == self._layout_key:
             return self._chunks
         items = []
@@ -199,7 +224,8 @@ class ChunkMeasure:
 
     def _grad_chunk(self, chunk: Chunk, full: bool, keep: bool = False) -> Dict[str, Any]:
         """Measure one chunk's gradient; ``out["row"]`` is its gradient row (slots 0-3 of
-        ``stepstats``). Each op counts (see ``stepstats``), hence the terse code."""
+        ``stepstats``, as a ``Row`` of 0-d parts). Each op counts (see ``stepstats``),
+        hence the terse code."""
         k, ema = self.sketch_buckets, self.ema
         consts = self._consts(chunk.device)
         g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
@@ -247,7 +273,7 @@ class ChunkMeasure:
                 nsq = self._sketch_noise(chunk, sk_g, out)
         if full and keep:
             out["G"] = g
-        out["row"] = torch.stack([gsq, nsq, consts[1], mx])  # (promotes to the stats dtype)
+        out["row"] = (gsq, nsq, consts[1], mx)
         return out
 
     def _grad_chunk_flat(
@@ -270,7 +296,7 @@ class ChunkMeasure:
             fill_params(chunk, p)  # moved since (a rollback, a load): read theta_before again
         self._scratch.tags[pkey] = None
         out["G"], out["flat"] = g, True
-        out["row"] = torch.stack([gsq, nsq, self._consts(chunk.device)[1], mx])
+        out["row"] = (gsq, nsq, self._consts(chunk.device)[1], mx)
         return out
 
     def _sketch_noise(self, chunk: Chunk, sk_g: Tensor, out: Dict[str, Any]) -> Tensor:
@@ -282,12 +308,15 @@ class ChunkMeasure:
         nsq = torch.dot(diff, diff)
         # Buckets a NaN/inf reached keep their EMA; the rest of a non-finite step is taken in
         # unless the step is undone (undo_ema: the Guard drops such steps). A whole-chunk
-        # test would cost two more device ops every step.
-        out["sk_diff"] = diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        # test would cost two more device ops every step. On CPU reading nsq is free, and
+        # a finite nsq means a finite diff: the op is skipped then.
+        if not (diff.is_cpu and math.isfinite(nsq.item())):
+            diff.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        out["sk_diff"] = diff
         skm.add_(diff, alpha=1.0 - self.ema)
         return nsq
 
-    def _update_chunk_flat(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
+    def _update_chunk_flat(self, chunk: Chunk, part: Dict[str, Any]) -> Row:
         """delta = theta_after - theta_before exactly (see ``_grad_chunk_flat``); then the
         two buffers swap roles, so theta_after is the next step's theta_before."""
         sc = self._scratch
@@ -297,7 +326,7 @@ class ChunkMeasure:
         g = part["G"]  # the measured gradient (a clip after measure_grads does not touch it)
         part["G"] = None
         zero = self._consts(chunk.device)[0]
-        row = torch.stack([dot(p, p), zero, zero, dot(q, q), zero, dot(g, p)])
+        row = (dot(p, p), zero, zero, dot(q, q), zero, dot(g, p))
         sc.swap("p", "q", chunk)
         sc.tags[sc.key("p", chunk)] = ("flat", chunk.index, chunk.param_versions())
         return row
@@ -315,7 +344,7 @@ class ChunkMeasure:
             c = self._constants[device] = (zero, one, nan)
         return c
 
-    def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Tensor:
+    def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Row:
         """One chunk's update row (slots ``N_GRAD_SLOTS`` on, see ``stepstats``)."""
         if part.get("flat"):
             return self._update_chunk_flat(chunk, part)
@@ -326,7 +355,7 @@ class ChunkMeasure:
             b = fill(chunk, self._scratch.get("b", chunk), lambda s: self._before.get(s.name))
             psq = dot(p, p)
             torch.sub(p, b, out=b)
-            return torch.stack([dot(b, b), zero, zero, psq, zero, dot(b, g)])
+            return (dot(b, b), zero, zero, psq, zero, dot(b, g))
         # Several chunks: the gradient buffer holds another chunk by now, so g is read again
         # (and corrected for a scale applied since: see note_grad_scale); both unflipped.
         g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
@@ -337,13 +366,11 @@ class ChunkMeasure:
         sk_after = fold(flip_(p, masks, self._scratch), self.sketch_buckets, self._scratch)
         self._sk_theta[chunk.index] = (sk_after, chunk.param_versions())
         sk_g, sk_delta = part["sk_g"], sk_after - part["sk_before"]
-        return torch.stack(
-            [
-                dot(sk_delta, sk_delta),
-                dot(sk_delta, sk_g),
-                dot(sk_g, sk_g),
-                dot(p, p),
-                part["dot"],
-                dot_after,
-            ]
+        return (
+            dot(sk_delta, sk_delta),
+            dot(sk_delta, sk_g),
+            dot(sk_g, sk_g),
+            dot(p, p),
+            part["dot"],
+            dot_after,
         )

@@ -182,22 +182,28 @@ class Scratch:
         return (role, dtype or chunk.wdtype, chunk.device)
 
     def get(self, role: str, chunk: Chunk, dtype: Optional[torch.dtype] = None) -> Tensor:
-        key = self.key(role, chunk, dtype)
-        buf = self.bufs.get(key)
-        if buf is None or buf.numel() < chunk.n_pad:
-            buf = torch.empty(chunk.n_pad, dtype=key[1], device=chunk.device)
-            self.bufs[key] = buf
-            self.tags.pop(key, None)
-            self.pads.pop(buf.data_ptr(), None)
-            self.views.clear()
-        vkey = (key, chunk.n_pad)
-        view = self.views.get(vkey)
+        n_pad = chunk.n_pad
+        key = (role, dtype or chunk.wdtype, chunk.device)
+        vkey = (key, n_pad)
+        view = self.views.get(vkey)  # (cleared whenever a buffer is replaced)
         if view is None:
-            view = self.views[vkey] = buf[: chunk.n_pad]
-        buf = view
-        if role != "signs":
-            self.zero_pad(buf, chunk)
-        return buf
+            buf = self.bufs.get(key)
+            if buf is None or buf.numel() < n_pad:
+                buf = torch.empty(n_pad, dtype=key[1], device=chunk.device)
+                self.bufs[key] = buf
+                self.tags.pop(key, None)
+                self.pads.pop(buf.data_ptr(), None)
+                self.views.clear()
+            view = self.views[vkey] = buf[:n_pad]
+        if n_pad > chunk.n and role != "signs":
+            # Zero the padding unless it is known to be zero already: the tap's ops keep
+            # zeros zero (a sign flip makes them -0.0), only a longer chunk writes there.
+            want = (chunk.n, n_pad)
+            ptr = view.data_ptr()
+            if self.pads.get(ptr) != want:
+                view[chunk.n :].zero_()
+                self.pads[ptr] = want
+        return view
 
     def clear(self) -> None:
         self.bufs.clear()
@@ -228,17 +234,9 @@ class Scratch:
             v = self.views[vkey] = buf.view(how)
         return v
 
-    def zero_pad(self, buf: Tensor, chunk: Chunk) -> None:
-        """Zero ``buf[chunk.n:]`` unless it is known to be zero already: the tap's ops keep
-        zeros zero (a sign flip makes them -0.0), only a longer chunk writes there."""
-        want = (chunk.n, chunk.n_pad)
-        if chunk.n_pad > chunk.n and self.pads.get(buf.data_ptr()) != want:
-            buf[chunk.n :].zero_()
-            self.pads[buf.data_ptr()] = want
-
 
 def fill_params(chunk: Chunk, buf: Tensor) -> Tensor:
-    """Copy the chunk's parameters into ``buf`` (padding: see ``Scratch.zero_pad``).
+    """Copy the chunk's parameters into ``buf`` (padding: see ``Scratch.get``).
     Under no_grad only."""
     parts = chunk.cache.get("p")
     if parts is None:
