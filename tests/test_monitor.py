@@ -264,6 +264,28 @@ def test_mark_mutes_slow_signals_after_an_intended_change():
     assert any(s.alert for s in feed(Monitor(), loss, g))
 
 
+def test_a_declared_change_learns_the_new_levels_and_keeps_the_level_free_rules():
+    # New data from step 300: loss x50 and gradient x300 at once, and they stay there.
+    loss, g = healthy_stream(500, seed=7)
+    loss = loss[:300] + [50 * v for v in loss[300:]]
+    g = g[:300] + [300 * v for v in g[300:]]
+    undeclared = feed(Monitor(), loss, g)
+    assert undeclared[300].alert and undeclared[300].evidence["cause"] == "grad_explosion"
+    m = Monitor()
+    feed(m, loss[:300], g[:300])
+    m.mark("curriculum_switch")
+    snaps = feed(m, loss[300:], g[300:], start=300)
+    assert not any(s.alert for s in snaps)
+    # the new levels are learned: a blow-up later is judged against them
+    s = m.update(loss[-1], grad_norm=1e3 * g[-1])
+    assert s.alert and s.evidence["cause"] == "grad_explosion"
+    m2 = Monitor()
+    feed(m2, loss[:300], g[:300])
+    m2.mark("curriculum_switch")
+    s = m2.update(loss[300], grad_norm=g[300], step_norm=0.5, param_norm=1.0)
+    assert s.alert and s.evidence["cause"] == "oversized_update"  # needs no level
+
+
 def test_reference_taken_after_warmup_and_pinnable():
     loss, g = healthy_stream(400, seed=7)
     m = Monitor(warmup=100)

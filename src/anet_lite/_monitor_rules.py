@@ -212,12 +212,28 @@ class MonitorRules:
         # a streak of coherent growth counts only while the loss climbs across it
         self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
 
+    def _rebaseline(self) -> None:
+        """A declared change (``mark``): the old levels no longer describe the run.
+
+        Loss, gradient, update and processivity levels are learned again from this step,
+        as at the start of a run; until they are, only the rules that need no level
+        (non-finite values, lr bugs, ``oversized_update``) can fire.
+        """
+        for part in (self.recent, self.grad_recent):
+            part.clear()
+        for base in (self.loss_base, self.grad_base, self.upd_base, self.cos_base):
+            base.reset()
+        self.cos_recent.clear()
+        self.shift_x = self.shift_g = None
+        self.loss_prev = None
+
     def _schedule(self, s: Signals, ev: Dict[str, Any]) -> str:
         """Recognise intended changes (lr decay, restart, end of warm-up, marks) and lr bugs."""
         event = self.pending_mark or ""
         self.pending_mark = None
         if event:
             self.lr_peak = None  # a declared change may bring a new warm-up and peak
+            self._rebaseline()
         lr = s.lr
         if lr is not None and math.isfinite(lr) and lr > 0.0:
             ev["lr"] = lr
