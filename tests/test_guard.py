@@ -339,6 +339,25 @@ def test_a_gradient_sign_bug_is_alerted_before_the_loss_blows_up(opt_name):
     assert any(c == "ascent" for _, c in alerts[:8]) or opt_name == "adamw"
 
 
+def test_mark_declares_a_change_at_this_step():
+    torch.manual_seed(0)
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    g = Guard(model, opt, on_error="raise")
+    events = {}
+    for i, (x, y) in enumerate(batches(40)):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        g.observe(loss)
+        if i == 30:
+            g.mark("curriculum_switch")
+        opt.step()
+        opt.zero_grad()
+        events[i] = g.last.evidence.get("event")
+    assert events[30] == "curriculum_switch"
+    assert [e for i, e in events.items() if i != 30 and e == "curriculum_switch"] == []
+
+
 def test_the_unpacked_cpu_read_gives_the_packed_numbers():
     # On CPU in one process the Guard reads the stats without packing them; a clip that
     # never bites takes the packed path. The Monitor must see the same numbers, bit for bit.

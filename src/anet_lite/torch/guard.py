@@ -187,6 +187,13 @@ class Guard:
         """Give the Guard this step's loss (a tensor is fine: nothing syncs here)."""
         self._loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
 
+    def mark(self, event: str) -> None:
+        """Declare an intended change that takes effect at this step (new data, a curriculum
+        switch, a batch-size change): the Monitor learns the new levels instead of alarming
+        on the old ones (``Monitor.mark``). Call it before this step's ``optimizer.step()``,
+        on every rank."""
+        self.monitor.mark(event)
+
     def detach_pre_hook(self) -> None:
         """For loops that run backward INSIDE ``optimizer.step()`` (Lightning's closure):
         the pre-hook would see no gradients; call ``before_step()`` yourself after backward."""
