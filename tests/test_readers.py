@@ -109,39 +109,48 @@ def test_param_norm_jsonl(tmp_path):
     assert str(p2) in str(ei.value)
 
 
-def test_param_norm_wandb_and_mlflow(tmp_path):
+@pytest.mark.parametrize(
+    "field, wandb_col, mlflow_other, run_name, values",
+    [
+        ("param_norm", "train/param_norm", "update_norm", "weight_norm", [50.0, 50.25]),
+        ("processivity", "train/processivity", "param_norm", "update_cos", [0.5, -0.25]),
+    ],
+)
+def test_optional_fields_in_wandb_and_mlflow(
+    tmp_path, field, wandb_col, mlflow_other, run_name, values
+):
     p = _write(
         tmp_path / "wandb_export.csv",
-        'Step,"run-7 - train/loss","run-7 - train/param_norm"\n1,2.0,50.0\n2,1.8,50.2\n',
+        f'Step,"run-7 - train/loss","run-7 - {wandb_col}"\n1,2.0,{values[0]}\n2,1.8,{values[1]}\n',
     )
     log, recs = _all(p)
-    assert log.format == "wandb" and log.columns["param_norm"] == "run-7 - train/param_norm"
-    assert [r.param_norm for r in recs] == [50.0, 50.2]
+    assert log.format == "wandb" and log.columns[field] == f"run-7 - {wandb_col}"
+    assert [getattr(r, field) for r in recs] == values
+    t0 = 1700000000000
     rows = ["key,value,step,timestamp"]
-    rows += [f"loss,{2.0 - 0.1 * s},{s},{1700000000000 + 1000 * s}" for s in range(4)]
-    rows += [f"update_norm,0.5,{s},{1700000000000 + 1000 * s}" for s in range(4)]
-    rows += [f"param_norm,{50.0 + s},{s},{1700000000000 + 1000 * s}" for s in range(0, 4, 2)]
+    rows += [f"loss,{2.0 - 0.1 * s},{s},{t0 + 1000 * s}" for s in range(4)]
+    rows += [f"{mlflow_other},0.5,{s},{t0 + 1000 * s}" for s in range(4)]
+    rows += [f"{field},{0.25 * s},{s},{t0 + 1000 * s}" for s in range(0, 4, 2)]
     p = _write(tmp_path / "metric_history.csv", "\n".join(rows) + "\n")
     log, recs = _all(p)
-    assert log.format == "mlflow" and log.columns["param_norm"] == "param_norm"
-    assert [r.param_norm for r in recs] == [50.0, None, 52.0, None]
-    assert recs[1].step_norm == 0.5 and recs[1].time is not None
+    assert log.format == "mlflow" and log.columns[field] == field
+    assert [getattr(r, field) for r in recs] == [0.0, None, 0.5, None]
+    other = "step_norm" if mlflow_other == "update_norm" else mlflow_other
+    assert getattr(recs[1], other) == 0.5 and recs[1].time is not None
     run = tmp_path / "mlruns" / "0" / "abc123"
     (run / "metrics" / "train").mkdir(parents=True)
     (run / "metrics" / "train" / "loss").write_text(
-        "".join(f"{1700000000000 + s} {2.0 - 0.01 * s} {s}\n" for s in range(5))
+        "".join(f"{t0 + s} {2.0 - 0.01 * s} {s}\n" for s in range(5))
     )
-    (run / "metrics" / "weight_norm").write_text(
-        "".join(f"{1700000000000 + s} {40.0 + s} {s}\n" for s in range(5))
-    )
+    (run / "metrics" / run_name).write_text("".join(f"{t0 + s} {0.5 * s} {s}\n" for s in range(5)))
     log, recs = _all(run)
-    assert log.columns["param_norm"] == "weight_norm"
-    assert [r.param_norm for r in recs] == [40.0, 41.0, 42.0, 43.0, 44.0]
-    (run / "metrics" / "weight_norm").write_text(f"{1700000000000} 40.0 0\n1700000000001 x 1\n")
+    assert log.columns[field] == run_name
+    assert [getattr(r, field) for r in recs] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    (run / "metrics" / run_name).write_text(f"{t0} 0.5 0\n{t0 + 1} x 1\n")
     with pytest.raises(LogFormatError, match="not a number") as ei:
         list(open_log(run))
     e = ei.value
-    assert e.file == str(run / "metrics" / "weight_norm") and e.line == 2 and e.column == 2
+    assert e.file == str(run / "metrics" / run_name) and e.line == 2 and e.column == 2
 
 
 def test_aliases_and_prefixes(tmp_path):
@@ -436,41 +445,6 @@ def test_processivity_jsonl(tmp_path):
         list(open_log(p3))
     assert ei.value.line == 2 and ei.value.column_name == "processivity"
     assert str(p3) in str(ei.value)
-
-
-def test_processivity_wandb_and_mlflow(tmp_path):
-    p = _write(
-        tmp_path / "wandb_export.csv",
-        'Step,"run-7 - train/loss","run-7 - train/processivity"\n1,2.0,0.5\n2,1.8,-0.25\n',
-    )
-    log, recs = _all(p)
-    assert log.format == "wandb" and log.columns["processivity"] == "run-7 - train/processivity"
-    assert [r.processivity for r in recs] == [0.5, -0.25]
-    rows = ["key,value,step,timestamp"]
-    rows += [f"loss,{2.0 - 0.1 * s},{s},{1700000000000 + 1000 * s}" for s in range(4)]
-    rows += [f"param_norm,50.0,{s},{1700000000000 + 1000 * s}" for s in range(4)]
-    rows += [f"processivity,{0.1 * s},{s},{1700000000000 + 1000 * s}" for s in range(0, 4, 2)]
-    p = _write(tmp_path / "metric_history.csv", "\n".join(rows) + "\n")
-    log, recs = _all(p)
-    assert log.format == "mlflow" and log.columns["processivity"] == "processivity"
-    assert [r.processivity for r in recs] == [0.0, None, 0.2, None]
-    assert recs[1].param_norm == 50.0 and recs[1].time is not None
-    run = tmp_path / "mlruns" / "0" / "abc123"
-    (run / "metrics" / "train").mkdir(parents=True)
-    (run / "metrics" / "train" / "loss").write_text(
-        "".join(f"{1700000000000 + s} {2.0 - 0.01 * s} {s}\n" for s in range(5))
-    )
-    (run / "metrics" / "update_cos").write_text(
-        "".join(f"{1700000000000 + s} {0.5 - 0.25 * s} {s}\n" for s in range(5))
-    )
-    log, recs = _all(run)
-    assert log.columns["processivity"] == "update_cos"
-    assert [r.processivity for r in recs] == [0.5, 0.25, 0.0, -0.25, -0.5]
-    (run / "metrics" / "update_cos").write_text(f"{1700000000000} 0.5 0\n1700000000001 x 1\n")
-    with pytest.raises(LogFormatError, match="not a number") as ei:
-        list(open_log(run))
-    e = ei.value
-    assert e.file == str(run / "metrics" / "update_cos") and e.line == 2 and e.column == 2
 
 
 def test_processivity_tensorboard(tmp_path):
