@@ -720,3 +720,25 @@ def test_cuda_no_sync_and_one_step_lag(chunk_numel, noise):
     assert tap.stats().param_norm == pytest.approx(
         float(flat64([p.detach() for p in cpu_model.parameters()]).norm()), rel=1e-5
     )
+
+
+def test_extra_memory_bytes_counts_what_the_tap_holds():
+    def extra(**kw):
+        model, data = mlp(width=512, depth=4), Data()  # ~800k parameters
+        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        tap = GradNoiseTap(model, **kw)
+        for _ in range(2):
+            data.loss(model).backward()
+            tap.measure_grads()
+            opt.step()
+            tap.measure_update()
+            opt.zero_grad()
+        return tap.extra_memory_bytes(), sum(p.numel() * 4 for p in model.parameters())
+
+    ema, n_bytes = extra()  # the EMA (1x) plus one-chunk scratch buffers
+    # 3 chunk-sized buffers (padded to whole sketch folds) + 2 sketches per chunk
+    lean, _ = extra(noise="sketch", chunk_numel=2**15)
+    copy_before, _ = extra(noise="sketch", chunk_numel=2**15, exact_update=True)
+    assert ema >= 2 * n_bytes
+    assert lean < 0.4 * n_bytes
+    assert copy_before - lean >= 0.9 * n_bytes  # + theta_before (and no theta sketches)

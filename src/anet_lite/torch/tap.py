@@ -102,7 +102,8 @@ class GradNoiseTap(ChunkMeasure):
     noise norm with a relative std of ~ sqrt(1 / (2 p)) (2.2%), at no extra pass over the
     gradient. ``ema=None`` measures no noise at all.
 
-    Memory beyond the model: the EMA (above); O(p) per chunk for the sketches; scratch
+    Memory beyond the model (``extra_memory_bytes()``; numbers: bench/tap_memory.py):
+    the EMA (above); O(p) per chunk for the sketches; scratch
     buffers of ``min(model, chunk_numel)`` elements each (gradient and parameters in the
     work dtype, int32 sign masks; +1 for one chunk, measured exactly, and +1 for
     ``exact_update``), kept between calls, so at most 3 x 64 MiB at the default
@@ -316,6 +317,26 @@ class GradNoiseTap(ChunkMeasure):
         factor) after ``measure_grads``: this step's statistics stay those of the
         gradient that was measured. No sync."""
         self._grad_scale = scale
+
+    def extra_memory_bytes(self) -> int:
+        """Bytes the tap holds beyond the model (EMA, scratch buffers, sketches, the copy
+        of theta_before with ``exact_update``), counted once per storage. Read it after a
+        step: buffers are made on first use."""
+        seen: Dict[int, int] = {}
+
+        def add(t: Optional[Tensor]) -> None:
+            if t is not None:
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+
+        for t in self._scratch.bufs.values():
+            add(t)
+        for group in (self._m_flat, self._sk_m, self.m, self._before):
+            for t in group.values():
+                add(t)
+        for t, _ in self._sk_theta.values():
+            add(t)
+        return sum(seen.values())
 
     def params_changed(self) -> None:
         """The parameters were changed in place in a way their version counters do not
