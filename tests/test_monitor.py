@@ -394,6 +394,23 @@ def test_state_dict_round_trip_continues_exactly():
     assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
 
 
+def test_a_version_3_state_without_processivity_still_loads():
+    loss, g = healthy_stream(600, seed=10)
+    one = feed(Monitor(), loss, g, lr=[1e-3] * 600)
+    m = Monitor()
+    first = feed(m, loss[:300], g[:300], lr=[1e-3] * 300)
+    state = m.state_dict()
+    for k in ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent"):
+        del state[k]
+    state["version"] = 3
+    m2 = Monitor()
+    m2.load_state_dict(state)
+    second = feed(m2, loss[300:], g[300:], lr=[1e-3] * 300, start=300)
+    assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
+    with pytest.raises(ValueError, match="version"):
+        Monitor().load_state_dict({**state, "version": 2})
+
+
 def test_load_state_dict_rejects_other_configs():
     m = Monitor(window=128)
     m.update(1.0)

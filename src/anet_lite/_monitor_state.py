@@ -59,9 +59,14 @@ def dump(m: Any) -> Dict[str, Any]:
     return st
 
 
+# Version 3 had no processivity state: such a state loads with it empty (as after reset).
+_NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent")
+
+
 def load(m: Any, st: Dict[str, Any]) -> None:
-    if not isinstance(st, dict) or st.get("version") != VERSION:
-        raise ValueError(f"state must be a Monitor.state_dict() of version {VERSION}")
+    version = st.get("version") if isinstance(st, dict) else None
+    if version not in (3, VERSION):
+        raise ValueError(f"state must be a Monitor.state_dict() of version 3 or {VERSION}")
     cfg = st["config"]
     if cfg != {"n": m.n, "window": m.window}:
         raise ValueError(
@@ -69,13 +74,16 @@ def load(m: Any, st: Dict[str, Any]) -> None:
             f"{{'n': {m.n}, 'window': {m.window}}}"
         )
     m.reset()
+    skip = _NEW_IN_4 if version == 3 else ()
     for k in _SCALARS:
-        setattr(m, k, st[k])
+        if k not in skip:
+            setattr(m, k, st[k])
     for k in _PARTS:
-        getattr(m, k).load_state_dict(st[k])
+        if k not in skip:
+            getattr(m, k).load_state_dict(st[k])
     m.ref = None if st["ref"] is None else np.asarray(st["ref"], dtype=np.float64)
     m.losses.extend(float(v) for v in st["losses"])  # reset() left an empty deque
-    m.cos_recent.extend(float(v) for v in st["cos_recent"])
-    m.climb_devs = [float(v) for v in st["climb_devs"]]
+    m.cos_recent.extend(float(v) for v in st.get("cos_recent", ()))
+    m.climb_devs = [float(v) for v in st.get("climb_devs", ())]
     if st.get("policy") is not None and hasattr(m.policy, "load_state_dict"):
         m.policy.load_state_dict(st["policy"])
