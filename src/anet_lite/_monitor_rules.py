@@ -180,7 +180,7 @@ class MonitorRules:
     def _coherence(self, c: Any, ev: Dict[str, Any]) -> None:
         """Processivity: gate gradient growth on coherent updates; detect going uphill."""
         if c is None or not math.isfinite(c):
-            self.coherent, self.climb, self.climb_devs = True, 0, []
+            self._no_coherence()
             return
         c = max(-1.0, min(1.0, c))
         rec = self.cos_recent
@@ -189,7 +189,7 @@ class MonitorRules:
         rec.append(c)
         cb = self.cos_base
         if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
-            self.coherent, self.climb, self.climb_devs = True, 0, []
+            self._no_coherence()
             return
         lift = sum(rec) / len(rec) - cb.center
         ev["proc_lift"] = lift
@@ -205,12 +205,19 @@ class MonitorRules:
         )
         self.climb_ur = ur if ur is not None else math.inf
         if not hot:
-            self.climb, self.climb_devs = 0, []
+            if self.climb:  # (no new list on every quiet step)
+                self.climb, self.climb_devs = 0, []
             return
         self.climb_devs = (self.climb_devs + [dev])[-CLIMB_STEPS:]
         rising = len(self.climb_devs) == CLIMB_STEPS and dev >= self.climb_devs[0] + CLIMB_RISE
         # a streak of coherent growth counts only while the loss climbs across it
         self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
+
+    def _no_coherence(self) -> None:
+        """No usable processivity this step: nothing is gated and no streak goes on."""
+        self.coherent = True
+        if self.climb:
+            self.climb, self.climb_devs = 0, []
 
     def _rebaseline(self) -> None:
         """A declared change (``mark``): the old levels no longer describe the run.
