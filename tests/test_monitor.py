@@ -411,6 +411,45 @@ def test_a_version_3_state_without_processivity_still_loads():
         Monitor().load_state_dict({**state, "version": 2})
 
 
+def test_a_version_4_state_without_the_surge_history_still_loads():
+    loss, g = healthy_stream(600, seed=11)
+    cos = np.random.default_rng(11).uniform(-0.2, 0.9, 600).tolist()
+    one = feed(Monitor(), loss, g, lr=[1e-3] * 600, cos=cos)
+    m = Monitor()
+    first = feed(m, loss[:300], g[:300], lr=[1e-3] * 300, cos=cos[:300])
+    state = m.state_dict()
+    assert state["surge_hist"]  # the cut falls inside a history that matters
+    del state["surge_hist"]
+    state["version"] = 4
+    m2 = Monitor()
+    m2.load_state_dict(state)
+    second = feed(m2, loss[300:], g[300:], lr=[1e-3] * 300, start=300, cos=cos[300:])
+    assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
+
+
+def _compounding(grow: bool, processivity: bool = True):
+    loss, g = healthy_stream(400, seed=3)
+    cos = np.random.default_rng(3).uniform(-0.2, 0.9, 400).tolist()
+    for k in range(1, 6):  # from step 400: grow 1.3x (loss) / 1.6x (gradient) per step,
+        f = (1.3**k, 1.6**k) if grow else (1 + 2.0 / k, 1 + 4.0 / k)  # or jump and decay
+        loss.append(loss[399] * f[0])
+        g.append(g[399] * f[1])
+        cos.append(0.95)
+    return feed(
+        Monitor(on_error="raise"), loss, g, lr=[1e-3] * 405, cos=cos if processivity else None
+    )
+
+
+def test_loss_gradient_and_update_compounding_with_coherent_updates_is_an_ascent_in_two_steps():
+    first = next(s for s in _compounding(True) if s.alert)
+    assert first.step == 401 and first.evidence["cause"] == "ascent"
+    # without processivity the same growth is a precursor two steps later
+    first = next(s for s in _compounding(True, processivity=False) if s.alert)
+    assert first.step >= 403 and first.evidence["cause"] != "ascent"
+    # a jump that decays (new data, an outlier batch) never is
+    assert not any(s.evidence.get("cause") == "ascent" for s in _compounding(False))
+
+
 def test_load_state_dict_rejects_other_configs():
     m = Monitor(window=128)
     m.update(1.0)

@@ -22,6 +22,10 @@ DEAD = math.log(100.0)  # a gradient 100x below its healthy level: units stopped
 GROWTH_Z = 2.5
 SEVERE_Z = 4.0
 PZ_DEV = 1.0  # the precursor window counts only while the current step is also high (z)
+# Steps in a row >= spike_z / 2 count as a divergence only while the precursor window
+# (trimmed mean of the last n) is also this far up: a run of three noisy batches in a
+# long, heavy-tailed loss-only log (real GPT-2 speedruns) does not lift the window.
+RISE_PZ = 2.0
 EARLY_RISE = 1.5  # x the first loss, twice in a row, within warm-up: diverging from the start
 SHIFT_MARGIN = math.log(1.5)  # a shifted loss (or gradient) 1.5x past its jump: diverging
 # Processivity cos(−g, Δθ), when given. Healthy mini-batch training moves only partly along
@@ -36,6 +40,14 @@ CLIMB_STEPS = 3  # for this many steps in a row
 CLIMB_UR = 1.5  # update at least this multiple of its level
 CLIMB_DEV = 1.0  # loss at least this many robust sigmas above its level
 CLIMB_RISE = 0.5  # and the loss deviation grew by this much over the streak
+# The fast way into "ascent": loss deviation, gradient ratio and update ratio each larger
+# than the step before on 2 steps in a row (the middle step already >= SURGE_LEVEL), the
+# loss now >= SURGE_DEV sigmas up, while the recent updates follow their gradients
+# SURGE_LIFT above the run's median cos. A sign bug compounds this way 2-4 steps before
+# its collapse; a curriculum switch or an outlier batch jumps once and then decays.
+SURGE_LEVEL = (1.5, 1.5, 1.0)  # (grad_ratio, update_ratio, loss_dev) at the middle step
+SURGE_DEV = 3.0
+SURGE_LIFT = 0.25
 
 
 def exp_capped(x: float) -> float:
@@ -204,20 +216,35 @@ class MonitorRules:
             and dev >= CLIMB_DEV
         )
         self.climb_ur = ur if ur is not None else math.inf
+        gr = ev.get("grad_ratio")
+        now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
+        surge = self._surge(now, lift)
         if not hot:
             if self.climb:  # (no new list on every quiet step)
                 self.climb, self.climb_devs = 0, []
-            return
-        self.climb_devs = (self.climb_devs + [dev])[-CLIMB_STEPS:]
-        rising = len(self.climb_devs) == CLIMB_STEPS and dev >= self.climb_devs[0] + CLIMB_RISE
-        # a streak of coherent growth counts only while the loss climbs across it
-        self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
+        else:
+            self.climb_devs = (self.climb_devs + [dev])[-CLIMB_STEPS:]
+            rising = len(self.climb_devs) == CLIMB_STEPS and dev >= self.climb_devs[0] + CLIMB_RISE
+            # a streak of coherent growth counts only while the loss climbs across it
+            self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
+        if surge:
+            self.climb = max(self.climb, CLIMB_STEPS)
+
+    def _surge(self, now: Any, lift: float) -> bool:
+        """Loss, gradient and update all compounding for 2 steps with coherent updates."""
+        hist, self.surge_hist = self.surge_hist, [] if now is None else self.surge_hist[-1:] + [now]
+        if now is None or len(hist) < 2 or lift < SURGE_LIFT or now[2] < SURGE_DEV:
+            return False
+        a, b = hist
+        return all(a[i] < b[i] < now[i] and b[i] >= SURGE_LEVEL[i] for i in range(3))
 
     def _no_coherence(self) -> None:
         """No usable processivity this step: nothing is gated and no streak goes on."""
         self.coherent = True
         if self.climb:
             self.climb, self.climb_devs = 0, []
+        if self.surge_hist:
+            self.surge_hist = []
 
     def _rebaseline(self) -> None:
         """A declared change (``mark``): the old levels no longer describe the run.
@@ -271,7 +298,7 @@ class MonitorRules:
         if event:
             self.grace_until = self.t + self.grace
             self.pz_hot = self.rise = self.grad_hot = self.co_hot = self.climb = 0
-            self.climb_devs = []
+            self.climb_devs, self.surge_hist = [], []
             if not self.ref_pinned:
                 self.ref = None  # re-take the healthy fingerprint in the new regime
         return event

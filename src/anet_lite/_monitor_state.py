@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-VERSION = 4
+VERSION = 5
 _SCALARS = (
     "t",
     "ref_pinned",
@@ -42,6 +42,7 @@ _SCALARS = (
     "climb",
     "climb_devs",
     "climb_ur",
+    "surge_hist",
 )
 _PARTS = ("recent", "loss_base", "grad_recent", "grad_base", "upd_base", "cos_base", "proc", "fp")
 
@@ -59,14 +60,16 @@ def dump(m: Any) -> Dict[str, Any]:
     return st
 
 
-# Version 3 had no processivity state: such a state loads with it empty (as after reset).
-_NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent")
+# Older versions load with the state they lack empty (as after reset): version 3 had no
+# processivity state, version 4 no surge history.
+_NEW_IN_5 = ("surge_hist",)
+_NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent", *_NEW_IN_5)
 
 
 def load(m: Any, st: Dict[str, Any]) -> None:
     version = st.get("version") if isinstance(st, dict) else None
-    if version not in (3, VERSION):
-        raise ValueError(f"state must be a Monitor.state_dict() of version 3 or {VERSION}")
+    if version not in (3, 4, VERSION):
+        raise ValueError(f"state must be a Monitor.state_dict() of version 3, 4 or {VERSION}")
     cfg = st["config"]
     if cfg != {"n": m.n, "window": m.window}:
         raise ValueError(
@@ -74,7 +77,7 @@ def load(m: Any, st: Dict[str, Any]) -> None:
             f"{{'n': {m.n}, 'window': {m.window}}}"
         )
     m.reset()
-    skip = _NEW_IN_4 if version == 3 else ()
+    skip = _NEW_IN_4 if version == 3 else _NEW_IN_5 if version == 4 else ()
     for k in _SCALARS:
         if k not in skip:
             setattr(m, k, st[k])
@@ -85,5 +88,6 @@ def load(m: Any, st: Dict[str, Any]) -> None:
     m.losses.extend(float(v) for v in st["losses"])  # reset() left an empty deque
     m.cos_recent.extend(float(v) for v in st.get("cos_recent", ()))
     m.climb_devs = [float(v) for v in st.get("climb_devs", ())]
+    m.surge_hist = [tuple(float(x) for x in v) for v in st.get("surge_hist", ())]
     if st.get("policy") is not None and hasattr(m.policy, "load_state_dict"):
         m.policy.load_state_dict(st["policy"])

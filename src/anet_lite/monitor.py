@@ -16,7 +16,7 @@ from typing import Any, Deque, Dict, List, Optional
 import numpy as np
 
 from . import fingerprint as _fp
-from ._monitor_rules import CLIMB_STEPS, COS_RECENT, MonitorRules
+from ._monitor_rules import CLIMB_STEPS, COS_RECENT, RISE_PZ, MonitorRules
 from ._signals import Signals, read_inputs
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
 from ._validate import positive
@@ -139,6 +139,7 @@ class Monitor(MonitorRules):
         self.climb = 0  # consecutive steps going uphill coherently (see _coherence)
         self.climb_devs: List[float] = []  # the loss deviations of the streak's last steps
         self.climb_ur = math.inf
+        self.surge_hist: List[Any] = []  # (grad_ratio, update_ratio, loss_dev) of the last steps
         self.fp = _fp.StreamingFingerprint(self.window)
         self.ref: Optional[np.ndarray] = None
         self.ref_pinned = False
@@ -299,7 +300,7 @@ class Monitor(MonitorRules):
             status = "healthy" if ready and self.ref is not None else "warming_up"
         elif ready and not grace and self.pz_hot >= self.persist:
             cause = "oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"
-        elif ready and not grace and self.rise >= self.persist:
+        elif ready and not grace and self.rise >= self.persist and pz >= RISE_PZ:
             cause = "divergence"
         elif ready and self.dead >= self.n and pz > -1.0:
             status, cause = "drifting", "stagnation"
