@@ -400,3 +400,32 @@ def test_amp_grad_scaler_overflow_is_a_skipped_step_not_a_collapse():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert scaler.get_scale() >= 2.0**14  # so a scaled gradient would read >= 1e4 ...
     assert g.last.evidence["grad_norm"] < 100.0  # ... but the Guard read the unscaled one
+
+
+def test_memory_low_keeps_the_guards_tap_small():
+    def run(**kw):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2048, 2048), nn.Tanh(), nn.Linear(2048, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        guard = Guard(model, opt, checkpoint_every=0, on_error="raise", **kw)
+        x, y = torch.randn(8, 2048), torch.randn(8, 1)
+        for _ in range(2):
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            guard.observe(loss)
+            opt.step()
+            opt.zero_grad()
+        return guard, sum(p.numel() * p.element_size() for p in model.parameters())
+
+    default, nbytes = run()
+    low, _ = run(memory="low")
+    # 4.2M parameters fit one default chunk: its scratch is ~4x the model; "low" works in
+    # chunks of 2**20 elements
+    assert default.tap.extra_memory_bytes() > 3 * nbytes
+    assert low.tap.chunk_numel == 2**20
+    assert low.tap.extra_memory_bytes() < nbytes
+    # same run, same numbers: the update measured exactly (default) and sketched (low)
+    exact, sketched = default.last.evidence["step_norm"], low.last.evidence["step_norm"]
+    assert abs(sketched - exact) <= 0.1 * exact
+    with pytest.raises(ValueError, match="memory"):
+        Guard(nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(), 0.1), memory="tiny")

@@ -101,6 +101,9 @@ class Guard:
                            norm, no extra pass over the gradient); ``"exact"``: the
                            per-parameter EMA (``tap.m``, 1x the parameters, ~4 more passes)
     exact_update           measure the update from a copy of theta_before (+1x memory)
+    memory                 ``"low"``: the tap works in chunks of 2**20 elements (and keeps an
+                           exact EMA in int8): a fixed ~13-16 MiB beyond the model instead
+                           of up to 4 x 64 MiB, for more ops per step (``GradNoiseTap``)
     tap                    a ``GradNoiseTap`` of your own (the Guard's is built with
                            ``max_abs=False``: no max |g| in the evidence, one pass less)
     batch_size             per-rank batch size, for the gradient noise scale under DDP
@@ -119,6 +122,7 @@ class Guard:
         ema: Optional[float] = 0.9,
         noise: str = "sketch",
         exact_update: bool = False,
+        memory: str = "default",
         tombstones: Union[str, Path, TombstoneLog, None] = None,
         run_log: Any = None,
         checkpoint_every: int = 100,
@@ -138,7 +142,14 @@ class Guard:
         self.tap = (
             tap
             if tap is not None
-            else GradNoiseTap(model, ema, noise=noise, exact_update=exact_update, max_abs=False)
+            else GradNoiseTap(
+                model,
+                ema,
+                noise=noise,
+                exact_update=exact_update,
+                max_abs=False,
+                memory=memory,
+            )
         )
         self.group = process_group
         self.rank, self.world_size = world(process_group)

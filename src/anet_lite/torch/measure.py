@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .ema import store_dtype
 from .sketch import (
     SIGN_BITS,
     Chunk,
@@ -173,7 +174,8 @@ class ChunkMeasure:
         if sync[1] is None or sync != self._m_sync:
             flats = {}
             for (device, wdtype), runs in self._order.items():
-                flat = torch.zeros(sum(r[2] for r in runs), dtype=wdtype, device=device)
+                dt = store_dtype(self.ema_dtype, wdtype)
+                flat = torch.zeros(sum(r[2] for r in runs), dtype=dt, device=device)
                 for name, off, n, _shape in runs:
                     old = m.get(name)
                     if old is not None and old.numel() == n:
@@ -185,6 +187,24 @@ class ChunkMeasure:
             self._m_flat = flats
             self._m_sync = (id(m), getattr(m, "version", None), self._layout_key)
         return self._m_flat[chunk.group][chunk.offset : chunk.offset + chunk.n]
+
+    def _int8_sync(self) -> None:
+        """The int8 EMA store (ema.py) follows the current layout."""
+        self._compact.sync(self._order, self._layout_key)
+
+    def _compact_step(self, chunk: Chunk, g: Tensor, w: Tensor) -> Tensor:
+        """||m - g||^2 and m <- w (m - g) + g for a compact EMA (in a work buffer)."""
+        cp = self._compact
+        if cp.int8:
+            self._int8_sync()
+            return cp.step_int8(chunk, g, w)
+        m = self._ema_slice(chunk)
+        if m.dtype != g.dtype:
+            return cp.step_cast(chunk, m, g, w)
+        m.sub_(g)
+        nsq = dot(m, m)
+        m.mul_(w).add_(g)
+        return nsq
 
     def _before_views(self, chunk: Chunk) -> Tuple[List[Tensor], List[Tensor]]:
         cached = chunk.cache.get("before")
@@ -242,10 +262,13 @@ class ChunkMeasure:
             # ||g - m_new|| = ema ||g - m_old||. A non-finite chunk leaves its EMA alone.
             out["ok"] = ok = torch.isfinite(gsq)
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-            m, gv = self._ema_slice(chunk), g[: chunk.n]
-            m.sub_(gv)
-            nsq = dot(m, m)
-            m.mul_(torch.where(ok, ema, 1.0)).add_(gv)
+            if self._compact is None:
+                m, gv = self._ema_slice(chunk), g[: chunk.n]
+                m.sub_(gv)
+                nsq = dot(m, m)
+                m.mul_(torch.where(ok, ema, 1.0)).add_(gv)
+            else:  # a compact EMA (ema.py)
+                nsq = self._compact_step(chunk, g[: chunk.n], torch.where(ok, ema, 1.0))
         if full and self.exact_update:
             dst, src = self._before_views(chunk)
             torch._foreach_copy_(dst, src)
