@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
+from torch_fixtures import cuda_steps_without_sync  # noqa: E402
 
 from anet_lite.torch import (  # noqa: E402
     GRAD_DOT_AFTER,
@@ -700,19 +701,12 @@ def test_cuda_no_sync_and_one_step_lag(chunk_numel, noise):
     data.X, data.y = data.X.cuda(), data.y.cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     tap = GradNoiseTap(model, noise=noise, chunk_numel=chunk_numel)
-    for _ in range(3):
-        opt.zero_grad()
-        data.loss(model).backward()
-        torch.cuda.synchronize()
-        for call in (tap.measure_grads, opt.step, tap.measure_update):
-            # "error": any synchronizing CUDA call inside the tap raises.
-            torch.cuda.set_sync_debug_mode("error" if call != opt.step else "default")
-            try:
-                call()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
+
+    def lag_at_most_one_step():
         s = tap.stats()
         assert s is None or s.step <= tap.step
+
+    cuda_steps_without_sync(tap, opt, lambda: data.loss(model).backward(), 3, lag_at_most_one_step)
     assert tap.stats(sync=True).step == tap.step == 3
     assert tap.transfers == 3
     cpu_model = mlp(depth=2)

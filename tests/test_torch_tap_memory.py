@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
+from torch_fixtures import cuda_steps_without_sync  # noqa: E402
 
 from anet_lite.torch import GradNoiseTap  # noqa: E402
 
@@ -275,16 +276,11 @@ def test_cuda_compact_ema_does_not_sync(ema_dtype):
     tap = GradNoiseTap(model, ema_dtype=ema_dtype, chunk_numel=2**12)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = Data()
-    for _ in range(3):
+
+    def backward():
         x, y = data.batch()
-        opt.zero_grad()
         nn.functional.mse_loss(model(x.cuda()), y.cuda()).backward()
-        torch.cuda.synchronize()
-        for call in (tap.measure_grads, opt.step, tap.measure_update):
-            torch.cuda.set_sync_debug_mode("error" if call != opt.step else "default")
-            try:
-                call()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
+
+    cuda_steps_without_sync(tap, opt, backward)
     s = tap.stats(sync=True)
     assert s.finite and math.isfinite(s.noise_norm) and s.step == 3

@@ -42,3 +42,20 @@ def char_mlp(seed: int = 0) -> nn.Module:
         nn.ReLU(),
         nn.Linear(128, VOCAB),
     )
+
+
+def cuda_steps_without_sync(tap, opt, backward, steps: int = 3, after_step=None) -> None:
+    """``steps`` training steps on CUDA with the tap's own calls run under
+    ``torch.cuda.set_sync_debug_mode("error")``: any synchronizing call inside them raises."""
+    for _ in range(steps):
+        opt.zero_grad()
+        backward()
+        torch.cuda.synchronize()
+        for call in (tap.measure_grads, opt.step, tap.measure_update):
+            torch.cuda.set_sync_debug_mode("error" if call != opt.step else "default")
+            try:
+                call()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        if after_step is not None:
+            after_step()
