@@ -232,11 +232,17 @@ class MonitorRules:
 
     def _surge(self, now: Any, lift: float) -> bool:
         """Loss, gradient and update all compounding for 2 steps with coherent updates."""
-        hist, self.surge_hist = self.surge_hist, [] if now is None else self.surge_hist[-1:] + [now]
-        if now is None or len(hist) < 2 or lift < SURGE_LIFT or now[2] < SURGE_DEV:
+        hist = self.surge_hist  # a deque of the last 2 steps' triples
+        if now is None:
+            if hist:
+                hist.clear()
             return False
-        a, b = hist
-        return all(a[i] < b[i] < now[i] and b[i] >= SURGE_LEVEL[i] for i in range(3))
+        fire = len(hist) == 2 and lift >= SURGE_LIFT and now[2] >= SURGE_DEV
+        if fire:
+            a, b = hist
+            fire = all(a[i] < b[i] < now[i] and b[i] >= SURGE_LEVEL[i] for i in range(3))
+        hist.append(now)
+        return fire
 
     def _no_coherence(self) -> None:
         """No usable processivity this step: nothing is gated and no streak goes on."""
@@ -244,7 +250,7 @@ class MonitorRules:
         if self.climb:
             self.climb, self.climb_devs = 0, []
         if self.surge_hist:
-            self.surge_hist = []
+            self.surge_hist.clear()
 
     def _rebaseline(self) -> None:
         """A declared change (``mark``): the old levels no longer describe the run.
@@ -298,7 +304,8 @@ class MonitorRules:
         if event:
             self.grace_until = self.t + self.grace
             self.pz_hot = self.rise = self.grad_hot = self.co_hot = self.climb = 0
-            self.climb_devs, self.surge_hist = [], []
+            self.climb_devs = []
+            self.surge_hist.clear()
             if not self.ref_pinned:
                 self.ref = None  # re-take the healthy fingerprint in the new regime
         return event

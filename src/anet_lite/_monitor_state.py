@@ -42,7 +42,6 @@ _SCALARS = (
     "climb",
     "climb_devs",
     "climb_ur",
-    "surge_hist",
 )
 _PARTS = ("recent", "loss_base", "grad_recent", "grad_base", "upd_base", "cos_base", "proc", "fp")
 
@@ -56,14 +55,14 @@ def dump(m: Any) -> Dict[str, Any]:
     st["ref"] = None if m.ref is None else m.ref.tolist()
     st["losses"] = list(m.losses)
     st["cos_recent"] = list(m.cos_recent)
+    st["surge_hist"] = [list(v) for v in m.surge_hist]
     st["policy"] = m.policy.state_dict() if hasattr(m.policy, "state_dict") else None
     return st
 
 
 # Older versions load with the state they lack empty (as after reset): version 3 had no
 # processivity state, version 4 no surge history.
-_NEW_IN_5 = ("surge_hist",)
-_NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent", *_NEW_IN_5)
+_NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent")
 
 
 def load(m: Any, st: Dict[str, Any]) -> None:
@@ -77,7 +76,7 @@ def load(m: Any, st: Dict[str, Any]) -> None:
             f"{{'n': {m.n}, 'window': {m.window}}}"
         )
     m.reset()
-    skip = _NEW_IN_4 if version == 3 else _NEW_IN_5 if version == 4 else ()
+    skip = _NEW_IN_4 if version == 3 else ()
     for k in _SCALARS:
         if k not in skip:
             setattr(m, k, st[k])
@@ -88,6 +87,6 @@ def load(m: Any, st: Dict[str, Any]) -> None:
     m.losses.extend(float(v) for v in st["losses"])  # reset() left an empty deque
     m.cos_recent.extend(float(v) for v in st.get("cos_recent", ()))
     m.climb_devs = [float(v) for v in st.get("climb_devs", ())]
-    m.surge_hist = [tuple(float(x) for x in v) for v in st.get("surge_hist", ())]
+    m.surge_hist.extend(tuple(float(x) for x in v) for v in st.get("surge_hist", ()))
     if st.get("policy") is not None and hasattr(m.policy, "load_state_dict"):
         m.policy.load_state_dict(st["policy"])

@@ -139,7 +139,8 @@ class Monitor(MonitorRules):
         self.climb = 0  # consecutive steps going uphill coherently (see _coherence)
         self.climb_devs: List[float] = []  # the loss deviations of the streak's last steps
         self.climb_ur = math.inf
-        self.surge_hist: List[Any] = []  # (grad_ratio, update_ratio, loss_dev) of the last steps
+        # (grad_ratio, update_ratio, loss_dev) of the last 2 steps (see _surge)
+        self.surge_hist: Deque[Any] = deque(maxlen=2)
         self.fp = _fp.StreamingFingerprint(self.window)
         self.ref: Optional[np.ndarray] = None
         self.ref_pinned = False
