@@ -192,15 +192,15 @@ class ChunkMeasure:
         """The int8 EMA store (ema.py) follows the current layout."""
         self._compact.sync(self._order, self._layout_key)
 
-    def _compact_step(self, chunk: Chunk, g: Tensor, w: Tensor) -> Tensor:
-        """||m - g||^2 and m <- w (m - g) + g for a compact EMA (in a work buffer)."""
+    def _ema_step(self, chunk: Chunk, g: Tensor, w: Tensor) -> Tensor:
+        """||m - g||^2 and m <- w (m - g) + g; a compact EMA (ema.py) in a work buffer."""
         cp = self._compact
-        if cp.int8:
+        if cp is not None and cp.int8:
             self._int8_sync()
             return cp.step_int8(chunk, g, w)
         m = self._ema_slice(chunk)
         if m.dtype != g.dtype:
-            return cp.step_cast(chunk, m, g, w)
+            return cp.step_cast(chunk, m, g, w)  # type: ignore[union-attr]
         m.sub_(g)
         nsq = dot(m, m)
         m.mul_(w).add_(g)
@@ -262,13 +262,7 @@ class ChunkMeasure:
             # ||g - m_new|| = ema ||g - m_old||. A non-finite chunk leaves its EMA alone.
             out["ok"] = ok = torch.isfinite(gsq)
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-            if self._compact is None:
-                m, gv = self._ema_slice(chunk), g[: chunk.n]
-                m.sub_(gv)
-                nsq = dot(m, m)
-                m.mul_(torch.where(ok, ema, 1.0)).add_(gv)
-            else:  # a compact EMA (ema.py)
-                nsq = self._compact_step(chunk, g[: chunk.n], torch.where(ok, ema, 1.0))
+            nsq = self._ema_step(chunk, g[: chunk.n], torch.where(ok, ema, 1.0))
         if full and self.exact_update:
             dst, src = self._before_views(chunk)
             torch._foreach_copy_(dst, src)
