@@ -176,7 +176,17 @@ def test_onset_zero_uses_best_so_far():
 
 def test_collapse_not_before_onset():
     loss = [2.3] * 5 + [0.5] * 50 + [5.0] * 30
-    assert collapse.collapse_step(loss, onset=60) == 60
+    assert collapse.collapse_step(loss, onset=60) == 61
+
+
+def test_collapse_is_after_the_onset_step():
+    # a corrupted batch makes the onset step's own loss jump; the weights that produced
+    # that loss were not touched by the fault yet, so the earliest collapse is onset + 1
+    loss = [2.3] * 5 + [0.5] * 50 + [5.0] * 30
+    assert collapse.collapse_step(loss, onset=55) == 56
+    assert collapse.collapse_step(loss, onset=54) == 55  # raw excursion starts after onset
+    nan_at_onset = [2.0] * 30 + [0.5] * 30 + [NAN, NAN, NAN]
+    assert collapse.collapse_step(nan_at_onset, onset=60) == 61
 
 
 def test_tail_rule_needs_min_tail():

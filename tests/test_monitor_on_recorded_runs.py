@@ -93,6 +93,7 @@ def test_a_sign_bug_that_compounds_fast_is_caught_by_the_two_step_surge(run, mon
     first = next(s for s in _replay(meta) if s.alert)
     assert onset <= first.step < collapse and first.evidence["cause"] == "ascent"
     monkeypatch.setattr(_rules, "SURGE_LIFT", math.inf)
+    monkeypatch.setattr(_rules, "SURGE_GRAD", math.inf)
     assert next(s for s in _replay(meta) if s.alert).step >= collapse
 
 

@@ -31,7 +31,13 @@ Definition (constants below):
    ``s`` was below ``CHANCE_FRAC * chance_loss`` at some step before ``t``. A run that
    never learned (stuck at chance from step 0) is not a collapse under this rule.
 
-The earliest of the three is returned.
+The earliest of the three is returned, but never earlier than ``onset + 1`` for a fault
+with a known onset (``onset >= 1``): the loss recorded at step ``t`` is computed with the
+weights *before* step ``t``'s update, which the fault injected at step ``t`` has not touched
+yet. A corrupted batch makes its own loss jump at the onset step, but that jump measures
+the data, not the model; the model can first be damaged at ``onset + 1``. An alarm at the
+onset step is the last moment a guard can still skip the faulty update (until session 6
+such runs were labelled "collapsed at onset" and could not be caught by anyone).
 """
 
 from __future__ import annotations
@@ -162,4 +168,7 @@ def collapse_step(
                     cands.append(_backtrack(loss, t, lvl - 1e-12, start))
                     break
                 t += 1
-    return min(cands) if cands else None
+    if not cands:
+        return None
+    first = min(cands)
+    return max(first, onset + 1) if onset >= 1 else first

@@ -48,6 +48,17 @@ CLIMB_RISE = 0.5  # and the loss deviation grew by this much over the streak
 SURGE_LEVEL = (1.5, 1.5, 1.0)  # (grad_ratio, update_ratio, loss_dev) at the middle step
 SURGE_DEV = 3.0
 SURGE_LIFT = 0.25
+SURGE_GRAD = 5.0  # without the lift: the gradient >= this x its level, rising 3 steps
+EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms even if the loss
+# accounts for it (a garbage batch's 1e4x gradient must be skipped whatever its loss did)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if num > 0.0 and den > 0.0 else 0.0
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0.0 else -math.inf
 
 
 def exp_capped(x: float) -> float:
@@ -73,9 +84,11 @@ class MonitorRules:
         base = self.loss_base
         floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
         pz, dev = 0.0, 0.0
+        self.loss_jump = self.loss_win_jump = 0.0
         if base.ready:
             dev = (x - base.center) / max(base.scale, floor)
             ev["loss_dev"] = dev
+            self.loss_jump = _ratio(L, self._raw(base.center))
             elevated = dev >= 0.5 * self.spike_z
             if self.log_space and x - base.center >= self.severe_loss:
                 ev["loss_ratio"] = exp_capped(x - base.center)  # in the floored loss scale
@@ -110,7 +123,9 @@ class MonitorRules:
         ):
             base.push(old)
         if base.ready and len(self.recent) >= min(self.n, 3):
-            pz = (self.recent.trimmed_mean() - base.center) / max(base.scale, floor)
+            tm = self.recent.trimmed_mean()
+            self.loss_win_jump = _ratio(self._raw(tm), self._raw(base.center))
+            pz = (tm - base.center) / max(base.scale, floor)
             pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
         # persistent = the window is high AND so is this step (two spikes in the window
         # keep its mean up for n steps while the loss between them is back to normal)
@@ -133,8 +148,7 @@ class MonitorRules:
             if gb.ready:
                 gd = lg - gb.center
                 ev["grad_ratio"] = exp_capped(gd)
-                if gd >= max(self.severe_grad, SEVERE_Z * gb.scale) and "severe" not in ev:
-                    ev["severe"] = "grad_explosion"
+                self._one_step(gd, self.severe_grad, gb.scale, "grad_explosion", ev)
             if self.shift_x is not None:  # a level shift: where the gradient jumped to
                 if self.shift_g is None:
                     self.shift_g = lg
@@ -145,8 +159,10 @@ class MonitorRules:
             for old in self.grad_recent.push(lg, None):
                 gb.push(old)
             if gb.ready and len(self.grad_recent) >= min(self.n, 3):
-                up = self.grad_recent.trimmed_mean() - gb.center >= max(
-                    self.grad_growth, GROWTH_Z * gb.scale
+                gup = self.grad_recent.trimmed_mean() - gb.center
+                # growth the loss window matched (raw) is not the gradient leading the loss
+                up = gup >= max(self.grad_growth, GROWTH_Z * gb.scale) and not (
+                    _log(self.loss_win_jump) >= gup
                 )
                 self.grad_hot = self.grad_hot + 1 if up else 0
             ref = self.grad_ref
@@ -158,8 +174,7 @@ class MonitorRules:
             if ub.ready:
                 ud = lu - ub.center
                 ev["update_ratio"] = exp_capped(ud)
-                if ud >= max(self.severe_update, SEVERE_Z * ub.scale) and "severe" not in ev:
-                    ev["severe"] = "update_blowup"
+                self._one_step(ud, self.severe_update, ub.scale, "update_blowup", ev)
             ub.push(lu)
             if G is not None and G > 0.0:
                 self.proc.update(math.log(G), math.log(S))
@@ -188,6 +203,35 @@ class MonitorRules:
             ev["severe"] = "lr_jump"
         self._coherence(s.processivity, ev)
         return True
+
+    def _one_step(self, d: float, floor: float, scale: float, cause: str, ev: Dict) -> None:
+        """A one-step jump ``d`` (log of the ratio to its level) is severe when it beats
+        ``floor`` and SEVERE_Z x the run's jitter, unless the loss accounts for it: in a
+        level shift (new data, a bad shard: the gradient jumps with the loss and alarms
+        once it climbs past where it jumped) or when the raw loss rose at least as much
+        (a cross-entropy's gradient grows with its loss). Below EXPLAINED_CAP only."""
+        if d < max(floor, SEVERE_Z * scale) or "severe" in ev:
+            return
+        explained = self.shift_x is not None or _log(self.loss_jump) >= d
+        if d >= EXPLAINED_CAP or not explained:
+            ev["severe"] = cause
+
+    def _raw(self, x: float) -> float:
+        """A level in the loss's reading scale back in loss units."""
+        return exp_capped(x) - self.loss_eps if self.log_space else x
+
+    def loss_gate_open(self, loss: Any) -> bool:
+        """The loss, and the recent window's level, are above ``loss_gate`` x the first
+        loss: a near-perfect classifier's hard batches lift single steps over it, not the
+        window's trimmed mean."""
+        if loss is None or not math.isfinite(loss):
+            return False
+        if self.loss0 is None:
+            return True
+        bar = self.loss_gate * self.loss0
+        if loss < bar:
+            return False
+        return len(self.recent) < 3 or self._raw(self.recent.trimmed_mean()) >= bar
 
     def _coherence(self, c: Any, ev: Dict[str, Any]) -> None:
         """Processivity: gate gradient growth on coherent updates; detect going uphill."""
@@ -218,7 +262,10 @@ class MonitorRules:
         self.climb_ur = ur if ur is not None else math.inf
         gr = ev.get("grad_ratio")
         now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
-        surge = self._surge(now, lift)
+        surge = self._surge(now, lift, self.loss_gate_open(ev.get("loss")))
+        self.compounding = surge == "compounding"
+        if self.compounding:
+            ev["compounding"] = True
         if not hot:
             if self.climb:  # (no new list on every quiet step)
                 self.climb, self.climb_devs = 0, []
@@ -227,26 +274,36 @@ class MonitorRules:
             rising = len(self.climb_devs) == CLIMB_STEPS and dev >= self.climb_devs[0] + CLIMB_RISE
             # a streak of coherent growth counts only while the loss climbs across it
             self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
-        if surge:
+        if surge == "ascent":
             self.climb = max(self.climb, CLIMB_STEPS)
 
-    def _surge(self, now: Any, lift: float) -> bool:
-        """Loss, gradient and update all compounding for 2 steps with coherent updates."""
+    def _surge(self, now: Any, lift: float, gated: bool) -> str:
+        """Loss, gradient and update each larger than the step before, 2 steps in a row:
+        "ascent" with coherent updates (cos lifted); "compounding" without that lift when
+        the gradient rose from an already raised level to ``SURGE_GRAD`` x its level and
+        the loss is not near zero (``gated``); "" otherwise."""
         hist = self.surge_hist  # a deque of the last 2 steps' triples
         if now is None:
             if hist:
                 hist.clear()
-            return False
-        fire = len(hist) == 2 and lift >= SURGE_LIFT and now[2] >= SURGE_DEV
-        if fire:
+            return ""
+        kind = ""
+        if len(hist) == 2 and now[2] >= SURGE_DEV:
             a, b = hist
-            fire = all(a[i] < b[i] < now[i] and b[i] >= SURGE_LEVEL[i] for i in range(3))
+            if all(a[i] < b[i] < now[i] and b[i] >= SURGE_LEVEL[i] for i in range(3)):
+                # A sign bug under Adam on a transformer lifts cos by only ~0.1 (its median
+                # is already ~0.3); it shows as a gradient growing 1.5-2x per step instead.
+                if lift >= SURGE_LIFT:
+                    kind = "ascent"
+                elif gated and now[0] >= SURGE_GRAD and a[0] >= SURGE_LEVEL[0]:
+                    kind = "compounding"
         hist.append(now)
-        return fire
+        return kind
 
     def _no_coherence(self) -> None:
         """No usable processivity this step: nothing is gated and no streak goes on."""
         self.coherent = True
+        self.compounding = False
         if self.climb:
             self.climb, self.climb_devs = 0, []
         if self.surge_hist:

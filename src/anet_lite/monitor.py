@@ -141,6 +141,9 @@ class Monitor(MonitorRules):
         self.climb_ur = math.inf
         # (grad_ratio, update_ratio, loss_dev) of the last 2 steps (see _surge)
         self.surge_hist: Deque[Any] = deque(maxlen=2)
+        self.compounding = False  # this step: loss, gradient, update compounding (_surge)
+        self.loss_jump = 0.0  # this step's loss / its level, in loss units (0: unknown)
+        self.loss_win_jump = 0.0  # the recent window's level / the level, in loss units
         self.fp = _fp.StreamingFingerprint(self.window)
         self.ref: Optional[np.ndarray] = None
         self.ref_pinned = False
@@ -261,6 +264,7 @@ class Monitor(MonitorRules):
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         finite_loss = math.isfinite(s.loss)
+        self.loss_jump = self.loss_win_jump = 0.0  # (set by _loss_signals)
         pz = self._loss_signals(s, ev) if finite_loss else Z_CAP
         finite_grad = self._grad_signals(s, ev)
         G = s.grad_norm
@@ -276,10 +280,11 @@ class Monitor(MonitorRules):
         shifted = self.shift_x is not None
         # A rise that leaves the loss far below where the run started is not a collapse
         # precursor (a near-perfect classifier's rare hard batches): the loss-window rules
-        # need the loss above loss_gate x the first loss. One-step gradient/update blow-ups
-        # are not gated: they must beat the run's own jitter (SEVERE_Z), which is what
-        # tells a hard batch from a loss-scale bug. lr rules and non-finite values neither.
-        gate = finite_loss and (self.loss0 is None or s.loss >= self.loss_gate * self.loss0)
+        # need the loss, and the window's level, above loss_gate x the first loss. One-step
+        # gradient/update blow-ups are not gated: they must beat the run's own jitter
+        # (SEVERE_Z), which is what tells a hard batch from a loss-scale bug. lr rules and
+        # non-finite values neither.
+        gate = self.loss_gate_open(s.loss)
         if not finite_loss or not finite_grad:
             status, cause = "collapsed", "non_finite"
         elif cause:
@@ -290,6 +295,8 @@ class Monitor(MonitorRules):
             status = "drifting"  # a level shift that is not (yet) climbing further
         elif ready and not grace and self.climb >= CLIMB_STEPS:
             cause = "ascent"
+        elif ready and not grace and self.compounding:
+            cause = "divergence"  # (checked the loss gate itself)
         elif (
             ready
             and not grace
