@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import anet_lite._monitor_rules as _rules
+import anet_lite._monitor_coherence as _coherence
 from anet_lite import Monitor, Snapshot
 from anet_lite.verdict import STATUSES
 
@@ -336,7 +336,7 @@ def _compound(low=1.0, n=310, start=300):
 def test_fast_compounding_without_a_cos_lift_is_a_divergence(monkeypatch):
     # the gradient at 1.8, 3.2, 5.8 x its level, loss and update rising with it
     assert _compound()[:4] == [None, None, None, "divergence"]
-    monkeypatch.setattr(_rules, "SURGE_GRAD", math.inf)  # without this path: 2 steps later
+    monkeypatch.setattr(_coherence, "SURGE_GRAD", math.inf)  # without this path: 2 steps later
     assert _compound()[:5] == [None] * 5
     monkeypatch.undo()
     # the same with the loss near zero (a near-perfect classifier's bad stretch): not yet

@@ -21,7 +21,7 @@ import anet_detector  # noqa: E402
 import score  # noqa: E402
 
 from anet_lite import Monitor  # noqa: E402
-from anet_lite import _monitor_rules as _rules  # noqa: E402
+from anet_lite import _monitor_coherence as _coherence  # noqa: E402
 
 
 def _runs(split="train"):
@@ -92,8 +92,8 @@ def test_a_sign_bug_that_compounds_fast_is_caught_by_the_two_step_surge(run, mon
     onset, collapse = meta["onset"], meta["collapse_step"]
     first = next(s for s in _replay(meta) if s.alert)
     assert onset <= first.step < collapse and first.evidence["cause"] == "ascent"
-    monkeypatch.setattr(_rules, "SURGE_LIFT", math.inf)
-    monkeypatch.setattr(_rules, "SURGE_GRAD", math.inf)
+    monkeypatch.setattr(_coherence, "SURGE_LIFT", math.inf)
+    monkeypatch.setattr(_coherence, "SURGE_GRAD", math.inf)
     assert next(s for s in _replay(meta) if s.alert).step >= collapse
 
 

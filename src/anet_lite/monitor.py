@@ -16,7 +16,8 @@ from typing import Any, Deque, Dict, List, Optional
 import numpy as np
 
 from . import fingerprint as _fp
-from ._monitor_rules import CLIMB_STEPS, COS_RECENT, RISE_PZ, MonitorRules
+from ._monitor_coherence import CLIMB_STEPS, COS_RECENT
+from ._monitor_rules import RISE_PZ, MonitorRules
 from ._signals import Signals, read_inputs
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
 from ._validate import positive

@@ -1,0 +1,111 @@
+"""The Monitor's processivity rules (a mixin of ``MonitorRules``): coherence and ascent.
+
+``Monitor`` owns the state these methods read and write (see ``Monitor.reset``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+# Processivity cos(−g, Δθ), when given. Healthy mini-batch training moves only partly along
+# each step's gradient (cos ~0.1-0.5 with Adam or momentum, jumping around); an optimizer
+# pushed the same way step after step -- a sign bug, a loss being maximised -- follows its
+# gradient ever more closely. COS_* are lifts above the run's own median cos.
+COS_RECENT = 4  # steps in the recent mean
+COS_COHERENT = 0.15  # gradient growth counts as a precursor only with this lift
+COS_INFORMATIVE = 0.9  # a median cos above this (plain SGD: always 1) carries no signal
+CLIMB_COS = 0.3  # "ascent": cos this far above its median, the update growing, loss rising,
+CLIMB_STEPS = 3  # for this many steps in a row
+CLIMB_UR = 1.5  # update at least this multiple of its level
+CLIMB_DEV = 1.0  # loss at least this many robust sigmas above its level
+CLIMB_RISE = 0.5  # and the loss deviation grew by this much over the streak
+# The fast way into "ascent": loss deviation, gradient ratio and update ratio each larger
+# than the step before on 2 steps in a row (the middle step already >= SURGE_LEVEL), the
+# loss now >= SURGE_DEV sigmas up, while the recent updates follow their gradients
+# SURGE_LIFT above the run's median cos. A sign bug compounds this way 2-4 steps before
+# its collapse; a curriculum switch or an outlier batch jumps once and then decays.
+SURGE_LEVEL = (1.5, 1.5, 1.0)  # (grad_ratio, update_ratio, loss_dev) at the middle step
+SURGE_DEV = 3.0
+SURGE_LIFT = 0.25
+SURGE_GRAD = 5.0  # without the lift: the gradient >= this x its level, rising 3 steps
+
+
+class CoherenceRules:
+    """Processivity cos(−g, Δθ): gate gradient growth on coherent updates; going uphill."""
+
+    def _coherence(self, c: Any, ev: Dict[str, Any]) -> None:
+        """Processivity: gate gradient growth on coherent updates; detect going uphill."""
+        if c is None or not math.isfinite(c):
+            self._no_coherence()
+            return
+        c = max(-1.0, min(1.0, c))
+        rec = self.cos_recent
+        if len(rec) == rec.maxlen:
+            self.cos_base.push(rec[0])
+        rec.append(c)
+        cb = self.cos_base
+        if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
+            self._no_coherence()
+            return
+        lift = sum(rec) / len(rec) - cb.center
+        ev["proc_lift"] = lift
+        self.coherent = lift >= COS_COHERENT
+        ur, dev = ev.get("update_ratio"), ev.get("loss_dev")
+        hot = (
+            ur is not None
+            and dev is not None
+            and c >= cb.center + CLIMB_COS
+            and ur >= CLIMB_UR
+            and ur > self.climb_ur
+            and dev >= CLIMB_DEV
+        )
+        self.climb_ur = ur if ur is not None else math.inf
+        gr = ev.get("grad_ratio")
+        now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
+        surge = self._surge(now, lift, self.loss_gate_open(ev.get("loss")))
+        self.compounding = surge == "compounding"
+        if self.compounding:
+            ev["compounding"] = True
+        if not hot:
+            if self.climb:  # (no new list on every quiet step)
+                self.climb, self.climb_devs = 0, []
+        else:
+            self.climb_devs = (self.climb_devs + [dev])[-CLIMB_STEPS:]
+            rising = len(self.climb_devs) == CLIMB_STEPS and dev >= self.climb_devs[0] + CLIMB_RISE
+            # a streak of coherent growth counts only while the loss climbs across it
+            self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
+        if surge == "ascent":
+            self.climb = max(self.climb, CLIMB_STEPS)
+
+    def _surge(self, now: Any, lift: float, gated: bool) -> str:
+        """Loss, gradient and update each larger than the step before, 2 steps in a row:
+        "ascent" with coherent updates (cos lifted); "compounding" without that lift when
+        the gradient rose from an already raised level to ``SURGE_GRAD`` x its level and
+        the loss is not near zero (``gated``); "" otherwise."""
+        hist = self.surge_hist  # a deque of the last 2 steps' triples
+        if now is None:
+            if hist:
+                hist.clear()
+            return ""
+        kind = ""
+        if len(hist) == 2 and now[2] >= SURGE_DEV:
+            a, b = hist
+            if all(a[i] < b[i] < now[i] and b[i] >= SURGE_LEVEL[i] for i in range(3)):
+                # A sign bug under Adam on a transformer lifts cos by only ~0.1 (its median
+                # is already ~0.3); it shows as a gradient growing 1.5-2x per step instead.
+                if lift >= SURGE_LIFT:
+                    kind = "ascent"
+                elif gated and now[0] >= SURGE_GRAD and a[0] >= SURGE_LEVEL[0]:
+                    kind = "compounding"
+        hist.append(now)
+        return kind
+
+    def _no_coherence(self) -> None:
+        """No usable processivity this step: nothing is gated and no streak goes on."""
+        self.coherent = True
+        self.compounding = False
+        if self.climb:
+            self.climb, self.climb_devs = 0, []
+        if self.surge_hist:
+            self.surge_hist.clear()
