@@ -63,7 +63,7 @@ class CoherenceRules:
         self.climb_ur = ur if ur is not None else math.inf
         gr = ev.get("grad_ratio")
         now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
-        surge = self._surge(now, lift, self.loss_gate_open(ev.get("loss")))
+        surge = self._surge(now, lift, ev.get("loss"))
         self.compounding = surge == "compounding"
         if self.compounding:
             ev["compounding"] = True
@@ -78,11 +78,11 @@ class CoherenceRules:
         if surge == "ascent":
             self.climb = max(self.climb, CLIMB_STEPS)
 
-    def _surge(self, now: Any, lift: float, gated: bool) -> str:
+    def _surge(self, now: Any, lift: float, loss: Any) -> str:
         """Loss, gradient and update each larger than the step before, 2 steps in a row:
         "ascent" with coherent updates (cos lifted); "compounding" without that lift when
         the gradient rose from an already raised level to ``SURGE_GRAD`` x its level and
-        the loss is not near zero (``gated``); "" otherwise."""
+        the loss is past the loss gate (not near zero); "" otherwise."""
         hist = self.surge_hist  # a deque of the last 2 steps' triples
         if now is None:
             if hist:
@@ -96,7 +96,9 @@ class CoherenceRules:
                 # is already ~0.3); it shows as a gradient growing 1.5-2x per step instead.
                 if lift >= SURGE_LIFT:
                     kind = "ascent"
-                elif gated and now[0] >= SURGE_GRAD and a[0] >= SURGE_LEVEL[0]:
+                elif (
+                    now[0] >= SURGE_GRAD and a[0] >= SURGE_LEVEL[0] and self.loss_gate_open(loss)  # type: ignore[attr-defined]
+                ):
                     kind = "compounding"
         hist.append(now)
         return kind

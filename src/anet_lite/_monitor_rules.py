@@ -65,11 +65,11 @@ class MonitorRules(CoherenceRules):
         base = self.loss_base
         floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
         pz, dev = 0.0, 0.0
-        self.loss_jump = self.loss_win_jump = 0.0
+        self.jump_ref = base.center if base.ready else None  # (for _loss_accounts_for)
+        self.jump_loss = L
         if base.ready:
             dev = (x - base.center) / max(base.scale, floor)
             ev["loss_dev"] = dev
-            self.loss_jump = _ratio(L, self._raw(base.center))
             elevated = dev >= 0.5 * self.spike_z
             if self.log_space and x - base.center >= self.severe_loss:
                 ev["loss_ratio"] = exp_capped(x - base.center)  # in the floored loss scale
@@ -103,9 +103,10 @@ class MonitorRules(CoherenceRules):
             x, s.time if s.time is not None and math.isfinite(s.time) else None
         ):
             base.push(old)
+        self.loss_win_x = math.nan
+        if len(self.recent) >= min(self.n, 3):
+            self.loss_win_x = tm = self.recent.trimmed_mean()
         if base.ready and len(self.recent) >= min(self.n, 3):
-            tm = self.recent.trimmed_mean()
-            self.loss_win_jump = _ratio(self._raw(tm), self._raw(base.center))
             pz = (tm - base.center) / max(base.scale, floor)
             pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
         # persistent = the window is high AND so is this step (two spikes in the window
@@ -129,7 +130,8 @@ class MonitorRules(CoherenceRules):
             if gb.ready:
                 gd = lg - gb.center
                 ev["grad_ratio"] = exp_capped(gd)
-                self._one_step(gd, self.severe_grad, gb.scale, "grad_explosion", ev)
+                if gd >= max(self.severe_grad, SEVERE_Z * gb.scale):
+                    self._one_step(gd, "grad_explosion", ev)
             if self.shift_x is not None:  # a level shift: where the gradient jumped to
                 if self.shift_g is None:
                     self.shift_g = lg
@@ -142,9 +144,9 @@ class MonitorRules(CoherenceRules):
             if gb.ready and len(self.grad_recent) >= min(self.n, 3):
                 gup = self.grad_recent.trimmed_mean() - gb.center
                 # growth the loss window matched (raw) is not the gradient leading the loss
-                up = gup >= max(self.grad_growth, GROWTH_Z * gb.scale) and not (
-                    _log(self.loss_win_jump) >= gup
-                )
+                up = gup >= max(
+                    self.grad_growth, GROWTH_Z * gb.scale
+                ) and not self._loss_window_rose(gup)
                 self.grad_hot = self.grad_hot + 1 if up else 0
             ref = self.grad_ref
             self.dead = self.dead + 1 if ref is not None and gb.center < ref - DEAD else 0
@@ -155,7 +157,8 @@ class MonitorRules(CoherenceRules):
             if ub.ready:
                 ud = lu - ub.center
                 ev["update_ratio"] = exp_capped(ud)
-                self._one_step(ud, self.severe_update, ub.scale, "update_blowup", ev)
+                if ud >= max(self.severe_update, SEVERE_Z * ub.scale):
+                    self._one_step(ud, "update_blowup", ev)
             ub.push(lu)
             if G is not None and G > 0.0:
                 self.proc.update(math.log(G), math.log(S))
@@ -185,21 +188,33 @@ class MonitorRules(CoherenceRules):
         self._coherence(s.processivity, ev)
         return True
 
-    def _one_step(self, d: float, floor: float, scale: float, cause: str, ev: Dict) -> None:
-        """A one-step jump ``d`` (log of the ratio to its level) is severe when it beats
-        ``floor`` and SEVERE_Z x the run's jitter, unless the loss accounts for it: in a
-        level shift (new data, a bad shard: the gradient jumps with the loss and alarms
-        once it climbs past where it jumped) or when the raw loss rose at least as much
-        (a cross-entropy's gradient grows with its loss). Below EXPLAINED_CAP only."""
-        if d < max(floor, SEVERE_Z * scale) or "severe" in ev:
+    def _one_step(self, d: float, cause: str, ev: Dict) -> None:
+        """A one-step jump ``d`` (log of the ratio to its level) that beat its ratio and
+        SEVERE_Z x the run's jitter is severe unless the loss accounts for it: in a level
+        shift (new data, a bad shard: the gradient jumps with the loss and alarms once it
+        climbs past where it jumped) or when the raw loss rose at least as much (a
+        cross-entropy's gradient grows with its loss). Below EXPLAINED_CAP only."""
+        if "severe" in ev:
             return
-        explained = self.shift_x is not None or _log(self.loss_jump) >= d
+        explained = self.shift_x is not None or self._loss_accounts_for(d)
         if d >= EXPLAINED_CAP or not explained:
             ev["severe"] = cause
 
     def _raw(self, x: float) -> float:
         """A level in the loss's reading scale back in loss units."""
         return exp_capped(x) - self.loss_eps if self.log_space else x
+
+    def _loss_accounts_for(self, d: float) -> bool:
+        """This step's loss rose (raw, vs. its level) at least as much as exp(``d``)."""
+        ref = self.jump_ref
+        return ref is not None and _log(_ratio(self.jump_loss, self._raw(ref))) >= d
+
+    def _loss_window_rose(self, d: float) -> bool:
+        """The recent loss window's level rose (raw) at least as much as exp(``d``)."""
+        x, base = self.loss_win_x, self.loss_base
+        if x != x or not base.ready:
+            return False
+        return _log(_ratio(self._raw(x), self._raw(base.center))) >= d
 
     def loss_gate_open(self, loss: Any) -> bool:
         """The loss, and the recent window's level, are above ``loss_gate`` x the first
@@ -212,7 +227,8 @@ class MonitorRules(CoherenceRules):
         bar = self.loss_gate * self.loss0
         if loss < bar:
             return False
-        return len(self.recent) < 3 or self._raw(self.recent.trimmed_mean()) >= bar
+        x = self.loss_win_x  # (NaN until the window has 3 losses)
+        return x != x or x >= (math.log(bar + self.loss_eps) if self.log_space else bar)
 
     def _rebaseline(self) -> None:
         """A declared change (``mark``): the old levels no longer describe the run.

@@ -143,8 +143,9 @@ class Monitor(MonitorRules):
         # (grad_ratio, update_ratio, loss_dev) of the last 2 steps (see _surge)
         self.surge_hist: Deque[Any] = deque(maxlen=2)
         self.compounding = False  # this step: loss, gradient, update compounding (_surge)
-        self.loss_jump = 0.0  # this step's loss / its level, in loss units (0: unknown)
-        self.loss_win_jump = 0.0  # the recent window's level / the level, in loss units
+        self.jump_ref: Optional[float] = None  # this step's loss level before it (scale x)
+        self.jump_loss = 0.0  # this step's loss
+        self.loss_win_x = math.nan  # the recent window's trimmed mean (scale x), NaN: < 3
         self.fp = _fp.StreamingFingerprint(self.window)
         self.ref: Optional[np.ndarray] = None
         self.ref_pinned = False
@@ -265,7 +266,7 @@ class Monitor(MonitorRules):
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         finite_loss = math.isfinite(s.loss)
-        self.loss_jump = self.loss_win_jump = 0.0  # (set by _loss_signals)
+        self.jump_ref, self.loss_win_x = None, math.nan  # (set by _loss_signals)
         pz = self._loss_signals(s, ev) if finite_loss else Z_CAP
         finite_grad = self._grad_signals(s, ev)
         G = s.grad_norm
