@@ -109,6 +109,27 @@ def test_a_gradient_jump_with_the_loss_is_a_level_shift_until_it_climbs():
     assert snaps[301].evidence["cause"] in ("grad_explosion", "update_blowup")
 
 
+@pytest.mark.parametrize("rel, alarm", [(0.15, False), (0.25, True)])
+def test_an_oversized_update_in_a_level_shift_waits_below_twice_the_limit(rel, alarm):
+    # new data under SGD: loss x20, gradient x5 and one update of 15 % of the weights
+    loss, g = healthy_stream(400, seed=5)
+    m, snaps = Monitor(), []
+    for i in range(400):
+        snaps.append(
+            m.update(
+                loss[i] * (20.0 if i >= 300 else 1.0),
+                step=i,
+                grad_norm=g[i] * (5.0 if i >= 300 else 1.0),
+                step_norm=rel if i == 300 else 0.003 * g[i],
+                param_norm=1.0,
+            )
+        )
+    assert snaps[300].evidence.get("level_shift") and snaps[300].evidence["rel_update"] == rel
+    assert [s.step for s in snaps if s.alert] == ([300] if alarm else [])
+    if alarm:
+        assert snaps[300].evidence["cause"] == "oversized_update"
+
+
 def test_a_severe_gradient_jump_alone_alarms_at_that_step():
     loss, g = healthy_stream(400, seed=2)
     g[300] *= 300.0  # the loss did not move: nothing in the data explains the gradient
@@ -311,7 +332,7 @@ def test_gradient_growth_without_coherent_updates_is_not_a_precursor_of_its_own(
     assert "ascent" not in causes and "grad_growth" not in causes
 
 
-def _compound(low=1.0, n=310, start=300):
+def _compound(low=1.0, n=310, start=300, snaps=None):
     """Gradient and update x1.8 a step, the loss x1.15, incoherent updates throughout (a
     sign bug under Adam on a transformer looks like this); the loss times ``low`` after
     its first 10 steps. Returns the causes from ``start`` on."""
@@ -329,13 +350,19 @@ def _compound(low=1.0, n=310, start=300):
             processivity=rng.uniform(-0.1, 0.5),
         )
         out.append(snap.evidence.get("cause") if snap.alert else None)
+        if snaps is not None:
+            snaps.append(snap)
     assert not any(out[:start])
     return out[start:]
 
 
 def test_fast_compounding_without_a_cos_lift_is_a_divergence(monkeypatch):
     # the gradient at 1.8, 3.2, 5.8 x its level, loss and update rising with it
-    assert _compound()[:4] == [None, None, None, "divergence"]
+    snaps = []
+    assert _compound(snaps=snaps)[:4] == [None, None, None, "divergence"]
+    assert snaps[303].evidence["compounding"] is True
+    assert "have all grown step after step" in snaps[303].explain()
+    assert "揃って増えています" in snaps[303].explain("ja")
     monkeypatch.setattr(_coherence, "SURGE_GRAD", math.inf)  # without this path: 2 steps later
     assert _compound()[:5] == [None] * 5
     monkeypatch.undo()

@@ -56,6 +56,12 @@ _EN = {
         "training is starting to diverge{nums}.",
         "Lower the learning rate step by step; if it keeps rising, roll back.",
     ),
+    "compounding": (
+        "The loss, the gradient norm ({grad_ratio:.3g}x its recent level) and the update "
+        "have all grown step after step — training is diverging{nums}.",
+        "Lower the learning rate now and check the loss's sign and scale; roll back if "
+        "it keeps growing.",
+    ),
     "grad_growth": (
         "The gradient norm has stayed far above its recent level for several steps — a "
         "divergence that the loss does not show yet{nums}.",
@@ -115,6 +121,11 @@ _JA = {
     "divergence": (
         "損失が直近水準より着実に上昇しています（z={precursor_z:.2f}）。発散の始まりです{nums}。",
         "学習率を段階的に下げてください。上がり続けるならロールバックへ。",
+    ),
+    "compounding": (
+        "損失・勾配ノルム（直近水準の{grad_ratio:.3g}倍）・更新がステップごとに揃って増えています。"
+        "発散しています{nums}。",
+        "今すぐ学習率を下げ、損失の符号とスケールを確認してください。増え続けるならロールバックへ。",
     ),
     "grad_growth": (
         "勾配ノルムが数ステップにわたり直近水準を大きく上回っています。損失にはまだ出ていない発散です{nums}。",
@@ -227,6 +238,8 @@ def explain(snap: Any, lang: str = "en") -> str:
         return text
     table = _EN if lang == "en" else _JA
     cause = str(ev.get("cause") or ("non_finite" if snap.status == "collapsed" else "divergence"))
+    if cause == "divergence" and ev.get("compounding"):
+        cause = "compounding"  # (the same cause, reached by compounding growth)
     what, advice = table.get(cause, table["divergence"])
     nums = (
         f" (θ={snap.theta:.2f}, F_Total={snap.f_total:+.2f}, z={snap.zscore:+.2f}"
