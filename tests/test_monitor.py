@@ -332,7 +332,7 @@ def test_gradient_growth_without_coherent_updates_is_not_a_precursor_of_its_own(
     assert "ascent" not in causes and "grad_growth" not in causes
 
 
-def _compound(low=1.0, n=310, start=300, snaps=None):
+def _compound(low=1.0, n=310, start=300, snaps=None, cos=True):
     """Gradient and update x1.8 a step, the loss x1.15, incoherent updates throughout (a
     sign bug under Adam on a transformer looks like this); the loss times ``low`` after
     its first 10 steps. Returns the causes from ``start`` on."""
@@ -347,7 +347,7 @@ def _compound(low=1.0, n=310, start=300, snaps=None):
             grad_norm=g[i] * 1.8**k,
             step_norm=1e-3 * g[i] * 1.8**k,
             lr=1e-3,
-            processivity=rng.uniform(-0.1, 0.5),
+            processivity=rng.uniform(-0.1, 0.5) if cos else None,
         )
         out.append(snap.evidence.get("cause") if snap.alert else None)
         if snaps is not None:
@@ -363,6 +363,7 @@ def test_fast_compounding_without_a_cos_lift_is_a_divergence(monkeypatch):
     assert snaps[303].evidence["compounding"] is True
     assert "have all grown step after step" in snaps[303].explain()
     assert "揃って増えています" in snaps[303].explain("ja")
+    assert _compound(cos=False)[:4] == [None, None, None, "divergence"]  # no cos at all
     monkeypatch.setattr(_coherence, "SURGE_GRAD", math.inf)  # without this path: 2 steps later
     assert _compound()[:5] == [None] * 5
     monkeypatch.undo()

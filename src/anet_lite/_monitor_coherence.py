@@ -35,23 +35,22 @@ class CoherenceRules:
     """Processivity cos(−g, Δθ): gate gradient growth on coherent updates; going uphill."""
 
     def _coherence(self, c: Any, ev: Dict[str, Any]) -> None:
-        """Processivity: gate gradient growth on coherent updates; detect going uphill."""
-        if c is None or not math.isfinite(c):
+        """Processivity: gate gradient growth on coherent updates; detect going uphill.
+        Loss, gradient and update compounding (``_surge``) is watched with or without it."""
+        lift = self._cos_lift(c)
+        if lift is not None:
+            ev["proc_lift"] = lift
+        gr, ur, dev = ev.get("grad_ratio"), ev.get("update_ratio"), ev.get("loss_dev")
+        now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
+        surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
+        self.compounding = surge == "compounding"
+        if self.compounding:
+            ev["compounding"] = True
+        if lift is None:
             self._no_coherence()
             return
-        c = max(-1.0, min(1.0, c))
-        rec = self.cos_recent
-        if len(rec) == rec.maxlen:
-            self.cos_base.push(rec[0])
-        rec.append(c)
-        cb = self.cos_base
-        if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
-            self._no_coherence()
-            return
-        lift = sum(rec) / len(rec) - cb.center
-        ev["proc_lift"] = lift
         self.coherent = lift >= COS_COHERENT
-        ur, dev = ev.get("update_ratio"), ev.get("loss_dev")
+        cb = self.cos_base
         hot = (
             ur is not None
             and dev is not None
@@ -61,12 +60,6 @@ class CoherenceRules:
             and dev >= CLIMB_DEV
         )
         self.climb_ur = ur if ur is not None else math.inf
-        gr = ev.get("grad_ratio")
-        now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
-        surge = self._surge(now, lift, ev.get("loss"))
-        self.compounding = surge == "compounding"
-        if self.compounding:
-            ev["compounding"] = True
         if not hot:
             if self.climb:  # (no new list on every quiet step)
                 self.climb, self.climb_devs = 0, []
@@ -77,6 +70,21 @@ class CoherenceRules:
             self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
         if surge == "ascent":
             self.climb = max(self.climb, CLIMB_STEPS)
+
+    def _cos_lift(self, c: Any) -> Any:
+        """Record this step's cos; its recent mean's lift over the median, or None while
+        the cos carries no information (absent, no baseline yet, or plain SGD's ~1)."""
+        if c is None or not math.isfinite(c):
+            return None
+        c = max(-1.0, min(1.0, c))
+        rec = self.cos_recent
+        if len(rec) == rec.maxlen:
+            self.cos_base.push(rec[0])
+        rec.append(c)
+        cb = self.cos_base
+        if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
+            return None
+        return sum(rec) / len(rec) - cb.center
 
     def _surge(self, now: Any, lift: float, loss: Any) -> str:
         """Loss, gradient and update each larger than the step before, 2 steps in a row:
@@ -97,7 +105,9 @@ class CoherenceRules:
                 if lift >= SURGE_LIFT:
                     kind = "ascent"
                 elif (
-                    now[0] >= SURGE_GRAD and a[0] >= SURGE_LEVEL[0] and self.loss_gate_open(loss)  # type: ignore[attr-defined]
+                    now[0] >= SURGE_GRAD
+                    and a[0] >= SURGE_LEVEL[0]
+                    and self.loss_gate_open(loss)  # (MonitorRules)
                 ):
                     kind = "compounding"
         hist.append(now)
@@ -106,8 +116,5 @@ class CoherenceRules:
     def _no_coherence(self) -> None:
         """No usable processivity this step: nothing is gated and no streak goes on."""
         self.coherent = True
-        self.compounding = False
         if self.climb:
             self.climb, self.climb_devs = 0, []
-        if self.surge_hist:
-            self.surge_hist.clear()
