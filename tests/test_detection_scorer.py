@@ -245,3 +245,12 @@ def test_zclip_flags_grad_spike():
 def test_naive_theta_identical_series_is_one():
     x = [math.sin(i) + 0.1 * (i % 5) for i in range(64)]
     assert baselines.naive_theta(x, x) == pytest.approx(1.0)
+
+
+def test_page_hinkley_up_ignores_a_falling_loss_the_default_flags():
+    pytest.importorskip("river")
+    falling = [4.0 * math.exp(-i / 100.0) + 1.0 for i in range(600)]
+    assert _feed(baselines.BASELINES["page_hinkley_loss"](), falling)  # mode="both"
+    assert _feed(baselines.BASELINES["page_hinkley_up"](), falling) == []
+    rising = [1.0] * 200 + [1.0 + 0.5 * i for i in range(1, 200)]
+    assert _feed(baselines.BASELINES["page_hinkley_up"](), rising)[0] >= 200

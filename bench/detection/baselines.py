@@ -46,6 +46,8 @@ loss_threshold       loss > 2 x the best (lowest) 10-step running mean          
 zclip                ZClip z-score on grad_norm, EMA alpha 0.97, 25 warm-up       no
                      steps, z > 2.5, EMA updated with the clipped value
 page_hinkley_loss    river ``drift.PageHinkley()`` (defaults) on the loss         no
+page_hinkley_up      the same with ``mode="up"``: river's default ``mode="both"``  no
+                     also flags a loss that keeps falling, i.e. every healthy run
 adwin_log_gradnorm   river ``drift.ADWIN()`` (defaults) on log(grad_norm)         no
 olmo_spike_loss      |loss - mean| > 7 sigma of the previous <=1000 losses        no
 olmo_spike_gradnorm  same on grad_norm                                           no
@@ -65,6 +67,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from functools import partial
 from typing import Callable, Deque, Dict, List, Optional
 
 import numpy as np
@@ -222,6 +225,12 @@ def _page_hinkley():
     return RiverDrift("page_hinkley_loss", drift.PageHinkley, "loss")
 
 
+def _page_hinkley_up():
+    from river import drift
+
+    return RiverDrift("page_hinkley_up", partial(drift.PageHinkley, mode="up"), "loss")
+
+
 def _adwin():
     from river import drift
 
@@ -311,6 +320,7 @@ BASELINES: Dict[str, Callable[[], Detector]] = {
     "loss_threshold": LossThreshold,
     "zclip": ZClip,
     "page_hinkley_loss": _page_hinkley,
+    "page_hinkley_up": _page_hinkley_up,
     "adwin_log_gradnorm": _adwin,
     "olmo_spike_loss": lambda: OlmoSpike("loss"),
     "olmo_spike_gradnorm": lambda: OlmoSpike("grad_norm"),
