@@ -440,6 +440,18 @@ def test_a_declared_change_learns_the_new_levels_and_keeps_the_level_free_rules(
     assert s.alert and s.evidence["cause"] == "oversized_update"  # needs no level
 
 
+@pytest.mark.parametrize("rel, alarm", [(0.15, False), (0.5, True)])
+def test_an_oversized_update_at_a_declared_change_waits_below_twice_the_limit(rel, alarm):
+    loss, g = healthy_stream(400, seed=7)
+    m = Monitor()
+    feed(m, loss[:300], g[:300])
+    m.mark("curriculum_switch")  # new data under SGD: its first update is larger
+    s = m.update(loss[300], grad_norm=g[300], step_norm=rel, param_norm=1.0)
+    assert s.alert is alarm and s.evidence["rel_update"] == rel
+    if alarm:
+        assert s.evidence["cause"] == "oversized_update"
+
+
 def test_reference_taken_after_warmup_and_pinnable():
     loss, g = healthy_stream(400, seed=7)
     m = Monitor(warmup=100)

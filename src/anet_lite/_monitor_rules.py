@@ -172,9 +172,12 @@ class MonitorRules(CoherenceRules):
                 ev["rel_update"] = rel
                 if rel >= self.max_rel_update:
                     ev["rel_update_limit"] = self.max_rel_update  # (sizes the slow-down)
-                    # in a level shift (SGD: the update jumps with the gradient) it
-                    # waits for the climb too, below twice the limit
-                    held = self.shift_x is not None and rel < 2.0 * self.max_rel_update
+                    # in a level shift (SGD: the update jumps with the gradient) or in
+                    # the grace after a schedule event or a declared change (new data,
+                    # a warm restart) it waits, below twice the limit
+                    held = (
+                        self.shift_x is not None or self.t < self.grace_until
+                    ) and rel < 2.0 * self.max_rel_update
                     if "severe" not in ev and not held:
                         ev["severe"] = "oversized_update"
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
