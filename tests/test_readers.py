@@ -68,6 +68,22 @@ def test_param_norm_aliases(tmp_path, name):
     assert [(r.step_norm, r.param_norm) for r in recs] == [(0.5, 50.0), (15.0, 50.5)]
 
 
+def _assert_mapped_and_bad_cell(tmp_path, field, alias, cells, second, bad_csv, line, column):
+    """``--map field=alias`` reads the aliased column; a non-numeric ``field`` cell in
+    ``bad_csv`` raises an error naming the file, line and column."""
+    assert parse_mapping([f"{field}={alias}"]) == {field: alias}
+    rows = "".join(f"{i},{2.0 - 0.1 * i},{c}\n" for i, c in enumerate(cells))
+    p = _write(tmp_path / "m.csv", f"step,loss,{alias}\n{rows}")
+    log, recs = _all(p, mapping={field: alias})
+    assert log.columns[field] == alias and getattr(recs[1], field) == second
+    p = _write(tmp_path / "bad.csv", bad_csv)
+    with pytest.raises(LogFormatError, match="not a number") as ei:
+        list(open_log(p))
+    e = ei.value
+    assert e.file == str(p) and e.line == line and e.column == column and e.column_name == field
+    assert f"line {line}, column {column} ('{field}')" in str(e)
+
+
 def test_param_norm_absent_gaps_mapping_and_errors(tmp_path):
     p = _write(tmp_path / "a.csv", "step,loss,update_norm\n0,2.0,0.5\n1,1.9,0.6\n")
     log, recs = _all(p)
@@ -77,16 +93,19 @@ def test_param_norm_absent_gaps_mapping_and_errors(tmp_path):
     assert [r.param_norm for r in recs[:3]] == [50.0, None, None] and recs[3].param_norm == math.inf
     assert log.stats.empty_cells == {"param_norm": 2}
     assert log.stats.non_finite == {"param_norm": 1}
-    assert parse_mapping(["param_norm=wn"]) == {"param_norm": "wn"}
-    p = _write(tmp_path / "m.csv", "step,loss,wn\n0,2.0,50\n1,1.9,51\n")
-    log, recs = _all(p, mapping={"param_norm": "wn"})
-    assert log.columns["param_norm"] == "wn" and recs[1].param_norm == 51.0
-    p = _write(tmp_path / "bad.csv", "step,loss,param_norm\n0,2.0,50\n1,1.9,huge\n")
-    with pytest.raises(LogFormatError, match="not a number") as ei:
-        list(open_log(p))
-    e = ei.value
-    assert e.file == str(p) and e.line == 3 and e.column == 3 and e.column_name == "param_norm"
-    assert "line 3, column 3 ('param_norm')" in str(e)
+    bad = "step,loss,param_norm\n0,2.0,50\n1,1.9,huge\n"
+    _assert_mapped_and_bad_cell(tmp_path, "param_norm", "wn", ("50", "51"), 51.0, bad, 3, 3)
+
+
+def _assert_nested_jsonl_field(tmp_path, field, lines, first, values):
+    """``field`` under "train/" in JSONL lines (a step split over two lines merges; one
+    null cell counts as empty)."""
+    p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    log, recs = _all(p)
+    assert log.columns[field] == f"train/{field}"
+    assert recs[0] == first
+    assert [getattr(r, field) for r in recs] == values
+    assert log.stats.empty_cells == {field: 1}
 
 
 def test_param_norm_jsonl(tmp_path):
@@ -96,12 +115,8 @@ def test_param_norm_jsonl(tmp_path):
         {"step": 2, "train": {"param_norm": "51.5"}},
         {"step": 3, "train": {"loss": 1.8, "param_norm": None}},
     ]
-    p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
-    log, recs = _all(p)
-    assert log.columns["param_norm"] == "train/param_norm"
-    assert recs[0] == (1, 2.0, None, 0.5, None, None, None, 50.0, None)
-    assert [r.param_norm for r in recs] == [50.0, 51.5, None]
-    assert log.stats.empty_cells == {"param_norm": 1}
+    first = (1, 2.0, None, 0.5, None, None, None, 50.0, None)
+    _assert_nested_jsonl_field(tmp_path, "param_norm", lines, first, [50.0, 51.5, None])
     p2 = _write(tmp_path / "bad.jsonl", '{"step": 1, "loss": 2, "weight_norm": "big"}\n')
     with pytest.raises(LogFormatError, match="not a number") as ei:
         list(open_log(p2))
@@ -405,19 +420,10 @@ def test_processivity_absent_gaps_mapping_and_errors(tmp_path):
     assert math.isnan(recs[3].processivity)
     assert log.stats.empty_cells == {"processivity": 2}
     assert log.stats.non_finite == {"processivity": 1}
-    assert parse_mapping(["processivity=cosine"]) == {"processivity": "cosine"}
-    p = _write(tmp_path / "m.csv", "step,loss,cosine\n0,2.0,0.1\n1,1.9,-0.2\n")
-    log, recs = _all(p, mapping={"processivity": "cosine"})
-    assert log.columns["processivity"] == "cosine" and recs[1].processivity == -0.2
-    p = _write(
-        tmp_path / "bad.csv",
-        "step,loss,param_norm,processivity\n0,2.0,50,0.3\n1,1.9,50,0.2\n2,1.8,50,high\n",
+    bad = "step,loss,param_norm,processivity\n0,2.0,50,0.3\n1,1.9,50,0.2\n2,1.8,50,high\n"
+    _assert_mapped_and_bad_cell(
+        tmp_path, "processivity", "cosine", ("0.1", "-0.2"), -0.2, bad, 4, 4
     )
-    with pytest.raises(LogFormatError, match="not a number") as ei:
-        list(open_log(p))
-    e = ei.value
-    assert e.file == str(p) and e.line == 4 and e.column == 4 and e.column_name == "processivity"
-    assert "line 4, column 4 ('processivity')" in str(e)
 
 
 def test_processivity_jsonl(tmp_path):
@@ -427,12 +433,8 @@ def test_processivity_jsonl(tmp_path):
         {"step": 2, "train": {"processivity": "-0.125"}},
         {"step": 3, "train": {"loss": 1.8, "processivity": None}},
     ]
-    p = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
-    log, recs = _all(p)
-    assert log.columns["processivity"] == "train/processivity"
-    assert recs[0] == (1, 2.0, None, None, None, None, None, 50.0, 0.5)
-    assert [r.processivity for r in recs] == [0.5, -0.125, None]
-    assert log.stats.empty_cells == {"processivity": 1}
+    first = (1, 2.0, None, None, None, None, None, 50.0, 0.5)
+    _assert_nested_jsonl_field(tmp_path, "processivity", lines, first, [0.5, -0.125, None])
     p2 = _write(tmp_path / "bad.jsonl", '{"step": 1, "loss": 2, "update_cos": [0.1]}\n')
     with pytest.raises(LogFormatError, match="expected a number") as ei:
         list(open_log(p2))

@@ -219,16 +219,10 @@ class RiverDrift:
         return bool(self.det.drift_detected)
 
 
-def _page_hinkley():
+def _page_hinkley(name: str = "page_hinkley_loss", **kw):
     from river import drift
 
-    return RiverDrift("page_hinkley_loss", drift.PageHinkley, "loss")
-
-
-def _page_hinkley_up():
-    from river import drift
-
-    return RiverDrift("page_hinkley_up", partial(drift.PageHinkley, mode="up"), "loss")
+    return RiverDrift(name, partial(drift.PageHinkley, **kw), "loss")
 
 
 def _adwin():
@@ -320,7 +314,7 @@ BASELINES: Dict[str, Callable[[], Detector]] = {
     "loss_threshold": LossThreshold,
     "zclip": ZClip,
     "page_hinkley_loss": _page_hinkley,
-    "page_hinkley_up": _page_hinkley_up,
+    "page_hinkley_up": lambda: _page_hinkley("page_hinkley_up", mode="up"),
     "adwin_log_gradnorm": _adwin,
     "olmo_spike_loss": lambda: OlmoSpike("loss"),
     "olmo_spike_gradnorm": lambda: OlmoSpike("grad_norm"),

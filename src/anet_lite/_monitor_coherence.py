@@ -43,9 +43,8 @@ class CoherenceRules:
         gr, ur, dev = ev.get("grad_ratio"), ev.get("update_ratio"), ev.get("loss_dev")
         now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
         surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
-        self.compounding = surge == "compounding"
-        if self.compounding:
-            ev["compounding"] = True
+        if surge == "compounding":
+            ev["compounding"] = True  # (Monitor._update reads it: cause "divergence")
         if lift is None:
             self._no_coherence()
             return

@@ -106,9 +106,9 @@ class MonitorRules(CoherenceRules):
         self.loss_win_x = math.nan
         if len(self.recent) >= min(self.n, 3):
             self.loss_win_x = tm = self.recent.trimmed_mean()
-        if base.ready and len(self.recent) >= min(self.n, 3):
-            pz = (tm - base.center) / max(base.scale, floor)
-            pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
+            if base.ready:
+                pz = (tm - base.center) / max(base.scale, floor)
+                pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
         # persistent = the window is high AND so is this step (two spikes in the window
         # keep its mean up for n steps while the loss between them is back to normal)
         self.pz_hot = self.pz_hot + 1 if pz > self.z and dev >= PZ_DEV else 0

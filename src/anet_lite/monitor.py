@@ -142,7 +142,6 @@ class Monitor(MonitorRules):
         self.climb_ur = math.inf
         # (grad_ratio, update_ratio, loss_dev) of the last 2 steps (see _surge)
         self.surge_hist: Deque[Any] = deque(maxlen=2)
-        self.compounding = False  # this step: loss, gradient, update compounding (_surge)
         self.jump_ref: Optional[float] = None  # this step's loss level before it (scale x)
         self.jump_loss = 0.0  # this step's loss
         self.loss_win_x = math.nan  # the recent window's trimmed mean (scale x), NaN: < 3
@@ -266,8 +265,10 @@ class Monitor(MonitorRules):
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         finite_loss = math.isfinite(s.loss)
-        self.jump_ref, self.loss_win_x = None, math.nan  # (set by _loss_signals)
-        pz = self._loss_signals(s, ev) if finite_loss else Z_CAP
+        if finite_loss:
+            pz = self._loss_signals(s, ev)
+        else:  # (no loss level to compare this step's jumps with)
+            pz, self.jump_ref, self.loss_win_x = Z_CAP, None, math.nan
         finite_grad = self._grad_signals(s, ev)
         G = s.grad_norm
         v = s.noise if s.noise is not None else G
@@ -297,7 +298,7 @@ class Monitor(MonitorRules):
             status = "drifting"  # a level shift that is not (yet) climbing further
         elif ready and not grace and self.climb >= CLIMB_STEPS:
             cause = "ascent"
-        elif ready and not grace and self.compounding:
+        elif ready and not grace and ev.get("compounding"):
             cause = "divergence"  # (checked the loss gate itself)
         elif (
             ready
