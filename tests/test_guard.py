@@ -429,3 +429,31 @@ def test_memory_low_keeps_the_guards_tap_small():
     assert abs(sketched - exact) <= 0.1 * exact
     with pytest.raises(ValueError, match="memory"):
         Guard(nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(), 0.1), memory="tiny")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sample", [1, 4])
+def test_cuda_guard_steps_and_checkpoints_do_not_sync(sample):
+    """Whole Guard steps (observe + the hooks of a fused AdamW step, healthy checkpoints
+    copied to pinned memory) under ``set_sync_debug_mode("error")``; a rollback then waits
+    for the copies and restores the checkpointed state bit for bit."""
+    model = char_mlp().cuda()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)
+    g = Guard(model, opt, checkpoint_every=4, sample=sample, on_error="raise")
+    saved = None
+    for i, (x, y) in enumerate(batches(10)):
+        loss = nn.functional.cross_entropy(model(x.cuda()), y.cuda())
+        loss.backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            g.observe(loss)
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        opt.zero_grad()
+        if i == 7:
+            saved = _state(model, opt)  # the Guard's checkpoint after step 8
+    assert g.checkpoint is not None and g.checkpoint.step == 8
+    g._rollback()
+    _same(saved, _state(model, opt))

@@ -23,6 +23,7 @@ from anet_lite.torch import (  # noqa: E402
     MAX_ABS_GRAD,
     N_SLOTS,
     RANKS,
+    SAMPLE_GRAD_SQ,
     SKETCH_GRAD_SQ,
     UPDATE_DOT_SKETCH,
     UPDATE_SQ,
@@ -662,7 +663,9 @@ def test_update_sq_is_the_control_variate_estimate():
     S = torch.randn(7, 50, generator=gen, dtype=torch.float64)  # any linear sketch
     v = [0.0] * N_SLOTS
     sd, sg = S @ delta, S @ g
-    v[GRAD_SQ], v[UPDATE_SQ], v[SKETCH_GRAD_SQ] = float(g @ g), float(sd @ sd), float(sg @ sg)
+    v[SAMPLE_GRAD_SQ], v[UPDATE_SQ] = float(g @ g), float(sd @ sd)
+    v[SKETCH_GRAD_SQ] = float(sg @ sg)
+    v[GRAD_SQ] = 2.0 * v[SAMPLE_GRAD_SQ]  # the estimate reads the measured elements' own sum
     v[UPDATE_DOT_SKETCH] = float(sd @ sg)
     v[GRAD_DOT_BEFORE], v[GRAD_DOT_AFTER] = float(g @ before), float(g @ (before + delta))
     want = 0.3**2 * float(g @ g) + float((S @ r).square().sum())

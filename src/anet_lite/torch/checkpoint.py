@@ -18,14 +18,21 @@ from typing import Any, Dict, Optional
 import torch
 
 
-def _to_cpu(obj: Any) -> Any:
-    """Deep copy with every tensor cloned to CPU (containers rebuilt)."""
+def _to_cpu(obj: Any, async_cuda: bool = False) -> Any:
+    """Deep copy with every tensor cloned to CPU (containers rebuilt). ``async_cuda``: a
+    CUDA tensor goes into pinned memory with a non-blocking copy (no host sync; the copy
+    is complete once an event recorded after it has passed, see ``Checkpoint.wait``)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        t = obj.detach()
+        if async_cuda and t.device.type == "cuda":
+            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            out.copy_(t, non_blocking=True)
+            return out
+        return t.to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: _to_cpu(v, async_cuda) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        out = [_to_cpu(v) for v in obj]
+        out = [_to_cpu(v, async_cuda) for v in obj]
         return out if isinstance(obj, list) else tuple(out)
     return obj
 
@@ -71,6 +78,21 @@ class Checkpoint:
     scheduler: Optional[Dict[str, Any]]
     rng: Dict[str, Any]
     extra: Dict[str, Any] = field(default_factory=dict)
+    # a CUDA event recorded after the non-blocking copies of ``capture(non_blocking=True)``
+    pending: Any = field(default=None, repr=False, compare=False)
+
+    def ready(self) -> bool:
+        """The copies have landed (never blocks)."""
+        if self.pending is not None and self.pending.query():
+            self.pending = None
+        return self.pending is None
+
+    def wait(self) -> Checkpoint:
+        """Block until the copies have landed (a host sync, only while one is pending)."""
+        if self.pending is not None:
+            self.pending.synchronize()
+            self.pending = None
+        return self
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -89,22 +111,34 @@ def capture(
     scheduler: Any,
     step: int,
     extra: Optional[Dict[str, Any]] = None,
+    non_blocking: bool = False,
 ) -> Checkpoint:
-    """Copy the current state to CPU memory."""
-    return Checkpoint(
+    """Copy the current state to CPU memory (``extra``'s tensors too).
+
+    ``non_blocking=True``: CUDA tensors are copied into pinned memory without a host sync
+    (on a 100M-parameter model with AdamW the blocking copy took ~1 s on an H100 machine);
+    the copies run in stream order, so later in-place updates do not reach them, and
+    ``restore`` / ``digest`` / ``save`` wait for them first."""
+    cuda = non_blocking and torch.cuda.is_available() and torch.cuda.is_initialized()
+    ck = Checkpoint(
         step=int(step),
-        model=_to_cpu(model.state_dict()),
-        optimizer=_to_cpu(optimizer.state_dict()),
-        scheduler=_to_cpu(scheduler.state_dict()) if scheduler is not None else None,
+        model=_to_cpu(model.state_dict(), cuda),
+        optimizer=_to_cpu(optimizer.state_dict(), cuda),
+        scheduler=_to_cpu(scheduler.state_dict(), cuda) if scheduler is not None else None,
         rng=_rng_state(),
-        extra=dict(extra or {}),
+        extra=_to_cpu(dict(extra or {}), cuda),
     )
+    if cuda:
+        ck.pending = torch.cuda.Event()
+        ck.pending.record()
+    return ck
 
 
 def restore(
     ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> None:
     """Put model, optimizer, scheduler and RNGs back exactly as captured."""
+    ckpt.wait()
     model.load_state_dict(ckpt.model)
     optimizer.load_state_dict(_to_cpu(ckpt.optimizer))  # load_state_dict moves to param devices
     if scheduler is not None and ckpt.scheduler is not None:
@@ -114,7 +148,7 @@ def restore(
 
 def _serialise(ckpt: Checkpoint) -> bytes:
     buf = io.BytesIO()
-    torch.save(ckpt.as_dict(), buf)
+    torch.save(ckpt.wait().as_dict(), buf)
     return buf.getvalue()
 
 

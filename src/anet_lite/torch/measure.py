@@ -158,8 +158,21 @@ class ChunkMeasure:
             lp = local(p)
             if p.requires_grad and p.grad is not None and lp.is_floating_point():
                 items.append((name, p, lp))
-        chunks, order = plan(items, self.chunk_numel, SIGN_BITS * self.sketch_buckets)
+        if self.sample_auto:
+            self.sample = self.auto_sample(sum(lp.numel() for _, _, lp in items))
+            self._scales.clear()
+        chunks, order = plan(
+            items,
+            self.chunk_numel,
+            SIGN_BITS * self.sketch_buckets,
+            self.sample,
+            self.seed,
+            self.sample_blocks,
+        )
         shapes = {name: lp.shape for name, _, lp in items}
+        if self.sample > 1:  # tap.m then holds the sampled elements of each parameter
+            shapes = {n: (c,) for runs in order.values() for n, _, c in runs}
+        self._all_grads = [(p, callable(getattr(p, "to_local", None))) for _, p, _ in items]
         self._order = {g: [(n, o, c, shapes[n]) for n, o, c in runs] for g, runs in order.items()}
         self._layout_key, self._chunks = key_t, chunks
         self._m_sync = None  # EMA views are rebuilt for the new layout
@@ -290,7 +303,7 @@ class ChunkMeasure:
                 nsq = self._sketch_noise(chunk, sk_g, out)
         if full and keep:
             out["G"] = g
-        out["row"] = (gsq, nsq, consts[1], mx)
+        out["row"] = (gsq, nsq, consts[1], mx, gsq)
         return out
 
     def _grad_chunk_flat(
@@ -313,7 +326,7 @@ class ChunkMeasure:
             fill_params(chunk, p)  # moved since (a rollback, a load): read theta_before again
         self._scratch.tags[pkey] = None
         out["G"], out["flat"] = g, True
-        out["row"] = (gsq, nsq, self._consts(chunk.device)[1], mx)
+        out["row"] = (gsq, nsq, self._consts(chunk.device)[1], mx, gsq)
         return out
 
     def _sketch_noise(self, chunk: Chunk, sk_g: Tensor, out: Dict[str, Any]) -> Tensor:

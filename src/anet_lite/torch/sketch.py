@@ -74,10 +74,11 @@ def acc_dtype(device: torch.device) -> torch.dtype:
 class Seg:
     """Elements [start, end) of one parameter, flattened."""
 
-    __slots__ = ("dist", "end", "name", "param", "start", "whole")
+    __slots__ = ("dist", "end", "name", "numel_total", "param", "start", "whole")
 
     def __init__(self, name: str, param: Tensor, start: int, end: int, numel: int) -> None:
         self.name, self.param, self.start, self.end = name, param, start, end
+        self.numel_total = numel
         self.whole = start == 0 and end == numel
         self.dist = callable(getattr(param, "to_local", None))  # a DTensor: use its shard
 
@@ -100,7 +101,13 @@ class Chunk:
         self.n = 0
         self._plain: Optional[bool] = None  # (segments are only added while planning)
         self._params: Optional[List[Tensor]] = None
+        self._uniq: Optional[List[Tensor]] = None  # each parameter once (sampled: many segs)
         self.cache: Dict[str, Any] = {}  # views reused while the layout is unchanged
+        # sampled layouts: the first ``prescale`` elements (parameters kept whole) are
+        # stored x ``weight`` (1/sqrt(rate)), so that rate x any sum of products over the
+        # chunk weighs them 1 and the sampled blocks rate (see ``sample_ranges``)
+        self.prescale = 0
+        self.weight = 1.0
 
     @property
     def n_pad(self) -> int:
@@ -126,18 +133,65 @@ class Chunk:
 
     def param_versions(self) -> Optional[Tuple[int, ...]]:
         """In-place ops (optimizer steps, ``copy_``, ``load_state_dict``) bump these."""
+        if self._uniq is None:
+            self._uniq = list({id(p): p for p in self.params}.values())
         try:
-            return tuple([p._version for p in self.params])
+            return tuple([p._version for p in self._uniq])
         except RuntimeError:  # e.g. inference tensors have no version counter
             return None
 
 
+SAMPLE_UNIT = 128  # sampled blocks start and end on multiples of this many elements
+SAMPLE_BLOCKS = 1024  # about this many sampled blocks per group (segments per fill)
+SAMPLE_MIN_BLOCKS = 4  # a parameter that would keep fewer blocks is kept whole
+
+
+def sample_ranges(
+    sizes: Sequence[int], rate: int, seed: int, blocks: int = SAMPLE_BLOCKS
+) -> List[Optional[List[Tuple[int, int]]]]:
+    """A stratified systematic block sample of a group's parameters (sizes in elements).
+
+    Blocks are B elements (a multiple of ``SAMPLE_UNIT``, about N / (rate x ``blocks``)
+    for N elements in all, so a fill copies up to a few thousand
+    segments in a few multi-tensor kernels). A parameter of at least ``SAMPLE_MIN_BLOCKS``
+    x ``rate`` x B elements keeps one block in every ``rate`` from its own phase drawn from
+    ``seed``, wrapping around its start, so each of its elements is kept with probability
+    exactly 1/``rate``: ``rate`` x a sum over the kept elements is unbiased. A smaller
+    parameter (biases, norms: few elements, often large values) is kept whole (None) and
+    weighted 1, by storing it x 1/sqrt(``rate``) (``Chunk.prescale``). Contiguous ranges
+    keep the copies multi-tensor and read whole cache lines."""
+    unit = SAMPLE_UNIT
+    blk = max(unit, -(-sum(sizes) // (rate * blocks * unit)) * unit)
+    period = rate * blk
+    gen = torch.Generator().manual_seed(mix(seed, rate, blk))
+    out: List[Optional[List[Tuple[int, int]]]] = []
+    for n in sizes:
+        if n < SAMPLE_MIN_BLOCKS * period:
+            out.append(None)
+            continue
+        phase = int(torch.randint(0, period // unit, (1,), generator=gen)) * unit
+        ranges = [(0, phase + blk - period)] if phase + blk > period else []
+        start = phase
+        while start < n:
+            ranges.append((start, min(start + blk, n)))
+            start += period
+        out.append(ranges)
+    return out
+
+
 def plan(
-    items: Sequence[Tuple[str, Tensor, Tensor]], chunk_numel: int, gran: int
+    items: Sequence[Tuple[str, Tensor, Tensor]],
+    chunk_numel: int,
+    gran: int,
+    sample: int = 1,
+    seed: int = 0,
+    blocks: int = SAMPLE_BLOCKS,
 ) -> Tuple[List[Chunk], Dict[Tuple[torch.device, torch.dtype], List[Tuple[str, int, int]]]]:
     """Chunks for ``(name, param, local param)`` items, and per group the flat order
-    ``(name, offset, numel)`` that the chunks slice (a parameter split across chunks is
-    still one contiguous run of its group)."""
+    ``(name, offset, count)`` that the chunks slice (a parameter split across chunks is
+    still one contiguous run of its group). ``sample > 1``: the parameters that
+    ``sample_ranges`` keeps whole come first (``Chunk.prescale`` counts them), then the
+    kept blocks of the others; ``count`` is how many of a parameter's elements are kept."""
     groups: Dict[Tuple[torch.device, torch.dtype], List[Tuple[str, Tensor, Tensor]]] = {}
     for it in items:
         groups.setdefault((it[2].device, work_dtype(it[2].dtype)), []).append(it)
@@ -147,20 +201,33 @@ def plan(
         cur = Chunk(len(chunks), key, 0, gran)
         pos = 0
         runs = order.setdefault(key, [])
-        for name, p, lp in group:
-            n, start = lp.numel(), 0
-            runs.append((name, pos, n))
-            while start < n:
-                take = min(n - start, chunk_numel - cur.n)
-                cur.segs.append(Seg(name, p, start, start + take, n))
-                cur.n += take
-                start += take
-                pos += take
-                if cur.n == chunk_numel:
-                    chunks.append(cur)
-                    cur = Chunk(len(chunks), key, pos, gran)
+        sizes = [lp.numel() for _, _, lp in group]
+        kept = sample_ranges(sizes, sample, seed, blocks) if sample > 1 else [None] * len(group)
+        whole = [i for i, r in enumerate(kept) if r is None]
+        parts = [i for i, r in enumerate(kept) if r is not None]
+        for i in whole + parts:
+            name, p, _ = group[i]
+            n = sizes[i]
+            ranges = kept[i] or [(0, n)]
+            runs.append((name, pos, sum(b - a for a, b in ranges)))
+            for start, end in ranges:
+                while start < end:
+                    take = min(end - start, chunk_numel - cur.n)
+                    cur.segs.append(Seg(name, p, start, start + take, n))
+                    if sample > 1 and kept[i] is None:
+                        cur.prescale = cur.n + take
+                    cur.n += take
+                    start += take
+                    pos += take
+                    if cur.n == chunk_numel:
+                        chunks.append(cur)
+                        cur = Chunk(len(chunks), key, pos, gran)
         if cur.n:
             chunks.append(cur)
+        if sample > 1:
+            for c in chunks:
+                if c.group == key:
+                    c.weight = 1.0 / math.sqrt(sample)
     return chunks, order
 
 
@@ -252,7 +319,16 @@ def fill_params(chunk: Chunk, buf: Tensor) -> Tensor:
     if out is None:
         out = chunk.cache[("out", buf.data_ptr(), buf.numel())] = buf[: chunk.n]
     torch.cat(parts, out=out)
+    if chunk.prescale:
+        _prescale(chunk, buf)
     return buf
+
+
+def _prescale(chunk: Chunk, buf: Tensor) -> None:
+    v = chunk.cache.get(("pre", buf.data_ptr()))
+    if v is None:
+        v = chunk.cache[("pre", buf.data_ptr())] = buf[: chunk.prescale]
+    v.mul_(chunk.weight)
 
 
 def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> Tensor:
@@ -274,6 +350,8 @@ def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> T
         if all(g is not None for g in grads):  # (not `None in grads`: that calls t == None)
             torch._foreach_copy_(views, grads)
             return buf
+    if chunk.weight != 1.0:
+        return _fill_sampled(chunk, buf, get)
     dst, src = [], []
     for seg, v in zip(chunk.segs, views):
         t = get(seg)
@@ -284,6 +362,49 @@ def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> T
         src.append(t if seg.whole else t.reshape(-1)[seg.start : seg.end])
     if dst:
         torch._foreach_copy_(dst, src)
+    return buf
+
+
+def _fill_sampled(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> Tensor:
+    """``fill`` for a sampled chunk: the kept ranges of each tensor cut in one ``split``
+    (many blocks per parameter), then the prescale of the whole-kept ones."""
+    cached = chunk.cache.get("flat_views")
+    if cached is None or cached[0] != (buf.data_ptr(), buf.dtype, buf.numel()):
+        views, off = [], 0
+        for seg in chunk.segs:
+            views.append(buf[off : off + seg.end - seg.start])
+            off += seg.end - seg.start
+        cached = chunk.cache["flat_views"] = ((buf.data_ptr(), buf.dtype, buf.numel()), views)
+    views = cached[1]
+    cuts = chunk.cache.get("cuts")
+    if cuts is None:
+        cuts, i, segs = [], 0, chunk.segs
+        while i < len(segs):  # runs of segments of one parameter
+            j = i
+            while j + 1 < len(segs) and segs[j + 1].name == segs[i].name:
+                j += 1
+            bounds, pos = [], 0
+            for seg in segs[i : j + 1]:
+                bounds += [seg.start - pos, seg.end - seg.start]
+                pos = seg.end
+            bounds.append(segs[j].numel_total - pos)
+            cuts.append((i, j + 1, bounds))
+            i = j + 1
+        chunk.cache["cuts"] = cuts
+    dst, src = [], []
+    for i, j, bounds in cuts:
+        t = get(chunk.segs[i])
+        if t is None:
+            for v in views[i:j]:
+                v.zero_()
+            continue
+        pieces = t.reshape(-1).split(bounds)
+        dst += views[i:j]
+        src += pieces[1::2]
+    if dst:
+        torch._foreach_copy_(dst, src)
+    if chunk.prescale:
+        _prescale(chunk, buf)
     return buf
 
 

@@ -10,22 +10,32 @@ backward, 10-20 us of dispatch; so the tap does one op where it can.
 ====  =====================  ======  ==================================================
 slot  name                   reduce  value
 ====  =====================  ======  ==================================================
-0     ``GRAD_SQ``            sum     sum of g**2; NaN/inf: the gradient is not finite
+0     ``GRAD_SQ``            sum     sum of g**2 over every measured parameter (exact,
+                                     also with ``sample``); NaN/inf: the gradient is
+                                     not finite
 1     ``NOISE_SQ``           sum     sum of (g - m)**2, m the EMA of g BEFORE this
                                      step's update (sketched with ``noise="sketch"``);
                                      the noise norm ||g - m_new|| is ema * sqrt(this)
 2     ``RANKS``              sum     1.0 per rank: sums to the number of ranks
 3     ``MAX_ABS_GRAD``       max     max |g| (NaN where the tap does not measure it)
-4     ``UPDATE_SQ``          sum     ||S delta||^2, delta = theta_after - theta_before
+4     ``SAMPLE_GRAD_SQ``     sum     sum of g**2 over the elements the update slots
+                                     are measured on (== ``GRAD_SQ`` without sample)
+5     ``UPDATE_SQ``          sum     ||S delta||^2, delta = theta_after - theta_before
                                      and S the sketch; ||delta||^2 with exact_update
-5     ``UPDATE_DOT_SKETCH``  sum     <S delta, S g> (0 with exact_update)
-6     ``SKETCH_GRAD_SQ``     sum     ||S g||^2 (0 with exact_update)
-7     ``PARAM_SQ``           sum     sum of theta_after**2
-8     ``GRAD_DOT_BEFORE``    sum     <g, theta_before> (0 with exact_update)
-9     ``GRAD_DOT_AFTER``     sum     <g, theta_after> (<g, delta> with exact_update)
+6     ``UPDATE_DOT_SKETCH``  sum     <S delta, S g> (0 with exact_update)
+7     ``SKETCH_GRAD_SQ``     sum     ||S g||^2 (0 with exact_update)
+8     ``PARAM_SQ``           sum     sum of theta_after**2
+9     ``GRAD_DOT_BEFORE``    sum     <g, theta_before> (0 with exact_update)
+10    ``GRAD_DOT_AFTER``     sum     <g, theta_after> (<g, delta> with exact_update)
 ====  =====================  ======  ==================================================
 
-``measure_grads`` fills slots 0-3 (``N_GRAD_SLOTS``), ``measure_update`` the rest.
+With ``GradNoiseTap(sample=R)`` every slot except ``GRAD_SQ``, ``RANKS`` and
+``MAX_ABS_GRAD`` is measured on one element in R (``sketch.sample_ranges``) and scaled
+by R on the device, an unbiased estimate of the sum over all elements; ``MAX_ABS_GRAD``
+is then the max over the sampled elements. The cosine (processivity) and the update's
+control variate use ``SAMPLE_GRAD_SQ``, so that they compare like with like.
+
+``measure_grads`` fills slots 0-4 (``N_GRAD_SLOTS``), ``measure_update`` the rest.
 <g, delta> is ``GRAD_DOT_AFTER - GRAD_DOT_BEFORE``. The update norm uses the gradient as a
 control variate (see ``update_sq``): only the part of delta orthogonal to g carries
 sketch error.
@@ -56,6 +66,7 @@ __all__ = [
     "N_SLOTS",
     "PARAM_SQ",
     "RANKS",
+    "SAMPLE_GRAD_SQ",
     "SKETCH_GRAD_SQ",
     "SLOT_NAMES",
     "SUM_SLOTS",
@@ -71,15 +82,16 @@ GRAD_SQ = 0
 NOISE_SQ = 1
 RANKS = 2
 MAX_ABS_GRAD = 3
-N_GRAD_SLOTS = 4
-UPDATE_SQ = 4
-UPDATE_DOT_SKETCH = 5
-SKETCH_GRAD_SQ = 6
-PARAM_SQ = 7
-GRAD_DOT_BEFORE = 8
-GRAD_DOT_AFTER = 9
-N_SLOTS = 10
-SUM_SLOTS = (0, 1, 2, 4, 5, 6, 7, 8, 9)
+SAMPLE_GRAD_SQ = 4
+N_GRAD_SLOTS = 5
+UPDATE_SQ = 5
+UPDATE_DOT_SKETCH = 6
+SKETCH_GRAD_SQ = 7
+PARAM_SQ = 8
+GRAD_DOT_BEFORE = 9
+GRAD_DOT_AFTER = 10
+N_SLOTS = 11
+SUM_SLOTS = (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)
 """Slots that add across ranks and chunks (squared norms, dot products, counts)."""
 MAX_SLOTS = (3,)
 """Slots that need a MAX across ranks."""
@@ -88,6 +100,7 @@ SLOT_NAMES = (
     "noise_sq",
     "ranks",
     "max_abs_grad",
+    "sample_grad_sq",
     "update_sq",
     "update_dot_sketch",
     "sketch_grad_sq",
@@ -146,7 +159,7 @@ def update_sq(v: Sequence[float], at: int = 0) -> float:
     for plain SGD, whose delta is a multiple of g). With ``exact_update`` (or g = 0) the
     sketch slots are 0 and ``UPDATE_SQ`` is ||delta||^2 itself.
     """
-    gsq, sg = v[at + GRAD_SQ], v[at + SKETCH_GRAD_SQ]
+    gsq, sg = v[at + SAMPLE_GRAD_SQ], v[at + SKETCH_GRAD_SQ]
     usq = v[at + UPDATE_SQ]
     if not (sg > 0.0 and gsq > 0.0):
         return usq
@@ -186,8 +199,8 @@ def stats_from_values(
         finite = finite and math.isfinite(noise)
     if not finite:
         proc = math.nan
-    elif grad > 0.0 and upd > 0.0:
-        proc = cos_neg_grad_update(dot, grad, upd)
+    elif grad > 0.0 and upd > 0.0 and v[SAMPLE_GRAD_SQ] > 0.0:
+        proc = cos_neg_grad_update(dot, math.sqrt(v[SAMPLE_GRAD_SQ]), upd)
     else:
         proc = 0.0
     return StepStats(

@@ -26,7 +26,7 @@ Two ways to use it:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -34,17 +34,22 @@ from torch import Tensor
 from .ema import BLOCK, Compact, check_ema_dtype
 from .hostcopy import HostRing
 from .measure import Buffers, ChunkMeasure, Row, as_row, row_device, sum_rows
-from .sketch import Chunk, Scratch, next_prime
+from .sketch import SAMPLE_BLOCKS, Chunk, Scratch, local, next_prime
 from .stepstats import (
     GRAD_SQ,
+    MAX_ABS_GRAD,
     N_GRAD_SLOTS,
     N_SLOTS,
     NOISE_SQ,
+    RANKS,
     StepStats,
     stats_from_values,
 )
 
 _set_grad_enabled = torch._C._set_grad_enabled
+
+AUTO_EXACT = 2**24  # sample="auto": models up to this many elements are measured whole
+AUTO_SAMPLE = 2**23  # ... larger ones on a sample of at most this many elements
 
 __all__ = ["GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
 
@@ -53,7 +58,7 @@ class GradNoiseTap(ChunkMeasure):
     """Gradient noise, update size and processivity per optimizer step, without syncs.
 
     ``GradNoiseTap(model, ema=0.9, *, noise="exact", sketch_dim=1024, exact_update=False,
-    seed=0, chunk_numel=2**24, max_abs=True, ema_dtype=None, memory="default")``
+    seed=0, chunk_numel=2**24, max_abs=None, ema_dtype=None, memory="default", sample=1)``
 
     Parameters with ``requires_grad=False`` are ignored and parameters whose ``.grad`` is
     None are skipped for that step (frozen layers, unused branches). Gradients and
@@ -129,10 +134,28 @@ class GradNoiseTap(ChunkMeasure):
     norm within 0.02% (median; max 0.2%) of the float32 EMA's. Not the default: more
     chunks mean more ops per step and the update is sketched instead of measured exactly.
 
-    ``max_abs=False`` skips max |g| (one pass over the gradient less; ``max_abs_grad``
+    ``max_abs=False`` (default: True unless sampling) skips max |g| (one pass over the
+    gradient less; ``max_abs_grad``
     is then NaN) and tells a non-finite gradient by <g, g> instead, which also flags a
     finite gradient whose squared norm overflows (|g| above ~1e19 in float32). The
     ``Guard`` builds its tap so.
+
+    Sampling. ``sample=R`` measures the noise and the update statistics on one element in R:
+    blocks of a few thousand contiguous elements, one in every R of each large parameter
+    from a seeded phase, small parameters (biases, norms) whole and weighted to match
+    (``sketch.sample_ranges``); every sum is scaled by R on the device, an unbiased
+    estimate of the sum over all elements. ``grad_norm`` stays exact (one multi-tensor
+    norm over every gradient, so a NaN/inf anywhere is seen); ``processivity`` is the
+    cosine over the sampled elements. The work per step is one pass over the gradients
+    plus the passes above over 1/R of the parameters. Measured against the full tap
+    (H100, 101.6M-parameter LM, 20 AdamW steps, ``sample=16``): update norm 0.3% median /
+    0.9% max, noise norm 1.5% / 4.7%, processivity 0.002 / 0.006 absolute, param norm
+    0.03%; on a 0.48M-parameter model with ``sample=4``, worst of 12 seeds: 4% / 5%,
+    8% / 15%, 0.011 / 0.03, 3% (tests/test_torch_tap_sample.py). ``sample="auto"``: 1 up
+    to 2**24 elements, else the power of two that keeps the sample <= 2**23 elements
+    (``auto_sample``). Needs ``max_abs`` off (the default with a sample), and does not
+    combine with ``exact_update``, ``ema_dtype`` or ``memory="low"`` (``"auto"`` then
+    measures every element).
 
     GPU lag: ``stats()`` never waits for the current step. It returns the newest step
     whose device->host copy has landed, normally the previous one (one step behind);
@@ -154,9 +177,10 @@ class GradNoiseTap(ChunkMeasure):
         exact_update: bool = False,
         seed: int = 0,
         chunk_numel: Optional[int] = None,
-        max_abs: bool = True,
+        max_abs: Optional[bool] = None,
         ema_dtype: Optional[torch.dtype] = None,
         memory: str = "default",
+        sample: Union[int, str] = 1,
     ) -> None:
         if not hasattr(model, "named_parameters"):
             raise TypeError(
@@ -184,9 +208,31 @@ class GradNoiseTap(ChunkMeasure):
             if ema_dtype is None and exact_ema:
                 ema_dtype = torch.int8
         chunk_numel = 2**24 if chunk_numel is None else chunk_numel
-        for name, val in (("sketch_dim", sketch_dim), ("chunk_numel", chunk_numel), ("seed", seed)):
+        auto = sample == "auto"
+        if auto:  # resolved when the parameters are first laid out (see ``auto_sample``)
+            sample = 1
+            if exact_update or ema_dtype is not None or memory == "low" or max_abs:
+                auto = False  # those need every element
+        for name, val in (
+            ("sketch_dim", sketch_dim),
+            ("chunk_numel", chunk_numel),
+            ("seed", seed),
+            ("sample", sample),
+        ):
             if isinstance(val, bool) or not isinstance(val, int):
-                raise TypeError(f"{name} must be an int, got {type(val).__name__}")
+                extra = " or 'auto'" if name == "sample" else ""
+                raise TypeError(f"{name} must be an int{extra}, got {type(val).__name__}")
+        if sample < 1:
+            raise ValueError(f"sample must be >= 1 (1: measure every element), got {sample}")
+        if max_abs is None:
+            max_abs = sample == 1 and not auto
+        if sample > 1 and max_abs:
+            raise ValueError("max_abs needs sample=1 (a sample does not see every element)")
+        if sample > 1 and (exact_update or ema_dtype is not None or memory == "low"):
+            raise ValueError(
+                "sample > 1 does not combine with exact_update, ema_dtype or memory='low' "
+                "(a sample small enough for one chunk is measured exactly, in float32, anyway)"
+            )
         if sketch_dim < 1:
             raise ValueError(f"sketch_dim must be >= 1, got {sketch_dim}")
         if chunk_numel < 1:
@@ -206,6 +252,11 @@ class GradNoiseTap(ChunkMeasure):
         self.chunk_numel = chunk_numel
         self.max_abs = bool(max_abs)
         self.memory = memory
+        self.sample = sample  # with "auto": set by ``_layout`` from the model's size
+        self.sample_auto = auto
+        self.sample_blocks = SAMPLE_BLOCKS  # about this many blocks per group (sketch.py)
+        self._all_grads: List[Tuple[Tensor, bool]] = []  # (param, is DTensor), set by _layout
+        self._scales: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
         self.ema_dtype = ema_dtype  # None: the work dtype (float32; float64 for float64)
         self._compact = None if ema_dtype is None else Compact(ema_dtype == torch.int8)
         self.step = 0
@@ -254,7 +305,8 @@ class GradNoiseTap(ChunkMeasure):
             if not chunks:
                 return 0.0
             rows = [self._grad_chunk(c, full=False)["row"] for c in chunks]
-            grad_sq, noise_sq = as_row(sum_rows(rows, True))[[GRAD_SQ, NOISE_SQ]].tolist()
+            row = self._full_grad_row(sum_rows(rows, True))
+            grad_sq, noise_sq = as_row(row)[[GRAD_SQ, NOISE_SQ]].tolist()
             if not math.isfinite(grad_sq):
                 return math.nan
             return self.ema * math.sqrt(max(noise_sq, 0.0))
@@ -277,7 +329,7 @@ class GradNoiseTap(ChunkMeasure):
             keep = len(chunks) == 1
             parts = [self._grad_chunk(c, full=True, keep=keep) for c in chunks]
             if parts:
-                self._rows = (sum_rows([p["row"] for p in parts], True), None)
+                self._rows = (self._full_grad_row(sum_rows([p["row"] for p in parts], True)), None)
             else:
                 self._rows = (self._empty_row(self._primary_device(chunks))[:N_GRAD_SLOTS], None)
             self._pending = None
@@ -306,6 +358,8 @@ class GradNoiseTap(ChunkMeasure):
             outs = [self._update_chunk(chunks[i], parts[i]) for i in range(len(chunks) - 1, -1, -1)]
             if outs:
                 upd = sum_rows(outs, False)
+                if self.sample > 1:
+                    upd = as_row(upd) * self._sample_scales(row_device(upd), as_row(upd).dtype)[1]
             else:
                 upd = self._empty_row(row_device(grad_row))[N_GRAD_SLOTS:]
             self._rows = (grad_row, upd)
@@ -345,6 +399,58 @@ class GradNoiseTap(ChunkMeasure):
         parts (``measure.as_row`` stacks one, ``measure.row_values`` reads one as floats,
         which on CPU is cheaper than stacking). The parts are not changed in place later."""
         return self._rows
+
+    @staticmethod
+    def auto_sample(numel: int) -> int:
+        """``sample="auto"``: 1 (every element) up to ``AUTO_EXACT`` elements, else the
+        smallest power of two that brings the sample to at most ``AUTO_SAMPLE`` elements,
+        so the work per step stays about constant as models grow (16 at 100M)."""
+        if numel <= AUTO_EXACT:
+            return 1
+        r = 2
+        while numel > r * AUTO_SAMPLE:
+            r *= 2
+        return r
+
+    def _sample_scales(self, dev: torch.device, dt: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """(grad row factors, update row factor): x ``sample`` on the sampled slots; the
+        grad row's ``GRAD_SQ`` factor is 0 (the exact sum is put there)."""
+        sc = self._scales.get((dev, dt))
+        if sc is None:
+            r = float(self.sample)  # (made by fills: a host tensor copied over would sync)
+            g = torch.full((N_GRAD_SLOTS,), r, dtype=dt, device=dev)
+            g.select(0, GRAD_SQ).fill_(0.0)
+            g.select(0, RANKS).fill_(1.0)
+            g.select(0, MAX_ABS_GRAD).fill_(1.0)
+            sc = self._scales[(dev, dt)] = (g, torch.full((), r, dtype=dt, device=dev))
+        return sc
+
+    def _full_grad_row(self, row: Row) -> Row:
+        """With ``sample > 1``: the sampled gradient row scaled to estimate the whole, and
+        ``GRAD_SQ`` the exact sum of g**2 over every measured parameter (one multi-tensor
+        norm per device: a NaN/inf anywhere, sampled or not, makes it non-finite)."""
+        if self.sample == 1:
+            return row
+        t = as_row(row)
+        dev, acc = t.device, t.dtype
+        by_dev: Dict[torch.device, List[Tensor]] = {}
+        for p, dist in self._all_grads:
+            g = p.grad
+            if g is not None:
+                g = local(g) if dist else g
+                by_dev.setdefault(g.device, []).append(g)
+        exact = None
+        for gdev, grads in by_dev.items():
+            # float32 on GPUs (a tree reduction, and the fast multi-tensor kernel); CPUs sum
+            # in float64 (their float32 norm of 16.8M elements was off by 1.2e-3)
+            dt = torch.float64 if gdev.type == "cpu" else torch.float32
+            norms = torch.stack(torch._foreach_norm(grads, 2, dtype=dt)).to(acc)
+            part = torch.dot(norms, norms).to(dev)
+            exact = part if exact is None else exact + part
+        out = t * self._sample_scales(dev, acc)[0]
+        if exact is not None:
+            out.select(0, GRAD_SQ).copy_(exact)  # (copy_: an item assignment would sync)
+        return out
 
     def note_grad_scale(self, scale: Tensor) -> None:
         """The gradients were multiplied by ``scale`` (a positive 0-d tensor, e.g. a clip
@@ -409,14 +515,19 @@ class GradNoiseTap(ChunkMeasure):
                         m.addcmul_(g[: c.n], -w).div_(1.0 - w)
                 part["G"] = None  # the scratch buffer may have been reused
 
-    def ema_state(self) -> Dict[str, Any]:
+    def ema_state(self, host: bool = True) -> Dict[str, Any]:
         """Host copies of the EMA (``m`` by name, and the sketched EMA), for checkpoints.
-        With ``ema_dtype=torch.int8`` ``m`` holds the decoded EMA (float32)."""
+        With ``ema_dtype=torch.int8`` ``m`` holds the decoded EMA (float32). ``host=False``:
+        copies on the EMA's device (no sync; for a caller that moves them itself)."""
         cp = self._compact
         m = cp.read_all() if cp is not None and cp.int8 else self.m
+
+        def copy(v: Tensor) -> Tensor:
+            return v.detach().to("cpu", copy=True) if host else v.detach().clone()
+
         return {
-            "m": {k: v.detach().to("cpu", copy=True) for k, v in m.items()},
-            "sketch": {k: v.detach().to("cpu", copy=True) for k, v in self._sk_m.items()},
+            "m": {k: copy(v) for k, v in m.items()},
+            "sketch": {k: copy(v) for k, v in self._sk_m.items()},
         }
 
     def load_ema_state(self, state: Dict[str, Any]) -> None:
