@@ -32,9 +32,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .sample import SAMPLE_BLOCKS, fill_sampled, mix, prescale, sample_block, sample_ranges
+
 SIGN_BITS = 32  # one random int32 gives the sign flips of 32 elements
 _INT32_MIN = -(2**31)
-_MASK64 = (1 << 64) - 1
 
 
 def next_prime(n: int) -> int:
@@ -43,18 +44,6 @@ def next_prime(n: int) -> int:
         if n < 4 or all(n % d for d in range(2, math.isqrt(n) + 1)):
             return n
         n += 1
-
-
-def mix(*parts: int) -> int:
-    """splitmix64 over the parts: a well-spread 64-bit generator seed."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h
 
 
 def local(t: Tensor) -> Tensor:
@@ -108,6 +97,7 @@ class Chunk:
         # chunk weighs them 1 and the sampled blocks rate (see ``sample_ranges``)
         self.prescale = 0
         self.weight = 1.0
+        self.block = self.period = 0  # sampled: block length and sampling period, elements
 
     @property
     def n_pad(self) -> int:
@@ -139,44 +129,6 @@ class Chunk:
             return tuple([p._version for p in self._uniq])
         except RuntimeError:  # e.g. inference tensors have no version counter
             return None
-
-
-SAMPLE_UNIT = 128  # sampled blocks start and end on multiples of this many elements
-SAMPLE_BLOCKS = 1024  # about this many sampled blocks per group (segments per fill)
-SAMPLE_MIN_BLOCKS = 4  # a parameter that would keep fewer blocks is kept whole
-
-
-def sample_ranges(
-    sizes: Sequence[int], rate: int, seed: int, blocks: int = SAMPLE_BLOCKS
-) -> List[Optional[List[Tuple[int, int]]]]:
-    """A stratified systematic block sample of a group's parameters (sizes in elements).
-
-    Blocks are B elements (a multiple of ``SAMPLE_UNIT``, about N / (rate x ``blocks``)
-    for N elements in all, so a fill copies up to a few thousand
-    segments in a few multi-tensor kernels). A parameter of at least ``SAMPLE_MIN_BLOCKS``
-    x ``rate`` x B elements keeps one block in every ``rate`` from its own phase drawn from
-    ``seed``, wrapping around its start, so each of its elements is kept with probability
-    exactly 1/``rate``: ``rate`` x a sum over the kept elements is unbiased. A smaller
-    parameter (biases, norms: few elements, often large values) is kept whole (None) and
-    weighted 1, by storing it x 1/sqrt(``rate``) (``Chunk.prescale``). Contiguous ranges
-    keep the copies multi-tensor and read whole cache lines."""
-    unit = SAMPLE_UNIT
-    blk = max(unit, -(-sum(sizes) // (rate * blocks * unit)) * unit)
-    period = rate * blk
-    gen = torch.Generator().manual_seed(mix(seed, rate, blk))
-    out: List[Optional[List[Tuple[int, int]]]] = []
-    for n in sizes:
-        if n < SAMPLE_MIN_BLOCKS * period:
-            out.append(None)
-            continue
-        phase = int(torch.randint(0, period // unit, (1,), generator=gen)) * unit
-        ranges = [(0, phase + blk - period)] if phase + blk > period else []
-        start = phase
-        while start < n:
-            ranges.append((start, min(start + blk, n)))
-            start += period
-        out.append(ranges)
-    return out
 
 
 def plan(
@@ -225,9 +177,11 @@ def plan(
         if cur.n:
             chunks.append(cur)
         if sample > 1:
+            blk = sample_block(sum(sizes), sample, blocks)
             for c in chunks:
                 if c.group == key:
                     c.weight = 1.0 / math.sqrt(sample)
+                    c.block, c.period = blk, sample * blk
     return chunks, order
 
 
@@ -305,6 +259,8 @@ class Scratch:
 def fill_params(chunk: Chunk, buf: Tensor) -> Tensor:
     """Copy the chunk's parameters into ``buf`` (padding: see ``Scratch.get``).
     Under no_grad only."""
+    if chunk.weight != 1.0:
+        return fill_sampled(chunk, buf, Seg.local)
     parts = chunk.cache.get("p")
     if parts is None:
         parts, contiguous = [], True
@@ -320,15 +276,8 @@ def fill_params(chunk: Chunk, buf: Tensor) -> Tensor:
         out = chunk.cache[("out", buf.data_ptr(), buf.numel())] = buf[: chunk.n]
     torch.cat(parts, out=out)
     if chunk.prescale:
-        _prescale(chunk, buf)
+        prescale(chunk, buf)
     return buf
-
-
-def _prescale(chunk: Chunk, buf: Tensor) -> None:
-    v = chunk.cache.get(("pre", buf.data_ptr()))
-    if v is None:
-        v = chunk.cache[("pre", buf.data_ptr())] = buf[: chunk.prescale]
-    v.mul_(chunk.weight)
 
 
 def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> Tensor:
@@ -351,7 +300,7 @@ def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> T
             torch._foreach_copy_(views, grads)
             return buf
     if chunk.weight != 1.0:
-        return _fill_sampled(chunk, buf, get)
+        return fill_sampled(chunk, buf, get)
     dst, src = [], []
     for seg, v in zip(chunk.segs, views):
         t = get(seg)
@@ -362,49 +311,6 @@ def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> T
         src.append(t if seg.whole else t.reshape(-1)[seg.start : seg.end])
     if dst:
         torch._foreach_copy_(dst, src)
-    return buf
-
-
-def _fill_sampled(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> Tensor:
-    """``fill`` for a sampled chunk: the kept ranges of each tensor cut in one ``split``
-    (many blocks per parameter), then the prescale of the whole-kept ones."""
-    cached = chunk.cache.get("flat_views")
-    if cached is None or cached[0] != (buf.data_ptr(), buf.dtype, buf.numel()):
-        views, off = [], 0
-        for seg in chunk.segs:
-            views.append(buf[off : off + seg.end - seg.start])
-            off += seg.end - seg.start
-        cached = chunk.cache["flat_views"] = ((buf.data_ptr(), buf.dtype, buf.numel()), views)
-    views = cached[1]
-    cuts = chunk.cache.get("cuts")
-    if cuts is None:
-        cuts, i, segs = [], 0, chunk.segs
-        while i < len(segs):  # runs of segments of one parameter
-            j = i
-            while j + 1 < len(segs) and segs[j + 1].name == segs[i].name:
-                j += 1
-            bounds, pos = [], 0
-            for seg in segs[i : j + 1]:
-                bounds += [seg.start - pos, seg.end - seg.start]
-                pos = seg.end
-            bounds.append(segs[j].numel_total - pos)
-            cuts.append((i, j + 1, bounds))
-            i = j + 1
-        chunk.cache["cuts"] = cuts
-    dst, src = [], []
-    for i, j, bounds in cuts:
-        t = get(chunk.segs[i])
-        if t is None:
-            for v in views[i:j]:
-                v.zero_()
-            continue
-        pieces = t.reshape(-1).split(bounds)
-        dst += views[i:j]
-        src += pieces[1::2]
-    if dst:
-        torch._foreach_copy_(dst, src)
-    if chunk.prescale:
-        _prescale(chunk, buf)
     return buf
 
 
