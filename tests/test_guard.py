@@ -402,6 +402,42 @@ def test_amp_grad_scaler_overflow_is_a_skipped_step_not_a_collapse():
     assert g.last.evidence["grad_norm"] < 100.0  # ... but the Guard read the unscaled one
 
 
+def test_amp_grad_scaler_with_a_fused_optimizer_is_unscaled_once_and_overflow_skipped():
+    """A GradScaler lets a fused optimizer unscale inside its kernel (and skip an overflow
+    step there): the Guard unscales in place before measuring, clears the optimizer's
+    grad_scale so the kernel does not divide twice, and reads found_inf as a skipped step.
+    Training is bit-identical to the same loop without the Guard."""
+
+    def run(guarded):
+        model = char_mlp()
+        opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        g = Guard(model, opt, on_error="raise") if guarded else None
+        before_overflow = None
+        for i, (x, y) in enumerate(batches(40)):
+            loss = nn.functional.cross_entropy(model(x), y)
+            if i == 30:
+                loss = loss * 1e35  # the scaled loss overflows
+                before_overflow = [p.detach().clone() for p in model.parameters()]
+            scaler.scale(loss).backward()
+            if g is not None:
+                g.observe(loss)
+            scaler.step(opt)
+            scaler.update()
+            if i == 30:  # the fused kernel skipped the update
+                assert all(torch.equal(a, b) for a, b in zip(before_overflow, model.parameters()))
+            opt.zero_grad()
+        return model, g, scaler
+
+    plain, _, _ = run(False)
+    model, g, scaler = run(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))
+    assert g.actions == [] and g.last.status != "collapsed"
+    assert scaler.get_scale() >= 2.0**14  # a scaled gradient would read >= 1e4 ...
+    assert g.last.evidence["grad_norm"] < 100.0  # ... the Guard read the unscaled one
+    assert not hasattr(g.optimizer, "grad_scale")  # the scaler's attributes are gone
+
+
 def test_memory_low_keeps_the_guards_tap_small():
     def run(**kw):
         torch.manual_seed(0)

@@ -31,8 +31,9 @@ the following step. Every action goes to the tombstone log (rank 0 only) with ev
 and scope. Every rank
 sees the same reduced numbers and so takes the same decision at the same step. An
 internal error never stops training (``on_error="warn"``), and a ``GradScaler`` overflow
-is invisible here because the scaler skips ``optimizer.step()`` (a skipped step, not a
-collapse). Pass ``clip_grad_norm`` to clip inside the Guard: the norm is recorded BEFORE
+is a skipped step, not a collapse: the scaler skips ``optimizer.step()``, or, for a fused
+optimizer, runs it with ``found_inf`` set, which the Guard reads as a skipped step (it
+also unscales such an optimizer's gradients itself before measuring them). Pass ``clip_grad_norm`` to clip inside the Guard: the norm is recorded BEFORE
 clipping (clipping yourself before ``step()`` records the clipped norm).
 """
 
@@ -70,11 +71,12 @@ from .tap import GradNoiseTap
 
 # pack layout (``stepstats`` slots): this step's gradient slots | the previous step's
 # full stats row | loss sum, number of ranks that observed a loss, local (pre-all-reduce)
-# grad sq. The update of step t is measured after its decision, so it rides along with
-# step t + 1's collective.
+# grad sq, a GradScaler's found_inf for a fused optimizer. The update of step t is
+# measured after its decision, so it rides along with step t + 1's collective.
 _PREV = N_GRAD_SLOTS
 _LOSS = N_GRAD_SLOTS + N_SLOTS
-_PACK = _LOSS + 3
+_FOUND_INF = _LOSS + 3
+_PACK = _LOSS + 4
 _NOTHING = (0.0,) * N_SLOTS  # the previous step's row when nothing was measured
 
 
@@ -267,6 +269,7 @@ class Guard:
     def _before_step(self) -> None:
         self.step += 1
         self._skipped = False
+        found_inf = self._unscale_for_fused()
         tap = self.tap
         tap.measure_grads()
         g = tap.pending_parts()[0]
@@ -279,18 +282,23 @@ class Guard:
             and self.clip_grad_norm is None
             and (not isinstance(loss, torch.Tensor) or loss.device.type == "cpu")
         ):
-            self._feed_and_act(self._host_values(g, loss), self.step)
+            vals = self._host_values(g, loss)
+            vals.append(0.0 if found_inf is None else float(found_inf))
+            if vals[_FOUND_INF]:
+                self._undo_ema()  # the optimizer drops this step (the scaler's overflow)
+            self._feed_and_act(vals, self.step)
             return
         g = as_row(g)
         zeros, zero, one = self._constants(dev, g.dtype)
         # one cat (it promotes dtypes): each device op costs, see stepstats
         gns = self.gns.take(dev).reshape(1) if self.gns is not None else zero
+        inf = zero if found_inf is None else found_inf.reshape(1).to(dev, non_blocking=True)
         if isinstance(loss, torch.Tensor):
             loss_t = loss.reshape(1) if loss.device == dev else loss.reshape(1).to(dev)
-            tail = (loss_t, one, gns)
+            tail = (loss_t, one, gns, inf)
         else:
             seen = one if loss is not None else zero
-            tail = (zero if loss is None else zero + float(loss), seen, gns)
+            tail = (zero if loss is None else zero + float(loss), seen, gns, inf)
         prev = tuple(as_row(r) for r in self._prev) if self._prev is not None else (zeros,)
         pack = torch.cat((g, *prev, *tail))
         if self.world_size > 1:
@@ -328,7 +336,29 @@ class Guard:
             vals += (0.0 + float(loss), 1.0, 0.0)  # (0.0 + : as the pack's zero + loss)
         return vals
 
+    def _unscale_for_fused(self) -> Optional[torch.Tensor]:
+        """A ``GradScaler`` hands a fused optimizer (``_step_supports_amp_scaling``) its
+        scale and found_inf as attributes and lets the kernel unscale: the gradients seen
+        here are still scaled. Unscale them in place (what ``scaler.unscale_`` does for
+        other optimizers) and clear the attribute so the kernel does not divide again.
+        Returns found_inf (the kernel then skips the step), or None. No sync."""
+        opt = self.optimizer
+        scale = getattr(opt, "grad_scale", None)
+        if isinstance(scale, torch.Tensor):
+            by_dev: dict = {}
+            for grp in opt.param_groups:
+                for p in grp["params"]:
+                    if p.grad is not None:
+                        by_dev.setdefault(p.grad.device, []).append(p.grad)
+            for dev, grads in by_dev.items():
+                torch._foreach_div_(grads, scale.to(dev, non_blocking=True))
+            opt.grad_scale = None
+        found = getattr(opt, "found_inf", None)
+        return found if isinstance(found, torch.Tensor) else None
+
     def _feed_and_act(self, vals: List[float], step: int) -> None:
+        if vals[_FOUND_INF] > 0:  # the scaler's overflow: a skipped step, not a collapse
+            return
         if vals[_LOSS + 1] == 0:
             if not self._warned:
                 warnings.warn(
