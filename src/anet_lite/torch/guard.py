@@ -28,13 +28,13 @@ The update statistics (‖Δθ‖, cos(−g, Δθ)) of a step are known only aft
 reach the Monitor with the next step's pack (one step late; the lr, loss and gradients are
 on time). On GPU the whole pack is read one step late (no sync): decisions then act on
 the following step. Every action goes to the tombstone log (rank 0 only) with evidence
-and scope. Every rank
-sees the same reduced numbers and so takes the same decision at the same step. An
-internal error never stops training (``on_error="warn"``), and a ``GradScaler`` overflow
-is a skipped step, not a collapse: the scaler skips ``optimizer.step()``, or, for a fused
-optimizer, runs it with ``found_inf`` set, which the Guard reads as a skipped step (it
-also unscales such an optimizer's gradients itself before measuring them). Pass ``clip_grad_norm`` to clip inside the Guard: the norm is recorded BEFORE
-clipping (clipping yourself before ``step()`` records the clipped norm).
+and scope. Every rank sees the same reduced numbers and so takes the same decision at the
+same step. An internal error never stops training (``on_error="warn"``), and a
+``GradScaler`` overflow is a skipped step, not a collapse: the scaler skips
+``optimizer.step()``, or, for a fused optimizer, runs it with ``found_inf`` set, which the
+Guard reads as a skipped step (it also unscales such an optimizer's gradients itself
+before measuring them). Pass ``clip_grad_norm`` to clip inside the Guard: the norm is
+recorded BEFORE clipping (clipping yourself before ``step()`` records the clipped norm).
 """
 
 from __future__ import annotations
