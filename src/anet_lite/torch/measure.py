@@ -172,7 +172,10 @@ class ChunkMeasure:
         shapes = {name: lp.shape for name, _, lp in items}
         if self.sample > 1:  # tap.m then holds the sampled elements of each parameter
             shapes = {n: (c,) for runs in order.values() for n, _, c in runs}
-        self._all_grads = [(p, callable(getattr(p, "to_local", None))) for _, p, _ in items]
+        by_dev: Dict[torch.device, List[Tuple[Tensor, bool]]] = {}
+        for _, p, lp in items:  # (all have a gradient now: the layout key says so)
+            by_dev.setdefault(lp.device, []).append((p, callable(getattr(p, "to_local", None))))
+        self._all_grads = list(by_dev.items())
         self._order = {g: [(n, o, c, shapes[n]) for n, o, c in runs] for g, runs in order.items()}
         self._layout_key, self._chunks = key_t, chunks
         self._m_sync = None  # EMA views are rebuilt for the new layout

@@ -30,7 +30,7 @@ slot  name                   reduce  value
 ====  =====================  ======  ==================================================
 
 With ``GradNoiseTap(sample=R)`` every slot except ``GRAD_SQ``, ``RANKS`` and
-``MAX_ABS_GRAD`` is measured on one element in R (``sketch.sample_ranges``) and scaled
+``MAX_ABS_GRAD`` is measured on one element in R (``sample.sample_ranges``) and scaled
 by R on the device, an unbiased estimate of the sum over all elements; ``MAX_ABS_GRAD``
 is then the max over the sampled elements. The cosine (processivity) and the update's
 control variate use ``SAMPLE_GRAD_SQ``, so that they compare like with like.

@@ -136,21 +136,20 @@ class GradNoiseTap(ChunkMeasure):
     chunks mean more ops per step and the update is sketched instead of measured exactly.
 
     ``max_abs=False`` (default: True unless sampling) skips max |g| (one pass over the
-    gradient less; ``max_abs_grad``
-    is then NaN) and tells a non-finite gradient by <g, g> instead, which also flags a
-    finite gradient whose squared norm overflows (|g| above ~1e19 in float32). The
-    ``Guard`` builds its tap so.
+    gradient less; ``max_abs_grad`` is then NaN) and tells a non-finite gradient by
+    <g, g> instead, which also flags a finite gradient whose squared norm overflows (|g|
+    above ~1e19 in float32). The ``Guard`` builds its tap so.
 
     Sampling. ``sample=R`` measures the noise and the update statistics on one element in R:
     blocks of a few thousand contiguous elements, one in every R of each large parameter
     from a seeded phase, small parameters (biases, norms) whole and weighted to match
-    (``sketch.sample_ranges``); every sum is scaled by R on the device, an unbiased
+    (``sample.sample_ranges``); every sum is scaled by R on the device, an unbiased
     estimate of the sum over all elements. ``grad_norm`` stays exact (one multi-tensor
     norm over every gradient, so a NaN/inf anywhere is seen); ``processivity`` is the
     cosine over the sampled elements. The work per step is one pass over the gradients
     plus the passes above over 1/R of the parameters. Measured against the full tap
-    (H100, 101.6M-parameter LM, 20 AdamW steps, ``sample=16``): update norm 0.3% median /
-    0.9% max, noise norm 1.5% / 4.7%, processivity 0.002 / 0.006 absolute, param norm
+    (H100, 101.6M-parameter LM, 20 AdamW steps, ``sample=16``): update norm 0.7% median /
+    1.6% max, noise norm 1.4% / 6.8%, processivity 0.002 / 0.007 absolute, param norm
     0.03%; on a 0.48M-parameter model with ``sample=4``, worst of 12 seeds: 4% / 5%,
     8% / 15%, 0.011 / 0.03, 3% (tests/test_torch_tap_sample.py). ``sample="auto"``: 1 up
     to 2**24 elements, else the power of two that keeps the sample <= 2**23 elements
@@ -256,7 +255,8 @@ class GradNoiseTap(ChunkMeasure):
         self.sample = sample  # with "auto": set by ``_layout`` from the model's size
         self.sample_auto = auto
         self.sample_blocks = SAMPLE_BLOCKS  # about this many blocks per group (sketch.py)
-        self._all_grads: List[Tuple[Tensor, bool]] = []  # (param, is DTensor), set by _layout
+        # per device, (param, is a DTensor) of the measured parameters; set by _layout
+        self._all_grads: List[Tuple[torch.device, List[Tuple[Tensor, bool]]]] = []
         self._scales: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
         self.ema_dtype = ema_dtype  # None: the work dtype (float32; float64 for float64)
         self._compact = None if ema_dtype is None else Compact(ema_dtype == torch.int8)
@@ -360,7 +360,8 @@ class GradNoiseTap(ChunkMeasure):
             if outs:
                 upd = sum_rows(outs, False)
                 if self.sample > 1:
-                    upd = as_row(upd) * self._sample_scales(row_device(upd), as_row(upd).dtype)[1]
+                    u = as_row(upd)
+                    upd = u * self._sample_scales(u.device, u.dtype)[1]
             else:
                 upd = self._empty_row(row_device(grad_row))[N_GRAD_SLOTS:]
             self._rows = (grad_row, upd)
@@ -434,18 +435,13 @@ class GradNoiseTap(ChunkMeasure):
             return row
         t = as_row(row)
         dev, acc = t.device, t.dtype
-        by_dev: Dict[torch.device, List[Tensor]] = {}
-        for p, dist in self._all_grads:
-            g = p.grad
-            if g is not None:
-                g = local(g) if dist else g
-                by_dev.setdefault(g.device, []).append(g)
         exact = None
-        for gdev, grads in by_dev.items():
+        for gdev, params in self._all_grads:
+            grads = [p.grad if not dist else local(p.grad) for p, dist in params]
             if gdev.type == "cpu":  # BLAS dots (2e-4 at 16.8M elements): the float32
                 # multi-tensor norm was off by 1.2e-3, a float64 one took 2.6 ms per 1M
                 flat = [g.reshape(-1) for g in grads]
-                part = torch.stack([torch.dot(f, f) for f in flat]).to(acc).sum()
+                part = torch.stack([torch.dot(f, f) for f in flat]).to(acc).sum().to(dev)
             else:  # one multi-tensor kernel (a tree reduction)
                 norms = torch.stack(torch._foreach_norm(grads, 2)).to(acc)
                 part = torch.dot(norms, norms).to(dev)
