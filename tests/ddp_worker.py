@@ -7,7 +7,9 @@ import os
 import sys
 
 
-def run(rank: int, world: int, port: int, out: str, bad_step: int, steps: int, fsdp: bool) -> None:
+def run(
+    rank: int, world: int, port: int, out: str, bad_step: int, steps: int, fsdp: bool, sample=1
+) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
     import torch.distributed as dist
@@ -30,7 +32,15 @@ def run(rank: int, world: int, port: int, out: str, bad_step: int, steps: int, f
         model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), 3e-3)
     log = os.path.join(out, "tombstones.jsonl")
-    guard = Guard(model, opt, tombstones=log, checkpoint_every=20, batch_size=32, on_error="raise")
+    guard = Guard(
+        model,
+        opt,
+        tombstones=log,
+        checkpoint_every=20,
+        batch_size=32,
+        sample=sample,
+        on_error="raise",
+    )
     record = []
     for step, (x, y) in enumerate(batches(steps, bs=32, seed=100 + rank), 1):
         loss = nn.functional.cross_entropy(model(x), y)

@@ -21,20 +21,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path, *, fsdp: bool, steps: int = 80, bad_step: int = 60):
+def launch(tmp_path, *, fsdp: bool, steps: int = 80, bad_step: int = 60, sample: int = 1):
     here = os.path.dirname(os.path.abspath(__file__))
     os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
     mp.spawn(
         ddp_worker.run,
-        args=(2, free_port(), str(tmp_path), bad_step, steps, fsdp),
+        args=(2, free_port(), str(tmp_path), bad_step, steps, fsdp, sample),
         nprocs=2,
         join=True,
     )
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def test_ddp_one_corrupted_batch_same_action_same_step(tmp_path):
-    r0, r1 = launch(tmp_path, fsdp=False)
+@pytest.mark.parametrize("sample", [1, 4])
+def test_ddp_one_corrupted_batch_same_action_same_step(tmp_path, sample):
+    r0, r1 = launch(tmp_path, fsdp=False, sample=sample)
     assert r0["actions"] == r1["actions"]  # every rank decided the same thing at the same step
     assert r0["actions"] and r0["actions"][0] == [60, "skip_step"]
     assert r0["finite"] and r1["finite"]
@@ -46,8 +47,10 @@ def test_ddp_one_corrupted_batch_same_action_same_step(tmp_path):
     assert len(lines) == len(r0["actions"])  # only rank 0 wrote
 
 
-def test_fsdp_norms_are_global(tmp_path):
-    r0, r1 = launch(tmp_path, fsdp=True, steps=30, bad_step=10**9)
+@pytest.mark.parametrize("sample", [1, 4])
+def test_fsdp_norms_are_global(tmp_path, sample):
+    # sample=4: the noise and update are sampled per shard; the norm stays exact
+    r0, r1 = launch(tmp_path, fsdp=True, steps=30, bad_step=10**9, sample=sample)
     g0 = [x["grad_norm"] for x in r0["record"]]
     assert g0 == [x["grad_norm"] for x in r1["record"]]  # summed squares across shards
     ref = [x["ref_grad_norm"] for x in r0["record"]]
