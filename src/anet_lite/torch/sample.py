@@ -50,8 +50,8 @@ def sample_ranges(
     """A stratified systematic block sample of a group's parameters (sizes in elements).
 
     Blocks are B elements (a multiple of ``SAMPLE_UNIT``, about N / (rate x ``blocks``)
-    for N elements in all, so a fill copies up to a few thousand
-    segments in a few multi-tensor kernels). A parameter of at least ``SAMPLE_MIN_BLOCKS``
+    for N elements in all; ``fill_sampled`` copies a parameter's blocks in one strided
+    copy). A parameter of at least ``SAMPLE_MIN_BLOCKS``
     x ``rate`` x B elements keeps one block in every ``rate`` from its own phase drawn from
     ``seed``, wrapping around its start, so each of its elements is kept with probability
     exactly 1/``rate``: ``rate`` x a sum over the kept elements is unbiased. A smaller
@@ -78,18 +78,22 @@ def sample_ranges(
 
 
 def prescale(chunk: Chunk, buf: Tensor) -> None:
+    """Weight the parameters kept whole (the chunk's first ``prescale`` elements)."""
     v = chunk.cache.get(("pre", buf.data_ptr()))
     if v is None:
         v = chunk.cache[("pre", buf.data_ptr())] = buf[: chunk.prescale]
     v.mul_(chunk.weight)
 
 
-def sampled_runs(chunk: Chunk) -> List[Tuple[int, List[Tuple[int, int, int]], List[int]]]:
+Runs = List[Tuple[int, List[Tuple[int, int, int]], List[Tuple[int, int]]]]
+
+
+def sampled_runs(chunk: Chunk) -> Runs:
     """A sampled chunk's copy plan, per parameter: (its first segment, its runs of >= 2
     whole blocks at the sampling period as (count, first element, buffer offset), its
-    other segments). A run is ONE strided copy, so a fill costs a few ops per parameter
-    rather than one per block (each op costs host time; with a fast step on a GPU the
-    host is what the step waits for)."""
+    other segments as (segment, buffer offset)). A run is ONE strided copy, so a fill
+    costs a few ops per parameter rather than one per block (each op costs host time;
+    with a fast step on a GPU the host is what the step waits for)."""
     plan = chunk.cache.get("runs")
     if plan is not None:
         return plan
@@ -106,17 +110,17 @@ def sampled_runs(chunk: Chunk) -> List[Tuple[int, List[Tuple[int, int, int]], Li
         rows, singles, k = [], [], i
         while k <= j:
             m = k
-            while (
-                m + 1 <= j
-                and segs[k].end - segs[k].start == blk
-                and segs[m + 1].end - segs[m + 1].start == blk
-                and segs[m + 1].start - segs[m].start == period
-            ):
-                m += 1
+            if segs[k].end - segs[k].start == blk:
+                while (
+                    m + 1 <= j
+                    and segs[m + 1].end - segs[m + 1].start == blk
+                    and segs[m + 1].start - segs[m].start == period
+                ):
+                    m += 1
             if m > k:
                 rows.append((m - k + 1, segs[k].start, offs[k]))
             else:
-                singles.append(k)
+                singles.append((k, offs[k]))
             k = m + 1
         plan.append((i, rows, singles))
         i = j + 1
@@ -125,27 +129,22 @@ def sampled_runs(chunk: Chunk) -> List[Tuple[int, List[Tuple[int, int, int]], Li
 
 
 def fill_sampled(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> Tensor:
-    """``fill`` / ``fill_params`` for a sampled chunk (``_sampled_runs``): one strided copy
+    """``fill`` / ``fill_params`` for a sampled chunk (``sampled_runs``): one strided copy
     per run of blocks, one ``_foreach_copy_`` for the rest, then the prescale of the
     parameters kept whole."""
     runs = sampled_runs(chunk)
+    blk, period, segs = chunk.block, chunk.period, chunk.segs
     key = (buf.data_ptr(), buf.dtype, buf.numel())
     cached = chunk.cache.get("dst")
     if cached is None or cached[0] != key:
-        blk, segs, offs = chunk.block, chunk.segs, {}
-        off = 0
-        for k, seg in enumerate(segs):
-            offs[k] = off
-            off += seg.end - seg.start
         views = [
             (
                 [buf[o : o + n * blk].view(n, blk) for n, _, o in rows],
-                [buf[offs[k] : offs[k] + segs[k].end - segs[k].start] for k in singles],
+                [buf[o : o + segs[k].end - segs[k].start] for k, o in singles],
             )
             for _, rows, singles in runs
         ]
         cached = chunk.cache["dst"] = (key, views)
-    blk, period, segs = chunk.block, chunk.period, chunk.segs
     dst: List[Tensor] = []
     src: List[Tensor] = []
     for (i, rows, singles), (rd, sd) in zip(runs, cached[1]):
@@ -158,7 +157,7 @@ def fill_sampled(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor
         base = flat.storage_offset()
         for (n, start, _), d in zip(rows, rd):
             d.copy_(flat.as_strided((n, blk), (period, 1), base + start))
-        for k, d in zip(singles, sd):
+        for (k, _), d in zip(singles, sd):
             dst.append(d)
             src.append(flat[segs[k].start : segs[k].end])
     if dst:
