@@ -81,12 +81,6 @@ class Checkpoint:
     # a CUDA event recorded after the non-blocking copies of ``capture(non_blocking=True)``
     pending: Any = field(default=None, repr=False, compare=False)
 
-    def ready(self) -> bool:
-        """The copies have landed (never blocks)."""
-        if self.pending is not None and self.pending.query():
-            self.pending = None
-        return self.pending is None
-
     def wait(self) -> Checkpoint:
         """Block until the copies have landed (a host sync, only while one is pending)."""
         if self.pending is not None:

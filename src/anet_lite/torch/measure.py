@@ -169,9 +169,10 @@ class ChunkMeasure:
             self.seed,
             self.sample_blocks,
         )
-        shapes = {name: lp.shape for name, _, lp in items}
         if self.sample > 1:  # tap.m then holds the sampled elements of each parameter
             shapes = {n: (c,) for runs in order.values() for n, _, c in runs}
+        else:
+            shapes = {name: lp.shape for name, _, lp in items}
         by_dev: Dict[torch.device, List[Tuple[Tensor, bool]]] = {}
         for _, p, lp in items:  # (all have a gradient now: the layout key says so)
             by_dev.setdefault(lp.device, []).append((p, callable(getattr(p, "to_local", None))))

@@ -63,11 +63,10 @@ def acc_dtype(device: torch.device) -> torch.dtype:
 class Seg:
     """Elements [start, end) of one parameter, flattened."""
 
-    __slots__ = ("dist", "end", "name", "numel_total", "param", "start", "whole")
+    __slots__ = ("dist", "end", "name", "param", "start", "whole")
 
     def __init__(self, name: str, param: Tensor, start: int, end: int, numel: int) -> None:
         self.name, self.param, self.start, self.end = name, param, start, end
-        self.numel_total = numel
         self.whole = start == 0 and end == numel
         self.dist = callable(getattr(param, "to_local", None))  # a DTensor: use its shard
 
@@ -283,6 +282,8 @@ def fill_params(chunk: Chunk, buf: Tensor) -> Tensor:
 def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> Tensor:
     """Copy ``get(seg)`` (param-shaped tensors, e.g. gradients) into ``buf`` with one
     ``_foreach_copy_`` into cached param-shaped views of it; missing ones read as 0."""
+    if chunk.weight != 1.0:  # a sampled chunk (sample.py)
+        return fill_sampled(chunk, buf, get)
     cached = chunk.cache.get("views")
     if cached is None or cached[0] != (buf.data_ptr(), buf.dtype, buf.numel()):
         views, off = [], 0
@@ -299,8 +300,6 @@ def fill(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> T
         if all(g is not None for g in grads):  # (not `None in grads`: that calls t == None)
             torch._foreach_copy_(views, grads)
             return buf
-    if chunk.weight != 1.0:
-        return fill_sampled(chunk, buf, get)
     dst, src = [], []
     for seg, v in zip(chunk.segs, views):
         t = get(seg)

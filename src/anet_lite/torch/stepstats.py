@@ -29,10 +29,10 @@ slot  name                   reduce  value
 10    ``GRAD_DOT_AFTER``     sum     <g, theta_after> (<g, delta> with exact_update)
 ====  =====================  ======  ==================================================
 
-With ``GradNoiseTap(sample=R)`` every slot except ``GRAD_SQ``, ``RANKS`` and
-``MAX_ABS_GRAD`` is measured on one element in R (``sample.sample_ranges``) and scaled
-by R on the device, an unbiased estimate of the sum over all elements; ``MAX_ABS_GRAD``
-is then the max over the sampled elements. The cosine (processivity) and the update's
+With ``GradNoiseTap(sample=R)`` every sum slot except ``GRAD_SQ`` and ``RANKS`` is
+measured on one element in R (``sample.sample_ranges``) and scaled by R on the device,
+an unbiased estimate of the sum over all elements; ``MAX_ABS_GRAD`` is not measured (a
+sample does not see every element). The cosine (processivity) and the update's
 control variate use ``SAMPLE_GRAD_SQ``, so that they compare like with like.
 
 ``measure_grads`` fills slots 0-4 (``N_GRAD_SLOTS``), ``measure_update`` the rest.
