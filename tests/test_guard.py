@@ -358,6 +358,49 @@ def test_mark_declares_a_change_at_this_step():
     assert [e for i, e in events.items() if i != 30 and e == "curriculum_switch"] == []
 
 
+def _digits_with_a_shard(declared: bool, onset: int = 350, k: int = 2, steps: int = 380):
+    """An MLP on sklearn's digits (AdamW); labels permuted within the batch for ``k``
+    steps from ``onset``. Returns the Guard and the weights before and after the shard."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_digits(return_X_y=True)
+    X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.AdamW(model.parameters(), 5e-3)
+    g = Guard(model, opt, monitor=Monitor(declared=declared), on_error="raise")
+    gen = torch.Generator().manual_seed(0)
+    weights = {}
+    for t in range(steps):
+        if t in (onset, onset + k):
+            weights[t] = [p.detach().clone() for p in model.parameters()]
+        i = torch.randint(0, len(y), (64,), generator=gen)
+        xb, yb = X[i], y[i]
+        if onset <= t < onset + k:
+            yb = yb[torch.randperm(64, generator=gen)]
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        g.observe(loss)
+        opt.step()
+        opt.zero_grad()
+    return g, weights[onset], weights[onset + k]
+
+
+def test_a_declaring_loop_skips_every_batch_of_a_corrupted_shard():
+    # The labels of two batches are shuffled: their loss is ~4.5x the untrained model's.
+    # A loop that declares its data changes (Monitor(declared=True)) gets each skipped
+    # as a bad batch and its weights come through the shard untouched; by default the
+    # jump may be new data, so the Guard takes no action and the weights move.
+    g, before, after = _digits_with_a_shard(declared=True)
+    assert [(a.step, a.kind, a.evidence["cause"]) for a in g.actions] == [
+        (351, "skip_step", "bad_batch"),
+        (352, "skip_step", "bad_batch"),
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    g, before, after = _digits_with_a_shard(declared=False)
+    assert g.actions == []
+    assert not all(torch.equal(a, b) for a, b in zip(before, after))
+
+
 def test_the_unpacked_cpu_read_gives_the_packed_numbers():
     # On CPU in one process the Guard reads the stats without packing them; a clip that
     # never bites takes the packed path. The Monitor must see the same numbers, bit for bit.

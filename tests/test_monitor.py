@@ -440,6 +440,72 @@ def test_a_declared_change_learns_the_new_levels_and_keeps_the_level_free_rules(
     assert s.alert and s.evidence["cause"] == "oversized_update"  # needs no level
 
 
+def _jump_at_300(to: float, n: int = 330):
+    """A healthy stream whose loss jumps to ``to`` x its first loss at step 300 and stays
+    there (gradient x50 with it), read with a small loss floor so that 3x the first
+    loss is already a severe (>= 8x) jump over the settled level."""
+    loss, g = healthy_stream(n, seed=8)
+    first = loss[0]
+    loss = loss[:300] + [to * first] * (n - 300)
+    g = g[:300] + [50 * v for v in g[300:]]
+    return loss, g
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_declared_loop_takes_an_undeclared_jump_far_above_the_first_loss_as_a_bad_batch(
+    declared,
+):
+    loss, g = _jump_at_300(5.0)
+    snaps = feed(Monitor(declared=declared, loss_floor=0.01), loss, g)
+    assert not any(s.alert for s in snaps[:300])
+    assert snaps[300].evidence.get("level_shift")
+    if not declared:  # may be new data: watched, not alarmed
+        assert not any(s.alert for s in snaps[300:]) and snaps[301].status == "drifting"
+        return
+    s = snaps[300]
+    assert s.alert and s.evidence["cause"] == "bad_batch"
+    assert s.evidence["first_loss_ratio"] == pytest.approx(5.0)
+    assert "5x the run's first loss" in s.explain() and "mark()" in s.explain()
+    assert "最初の損失の 5 倍" in s.explain("ja")
+    assert Monitor().decide(s).kind == "skip_step"
+    # every step of the shift that stays that high is one too (a corrupted shard is
+    # skipped batch by batch; an undeclared change the loop forgot escalates)
+    assert all(x.evidence.get("cause") == "bad_batch" for x in snaps[300:305])
+
+
+def test_a_declared_loop_keeps_jumps_below_the_bad_batch_loss_and_declared_changes_quiet():
+    loss, g = _jump_at_300(3.0)  # severe vs. the level, but below 3.5x the first loss
+    snaps = feed(Monitor(declared=True, loss_floor=0.01), loss, g)
+    assert snaps[300].evidence.get("level_shift") and not any(s.alert for s in snaps)
+    loss, g = _jump_at_300(5.0)
+    m = Monitor(declared=True, loss_floor=0.01)
+    feed(m, loss[:300], g[:300])
+    m.mark("curriculum_switch")
+    assert not any(s.alert for s in feed(m, loss[300:], g[300:], start=300))
+
+
+def test_a_loss_jump_that_follows_an_alert_is_that_incidents_not_a_bad_batch():
+    loss, g = _jump_at_300(5.0)
+    loss = loss[:300] + loss[299:-1]  # the loss jumps at 301, one step after an lr bug
+    lr = [1e-3] * 300 + [1e-1] + [1e-3] * 29  # (one step: lr_ramp would take precedence)
+    snaps = feed(Monitor(declared=True, loss_floor=0.01), loss, g, lr=lr)
+    assert snaps[300].evidence["cause"] == "lr_jump"
+    assert snaps[301].evidence.get("level_shift")
+    assert not any(s.evidence.get("cause") == "bad_batch" for s in snaps)
+
+
+def test_a_declared_monitor_continues_exactly_from_its_state_inside_a_bad_batch_shift():
+    loss, g = _jump_at_300(5.0)
+    one = feed(Monitor(declared=True, loss_floor=0.01), loss, g)
+    m = Monitor(declared=True, loss_floor=0.01)
+    first = feed(m, loss[:302], g[:302])
+    m2 = Monitor(declared=True, loss_floor=0.01)
+    m2.load_state_dict(json.loads(json.dumps(m.state_dict())))
+    second = feed(m2, loss[302:], g[302:], start=302)
+    assert second[0].evidence["cause"] == "bad_batch"
+    assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
+
+
 @pytest.mark.parametrize("rel, alarm", [(0.15, False), (0.5, True)])
 def test_an_oversized_update_at_a_declared_change_waits_below_twice_the_limit(rel, alarm):
     loss, g = healthy_stream(400, seed=7)
@@ -593,6 +659,20 @@ def test_a_version_4_state_without_the_surge_history_still_loads():
     assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
 
 
+def test_a_version_5_state_without_shift_bad_still_loads():
+    loss, g = healthy_stream(400, seed=12)
+    one = feed(Monitor(), loss, g)
+    m = Monitor()
+    first = feed(m, loss[:300], g[:300])
+    state = m.state_dict()
+    del state["shift_bad"]
+    state["version"] = 5
+    m2 = Monitor()
+    m2.load_state_dict(state)
+    second = feed(m2, loss[300:], g[300:], start=300)
+    assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
+
+
 def _compounding(grow: bool, processivity: bool = True):
     loss, g = healthy_stream(400, seed=3)
     cos = np.random.default_rng(3).uniform(-0.2, 0.9, 400).tolist()
@@ -625,10 +705,15 @@ def test_load_state_dict_rejects_other_configs():
         Monitor().load_state_dict({"nope": 1})
 
 
-@pytest.mark.parametrize("kw", [{"window": 8}, {"rate_hz": 0}, {"z": -1}, {"on_error": "ignore"}])
+@pytest.mark.parametrize(
+    "kw",
+    [{"window": 8}, {"rate_hz": 0}, {"z": -1}, {"on_error": "ignore"}, {"bad_batch_loss": 0}],
+)
 def test_bad_config_names_the_argument(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         Monitor(**kw)
+    with pytest.raises(TypeError, match="declared"):
+        Monitor(declared="yes")
 
 
 def test_explain_in_both_languages():

@@ -8,6 +8,11 @@ grad_norm, update_norm (as step_norm), param_norm, processivity, noise, lr. An a
 (``--pass-benign-events``), they are declared with ``Monitor.mark`` — the API a user
 would call; by default the scorer blanks them and the Monitor sees the schedule only
 through lr.
+
+``DECLARED`` is the Monitor of a loop that declares every intended data change
+(``Monitor(declared=True)``): score it with ``--pass-benign-events``, the only mode in
+which the scorer hands those declarations over (without them it would take every
+curriculum switch for a bad batch).
 """
 
 from __future__ import annotations
@@ -51,4 +56,12 @@ class AnetMonitor:
         return bool(snap.alert)
 
 
+class AnetMonitorDeclared(AnetMonitor):
+    name = "anet_monitor_declared"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(declared=True, **kw)
+
+
 DETECTORS = {"anet_monitor": AnetMonitor}
+DECLARED = {"anet_monitor_declared": AnetMonitorDeclared}

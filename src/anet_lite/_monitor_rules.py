@@ -77,6 +77,9 @@ class MonitorRules(CoherenceRules):
                     # A severe jump out of a calm state: a level shift (harder data, a bad
                     # shard) until the loss or gradient climbs past where it jumped to.
                     self.shift_x = x
+                    # a loop that declares its data changes did not declare this one; a
+                    # jump that follows an alert is that incident's, not a batch's
+                    self.shift_bad = self.declared and self.last_status != "precursor"
             if dev >= self.spike_z:
                 ev["spike"] = True
             if self.shift_x is not None:
@@ -88,6 +91,11 @@ class MonitorRules(CoherenceRules):
                 else:
                     ev["level_shift"] = True
                     ev["loss_ratio"] = exp_capped(x - base.center)
+                    first = L / self.loss0 if self.loss0 else 0.0
+                    if self.shift_bad and first >= self.bad_batch_loss:
+                        # a batch this far above the untrained model's loss contradicts
+                        # what the model learned (Monitor._update: cause "bad_batch")
+                        ev["first_loss_ratio"] = first
             self.rise = self.rise + 1 if elevated else 0
         if not base.ready and self.t <= self.warmup and self.log_space and self.loss0:
             # Before any baseline exists the first loss is the yardstick: a healthy run

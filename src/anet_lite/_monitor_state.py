@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-VERSION = 5
+VERSION = 6
 _SCALARS = (
     "t",
     "ref_pinned",
@@ -16,6 +16,7 @@ _SCALARS = (
     "drift_stalled",
     "shift_x",
     "shift_g",
+    "shift_bad",
     "early_hot",
     "sdot",
     "log_space",
@@ -61,14 +62,15 @@ def dump(m: Any) -> Dict[str, Any]:
 
 
 # Older versions load with the state they lack empty (as after reset): version 3 had no
-# processivity state, version 4 no surge history.
+# processivity state, version 4 no surge history, version 5 no shift_bad.
 _NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent")
+_NEW_IN_6 = ("shift_bad",)
 
 
 def load(m: Any, st: Dict[str, Any]) -> None:
     version = st.get("version") if isinstance(st, dict) else None
-    if version not in (3, 4, VERSION):
-        raise ValueError(f"state must be a Monitor.state_dict() of version 3, 4 or {VERSION}")
+    if version not in (3, 4, 5, VERSION):
+        raise ValueError(f"state must be a Monitor.state_dict() of version 3 to {VERSION}")
     cfg = st["config"]
     if cfg != {"n": m.n, "window": m.window}:
         raise ValueError(
@@ -76,7 +78,7 @@ def load(m: Any, st: Dict[str, Any]) -> None:
             f"{{'n': {m.n}, 'window': {m.window}}}"
         )
     m.reset()
-    skip = _NEW_IN_4 if version == 3 else ()
+    skip = (_NEW_IN_4 if version == 3 else ()) + (_NEW_IN_6 if version < 6 else ())
     for k in _SCALARS:
         if k not in skip:
             setattr(m, k, st[k])

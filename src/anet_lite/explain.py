@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, Dict
 
-# "bad_batch" is no longer a Monitor cause (a one-step loss jump is now a level shift);
-# its words stay so that run folders written by earlier versions still explain.
+# "bad_batch": a Monitor cause again only with ``Monitor(declared=True)`` (evidence
+# "first_loss_ratio", worded by "bad_batch_undeclared"); the plain words stay for run
+# folders written by earlier versions.
 _EN = {
     "non_finite": (
         "The loss or gradient is no longer a finite number (numeric overflow, e.g. a "
@@ -29,6 +30,13 @@ _EN = {
         "One batch sent the loss to {loss_ratio:.3g}x its recent level at once — likely a "
         "bad batch or corrupted data{nums}.",
         "Skip this update and check that batch; roll back if the next steps do not recover.",
+    ),
+    "bad_batch_undeclared": (
+        "One batch sent the loss to {first_loss_ratio:.3g}x the run's first loss at once, "
+        "and no change of data was declared — a bad batch or corrupted data (labels or "
+        "inputs that contradict what the model learned){nums}.",
+        "Skip this update and check that batch and its shard; roll back if the next steps "
+        "do not recover. If the data changed on purpose, declare it with mark().",
     ),
     "grad_explosion": (
         "The gradient norm jumped to {grad_ratio:.3g}x its recent level in one step — "
@@ -101,6 +109,12 @@ _JA = {
     "bad_batch": (
         "1 つのバッチで損失が直近水準の {loss_ratio:.3g} 倍になりました。不良バッチか壊れたデータの可能性があります{nums}。",
         "この更新をスキップし、そのバッチを確認してください。次の数ステップで戻らなければロールバックへ。",
+    ),
+    "bad_batch_undeclared": (
+        "1 つのバッチで損失が最初の損失の {first_loss_ratio:.3g} 倍になりました。データの変更は宣言されていません。"
+        "不良バッチか壊れたデータ（モデルが学んだことと矛盾するラベルや入力）です{nums}。",
+        "この更新をスキップし、そのバッチとシャードを確認してください。次の数ステップで戻らなければロールバックへ。"
+        "意図したデータの変更なら mark() で宣言してください。",
     ),
     "grad_explosion": (
         "勾配ノルムが 1 ステップで直近水準の {grad_ratio:.3g} 倍に跳ねました。不良バッチか勾配爆発です{nums}。",
@@ -240,6 +254,8 @@ def explain(snap: Any, lang: str = "en") -> str:
     cause = str(ev.get("cause") or ("non_finite" if snap.status == "collapsed" else "divergence"))
     if cause == "divergence" and ev.get("compounding"):
         cause = "compounding"  # (the same cause, reached by compounding growth)
+    elif cause == "bad_batch" and "first_loss_ratio" in ev:
+        cause = "bad_batch_undeclared"  # (Monitor(declared=True))
     what, advice = table.get(cause, table["divergence"])
     nums = (
         f" (θ={snap.theta:.2f}, F_Total={snap.f_total:+.2f}, z={snap.zscore:+.2f}"

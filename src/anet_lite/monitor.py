@@ -51,6 +51,17 @@ class Monitor(MonitorRules):
       lr_jump              lr above this multiple of the largest earlier lr: a bug [x]
       lr_ramp              lr above this multiple of the schedule's peak after warm-up [x]
       grace                steps after a schedule change during which slow signals are muted
+      declared             True: the loop declares every intended change of its data
+                           (curriculum switch, new dataset, batch size) with ``mark``. A
+                           severe one-step loss jump is then never new data: if it also
+                           reaches ``bad_batch_loss`` x the first loss it is a bad batch
+                           (alarm at once, and on every step of the shift that stays up).
+                           False (default): such a jump may be new data, it is watched
+                           as a level shift and alarms only if it keeps climbing
+      bad_batch_loss       with ``declared``: the loss that makes a level shift a bad
+                           batch, as a multiple of the first loss (an untrained
+                           classifier's first loss is about chance: the batch is then
+                           confidently wrong, e.g. labels that contradict the model) [x]
       policy, run_log, tombstones   see ``decide`` and ``outputs.RunLog``
       on_error             "warn" (an internal error never reaches the training loop) or "raise"
     """
@@ -81,6 +92,8 @@ class Monitor(MonitorRules):
         drift_persist: int = 8,
         loss_gate: float = 0.25,
         grace: Optional[int] = None,
+        declared: bool = False,
+        bad_batch_loss: float = 3.5,
         policy: Any = None,
         run_log: Any = None,
         tombstones: Any = None,
@@ -111,6 +124,10 @@ class Monitor(MonitorRules):
         self.loss_gate = float(loss_gate)
         self._base_len = max(4 * self.n, 16)
         self.grace = int(grace) if grace is not None else self._base_len + self.n
+        if not isinstance(declared, bool):
+            raise TypeError(f"declared must be True or False, got {declared!r}")
+        self.declared = declared
+        self.bad_batch_loss = positive(bad_batch_loss, "bad_batch_loss")
         if on_error not in ("warn", "raise"):
             raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.on_error = on_error
@@ -161,6 +178,7 @@ class Monitor(MonitorRules):
         self.drift_stalled = False
         self.shift_x: Optional[float] = None  # loss level (log space) a severe jump went to
         self.shift_g: Optional[float] = None  # log gradient norm at that jump
+        self.shift_bad = False  # declared=True and the shift began out of a calm state
         self.early_hot = 0  # consecutive warm-up steps with the loss well above the first
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
         self.ur_prev = math.inf
@@ -294,6 +312,8 @@ class Monitor(MonitorRules):
             pass
         elif "lr_ramp" in ev:
             cause = "lr_ramp"
+        elif "first_loss_ratio" in ev:
+            cause = "bad_batch"  # (declared=True: an undeclared level shift, far up)
         elif shifted:
             status = "drifting"  # a level shift that is not (yet) climbing further
         elif ready and not grace and self.climb >= CLIMB_STEPS:
