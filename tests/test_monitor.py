@@ -749,9 +749,10 @@ weird = st.one_of(
         max_size=250,
     ),
     st.booleans(),
+    st.booleans(),
 )
-def test_no_stream_of_floats_makes_update_raise(rows, alternate):
-    m = Monitor(on_error="raise", warmup=10)
+def test_no_stream_of_floats_makes_update_raise(rows, alternate, declared):
+    m = Monitor(on_error="raise", warmup=10, declared=declared)
     for i, (L, g, s, lr, c) in enumerate(rows):
         if alternate:
             L = L if i % 2 else -L
@@ -762,3 +763,23 @@ def test_no_stream_of_floats_makes_update_raise(rows, alternate):
         assert snap.status in STATUSES
         if not math.isfinite(L):
             assert snap.status == "collapsed" and snap.alert
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.floats(0.01, 0.3),
+    st.lists(st.floats(0.01, 3.4), min_size=1, max_size=40),
+    st.lists(st.floats(0.01, 1e4), min_size=200, max_size=200),
+)
+def test_a_declared_monitor_calls_no_loss_below_bad_batch_loss_x_the_first_a_bad_batch(
+    low, jumps, g
+):
+    # A run settled at `low` x its first loss, then any losses up to 3.4x the first (most
+    # are severe jumps over that level) and any gradients: never a bad batch.
+    m = Monitor(on_error="raise", declared=True, loss_floor=0.01)
+    wiggle = np.exp(0.05 * np.random.default_rng(0).standard_normal(160))
+    loss = [1.0, *(low * wiggle).tolist(), *jumps]
+    for i, L in enumerate(loss):
+        snap = m.update(L, grad_norm=g[i])
+        assert snap.evidence.get("cause") != "bad_batch"
+        assert "first_loss_ratio" not in snap.evidence

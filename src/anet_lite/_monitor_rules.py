@@ -92,7 +92,7 @@ class MonitorRules(CoherenceRules):
                     ev["level_shift"] = True
                     ev["loss_ratio"] = exp_capped(x - base.center)
                     first = L / self.loss0 if self.loss0 else 0.0
-                    if self.shift_bad and first >= self.bad_batch_loss:
+                    if self.declared and self.shift_bad and first >= self.bad_batch_loss:
                         # a batch this far above the untrained model's loss contradicts
                         # what the model learned (Monitor._update: cause "bad_batch")
                         ev["first_loss_ratio"] = first
