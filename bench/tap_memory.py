@@ -32,6 +32,8 @@ def mlp(width, depth):
 models = {"0.43M": lambda: mlp(256, 5), "25M": lambda: mlp(2048, 6), "67M": lambda: mlp(2896, 8)}
 cfgs = {
     "Guard's tap (noise=sketch, max_abs=False)": dict(noise="sketch", max_abs=False),
+    'Guard\'s default (the same, sample="auto")': dict(noise="sketch", max_abs=None, sample="auto"),
+    "Guard's tap, sample=16": dict(noise="sketch", max_abs=None, sample=16),
     "default (noise=exact: EMA)": dict(),
     "noise=sketch, chunk_numel=2**20": dict(noise="sketch", chunk_numel=2**20),
     "noise=exact (EMA), chunk_numel=2**20": dict(chunk_numel=2**20),
