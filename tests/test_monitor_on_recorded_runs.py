@@ -174,11 +174,12 @@ def test_a_too_high_lr_from_step_0_is_an_oversized_update_and_healthy_runs_stay_
 
 
 @pytest.mark.skipif(not os.path.isdir(score.REAL_LOGS), reason="../shared/data/real-logs absent")
-def test_no_alarm_on_the_real_public_healthy_logs():
+@pytest.mark.parametrize("declared", [False, True])
+def test_no_alarm_on_the_real_public_healthy_logs(declared):
     for fn in sorted(os.listdir(score.REAL_LOGS)):
         if not fn.endswith(".csv"):
             continue
-        m = Monitor(on_error="raise")
+        m = Monitor(on_error="raise", declared=declared)
         for r in score.load_real_log(os.path.join(score.REAL_LOGS, fn)):
             snap = m.update(r["loss"], step=r["step"])
             assert not snap.alert, (fn, r["step"], snap.evidence)
