@@ -91,11 +91,12 @@ class MonitorRules(CoherenceRules):
                 else:
                     ev["level_shift"] = True
                     ev["loss_ratio"] = exp_capped(x - base.center)
-                    first = L / self.loss0 if self.loss0 else 0.0
-                    if self.declared and self.shift_bad and first >= self.bad_batch_loss:
+                    if self.declared and self.shift_bad and self.loss0:
                         # a batch this far above the untrained model's loss contradicts
                         # what the model learned (Monitor._update: cause "bad_batch")
-                        ev["first_loss_ratio"] = first
+                        first = L / self.loss0
+                        if first >= self.bad_batch_loss:
+                            ev["first_loss_ratio"] = first
             self.rise = self.rise + 1 if elevated else 0
         if not base.ready and self.t <= self.warmup and self.log_space and self.loss0:
             # Before any baseline exists the first loss is the yardstick: a healthy run
