@@ -78,4 +78,8 @@ def run(
             },
             f,
         )
+    # both ranks reach the teardown together: a rank that destroys its group while the
+    # other still holds the connection can abort in gloo's threads ("terminate called
+    # without an active exception", seen once in CI on a loaded machine)
+    dist.barrier()
     dist.destroy_process_group()

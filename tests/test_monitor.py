@@ -551,6 +551,28 @@ def test_fingerprint_shift_drifts():
     assert alerts and alerts[0].evidence["cause"] == "fingerprint_shift"  # flat loss: stalled
 
 
+@pytest.mark.parametrize("slope, alert", [(0.0, True), (4e-4, False)])
+def test_a_slow_improvement_beyond_the_noise_of_a_window_mean_is_not_stalled(slope, alert):
+    # After the noise turns red at step 500 the loss is flat, or improves by 0.04 % a step
+    # (~2.5 % over the 8 refreshes before an alert: less than one step's 5 % jitter, more
+    # than the noise of the difference of two 10-step window means).
+    rng = np.random.default_rng(8)
+    n = 900
+    t = np.arange(n)
+    trend = np.where(t < 500, 0.0, -slope * (t - 500))
+    loss = np.exp(0.05 * rng.standard_normal(n) + trend).tolist()
+    noise = np.abs(1.0 + 0.1 * rng.standard_normal(n))
+    red = np.zeros(n)
+    for i in range(1, n):
+        red[i] = 0.95 * red[i - 1] + 0.1 * rng.standard_normal()
+    noise[500:] = 1.0 + red[500:]
+    m = Monitor(warmup=100)
+    snaps = [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
+    assert any(s.status == "drifting" and s.theta < 0.6 for s in snaps[500:])
+    causes = {s.evidence.get("cause") for s in snaps if s.alert}
+    assert causes == ({"fingerprint_shift"} if alert else set())
+
+
 def test_fingerprint_shift_while_improving_is_not_an_alert_and_becomes_the_reference():
     rng = np.random.default_rng(8)
     n = 1400

@@ -321,7 +321,9 @@ class MonitorRules(CoherenceRules):
             if self.theta_low == 1:
                 self.drift_loss0 = level
             known = level is not None and self.drift_loss0 is not None
-            margin = max(self.loss_base.scale, 1e-3)  # improved = clearly below, not by noise
+            # improved = clearly below, not by noise: 1 robust sigma of the difference of
+            # two window means (sigma * sqrt(2 / n)), not of one step's loss
+            margin = max(self.loss_base.scale * math.sqrt(2.0 / max(len(self.recent), 1)), 1e-3)
             self.drift_stalled = known and level > self.drift_loss0 - margin
             if self.theta_low >= 16 and known and not self.drift_stalled and not self.ref_pinned:
                 # A new fingerprint under which the run kept improving is the new healthy one.
