@@ -533,17 +533,24 @@ def test_reference_taken_after_warmup_and_pinnable():
     assert m.ref is None
 
 
-def test_fingerprint_shift_drifts():
-    rng = np.random.default_rng(8)
-    n = 900
-    loss = np.exp(0.02 * rng.standard_normal(n)).tolist()
+def _feed_noise_turning_red_at_500(loss, rng):
+    """A Monitor fed ``loss`` and a gradient-noise stream that turns from white to red
+    (AR(1), 0.95) at step 500: the same level, a different shape."""
+    n = len(loss)
     noise = np.abs(1.0 + 0.1 * rng.standard_normal(n))
     red = np.zeros(n)
     for i in range(1, n):
         red[i] = 0.95 * red[i - 1] + 0.1 * rng.standard_normal()
-    noise[500:] = 1.0 + red[500:]  # the noise turns red: same level, different shape
+    noise[500:] = 1.0 + red[500:]
     m = Monitor(warmup=100)
-    snaps = [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
+    return [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
+
+
+def test_fingerprint_shift_drifts():
+    rng = np.random.default_rng(8)
+    n = 900
+    loss = np.exp(0.02 * rng.standard_normal(n)).tolist()
+    snaps = _feed_noise_turning_red_at_500(loss, rng)
     assert all(not s.alert for s in snaps[:500])
     drift = [s for s in snaps[500:] if s.status == "drifting"]
     assert drift and drift[0].theta < 0.6 and not drift[0].alert  # shifted, not yet stalled
@@ -561,13 +568,7 @@ def test_a_slow_improvement_beyond_the_noise_of_a_window_mean_is_not_stalled(slo
     t = np.arange(n)
     trend = np.where(t < 500, 0.0, -slope * (t - 500))
     loss = np.exp(0.05 * rng.standard_normal(n) + trend).tolist()
-    noise = np.abs(1.0 + 0.1 * rng.standard_normal(n))
-    red = np.zeros(n)
-    for i in range(1, n):
-        red[i] = 0.95 * red[i - 1] + 0.1 * rng.standard_normal()
-    noise[500:] = 1.0 + red[500:]
-    m = Monitor(warmup=100)
-    snaps = [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
+    snaps = _feed_noise_turning_red_at_500(loss, rng)
     assert any(s.status == "drifting" and s.theta < 0.6 for s in snaps[500:])
     causes = {s.evidence.get("cause") for s in snaps if s.alert}
     assert causes == ({"fingerprint_shift"} if alert else set())
@@ -578,13 +579,7 @@ def test_fingerprint_shift_while_improving_is_not_an_alert_and_becomes_the_refer
     n = 1400
     t = np.arange(n)
     loss = ((1.0 + 3.0 * np.exp(-t / 300.0)) * np.exp(0.01 * rng.standard_normal(n))).tolist()
-    noise = np.abs(1.0 + 0.1 * rng.standard_normal(n))
-    red = np.zeros(n)
-    for i in range(1, n):
-        red[i] = 0.95 * red[i - 1] + 0.1 * rng.standard_normal()
-    noise[500:] = 1.0 + red[500:]
-    m = Monitor(warmup=100)
-    snaps = [m.update(loss[i], noise=float(noise[i])) for i in range(n)]
+    snaps = _feed_noise_turning_red_at_500(loss, rng)
     assert any(s.status == "drifting" for s in snaps[500:])
     assert not any(s.alert for s in snaps)
     assert snaps[-1].status == "healthy" and snaps[-1].theta > 0.6  # new healthy reference
