@@ -364,8 +364,10 @@ def _digits_with_a_shard(declared: bool, onset: int = 350, k: int = 2, steps: in
     datasets = pytest.importorskip("sklearn.datasets")
     X, y = datasets.load_digits(return_X_y=True)
     X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+    from anet_lite.torch.merge import digits_mlp  # the project's digits MLP (64-64-10)
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = digits_mlp()
     opt = torch.optim.AdamW(model.parameters(), 5e-3)
     g = Guard(model, opt, monitor=Monitor(declared=declared), on_error="raise")
     gen = torch.Generator().manual_seed(0)
