@@ -358,33 +358,42 @@ def test_mark_declares_a_change_at_this_step():
     assert [e for i, e in events.items() if i != 30 and e == "curriculum_switch"] == []
 
 
-def _digits_with_a_shard(declared: bool, onset: int = 350, k: int = 2, steps: int = 380):
+def _digits_with_a_shard(
+    declared: bool, onset: int = 350, k: int = 2, steps: int = 380, device: str = "cpu"
+):
     """An MLP on sklearn's digits (AdamW); labels permuted within the batch for ``k``
-    steps from ``onset``. Returns the Guard and the weights before and after the shard."""
+    steps from ``onset``. Returns the Guard and the weights at the start of every step
+    from ``onset`` to ``onset + k + 1``."""
     datasets = pytest.importorskip("sklearn.datasets")
     X, y = datasets.load_digits(return_X_y=True)
     X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
     from anet_lite.torch.merge import digits_mlp  # the project's digits MLP (64-64-10)
 
     torch.manual_seed(0)
-    model = digits_mlp()
+    model = digits_mlp().to(device)
     opt = torch.optim.AdamW(model.parameters(), 5e-3)
     g = Guard(model, opt, monitor=Monitor(declared=declared), on_error="raise")
     gen = torch.Generator().manual_seed(0)
     weights = {}
     for t in range(steps):
-        if t in (onset, onset + k):
-            weights[t] = [p.detach().clone() for p in model.parameters()]
+        if onset <= t <= onset + k + 1:
+            weights[t] = [p.detach().cpu().clone() for p in model.parameters()]
         i = torch.randint(0, len(y), (64,), generator=gen)
         xb, yb = X[i], y[i]
         if onset <= t < onset + k:
             yb = yb[torch.randperm(64, generator=gen)]
-        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss = nn.functional.cross_entropy(model(xb.to(device)), yb.to(device))
         loss.backward()
+        if device != "cpu":
+            torch.cuda.synchronize()  # the previous step's copy has landed: lag exactly 1
         g.observe(loss)
         opt.step()
         opt.zero_grad()
-    return g, weights[onset], weights[onset + k]
+    return g, weights
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_a_declaring_loop_skips_every_batch_of_a_corrupted_shard():
@@ -392,15 +401,30 @@ def test_a_declaring_loop_skips_every_batch_of_a_corrupted_shard():
     # A loop that declares its data changes (Monitor(declared=True)) gets each skipped
     # as a bad batch and its weights come through the shard untouched; by default the
     # jump may be new data, so the Guard takes no action and the weights move.
-    g, before, after = _digits_with_a_shard(declared=True)
+    g, w = _digits_with_a_shard(declared=True)
     assert [(a.step, a.kind, a.evidence["cause"]) for a in g.actions] == [
         (351, "skip_step", "bad_batch"),
         (352, "skip_step", "bad_batch"),
     ]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
-    g, before, after = _digits_with_a_shard(declared=False)
+    assert _same_weights(w[350], w[352])
+    g, w = _digits_with_a_shard(declared=False)
     assert g.actions == []
-    assert not all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not _same_weights(w[350], w[352])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_a_declaring_loop_skips_a_shard_one_step_late():
+    # On CUDA the Guard reads each step's numbers at the next step (no host sync), so the
+    # first shuffled batch's update goes through, and the skip for the second shard
+    # step's numbers lands on the clean batch after it: the weights stop at the state
+    # after the first shard batch, for two steps.
+    g, w = _digits_with_a_shard(declared=True, device="cuda")
+    assert [(a.step, a.kind, a.evidence["cause"]) for a in g.actions] == [
+        (351, "skip_step", "bad_batch"),
+        (352, "skip_step", "bad_batch"),
+    ]
+    assert not _same_weights(w[350], w[351])
+    assert _same_weights(w[351], w[353])
 
 
 def test_the_unpacked_cpu_read_gives_the_packed_numbers():
