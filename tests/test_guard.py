@@ -427,6 +427,41 @@ def test_cuda_a_declaring_loop_skips_a_shard_one_step_late():
     assert _same_weights(w[351], w[353])
 
 
+def test_a_saturating_shard_gets_its_zero_gradient_steps_skipped():
+    # A breast-cancer MLP (SGD with momentum) meets five batches with inputs scaled 300x:
+    # its outputs saturate, and in float32 most of those batches give a loss of exactly 0
+    # and a gradient norm of 0 (or ~1e-30). The Guard flags each and skips its update.
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    X = torch.tensor((X - X.mean(0)) / X.std(0), dtype=torch.float32)
+    y = torch.tensor(y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    g = Guard(model, opt, on_error="raise")
+    gen = torch.Generator().manual_seed(0)
+    zero, causes = [], {}
+    for t in range(230):
+        i = torch.randint(0, len(y), (32,), generator=gen)
+        loss = nn.functional.cross_entropy(model(X[i] * (300.0 if 200 <= t < 205 else 1.0)), y[i])
+        loss.backward()
+        norm = sum(float((p.grad.double() ** 2).sum()) for p in model.parameters()) ** 0.5
+        if norm < 1e-20:  # (1e-30 and below: its float32 sum of squares is exactly 0)
+            zero.append(g.step + 1)  # (the Guard's step number for this batch)
+        g.observe(loss)
+        opt.step()
+        opt.zero_grad()
+        if g.last.alert:
+            causes[g.last.step] = g.last.evidence["cause"]
+    assert len(zero) >= 2 and all(s > 200 for s in zero)
+    assert min(causes) > 200  # nothing before the shard
+    assert [s for s, c in causes.items() if c == "zero_gradient"] == zero
+    assert [(a.step, a.kind) for a in g.actions][:2] == [
+        (zero[0], "skip_step"),
+        (zero[1], "skip_step"),
+    ]
+
+
 def test_the_unpacked_cpu_read_gives_the_packed_numbers():
     # On CPU in one process the Guard reads the stats without packing them; a clip that
     # never bites takes the packed path. The Monitor must see the same numbers, bit for bit.

@@ -242,6 +242,25 @@ def test_a_gradient_blowup_alerts_even_when_the_loss_is_near_zero():
     assert not any(s.alert for s in snaps[:300])
 
 
+def test_a_gradient_of_exactly_zero_alerts_once_the_run_had_a_gradient_level():
+    # Saturated outputs (a shard of inputs scaled ~300x): the loss and the gradient are
+    # exactly 0 in float32. After the healthy reference that is a one-step alert; before
+    # it, or in a loop that always passes 0.0 for an unmeasured gradient, it is not.
+    loss, g = healthy_stream(400, seed=9)
+    g[300] = g[301] = 0.0
+    loss[300] = loss[301] = 0.0
+    g[20] = 0.0
+    snaps = feed(Monitor(), loss, g)
+    assert [i for i, s in enumerate(snaps) if s.alert] == [300, 301]
+    assert snaps[300].evidence["cause"] == "zero_gradient"
+    assert "exactly zero" in snaps[300].explain() and "ゼロ" in snaps[300].explain("ja")
+    assert Monitor().policy.decide(snaps[300]).kind == "skip_step"
+    snaps = feed(Monitor(), healthy_stream(400, seed=9)[0], [0.0] * 400)
+    assert not any(s.alert for s in snaps)
+    g[300] = math.nan  # a non-finite gradient stays a collapse, not a zero gradient
+    assert feed(Monitor(), loss, g)[300].evidence["cause"] == "non_finite"
+
+
 def test_a_loss_climbing_from_the_first_step_alerts_during_warm_up():
     loss = [2.3, 2.2, 2.5, 3.6, 4.1, 9.0, 30.0]
     snaps = feed(Monitor(), loss)

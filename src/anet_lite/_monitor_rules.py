@@ -133,6 +133,12 @@ class MonitorRules(CoherenceRules):
         G, S = s.grad_norm, s.step_norm
         if G is not None and not math.isfinite(G):
             return False
+        if G == 0.0 and self.grad_ref is not None and "severe" not in ev:
+            # A run that had a healthy gradient level now gets none at all: no example
+            # of the batch moves the weights. A float32 cross-entropy's gradient is
+            # exactly 0 only when every logit margin is past ~100 (outputs saturated,
+            # e.g. inputs scaled far out of range) -- or every unit is dead.
+            ev["severe"] = "zero_gradient"
         if G is not None and G > 0.0:
             lg = math.log(G)
             gb = self.grad_base

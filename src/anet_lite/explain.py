@@ -81,6 +81,13 @@ _EN = {
         "optimizer is going uphill: a gradient-sign bug or a loss being maximised{nums}.",
         "Check the loss's sign and any gradient hooks; roll back to the last healthy state.",
     ),
+    "zero_gradient": (
+        "The gradient is exactly zero although the run had a healthy gradient level — "
+        "no example of this batch moves the weights: the outputs are saturated (inputs "
+        "far out of range, e.g. a shard scaled by mistake) or every unit is dead{nums}.",
+        "Skip this update and check this batch's inputs and their scaling; roll back if "
+        "it repeats.",
+    ),
     "stagnation": (
         "The gradient norm has collapsed ~100x below its healthy level while the loss "
         "stays flat — units have died or training has stalled{nums}.",
@@ -149,6 +156,10 @@ _JA = {
         "更新が普段よりはるかに勾配に沿って動き（プロセシビティが水準より {proc_lift:+.2f}）、更新が大きくなり損失が上昇しています。オプティマイザが坂を上っています。勾配の符号の不具合か、損失を最大化しています{nums}。",
         "損失の符号と勾配フックを確認し、最後の健全な状態へロールバックしてください。",
     ),
+    "zero_gradient": (
+        "健全な勾配水準があった学習で、勾配がちょうどゼロになりました。このバッチのどの例も重みを動かしません。出力が飽和しています（入力が範囲外、たとえば誤ってスケールされたシャード）か、すべてのユニットが死んでいます{nums}。",
+        "この更新をスキップし、このバッチの入力とそのスケーリングを確認してください。繰り返すならロールバックへ。",
+    ),
     "stagnation": (
         "損失が高いまま平らで、勾配ノルムが健全時の約 1/100 に落ちました。ユニットが死んだか学習が止まっています{nums}。",
         "崩壊前へロールバックし、学習率を下げてください。死んだ ReLU を確認してください。",
@@ -204,6 +215,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "divergence": "divergence (loss rising)",
         "grad_growth": "persistent gradient growth",
         "ascent": "going uphill (coherent updates, rising loss)",
+        "zero_gradient": "a gradient of exactly zero (saturated outputs)",
         "stagnation": "stagnation (gradient collapsed)",
         "fingerprint_shift": "a noise-fingerprint shift",
         "early_divergence": "the loss climbing from the first step",
@@ -220,6 +232,7 @@ CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
         "divergence": "発散（損失の上昇）",
         "grad_growth": "勾配の持続的な増大",
         "ascent": "上り坂（揃った更新と損失の上昇）",
+        "zero_gradient": "ちょうどゼロの勾配（出力の飽和）",
         "stagnation": "停滞（勾配の消失）",
         "fingerprint_shift": "ノイズ指紋のずれ",
         "early_divergence": "最初のステップからの損失の上昇",

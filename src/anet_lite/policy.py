@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 ACTIONS = ("none", "slow_down", "skip_step", "rollback", "stop")
 _LADDER = ("slow_down", "skip_step", "rollback", "stop")
-_ONE_STEP = ("non_finite", "bad_batch", "grad_explosion", "update_blowup")
+_ONE_STEP = ("non_finite", "bad_batch", "grad_explosion", "update_blowup", "zero_gradient")
 
 
 @dataclass(frozen=True)
