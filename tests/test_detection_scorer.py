@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.abspath(BENCH))
 import baselines  # noqa: E402
 import collapse  # noqa: E402
 import score  # noqa: E402
+import separability  # noqa: E402
 
 NAN = float("nan")
 
@@ -254,3 +255,20 @@ def test_page_hinkley_up_ignores_a_falling_loss_the_default_flags():
     assert _feed(baselines.BASELINES["page_hinkley_up"](), falling) == []
     rising = [1.0] * 200 + [1.0 + 0.5 * i for i in range(1, 200)]
     assert _feed(baselines.BASELINES["page_hinkley_up"](), rising)[0] >= 200
+
+
+def test_separability_features_are_logs_of_ratios_to_the_runs_last_20_steps():
+    row = dict(loss=1.0, grad_norm=2.0, update_norm=0.1, param_norm=10.0, processivity=0.2)
+    row.update(noise=1.0, max_abs_grad=0.5, lr=0.01)
+    rows = [dict(row) for _ in range(30)]
+    rows[0]["loss"] = 2.0  # the first loss
+    rows[25] = dict(row, loss=4.0, grad_norm=20.0, update_norm=0.0, processivity=0.7, lr=0.03)
+    f = dict(zip(separability.FEATURES, separability.features(rows, 25)))
+    assert f["loss / 20-step median"] == pytest.approx(math.log(4.0))
+    assert f["loss / first loss"] == pytest.approx(math.log(2.0))
+    assert f["grad_norm / median"] == pytest.approx(math.log(10.0))
+    assert f["update_norm / median"] == -30.0  # an exact zero (a saturated batch)
+    assert f["processivity - median"] == pytest.approx(0.5)
+    assert f["(noise / grad_norm) / median"] == pytest.approx(math.log(0.1))
+    assert f["lr / previous lr"] == pytest.approx(math.log(3.0))
+    assert f["previous loss / median"] == pytest.approx(0.0)
