@@ -84,7 +84,8 @@ _EN = {
     "zero_gradient": (
         "The gradient is exactly zero although the run had a healthy gradient level — "
         "no example of this batch moves the weights: the outputs are saturated (inputs "
-        "far out of range, e.g. a shard scaled by mistake) or every unit is dead{nums}.",
+        "far out of range, e.g. a shard scaled by mistake), every unit is dead, or the "
+        "gradients underflow (fp16 without loss scaling){nums}.",
         "Skip this update and check this batch's inputs and their scaling; roll back if "
         "it repeats.",
     ),
@@ -157,7 +158,7 @@ _JA = {
         "損失の符号と勾配フックを確認し、最後の健全な状態へロールバックしてください。",
     ),
     "zero_gradient": (
-        "健全な勾配水準があった学習で、勾配がちょうどゼロになりました。このバッチのどの例も重みを動かしません。出力が飽和しています（入力が範囲外、たとえば誤ってスケールされたシャード）か、すべてのユニットが死んでいます{nums}。",
+        "健全な勾配水準があった学習で、勾配がちょうどゼロになりました。このバッチのどの例も重みを動かしません。出力が飽和している（入力が範囲外、たとえば誤ってスケールされたシャード）か、すべてのユニットが死んでいるか、勾配がアンダーフローしています（損失スケーリングなしの fp16）{nums}。",
         "この更新をスキップし、このバッチの入力とそのスケーリングを確認してください。繰り返すならロールバックへ。",
     ),
     "stagnation": (
