@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.abspath(BENCH))
 
 import baselines  # noqa: E402
 import collapse  # noqa: E402
+import matched  # noqa: E402
 import score  # noqa: E402
 import separability  # noqa: E402
 
@@ -272,3 +273,20 @@ def test_separability_features_are_logs_of_ratios_to_the_runs_last_20_steps():
     assert f["(noise / grad_norm) / median"] == pytest.approx(math.log(0.1))
     assert f["lr / previous lr"] == pytest.approx(math.log(3.0))
     assert f["previous loss / median"] == pytest.approx(0.0)
+
+
+def test_matched_keeps_the_most_sensitive_setting_within_the_healthy_alarm_budget():
+    # [caught, collapsed, healthy runs alarmed, healthy runs] per grid key
+    totals = matched._sum(
+        [
+            {"zclip|z=2.5": [9, 10, 90, 100], "zclip|z=10": [3, 10, 4, 100]},
+            {"zclip|z=2.5": [1, 10, 10, 100], "zclip|z=10": [1, 10, 1, 100]},
+            {"zclip|z=50": [2, 20, 0, 200], "olmo|k=7": [20, 20, 0, 200]},
+        ]
+    )
+    assert totals["zclip|z=10"] == [4, 20, 5, 200]
+    assert matched._best(totals, "zclip", 0.05) == "zclip|z=10"  # 2.5 % alarmed, 4 caught
+    assert matched._best(totals, "zclip", 0.01) == "zclip|z=50"  # the only one that quiet
+    assert matched._best(totals, "zclip", 0.0) == "zclip|z=50"
+    assert matched._best(totals, "megatron", 1.0) is None
+    assert set(matched.GRIDS) == set(baselines.BASELINES)  # every baseline has a knob
