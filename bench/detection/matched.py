@@ -86,14 +86,9 @@ GRIDS: Dict[str, List[Tuple[str, Callable[[], Any]]]] = {
 }
 
 
-def _spec(s: str) -> Tuple[str, str]:
-    cache, _, split = s.partition(":")
-    return cache, split or "all"
-
-
 def _totals(dets: Dict[str, Callable[[], Any]], spec: str, declared: bool) -> Dict:
     """Per detector: [caught, collapsed, healthy runs alarmed, healthy runs] on one cache."""
-    cache, split = _spec(spec)
+    cache, split = score.cache_spec(spec)
     res = score.evaluate(dets, split, cache, None, declared)
     return {
         r["detector"]: [

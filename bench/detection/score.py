@@ -80,6 +80,12 @@ SLOW_MIN = 20
 
 
 # ----------------------------------------------------------------------------- loading
+def cache_spec(spec: str) -> Tuple[str, str]:
+    """ "CACHE[:SPLIT]" (a command-line argument) -> (cache folder, split; "all" if none)."""
+    cache, _, split = spec.partition(":")
+    return cache, split or "all"
+
+
 def load_manifest(cache: str = CACHE) -> Dict[str, Any]:
     with open(os.path.join(cache, "manifest.json")) as fh:
         return json.load(fh)

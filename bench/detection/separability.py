@@ -133,11 +133,6 @@ def candidates(cache: str, split: str, declared: bool) -> Tuple[list, list, list
     return X, y, key
 
 
-def _spec(s: str) -> Tuple[str, str]:
-    cache, _, split = s.partition(":")
-    return cache, split or "all"
-
-
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", nargs="+", required=True, help="CACHE[:SPLIT] to fit on")
@@ -150,7 +145,7 @@ def main(argv: Any = None) -> int:
     def gather(specs: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, list]:
         X, y, key = [], [], []
         for s in specs:
-            parts = candidates(*_spec(s), a.declared)
+            parts = candidates(*score.cache_spec(s), a.declared)
             X += parts[0]
             y += parts[1]
             key += parts[2]
@@ -171,7 +166,7 @@ def main(argv: Any = None) -> int:
     factory = anet_detector.AnetMonitorDeclared if a.declared else anet_detector.AnetMonitor
     runs: Dict[Tuple[str, str], Dict[str, Any]] = {}
     for s in a.test:
-        cache, split = _spec(s)
+        cache, split = score.cache_spec(s)
         res = score.evaluate({"m": factory}, split, cache, None, a.declared)
         runs.update({(cache, r["run_id"]): r for r in res["per_run"]["m"]})
     coll = [k for k, r in runs.items() if r["label"] == "collapsed"]
