@@ -176,7 +176,7 @@ def main(argv: Any = None) -> int:
     rows = []
     for thr in (0.5, 0.9, 0.98):
         hit = {k for k, pk in zip(keys, p) if pk >= thr}
-        onsets = [pk >= thr for pk, yk in zip(p, yb) if yk]
+        onsets = [bool(pk >= thr) for pk, yk in zip(p, yb) if yk]
         rows.append(
             {
                 "threshold": thr,
