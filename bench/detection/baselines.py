@@ -225,10 +225,10 @@ def _page_hinkley(name: str = "page_hinkley_loss", **kw):
     return RiverDrift(name, partial(drift.PageHinkley, **kw), "loss")
 
 
-def _adwin():
+def _adwin(**kw):
     from river import drift
 
-    return RiverDrift("adwin_log_gradnorm", drift.ADWIN, "grad_norm", log=True)
+    return RiverDrift("adwin_log_gradnorm", partial(drift.ADWIN, **kw), "grad_norm", log=True)
 
 
 # ----------------------------------------------------------------------------- OLMo 2

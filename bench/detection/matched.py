@@ -31,14 +31,7 @@ import anet_detector
 import baselines as B  # noqa: N812
 import score
 
-
-def _river(name: str, column: str, log: bool, kind: str, **kw: Any) -> B.RiverDrift:
-    from river import drift
-
-    return B.RiverDrift(name, partial(getattr(drift, kind), **kw), column, log)
-
-
-# Each baseline's sensitivity knob, from its published default (first) to far less sensitive.
+# Each baseline's sensitivity knob, starting at its published default.
 GRIDS: Dict[str, List[Tuple[str, Callable[[], Any]]]] = {
     "seed_loop": [
         (f"z={z}, theta={th}", partial(B.SeedLoop, z=z, theta=th))
@@ -52,24 +45,15 @@ GRIDS: Dict[str, List[Tuple[str, Callable[[], Any]]]] = {
         (f"z_thresh={z}", partial(B.ZClip, z_thresh=z)) for z in (2.5, 4, 6, 10, 20, 50, 100)
     ],
     "page_hinkley_loss": [
-        (
-            f"threshold={t}",
-            partial(_river, "page_hinkley_loss", "loss", False, "PageHinkley", threshold=t),
-        )
+        (f"threshold={t}", partial(B._page_hinkley, threshold=t))
         for t in (50, 100, 300, 1000, 3000)
     ],
     "page_hinkley_up": [
-        (
-            f"threshold={t}",
-            partial(
-                _river, "page_hinkley_up", "loss", False, "PageHinkley", threshold=t, mode="up"
-            ),
-        )
+        (f"threshold={t}", partial(B._page_hinkley, "page_hinkley_up", mode="up", threshold=t))
         for t in (50, 20, 10, 100, 300)
     ],
     "adwin_log_gradnorm": [
-        (f"delta={d}", partial(_river, "adwin_log_gradnorm", "grad_norm", True, "ADWIN", delta=d))
-        for d in (0.002, 1e-4, 1e-6, 1e-8, 1e-12)
+        (f"delta={d}", partial(B._adwin, delta=d)) for d in (0.002, 1e-4, 1e-6, 1e-8, 1e-12)
     ],
     "olmo_spike_loss": [
         (f"k={k}", partial(B.OlmoSpike, "loss", k=k)) for k in (7, 10, 15, 25, 50, 100)

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import anet_detector
+import baselines
 import score
 
 FEATURES = (
@@ -57,8 +58,7 @@ DECLARED_QUIET = 40  # steps after a declared change left out with --declared
 
 
 def _f(r: Dict[str, Any], k: str) -> float:
-    v = r.get(k)
-    return float(v) if isinstance(v, (int, float)) else math.nan
+    return baselines._f(r.get(k))  # (NaN for a missing or unreadable value)
 
 
 def _log(x: float) -> float:
@@ -117,17 +117,13 @@ def candidates(cache: str, split: str, declared: bool) -> Tuple[list, list, list
         for t in steps:
             if not math.isfinite(_f(rows[t], "loss")):
                 continue
-            if not shard:
-                if declared and any(0 <= t - e <= DECLARED_QUIET for e in marks):
-                    continue
-                pre = rows[t - PRE : t]
-                jump = _f(rows[t], "loss") >= 2 * statistics.median(_f(r, "loss") for r in pre)
-                kick = _f(rows[t], "grad_norm") >= 3 * statistics.median(
-                    _f(r, "grad_norm") for r in pre
-                )
-                if not (jump or kick):
-                    continue
-            X.append(features(rows, t))
+            if not shard and declared and any(0 <= t - e <= DECLARED_QUIET for e in marks):
+                continue
+            f = features(rows, t)
+            # a healthy step is a candidate if its loss jumped >= 2x or its gradient >= 3x
+            if not shard and not (f[0] >= math.log(2.0) or f[2] >= math.log(3.0)):
+                continue
+            X.append(f)
             y.append(int(shard))
             key.append((cache, meta["run_id"]))
     return X, y, key
