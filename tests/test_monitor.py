@@ -819,3 +819,40 @@ def test_a_declared_monitor_calls_no_loss_below_bad_batch_loss_x_the_first_a_bad
         snap = m.update(L, grad_norm=g[i])
         assert snap.evidence.get("cause") != "bad_batch"
         assert "first_loss_ratio" not in snap.evidence
+
+
+def _co_rising(processivity: bool = True, loss_scale: float = 1.0):
+    """400 healthy steps at a flat loss, then gradient and update growing 2.2x -> 6x while
+    the batch loss only wobbles (the loss lags a sign bug under momentum)."""
+    rng = np.random.default_rng(5)
+    loss = (2.0 * np.exp(0.05 * rng.standard_normal(404))).tolist()
+    loss[0] = 2.0
+    g = np.exp(0.2 * rng.standard_normal(404)).tolist()
+    cos = rng.uniform(-0.2, 0.9, 404).tolist()
+    cos[398:] = [0.95] * 6  # the updates follow their gradients from just before
+    for k, (gf, lf) in enumerate(((2.2, 1.0), (3.0, 1.06), (4.5, 0.98), (6.0, 1.1))):
+        g[400 + k] = gf
+        loss[400 + k] = 2.0 * lf
+    loss[1:] = [x * loss_scale for x in loss[1:]]
+    return feed(
+        Monitor(on_error="raise"), loss, g, lr=[1e-3] * 404, cos=cos if processivity else None
+    )
+
+
+def test_gradient_and_update_co_rising_with_coherent_updates_is_an_ascent_in_two_steps():
+    first = next(s for s in _co_rising() if s.alert)
+    assert first.step == 401 and first.evidence["cause"] == "ascent"
+    assert first.evidence["proc_lift"] >= 0.25
+    # without processivity the third co-rising step is a precursor (gradient growth)
+    first = next(s for s in _co_rising(processivity=False) if s.alert)
+    assert first.step == 402 and first.evidence["cause"] == "grad_growth"
+    # a loss far below the first loss (a near-perfect classifier's hard batches) is gated
+    snaps = _co_rising(loss_scale=0.05)
+    assert not any(s.evidence.get("cause") == "ascent" for s in snaps)
+
+
+def test_a_subnormal_first_loss_does_not_break_the_loss_gate():
+    # Found by hypothesis: 0.25 x 5e-324 underflows to 0, and the gate took log(0).
+    m = Monitor(on_error="raise", warmup=10)
+    for i, L in enumerate([5e-324, 1.0, 0.5, 0.7, 5e-324]):
+        assert m.update(L, step=i).status in STATUSES

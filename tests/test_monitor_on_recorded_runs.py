@@ -202,3 +202,15 @@ def test_no_alarm_on_the_real_logs_read_from_a_later_step_or_every_kth_step(skip
         for r in rows[::stride]:
             snap = m.update(r["loss"], step=r["step"])
             assert not snap.alert, (fn, r["step"], snap.evidence)
+
+
+def test_a_sign_bug_whose_loss_wobbles_is_an_ascent_from_its_gradient_and_update(monkeypatch):
+    # Train-split run (in the pool the rule was chosen on; a regression guard): under
+    # AdamW the gradient and the update grow together while the batch loss still dips
+    # (step 234); the co-rise with coherent updates alerts one step before the surge.
+    meta = _runs()["tfm_stdlib-grad_sign-s6500"]
+    onset, collapse = meta["onset"], meta["collapse_step"]
+    first = next(s for s in _replay(meta) if s.alert)
+    assert onset <= first.step < collapse - 1 and first.evidence["cause"] == "ascent"
+    monkeypatch.setattr(_coherence, "CO_ASCENT", math.inf)
+    assert next(s for s in _replay(meta) if s.alert).step == first.step + 1

@@ -29,6 +29,11 @@ SURGE_LEVEL = (1.5, 1.5, 1.0)  # (grad_ratio, update_ratio, loss_dev) at the mid
 SURGE_DEV = 3.0
 SURGE_LIFT = 0.25
 SURGE_GRAD = 5.0  # without the lift: the gradient >= this x its level, rising 3 steps
+# Gradient AND update both >= co_rise x their levels and the update growing, CO_ASCENT
+# steps in a row (``co_hot``), while the updates follow their gradients SURGE_LIFT above
+# the run's median cos, the loss past its gate: going uphill even while the batch loss
+# still wobbles (a sign bug under momentum: the loss lags the optimizer by a step or two).
+CO_ASCENT = 2
 
 
 class CoherenceRules:
@@ -67,7 +72,11 @@ class CoherenceRules:
             rising = len(self.climb_devs) == CLIMB_STEPS and dev >= self.climb_devs[0] + CLIMB_RISE
             # a streak of coherent growth counts only while the loss climbs across it
             self.climb = self.climb + 1 if rising else min(self.climb + 1, CLIMB_STEPS - 1)
-        if surge == "ascent":
+        if surge == "ascent" or (
+            self.co_hot >= CO_ASCENT
+            and lift >= SURGE_LIFT
+            and self.loss_gate_open(ev.get("loss"))  # (MonitorRules)
+        ):
             self.climb = max(self.climb, CLIMB_STEPS)
 
     def _cos_lift(self, c: Any) -> Any:

@@ -249,7 +249,7 @@ class MonitorRules(CoherenceRules):
         if loss < bar:
             return False
         x = self.loss_win_x  # (NaN until the window has 3 losses)
-        return x != x or x >= (math.log(bar + self.loss_eps) if self.log_space else bar)
+        return x != x or x >= (_log(bar + self.loss_eps) if self.log_space else bar)
 
     def _rebaseline(self) -> None:
         """A declared change (``mark``): the old levels no longer describe the run.

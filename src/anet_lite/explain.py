@@ -77,8 +77,9 @@ _EN = {
     ),
     "ascent": (
         "The updates follow the gradient far more closely than usual (processivity "
-        "{proc_lift:+.2f} above its level) while they grow and the loss climbs — the "
-        "optimizer is going uphill: a gradient-sign bug or a loss being maximised{nums}.",
+        "{proc_lift:+.2f} above its level) while they grow step after step and the loss "
+        "climbs (or lags a step behind) — the optimizer is going uphill: a gradient-sign "
+        "bug or a loss being maximised{nums}.",
         "Check the loss's sign and any gradient hooks; roll back to the last healthy state.",
     ),
     "zero_gradient": (
@@ -154,7 +155,7 @@ _JA = {
         "損失に現れる前に、今すぐ学習率を下げてください。",
     ),
     "ascent": (
-        "更新が普段よりはるかに勾配に沿って動き（プロセシビティが水準より {proc_lift:+.2f}）、更新が大きくなり損失が上昇しています。オプティマイザが坂を上っています。勾配の符号の不具合か、損失を最大化しています{nums}。",
+        "更新が普段よりはるかに勾配に沿って動き（プロセシビティが水準より {proc_lift:+.2f}）、更新が大きくなり続け、損失が上昇しています（または一歩遅れて上昇します）。オプティマイザが坂を上っています。勾配の符号の不具合か、損失を最大化しています{nums}。",
         "損失の符号と勾配フックを確認し、最後の健全な状態へロールバックしてください。",
     ),
     "zero_gradient": (
