@@ -22,6 +22,7 @@ import score  # noqa: E402
 
 from anet_lite import Monitor  # noqa: E402
 from anet_lite import _monitor_coherence as _coherence  # noqa: E402
+from anet_lite import _monitor_rules as _rules  # noqa: E402
 
 
 def _runs(split="train"):
@@ -132,6 +133,7 @@ def test_a_sign_bug_that_compounds_fast_is_caught_by_the_two_step_surge(run, mon
     assert onset <= first.step < collapse and first.evidence["cause"] == "ascent"
     monkeypatch.setattr(_coherence, "SURGE_LIFT", math.inf)
     monkeypatch.setattr(_coherence, "SURGE_GRAD", math.inf)
+    monkeypatch.setattr(_rules, "GROW_STEPS", math.inf)  # (also catches s6501 one step late)
     assert next(s for s in _replay(meta) if s.alert).step >= collapse
 
 
@@ -214,3 +216,19 @@ def test_a_sign_bug_whose_loss_wobbles_is_an_ascent_from_its_gradient_and_update
     assert onset <= first.step < collapse - 1 and first.evidence["cause"] == "ascent"
     monkeypatch.setattr(_coherence, "CO_ASCENT", math.inf)
     assert next(s for s in _replay(meta) if s.alert).step == first.step + 1
+
+
+def test_a_sign_bug_under_adam_is_a_divergence_once_gradient_and_update_grow_4_steps(
+    monkeypatch,
+):
+    # Train-split run (in the pool; the rule was checked on fresh seeds, docs/benchmarks.md):
+    # Adam's normalised update grows slowly and its cos barely lifts (no ascent, and
+    # grad_growth stays gated on coherence) while gradient and update each grow step
+    # after step from the onset; at the 5th such step the gradient is 8x its level.
+    meta = _runs()["tfm_stdlib-grad_sign-s6502"]
+    onset, collapse = meta["onset"], meta["collapse_step"]
+    first = next(s for s in _replay(meta) if s.alert)
+    assert onset <= first.step < collapse - 1 and first.evidence["cause"] == "divergence"
+    assert first.evidence["compounding"] and first.evidence["grad_ratio"] >= 5.0
+    monkeypatch.setattr(_rules, "GROW_STEPS", math.inf)
+    assert next(s for s in _replay(meta) if s.alert).step > first.step

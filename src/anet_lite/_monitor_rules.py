@@ -30,6 +30,13 @@ PZ_DEV = 1.0  # the precursor window counts only while the current step is also 
 RISE_PZ = 2.0
 EARLY_RISE = 1.5  # x the first loss, twice in a row, within warm-up: diverging from the start
 SHIFT_MARGIN = math.log(1.5)  # a shifted loss (or gradient) 1.5x past its jump: diverging
+# Gradient and update each larger than the step before, GROW_STEPS steps in a row, the
+# gradient now >= GROW_X x its level, the loss past its gate: compounding. A sign bug
+# under Adam grows this way for 4-9 steps while its normalised update grows slowly and
+# its cos barely lifts (no ascent) and its batch loss still wobbles (no surge); a
+# one-batch spike or new data jumps once and then decays.
+GROW_STEPS = 4
+GROW_X = 5.0
 EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms even if the loss
 # accounts for it (a garbage batch's 1e4x gradient must be skipped whatever its loss did)
 
@@ -201,9 +208,14 @@ class MonitorRules(CoherenceRules):
             # the optimizer is being pushed one way (a one-batch spike decays instead)
             hot = min(gr, ur) >= self.co_rise_x and ur > self.ur_prev
             self.co_hot = self.co_hot + 1 if hot else 0
-            self.ur_prev = ur
+            grows = gr > self.gr_prev and ur > self.ur_prev
+            self.grow = self.grow + 1 if grows else 0
+            self.ur_prev, self.gr_prev = ur, gr
+            if self.grow >= GROW_STEPS and gr >= GROW_X and self.loss_gate_open(s.loss):
+                ev["compounding"] = True  # (Monitor._update: cause "divergence")
         else:
-            self.co_hot, self.ur_prev = 0, math.inf
+            self.co_hot = self.grow = 0
+            self.ur_prev = self.gr_prev = math.inf
         if "lr_jump" in ev:
             ev["severe"] = "lr_jump"
         self._coherence(s.processivity, ev)
@@ -302,7 +314,7 @@ class MonitorRules(CoherenceRules):
             self.lr_prev = lr
         if event:
             self.grace_until = self.t + self.grace
-            self.pz_hot = self.rise = self.grad_hot = self.co_hot = self.climb = 0
+            self.pz_hot = self.rise = self.grad_hot = self.co_hot = self.climb = self.grow = 0
             self.climb_devs = []
             self.surge_hist.clear()
             if not self.ref_pinned:

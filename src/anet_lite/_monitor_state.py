@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-VERSION = 6
+VERSION = 7
 _SCALARS = (
     "t",
     "ref_pinned",
@@ -29,6 +29,8 @@ _SCALARS = (
     "grad_hot",
     "co_hot",
     "ur_prev",
+    "gr_prev",
+    "grow",
     "dead",
     "lr_prev",
     "lr_max",
@@ -62,14 +64,16 @@ def dump(m: Any) -> Dict[str, Any]:
 
 
 # Older versions load with the state they lack empty (as after reset): version 3 had no
-# processivity state, version 4 no surge history, version 5 no shift_bad.
+# processivity state, version 4 no surge history, version 5 no shift_bad, version 6 no
+# gradient-and-update growth streak.
 _NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent")
 _NEW_IN_6 = ("shift_bad",)
+_NEW_IN_7 = ("gr_prev", "grow")
 
 
 def load(m: Any, st: Dict[str, Any]) -> None:
     version = st.get("version") if isinstance(st, dict) else None
-    if version not in (3, 4, 5, VERSION):
+    if version not in (3, 4, 5, 6, VERSION):
         raise ValueError(f"state must be a Monitor.state_dict() of version 3 to {VERSION}")
     cfg = st["config"]
     if cfg != {"n": m.n, "window": m.window}:
@@ -78,7 +82,11 @@ def load(m: Any, st: Dict[str, Any]) -> None:
             f"{{'n': {m.n}, 'window': {m.window}}}"
         )
     m.reset()
-    skip = (_NEW_IN_4 if version == 3 else ()) + (_NEW_IN_6 if version < 6 else ())
+    skip = (
+        (_NEW_IN_4 if version == 3 else ())
+        + (_NEW_IN_6 if version < 6 else ())
+        + (_NEW_IN_7 if version < 7 else ())
+    )
     for k in _SCALARS:
         if k not in skip:
             setattr(m, k, st[k])

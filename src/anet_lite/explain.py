@@ -65,8 +65,9 @@ _EN = {
         "Lower the learning rate step by step; if it keeps rising, roll back.",
     ),
     "compounding": (
-        "The loss, the gradient norm ({grad_ratio:.3g}x its recent level) and the update "
-        "have all grown step after step — training is diverging{nums}.",
+        "The gradient norm ({grad_ratio:.3g}x its recent level) and the update have grown "
+        "step after step, the loss with them or a step behind — training is "
+        "diverging{nums}.",
         "Lower the learning rate now and check the loss's sign and scale; roll back if "
         "it keeps growing.",
     ),
@@ -146,8 +147,8 @@ _JA = {
         "学習率を段階的に下げてください。上がり続けるならロールバックへ。",
     ),
     "compounding": (
-        "損失・勾配ノルム（直近水準の{grad_ratio:.3g}倍）・更新がステップごとに揃って増えています。"
-        "発散しています{nums}。",
+        "勾配ノルム（直近水準の{grad_ratio:.3g}倍）と更新がステップごとに揃って増えています"
+        "（損失も一緒に、または一歩遅れて増えます）。発散しています{nums}。",
         "今すぐ学習率を下げ、損失の符号とスケールを確認してください。増え続けるならロールバックへ。",
     ),
     "grad_growth": (

@@ -181,7 +181,8 @@ class Monitor(MonitorRules):
         self.shift_bad = False  # declared=True and the shift began out of a calm state
         self.early_hot = 0  # consecutive warm-up steps with the loss well above the first
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
-        self.ur_prev = math.inf
+        self.ur_prev = self.gr_prev = math.inf  # last step's update / gradient ratio
+        self.grow = 0  # steps in a row with both ratios above the step before
         self.lr_prev = self.lr_max = 0.0
         self.lr_peak: Optional[float] = None  # the schedule's peak once its warm-up is over
         self.lr_rising = False
