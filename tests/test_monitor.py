@@ -699,14 +699,16 @@ def test_a_version_4_state_without_the_surge_history_still_loads():
     assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
 
 
-def test_a_version_5_state_without_shift_bad_still_loads():
+@pytest.mark.parametrize("version, dropped", [(5, ("shift_bad",)), (6, ("gr_prev", "grow"))])
+def test_a_version_5_or_6_state_without_its_newer_fields_still_loads(version, dropped):
     loss, g = healthy_stream(400, seed=12)
     one = feed(Monitor(), loss, g)
     m = Monitor()
     first = feed(m, loss[:300], g[:300])
     state = m.state_dict()
-    del state["shift_bad"]
-    state["version"] = 5
+    for k in dropped:
+        del state[k]
+    state["version"] = version
     m2 = Monitor()
     m2.load_state_dict(state)
     second = feed(m2, loss[300:], g[300:], start=300)
@@ -825,22 +827,31 @@ def test_a_declared_monitor_calls_no_loss_below_bad_batch_loss_x_the_first_a_bad
         assert "first_loss_ratio" not in snap.evidence
 
 
-def _co_rising(processivity: bool = True, loss_scale: float = 1.0):
-    """400 healthy steps at a flat loss, then gradient and update growing 2.2x -> 6x while
-    the batch loss only wobbles (the loss lags a sign bug under momentum)."""
-    rng = np.random.default_rng(5)
-    loss = (2.0 * np.exp(0.05 * rng.standard_normal(404))).tolist()
+def _rising(gf, seed: int, coherent: bool, processivity: bool = True, loss_scale=1.0):
+    """400 healthy steps at a flat loss, then the gradient and the update follow ``gf``
+    (x their level) while the batch loss only wobbles (the loss lags a sign bug). With
+    ``coherent`` the updates follow their gradients (cos 0.95) from just before; else cos
+    stays as usual. ``loss_scale`` scales every loss after the first."""
+    n = 400 + len(gf)
+    rng = np.random.default_rng(seed)
+    loss = (2.0 * np.exp(0.05 * rng.standard_normal(n))).tolist()
     loss[0] = 2.0
-    g = np.exp(0.2 * rng.standard_normal(404)).tolist()
-    cos = rng.uniform(-0.2, 0.9, 404).tolist()
-    cos[398:] = [0.95] * 6  # the updates follow their gradients from just before
-    for k, (gf, lf) in enumerate(((2.2, 1.0), (3.0, 1.06), (4.5, 0.98), (6.0, 1.1))):
-        g[400 + k] = gf
-        loss[400 + k] = 2.0 * lf
+    g = np.exp(0.2 * rng.standard_normal(n)).tolist()
+    g[399] = 1.0
+    cos = rng.uniform(-0.2, 0.9, n).tolist()
+    if coherent:
+        cos[398:] = [0.95] * (n - 398)
+    for k, f in enumerate(gf):
+        g[400 + k] = f
+        loss[400 + k] = 2.0 * (1.06 if k % 2 else 0.97)
     loss[1:] = [x * loss_scale for x in loss[1:]]
     return feed(
-        Monitor(on_error="raise"), loss, g, lr=[1e-3] * 404, cos=cos if processivity else None
+        Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, cos=cos if processivity else None
     )
+
+
+def _co_rising(**kw):
+    return _rising([2.2, 3.0, 4.5, 6.0], seed=5, coherent=True, **kw)
 
 
 def test_gradient_and_update_co_rising_with_coherent_updates_is_an_ascent_in_two_steps():
@@ -862,20 +873,8 @@ def test_a_subnormal_first_loss_does_not_break_the_loss_gate():
         assert m.update(L, step=i).status in STATUSES
 
 
-def _growing(gf, loss_scale: float = 1.0):
-    """400 healthy steps (incoherent updates: cos as usual), then the gradient and the
-    update follow ``gf`` (x their level) while the batch loss only wobbles."""
-    rng = np.random.default_rng(9)
-    loss = (2.0 * np.exp(0.05 * rng.standard_normal(400 + len(gf)))).tolist()
-    loss[0] = 2.0
-    g = np.exp(0.2 * rng.standard_normal(400 + len(gf))).tolist()
-    g[399] = 1.0
-    cos = rng.uniform(-0.2, 0.9, 400 + len(gf)).tolist()
-    for k, f in enumerate(gf):
-        g[400 + k] = f
-        loss[400 + k] = 2.0 * (1.06 if k % 2 else 0.97)
-    loss[1:] = [x * loss_scale for x in loss[1:]]
-    return feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * len(loss), cos=cos)
+def _growing(gf, **kw):
+    return _rising(gf, seed=9, coherent=False, **kw)
 
 
 def test_gradient_and_update_growing_4_steps_in_a_row_to_5x_is_a_divergence(monkeypatch):
@@ -890,21 +889,3 @@ def test_gradient_and_update_growing_4_steps_in_a_row_to_5x_is_a_divergence(monk
     # coherent, so gradient growth stays gated)
     monkeypatch.setattr(_rules, "GROW_STEPS", math.inf)
     assert not any(s.alert for s in _growing(grow)[:404])
-
-
-def test_a_version_6_state_without_the_growth_streak_still_loads():
-    grow = [1.7, 2.6, 3.9, 5.9, 8.8, 13.2]
-    rng = np.random.default_rng(9)
-    loss = (2.0 * np.exp(0.05 * rng.standard_normal(406))).tolist()
-    g = np.exp(0.2 * rng.standard_normal(406)).tolist()
-    g[400:] = grow
-    one = feed(Monitor(), loss, g)
-    m = Monitor()
-    first = feed(m, loss[:300], g[:300])
-    state = m.state_dict()
-    del state["gr_prev"], state["grow"]
-    state["version"] = 6
-    m2 = Monitor()
-    m2.load_state_dict(state)
-    second = feed(m2, loss[300:], g[300:], start=300)
-    assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]

@@ -41,7 +41,8 @@ class CoherenceRules:
 
     def _coherence(self, c: Any, ev: Dict[str, Any]) -> None:
         """Processivity: gate gradient growth on coherent updates; detect going uphill.
-        Loss, gradient and update compounding (``_surge``) is watched with or without it."""
+        Loss, gradient and update compounding (``_surge``; also the 4-step growth streak in
+        ``MonitorRules._grad_signals``) is watched with or without it."""
         lift = self._cos_lift(c)
         if lift is not None:
             ev["proc_lift"] = lift
