@@ -69,6 +69,7 @@ class MonitorRules(CoherenceRules):
             self.recent.clear()
             self.loss_base.reset()
         x = math.log(L + self.loss_eps) if self.log_space else L
+        self.x_now = x
         base = self.loss_base
         floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
         pz, dev = 0.0, 0.0

@@ -60,6 +60,8 @@ def dump(m: Any) -> Dict[str, Any]:
     st["cos_recent"] = list(m.cos_recent)
     st["surge_hist"] = [list(v) for v in m.surge_hist]
     st["policy"] = m.policy.state_dict() if hasattr(m.policy, "state_dict") else None
+    # each detector owns its state: adding one does not change VERSION
+    st["detectors"] = {d.name: d.state_dict() for d in m.detectors}
     return st
 
 
@@ -100,3 +102,7 @@ def load(m: Any, st: Dict[str, Any]) -> None:
     m.surge_hist.extend(tuple(float(x) for x in v) for v in st.get("surge_hist", ()))
     if st.get("policy") is not None and hasattr(m.policy, "load_state_dict"):
         m.policy.load_state_dict(st["policy"])
+    saved = st.get("detectors") or {}  # (absent before the detectors: they start fresh)
+    for d in m.detectors:
+        if d.name in saved:
+            d.load_state_dict(saved[d.name])

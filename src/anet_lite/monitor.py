@@ -21,8 +21,14 @@ from ._monitor_rules import RISE_PZ, MonitorRules
 from ._signals import Signals, read_inputs
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
 from ._validate import positive
+from .detectors import DEFAULT as _DEFAULT_DETECTORS
+from .detectors import View
 from .metrics import Z_CAP
 from .verdict import Snapshot, make_snapshot
+
+
+def _log_or_nan(x: Optional[float]) -> float:
+    return math.log(x) if x is not None and 0.0 < x < math.inf else math.nan
 
 
 class Monitor(MonitorRules):
@@ -120,6 +126,7 @@ class Monitor(MonitorRules):
         self.co_rise_x = positive(co_rise, "co_rise")
         self.lr_jump = positive(lr_jump, "lr_jump")
         self.lr_ramp = positive(lr_ramp, "lr_ramp")
+        self.warmup_bound = max(3 * int(warmup), 300)
         self.drift_persist = int(positive(drift_persist, "drift_persist", integer=True))
         self.loss_gate = float(loss_gate)
         self._base_len = max(4 * self.n, 16)
@@ -192,6 +199,8 @@ class Monitor(MonitorRules):
         self.last_status = "warming_up"
         self.checked = False
         self._warned = False
+        self.x_now = math.nan  # this step's loss in its reading scale (for the detectors)
+        self.detectors = [cls() for cls in _DEFAULT_DETECTORS]
 
     def mark(self, event: str) -> None:
         """Declare an intended change (e.g. "batch_size_change") at the next update."""
@@ -281,9 +290,11 @@ class Monitor(MonitorRules):
             ev["grad_norm"] = s.grad_norm
         if s.step_norm is not None:
             ev["step_norm"] = s.step_norm
+        marked = self.pending_mark is not None
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         finite_loss = math.isfinite(s.loss)
+        self.x_now = math.nan
         if finite_loss:
             pz = self._loss_signals(s, ev)
         else:  # (no loss level to compare this step's jumps with)
@@ -344,6 +355,8 @@ class Monitor(MonitorRules):
             status = "warming_up"
         else:
             status = "healthy"
+        restart = marked or event == "lr_restart"
+        cause, status = self._detect(s, ev, cause, status, restart)
         alert = bool(cause)
         if cause:
             ev["cause"] = cause
@@ -366,6 +379,43 @@ class Monitor(MonitorRules):
             alert,
             ev,
         )
+
+    def _detect(
+        self, s: Signals, ev: Dict[str, Any], cause: str, status: str, restart: bool
+    ) -> Any:
+        """Run the detectors (never muted) and bound warm-up; returns (cause, status).
+
+        The rules above keep precedence; a detector's finding decides only a step they
+        did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
+        x0 = math.nan
+        if self.loss0 is not None and self.loss_eps is not None:
+            x0 = math.log(self.loss0 + self.loss_eps) if self.log_space else self.loss0
+        view = View(
+            self.t,
+            self.x_now,
+            x0,
+            self.log_space,
+            _log_or_nan(s.param_norm),
+            _log_or_nan(s.grad_norm),
+            _log_or_nan(s.step_norm) - (_log_or_nan(s.lr) if s.lr is not None else 0.0),
+            restart,
+        )
+        found = None
+        for det in self.detectors:
+            f = det.update(view)
+            if f is not None and found is None:
+                found = f
+        if found is not None and not cause and status != "collapsed":
+            ev.update(found.evidence)
+            ev["detector"] = found.detector
+            if found.status == "precursor":
+                return found.cause, "precursor"
+            ev["report"] = found.cause
+            status = found.status
+        if status == "warming_up" and self.t > self.warmup_bound:
+            status = "healthy"
+            ev["unsettled"] = True  # the reference never formed: judged without it
+        return cause, status
 
     # ---- decisions and persistence -------------------------------------------------------
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from .causes import CAUSES
+
 ACTIONS = ("none", "slow_down", "skip_step", "rollback", "stop")
 _LADDER = ("slow_down", "skip_step", "rollback", "stop")
-_ONE_STEP = ("non_finite", "bad_batch", "grad_explosion", "update_blowup", "zero_gradient")
+# causes whose incident starts by skipping the update act at once, without a cool-down
+_ONE_STEP = tuple(c.name for c in CAUSES.values() if c.first_action == "skip_step")
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ class Policy:
             return Action(
                 "none", reason=f"{cause}: slow-downs used up; watching", evidence=ev, step=snap.step
             )
-        start = "skip_step" if one_step else "slow_down"
+        entry = CAUSES.get(cause)
+        start = entry.first_action if entry is not None else "slow_down"
         factor = self.slow_factor
         if cause == "lr_jump":
             factor = min(self.slow_factor, 1.0 / float(ev.get("lr_jump", 2.0)))

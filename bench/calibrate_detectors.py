@@ -1,0 +1,97 @@
+"""Calibrate the Monitor's detectors on healthy runs only (no failure is ever used).
+
+    python bench/calibrate_detectors.py bench/detection/cache /tmp/h1000 /tmp/h1050
+
+Replays every healthy run of the given benchmark caches (``generate.py --only healthy
+--seed-offset N --out DIR`` makes more) through each default detector, fed as the
+Monitor feeds them (``Monitor.update`` with loss, grad_norm, step_norm, lr, param_norm),
+and prints per detector: the largest value of its statistic over the healthy runs, the
+healthy runs and steps on which it would alarm, and (for ``LossCusum``) the threshold
+the rule "largest healthy S x 1.1" gives. The thresholds in
+``src/anet_lite/detectors/*.py`` are set from this output; a threshold chosen this way
+holds every failure mechanism out of its choice (leave-one-mechanism-out by
+construction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import math
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from anet_lite import Monitor
+from anet_lite.detectors import loss_cusum
+
+
+def _num(v: str) -> Optional[float]:
+    try:
+        return float(v) if v not in ("", None) else None
+    except ValueError:
+        return None
+
+
+def healthy_runs(cache: str) -> List[Dict[str, Any]]:
+    with open(os.path.join(cache, "manifest.json")) as fh:
+        man = json.load(fh)
+    runs = man.get("runs", man)
+    runs = list(runs.values()) if isinstance(runs, dict) else runs
+    out = []
+    for meta in runs:
+        if meta.get("kind") != "healthy":
+            continue
+        with gzip.open(os.path.join(cache, meta["file"]), "rt") as fh:
+            out.append({"id": meta["run_id"], "rows": list(csv.DictReader(fh))})
+    return out
+
+
+def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
+    m = Monitor()
+    cus = next(d for d in m.detectors if d.name == "loss_cusum")
+    s_max, alarms = 0.0, {}
+    for r in rows:
+        snap = m.update(
+            _num(r["loss"]) if _num(r["loss"]) is not None else math.nan,
+            step=int(r["step"]),
+            grad_norm=_num(r.get("grad_norm")),
+            step_norm=_num(r.get("update_norm")),
+            lr=_num(r.get("lr")),
+            param_norm=_num(r.get("param_norm")),
+        )
+        s_max = max(s_max, cus.s)
+        det = snap.evidence.get("detector")
+        if det and snap.alert:
+            alarms[det] = alarms.get(det, 0) + 1
+    return {"s_max": s_max, "alarms": alarms, "steps": len(rows)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("caches", nargs="+", help="benchmark cache folders (healthy runs are used)")
+    a = ap.parse_args(argv)
+    res = []
+    for c in a.caches:
+        for run in healthy_runs(c):
+            res.append((run["id"], replay(run["rows"])))
+    steps = sum(r["steps"] for _, r in res)
+    s_max = max(r["s_max"] for _, r in res)
+    top = sorted(res, key=lambda x: -x[1]["s_max"])[:5]
+    print(f"healthy runs: {len(res)}, steps: {steps}")
+    print(f"LossCusum: largest healthy S = {s_max:.1f} -> H = 1.1 x that = {1.1 * s_max:.1f}"
+          f" (in use: {loss_cusum.H})")
+    print("  largest:", ", ".join(f"{i} {r['s_max']:.1f}" for i, r in top))
+    names = sorted({k for _, r in res for k in r["alarms"]})
+    for n in names:
+        runs = [i for i, r in res if r["alarms"].get(n)]
+        print(f"{n}: alarms on {len(runs)} healthy runs: {', '.join(runs[:8])}")
+    if not names:
+        print("no detector alarmed on a healthy run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

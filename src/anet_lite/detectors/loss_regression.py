@@ -1,0 +1,84 @@
+"""``LossRegression``: the loss far above the best level the run reached (invariants).
+
+Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, spike):
+
+* ``loss_blowup``: the loss, in the Monitor's floored scale, at least ``BLOWUP`` x (10x)
+  its best smoothed level for ``BLOWUP_STEPS`` steps in a row. A healthy run's loss
+  never stands an order of magnitude above where it has been: this is never a "spike".
+* ``regression``: the smoothed loss at least ``FAR`` x (2x) its best level (a run that
+  had learned: its best is below its first loss) for ``HOLD`` steps while not falling
+  (not below where it was ``BACK`` steps before), or for
+  ``HOLD_LONG`` steps whatever it does. Training that was undone (a run that never
+  settles, a slow runaway) is reported within a bounded number of steps.
+
+Ratios are of ``loss + loss_floor * first loss``, so a near-zero loss's harmless
+wiggles are not 10x jumps. The thresholds are round numbers checked against healthy runs
+(``bench/calibrate_detectors.py`` reports their margins), not fitted to failures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Deque, Dict, Optional
+
+from ._base import Detector, Finding, View, finite
+
+SMOOTH = 0.2  # smoothed level (EWMA weight per step)
+FAR = math.log(2.0)
+HOLD = 20
+BACK = 10  # 'not falling': the smoothed level now >= BACK steps ago
+HOLD_LONG = 100
+BLOWUP = math.log(10.0)
+BLOWUP_STEPS = 10
+LEARNED = math.log(1.25)  # the best level is this far below the first loss: it had learned
+START = 5  # steps before the best level is tracked
+
+
+class LossRegression(Detector):
+    """A sustained return far above the best level ("regression", "loss_blowup")."""
+
+    name = "loss_regression"
+    STATE = ("n", "sm", "best", "far", "blow", "hist")
+
+    def reset(self) -> None:
+        self.n = 0
+        self.sm = math.nan
+        self.best = math.inf
+        self.far = 0  # steps in a row with the smoothed level >= FAR above best
+        self.blow = 0  # steps in a row with the loss >= BLOWUP above best
+        self.hist: Deque[float] = deque(maxlen=BACK + 1)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.hist = deque((float(x) for x in self.hist), maxlen=BACK + 1)
+
+    def state_dict(self) -> Dict[str, Any]:
+        st = super().state_dict()
+        st["hist"] = list(self.hist)
+        return st
+
+    def update(self, v: View) -> Optional[Finding]:
+        if v.restart:
+            self.reset()
+        x = v.x
+        if not v.log_space or not finite(x):
+            return None
+        self.n += 1
+        self.sm = x if self.n == 1 else self.sm + SMOOTH * (x - self.sm)
+        self.hist.append(self.sm)
+        if self.n >= START and self.sm < self.best:
+            self.best = self.sm
+        if not finite(self.best):
+            return None
+        self.blow = self.blow + 1 if x - self.best >= BLOWUP else 0
+        up = self.sm - self.best
+        learned = finite(v.x0) and self.best <= v.x0 - LEARNED
+        self.far = self.far + 1 if up >= FAR and learned else 0
+        ev = {"best_ratio": math.exp(min(x - self.best, 700.0)), "far_steps": self.far}
+        if self.blow >= BLOWUP_STEPS:
+            return Finding(self.name, "loss_blowup", "precursor", ev)
+        rising = len(self.hist) == self.hist.maxlen and self.sm >= self.hist[0]
+        if self.far >= HOLD_LONG or (self.far >= HOLD and rising):
+            return Finding(self.name, "regression", "precursor", ev)
+        return None

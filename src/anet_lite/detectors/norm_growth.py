@@ -1,0 +1,74 @@
+"""``NormGrowth``: the weights' norm growing geometrically, faster than the run ever did.
+
+Healthy training grows ||θ|| fastest at the start and ever more slowly afterwards
+(random-walk-like growth under a decaying effective step, or an equilibrium under weight
+decay). A weight decay applied with the wrong sign, an optimizer pushed one way, or a
+runaway of the logits grows it by a constant factor per step. The statistic is the growth
+rate of log ||θ|| over the last ``SPAN`` steps, per step: it alarms when, ``HOLD`` steps
+in a row, it is at least ``RATE`` (0.8 % per step) and ``ACCEL`` (20) x the slowest rate the
+run has shown since its first ``2 * SPAN`` steps (floored at 0.1 % per step). On the
+healthy calibration runs this ratio stays below ~4.3 except after an undeclared change of
+data (up to ~180, where the new data does make the weights grow faster for a while);
+failures reach hundreds to thousands (``bench/calibrate_detectors.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Deque, Dict, Optional
+
+from ._base import Detector, Finding, View, finite
+
+SPAN = 25
+RATE = math.log(1.008)
+ACCEL = 20.0
+RATE_FLOOR = math.log(1.0005)
+HOLD = 5
+
+
+class NormGrowth(Detector):
+    """Geometric growth of ||θ|| far faster than the run's own slowest ("runaway_weights")."""
+
+    name = "norm_growth"
+    STATE = ("n", "hot", "rmin")
+
+    def reset(self) -> None:
+        self.n = 0
+        self.hot = 0
+        self.rmin = math.inf
+        self.hist: Deque[float] = deque(maxlen=SPAN + 1)
+
+    def state_dict(self) -> Dict[str, Any]:
+        st = super().state_dict()
+        st["hist"] = list(self.hist)
+        return st
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.hist.extend(float(x) for x in state.get("hist", ()))
+
+    def update(self, v: View) -> Optional[Finding]:
+        if v.restart:
+            self.reset()
+        p = v.log_param
+        if not finite(p):
+            return None
+        self.n += 1
+        h = self.hist
+        h.append(p)
+        if len(h) < h.maxlen:
+            return None
+        rate = (h[-1] - h[0]) / SPAN
+        if self.n <= 2 * SPAN:
+            return None
+        fast = rate >= RATE and rate >= ACCEL * max(self.rmin, RATE_FLOOR)
+        self.rmin = min(self.rmin, rate)
+        self.hot = self.hot + 1 if fast else 0
+        if self.hot >= HOLD:
+            ev = {
+                "param_growth_per_step": math.expm1(rate),
+                "growth_accel": rate / max(self.rmin, RATE_FLOOR),
+            }
+            return Finding(self.name, "runaway_weights", "precursor", ev)
+        return None

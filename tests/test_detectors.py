@@ -1,0 +1,150 @@
+"""Contract tests run over every default detector, and each detector's own property.
+
+Synthetic streams here test the formulas only; whether detection works is measured on
+real training runs (bench/detection, tests/test_monitor_on_recorded_runs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anet_lite import Monitor
+from anet_lite.causes import CAUSES
+from anet_lite.detectors import DEFAULT, LossCusum, LossRegression, NormGrowth, View
+
+NAN = math.nan
+
+
+def _view(t, loss, *, x0=None, param=NAN, restart=False, eps=0.5):
+    x = math.log(loss + eps) if math.isfinite(loss) else NAN
+    return View(t, x, math.log(x0 + eps) if x0 is not None else NAN, True, param, NAN, NAN, restart)
+
+
+def _noisy_decay(n, seed=0, start=2.3, end=0.3, jitter=0.05):
+    rng = random.Random(seed)
+    return [max(1e-3, end + (start - end) * math.exp(-t / 60) * (1 + jitter * rng.gauss(0, 1)))
+            + jitter * abs(rng.gauss(0, 1)) for t in range(n)]
+
+
+def _feed(det, losses, params=None, x0=None):
+    found = []
+    x0 = losses[0] if x0 is None else x0
+    for t, loss in enumerate(losses, 1):
+        p = math.log(params[t - 1]) if params is not None else NAN
+        f = det.update(_view(t, loss, x0=x0, param=p))
+        found.append(f)
+    return found
+
+
+@pytest.mark.parametrize("cls", DEFAULT, ids=lambda c: c.name)
+def test_every_detector_names_a_registered_cause_and_round_trips_its_state(cls):
+    det = cls()
+    rng = random.Random(1)
+    losses = _noisy_decay(300) + [3.0 * (1.02 ** k) for k in range(80)]
+    params = [10.0 * (1.01 ** max(0, t - 300)) + 0.01 * rng.random() for t in range(len(losses))]
+    causes = set()
+    for t, (loss, p) in enumerate(zip(losses, params), 1):
+        f = det.update(_view(t, loss, x0=losses[0], param=math.log(p)))
+        if f is not None:
+            assert f.cause in CAUSES and CAUSES[f.cause].variant_of is None
+            assert f.status in ("precursor", "drifting")
+            causes.add(f.cause)
+        if t == 250:  # mid-stream: a strict-JSON round trip continues identically
+            state = json.loads(json.dumps(det.state_dict(), allow_nan=False))
+            twin = cls()
+            twin.load_state_dict(state)
+    assert twin.state_dict().keys() == det.state_dict().keys()
+    det2 = cls()
+    for t, (loss, p) in enumerate(zip(losses, params), 1):
+        v = _view(t, loss, x0=losses[0], param=math.log(p))
+        if t <= 250:
+            det2.update(v)
+        else:
+            assert twin.update(v) == det2.update(v)
+
+
+@pytest.mark.parametrize("cls", DEFAULT, ids=lambda c: c.name)
+def test_every_detector_takes_garbage_without_raising_and_restart_resets(cls):
+    det = cls()
+    for t, x in enumerate([NAN, math.inf, -math.inf, 0.0, 1e308, -1e308, 5.0] * 20, 1):
+        det.update(View(t, x, NAN, t % 2 == 0, x, x, x, False))
+    det.update(View(999, 1.0, 1.0, True, 1.0, 1.0, 1.0, True))
+    fresh = cls()
+    fresh.update(View(1, 1.0, 1.0, True, 1.0, 1.0, 1.0, False))
+    assert det.state_dict() == fresh.state_dict()
+
+
+@pytest.mark.parametrize("cls", DEFAULT, ids=lambda c: c.name)
+def test_no_detector_alarms_on_a_noisy_decaying_loss(cls):
+    for seed in range(5):
+        losses = _noisy_decay(600, seed=seed)
+        params = [10.0 + math.log1p(t) for t in range(600)]  # healthy: growth slows down
+        assert not any(_feed(cls(), losses, params))
+
+
+def test_cusum_alarms_on_a_slow_creep_that_no_step_shows_and_not_on_a_spike():
+    base = _noisy_decay(300, seed=3)
+    creep = [base[-1] * math.exp(0.01 * k) + 0.02 * random.Random(k).random() for k in range(120)]
+    found = _feed(LossCusum(), base + creep)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert 300 < first < 300 + 60  # the level rose ~x1.8 by then; no step rose > 4 %
+    assert found[first].cause == "slow_rise"
+    spike = base + [base[-1] * 50] + base[-100:]
+    assert not any(_feed(LossCusum(), spike))
+
+
+def test_a_loss_ten_times_its_best_for_ten_steps_is_never_a_spike():
+    base = _noisy_decay(200, seed=4)
+    high = [base[-1] * 40] * 12 + [base[-1]] * 20  # then back: still reported
+    found = _feed(LossRegression(), base + high)
+    assert [f.cause for f in found if f is not None][:1] == ["loss_blowup"]
+    assert found[200 + 8] is None and found[200 + 9] is not None  # the 10th step
+
+
+def test_a_run_that_learned_and_climbs_back_is_reported_within_bounded_steps():
+    down = [2.3 * math.exp(-t / 30) + 0.3 for t in range(200)]  # learns to ~0.3
+    back = [0.3 + 2.0 * (1 - math.exp(-k / 40)) for k in range(200)]  # drifts back to ~2.3
+    found = _feed(LossRegression(), down + back)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert found[first].cause == "regression" and first < 200 + 120
+
+
+def test_an_early_jump_that_recovers_before_the_run_learned_is_not_a_regression():
+    # the Muon runs of shared/data/real-logs-2: 6.9 -> 17 at step 2, back within ~20
+    losses = [6.9, 17.0, 21.0, 15.0, 11.0, 9.0, 8.0, 7.2] + _noisy_decay(300, start=6.9, end=3.0)
+    assert not any(_feed(LossRegression(), losses))
+
+
+def test_geometric_weight_growth_alarms_and_decelerating_growth_does_not():
+    losses = [0.5] * 400
+    slowing = [10.0 * math.sqrt(1 + t / 5) for t in range(400)]
+    assert not any(_feed(NormGrowth(), losses, slowing))
+    runaway = [10.0 + 0.001 * t for t in range(200)] + [10.2 * 1.012 ** k for k in range(200)]
+    found = _feed(NormGrowth(), losses, runaway)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert found[first].cause == "runaway_weights" and 200 < first < 200 + 40
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(min_value=1e-6, max_value=1e6), min_size=320, max_size=400))
+def test_warm_up_ends_within_a_bounded_number_of_steps_whatever_the_stream(losses):
+    m = Monitor()
+    statuses = [m.update(v).status for v in losses]
+    assert "warming_up" not in statuses[m.warmup_bound:]
+
+
+def test_a_monitor_state_without_detectors_still_loads():
+    m = Monitor()
+    for v in _noisy_decay(150):
+        m.update(v)
+    st_ = m.state_dict()
+    del st_["detectors"]
+    m2 = Monitor()
+    m2.load_state_dict(st_)
+    assert m2.update(0.4).status in ("healthy", "warming_up", "drifting")
