@@ -232,3 +232,25 @@ def test_a_sign_bug_under_adam_is_a_divergence_once_gradient_and_update_grow_4_s
     assert first.evidence["compounding"] and first.evidence["grad_ratio"] >= 5.0
     monkeypatch.setattr(_rules, "GROW_STEPS", math.inf)
     assert next(s for s in _replay(meta) if s.alert).step > first.step
+
+
+REAL_LOGS_2 = os.path.join(os.path.dirname(score.REAL_LOGS), "real-logs-2")
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_LOGS_2), reason="../shared/data/real-logs-2 absent")
+@pytest.mark.parametrize("declared", [False, True])
+def test_no_alarm_on_real_healthy_runs_that_jump_early_and_recover(declared):
+    # Muon runs whose loss jumps 6.9 -> 15-24 at step 2 and comes back (real-logs-2)
+    import csv
+
+    n = 0
+    for fn in sorted(os.listdir(REAL_LOGS_2)):
+        if not fn.endswith(".csv"):
+            continue
+        m = Monitor(on_error="raise", declared=declared)
+        with open(os.path.join(REAL_LOGS_2, fn), newline="") as fh:
+            for r in csv.DictReader(fh):
+                snap = m.update(float(r["loss"]), step=int(r["step"]))
+                assert not snap.alert, (fn, r["step"], snap.evidence)
+        n += 1
+    assert n >= 6

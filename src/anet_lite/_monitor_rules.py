@@ -28,7 +28,8 @@ PZ_DEV = 1.0  # the precursor window counts only while the current step is also 
 # (trimmed mean of the last n) is also this far up: a run of three noisy batches in a
 # long, heavy-tailed loss-only log (real GPT-2 speedruns) does not lift the window.
 RISE_PZ = 2.0
-EARLY_RISE = 1.5  # x the first loss, twice in a row, within warm-up: diverging from the start
+EARLY_RISE = 1.5  # x the first loss within warm-up, and climbing on: diverging from the start
+EARLY_BLOWUP = 10.0  # x the first loss within warm-up: diverged, whatever comes next
 SHIFT_MARGIN = math.log(1.5)  # a shifted loss (or gradient) 1.5x past its jump: diverging
 # Gradient and update each larger than the step before, GROW_STEPS steps in a row, the
 # gradient now >= GROW_X x its level, the loss past its gate: compounding. A sign bug
@@ -109,11 +110,18 @@ class MonitorRules(CoherenceRules):
         if not base.ready and self.t <= self.warmup and self.log_space and self.loss0:
             # Before any baseline exists the first loss is the yardstick: a healthy run
             # does not climb well above where it started (a too-high lr from step 0 does).
+            # An early jump is watched like a level shift (real runs jump 2-3.5x at step 2
+            # and recover: Muon, no warm-up): it alarms once the loss climbs on, 1.5x past
+            # where the jump went, or stands an order of magnitude above the first loss.
             ratio0 = L / self.loss0
-            self.early_hot = self.early_hot + 1 if ratio0 >= EARLY_RISE else 0
-            if self.early_hot >= 2 or ratio0 >= 2.0 * EARLY_RISE:
-                ev["severe"] = "early_divergence"
-                ev["loss_ratio"] = ratio0
+            if ratio0 < EARLY_RISE:
+                self.early_hot, self.early_ref = 0, math.inf
+            else:
+                self.early_hot += 1
+                self.early_ref = min(self.early_ref, L)
+                if ratio0 >= EARLY_BLOWUP or L >= EARLY_RISE * self.early_ref:
+                    ev["severe"] = "early_divergence"
+                    ev["loss_ratio"] = ratio0
         self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0
         self.loss_prev = x
         for old in self.recent.push(

@@ -18,6 +18,7 @@ _SCALARS = (
     "shift_g",
     "shift_bad",
     "early_hot",
+    "early_ref",
     "sdot",
     "log_space",
     "loss_eps",
@@ -90,7 +91,7 @@ def load(m: Any, st: Dict[str, Any]) -> None:
         + (_NEW_IN_7 if version < 7 else ())
     )
     for k in _SCALARS:
-        if k not in skip:
+        if k not in skip and k in st:  # (a scalar added within a version starts fresh)
             setattr(m, k, st[k])
     for k in _PARTS:
         if k not in skip:
