@@ -119,7 +119,7 @@ class MonitorRules(CoherenceRules):
             else:
                 self.early_hot += 1
                 self.early_ref = min(self.early_ref, L)
-                if ratio0 >= EARLY_BLOWUP or L >= EARLY_RISE * self.early_ref:
+                if ratio0 >= EARLY_BLOWUP or EARLY_RISE * self.early_ref <= L:
                     ev["severe"] = "early_divergence"
                     ev["loss_ratio"] = ratio0
         self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0
