@@ -28,7 +28,10 @@ from .verdict import Snapshot, make_snapshot
 
 
 def _log_or_nan(x: Optional[float]) -> float:
-    return math.log(x) if x is not None and 0.0 < x < math.inf else math.nan
+    return math.log(x) if x is not None and 0.0 < x < _INF else _NAN
+
+
+_INF, _NAN = math.inf, math.nan
 
 
 class Monitor(MonitorRules):
@@ -391,6 +394,9 @@ class Monitor(MonitorRules):
         x0 = math.nan
         if self.loss0 is not None and self.loss_eps is not None:
             x0 = math.log(self.loss0 + self.loss_eps) if self.log_space else self.loss0
+        lu = _log_or_nan(s.step_norm)
+        if s.lr is not None and lu == lu:
+            lu -= _log_or_nan(s.lr)
         view = View(
             self.t,
             self.x_now,
@@ -398,7 +404,7 @@ class Monitor(MonitorRules):
             self.log_space,
             _log_or_nan(s.param_norm),
             _log_or_nan(s.grad_norm),
-            _log_or_nan(s.step_norm) - (_log_or_nan(s.lr) if s.lr is not None else 0.0),
+            lu,
             restart,
         )
         found = None

@@ -90,5 +90,4 @@ def _load(v: Any) -> Any:
     return v
 
 
-def finite(x: float) -> bool:
-    return x == x and x not in (math.inf, -math.inf)
+finite = math.isfinite  # (a builtin: cheaper than a Python function on the hot path)
