@@ -37,7 +37,10 @@ class Policy:
     """Decision ladder. All thresholds are counts of steps or retries.
 
     slow_factor   lr multiplier of a slow-down for a precursor (drift uses drift_factor)
-    max_slowdowns, max_skips, max_rollbacks   retry caps per incident before escalating
+    max_slowdowns, max_skips, max_rollbacks   retry caps per incident before escalating.
+                  Skipping an update leaves the weights as they were, so a run of bad
+                  batches (a corrupted shard: 3-9 in the benchmark) is skipped through,
+                  up to max_skips (16), before a roll-back
     cooldown      steps after an action during which the same incident is not escalated
     recover_after healthy steps that close an incident
     """
@@ -48,7 +51,7 @@ class Policy:
         slow_factor: float = 0.5,
         drift_factor: float = 0.8,
         max_slowdowns: int = 2,
-        max_skips: int = 2,
+        max_skips: int = 16,
         max_rollbacks: int = 2,
         cooldown: int = 10,
         recover_after: int = 50,
