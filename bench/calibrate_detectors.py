@@ -25,7 +25,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from anet_lite import Monitor
-from anet_lite.detectors import loss_cusum
+from anet_lite.detectors import loss_cusum, norm_growth
 
 
 def _num(v: str) -> Optional[float]:
@@ -52,7 +52,8 @@ def healthy_runs(cache: str) -> List[Dict[str, Any]]:
 def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
     m = Monitor()
     cus = next(d for d in m.detectors if d.name == "loss_cusum")
-    s_max, alarms = 0.0, {}
+    ng = next(d for d in m.detectors if d.name == "norm_growth")
+    s_max, accel_max, alarms = 0.0, 0.0, {}
     for r in rows:
         snap = m.update(
             _num(r["loss"]) if _num(r["loss"]) is not None else math.nan,
@@ -63,10 +64,15 @@ def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
             param_norm=_num(r.get("param_norm")),
         )
         s_max = max(s_max, cus.s)
+        h = ng.hist
+        if ng.n > 2 * norm_growth.SPAN and len(h) == h.maxlen:
+            rate = (h[-1] - h[0]) / norm_growth.SPAN
+            if rate >= norm_growth.RATE:
+                accel_max = max(accel_max, rate / max(ng.rmin, norm_growth.RATE_FLOOR))
         det = snap.evidence.get("detector")
         if det and snap.alert:
             alarms[det] = alarms.get(det, 0) + 1
-    return {"s_max": s_max, "alarms": alarms, "steps": len(rows)}
+    return {"s_max": s_max, "accel_max": accel_max, "alarms": alarms, "steps": len(rows)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -84,6 +90,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"LossCusum: largest healthy S = {s_max:.1f} -> H = 1.1 x that = {1.1 * s_max:.1f}"
           f" (in use: {loss_cusum.H})")
     print("  largest:", ", ".join(f"{i} {r['s_max']:.1f}" for i, r in top))
+    acc = sorted(res, key=lambda x: -x[1]["accel_max"])[:5]
+    print(f"NormGrowth: largest healthy growth acceleration = {acc[0][1]['accel_max']:.1f}"
+          f" (in use: {norm_growth.ACCEL})")
+    print("  largest:", ", ".join(f"{i} {r['accel_max']:.1f}" for i, r in acc))
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]

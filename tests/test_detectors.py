@@ -126,7 +126,7 @@ def test_geometric_weight_growth_alarms_and_decelerating_growth_does_not():
     losses = [0.5] * 400
     slowing = [10.0 * math.sqrt(1 + t / 5) for t in range(400)]
     assert not any(_feed(NormGrowth(), losses, slowing))
-    runaway = [10.0 + 0.001 * t for t in range(200)] + [10.2 * 1.012 ** k for k in range(200)]
+    runaway = [10.0 + 0.001 * t for t in range(200)] + [10.2 * 1.025 ** k for k in range(200)]
     found = _feed(NormGrowth(), losses, runaway)
     first = next(i for i, f in enumerate(found) if f is not None)
     assert found[first].cause == "runaway_weights" and 200 < first < 200 + 40

@@ -8,6 +8,7 @@ spike-vs-precursor separation (severity and persistence decide). See docs/monito
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections import deque
@@ -32,6 +33,7 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 
 _INF, _NAN = math.inf, math.nan
+_log = logging.getLogger("anet_lite")
 
 
 class Monitor(MonitorRules):
@@ -203,6 +205,8 @@ class Monitor(MonitorRules):
         self.last_status = "warming_up"
         self.checked = False
         self._warned = False
+        self._sink_failed = False
+        self._unwritten: List[Any] = []  # tombstones not yet written (a full disk)
         self.x_now = math.nan  # this step's loss in its reading scale (for the detectors)
         self.detectors = [cls() for cls in _DEFAULT_DETECTORS]
 
@@ -262,30 +266,56 @@ class Monitor(MonitorRules):
         self.checked = True
         try:
             snap = self._update(sig)
-            if self.run_log is not None:
-                self.run_log.write(snap)
-            return snap
         except Exception as exc:
             if self.on_error == "raise":
                 raise
-            if not self._warned:
-                warnings.warn(
-                    f"anet_lite.Monitor internal error (training continues): {exc!r}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self._warned = True
-            return Snapshot(
-                self.theta,
-                self.sdot,
-                0.0,
-                0.0,
-                False,
-                0.0,
-                step=sig.step,
-                status="warming_up",
-                evidence={"error": repr(exc)},
+            snap = self._fallback(sig, exc)
+        if self.run_log is not None:
+            self._write(snap)  # (outside the try: a failing sink never hides a snapshot)
+        return snap
+
+    def _fallback(self, sig: Signals, exc: BaseException) -> Snapshot:
+        """The snapshot of a step whose evaluation failed: a non-finite loss still alerts."""
+        if not self._warned:
+            warnings.warn(
+                f"anet_lite.Monitor internal error (training continues): {exc!r}",
+                RuntimeWarning,
+                stacklevel=3,
             )
+            self._warned = True
+        bad = not math.isfinite(sig.loss) or (
+            sig.grad_norm is not None and not math.isfinite(sig.grad_norm)
+        )
+        ev: Dict[str, Any] = {"error": repr(exc), "loss": sig.loss}
+        if bad:
+            ev["cause"] = "non_finite"
+        return Snapshot(
+            self.theta,
+            self.sdot,
+            0.0,
+            0.0,
+            bad,
+            0.0,
+            step=sig.step,
+            status="collapsed" if bad else "warming_up",
+            alert=bad,
+            evidence=ev,
+        )
+
+    def _write(self, snap: Snapshot) -> None:
+        """Write to the run log; a failure (a full disk, a dead sink) is reported once, loudly,
+        and never reaches the training loop or hides the snapshot."""
+        try:
+            self.run_log.write(snap)
+        except Exception as exc:
+            if not self._sink_failed:
+                _log.error(
+                    "anet_lite: the run log could not be written (%r); alerts and actions go "
+                    "on, but this run's log has a gap from step %s",
+                    exc,
+                    snap.step,
+                )
+            self._sink_failed = True
 
     def _update(self, s: Signals) -> Snapshot:
         self.t += 1
@@ -427,16 +457,41 @@ class Monitor(MonitorRules):
     # ---- decisions and persistence -------------------------------------------------------
 
     def decide(self, snap: Snapshot, *, scope: Optional[Dict[str, Any]] = None) -> Any:
-        """The policy's ``Action`` for this snapshot; actions other than "none" are tombstoned."""
+        """The policy's ``Action`` for this snapshot; actions other than "none" are tombstoned.
+
+        A tombstone that cannot be written (a full disk) is kept in memory and written
+        before the next one; the action is returned either way."""
         action = self.policy.decide(snap)
         if action.kind != "none" and self.tombstones is not None:
-            self.tombstones.append(
-                action.kind,
-                policy=action.policy,
-                scope=dict(scope or {"step": snap.step}),
-                evidence={**action.evidence, "reason": action.reason},
+            self._unwritten.append(
+                (
+                    action.kind,
+                    {
+                        "policy": action.policy,
+                        "scope": dict(scope or {"step": snap.step}),
+                        "evidence": {**action.evidence, "reason": action.reason},
+                    },
+                )
             )
+        if self._unwritten and self.tombstones is not None:
+            self._flush_tombstones()
         return action
+
+    def _flush_tombstones(self) -> None:
+        while self._unwritten:
+            kind, kw = self._unwritten[0]
+            try:
+                self.tombstones.append(kind, **kw)
+            except Exception as exc:
+                _log.error(
+                    "anet_lite: a %s tombstone could not be written (%r); the action was "
+                    "taken, and %d record(s) are kept in memory to be written at the next one",
+                    kind,
+                    exc,
+                    len(self._unwritten),
+                )
+                return
+            self._unwritten.pop(0)
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue exactly where this monitor is (JSON-serialisable)."""
