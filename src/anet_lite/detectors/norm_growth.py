@@ -9,8 +9,8 @@ in a row, it is at least ``RATE`` (0.8 % per step) and ``ACCEL`` (42) x the slow
 run has shown since its first ``2 * SPAN`` steps (floored at 0.05 % per step). On the
 healthy calibration runs (``bench/calibrate_detectors.py``) this ratio stays below ~4.3
 except after an undeclared change of data, where new data does make the weights grow
-faster for a while (up to 38.4 over 351 runs); ``ACCEL`` is 1.1 x that. So a runaway from a flat norm is
-seen from ~2 % growth per step.
+faster for a while (up to 38.4 over 351 runs); ``ACCEL`` is 1.1 x that. So a runaway
+from a flat norm is seen from ~2 % growth per step.
 """
 
 from __future__ import annotations
