@@ -105,3 +105,42 @@ class CharGRU(nn.Module):
     def forward(self, idx):
         h, _ = self.rnn(self.emb(idx))
         return self.head(h)
+
+
+class BNCNN(nn.Module):
+    """8x8 digit images: conv16-BN-conv32-BN-maxpool-linear (for the BatchNorm faults).
+
+    ``frozen_bn()`` puts every BatchNorm layer in eval mode (running statistics used,
+    affine weights still trained): the "frozen BN" fine-tuning setup of detection and
+    segmentation models trained with small batches.
+    """
+
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32 * 4 * 4, n_classes)
+
+    def forward(self, x):
+        x = x.view(-1, 1, 8, 8)
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.max_pool2d(F.relu(self.b2(self.c2(x))), 2)
+        return self.fc(x.flatten(1))
+
+    def bn_layers(self):
+        return [self.b1, self.b2]
+
+    def frozen_bn(self) -> None:
+        for b in self.bn_layers():
+            b.eval()
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The output layer (the one that produces the logits) of every benchmark model."""
+    if isinstance(model, MLP):
+        return model.net[-1]
+    if isinstance(model, (SmallCNN, BNCNN)):
+        return model.fc
+    return model.head
