@@ -161,3 +161,20 @@ def test_cli_rejects_a_cache_without_manifest(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         score.main(["--cache", str(tmp_path)])
     assert e.value.code == 2 and "no manifest.json" in capsys.readouterr().err
+
+
+def test_calibrated_loss_threshold_fits_its_factor_on_healthy_runs_only(cache):
+    import baselines
+
+    cal = baselines.LossThresholdCalibrated
+    h = score.load_runs(cache)
+    healthy = [(m, v) for m, v, _ in h if m["label"] == "healthy"]
+    # the bumped run (1.4x its best) alarms at factor 1.0-1.4: the grid's 1.5 is quiet
+    assert cal.calibrate(healthy, [])().factor == 1.5
+    x4 = [
+        (m, [dict(r, loss=r["loss"] * (4 if 60 <= r["step"] < 65 else 1)) for r in v])
+        for m, v in healthy
+    ]
+    assert cal.calibrate(x4, [])().factor == 10.0  # 4.0 and 5.6 x the best: 5 alarms
+    res = score.evaluate(baselines.CALIBRATED, "all", cache, None, lomo=True)
+    assert "calibrated without each of 2 mechanisms" in res["notes"]["loss_threshold_cal"]

@@ -259,7 +259,9 @@ def _rows(path):
 
 @pytest.mark.parametrize("kind", mechanisms.MECH_FAULTS)
 def test_every_mechanism_trains_records_its_onset_and_is_labelled_by_the_rule(kind, tmp_path):
-    setup = "cnnbn_digits" if kind == "bn_stats_corrupt" else "mlp_bcancer"
+    setup = {"bn_stats_corrupt": "cnnbn_digits", "attn_entropy_collapse": "tfm_stdlib"}.get(
+        kind, "mlp_bcancer"
+    )
     opt = "sgd" if kind == "beta_change" else "adamw"
     onset = 0 if kind in mechanisms.MECH_ONSET_ZERO else 15
     spec = _spec(kind, opt=opt, setup=setup, n=40, onset=onset)
@@ -279,6 +281,8 @@ def test_every_mechanism_trains_records_its_onset_and_is_labelled_by_the_rule(ki
         assert np.median(g[onset:]) > 3 * np.median(g[:onset])
     if kind == "stuck_loader":  # the same batch, memorised: its loss falls
         assert losses[onset + 9] < losses[onset]
+    if kind == "attn_entropy_collapse":
+        assert 0 <= meta["min_attn_entropy"] <= meta["attn_entropy_before_onset"]
 
 
 def test_the_committed_mech_cache_matches_its_plan_and_the_collapse_rule():
@@ -297,3 +301,18 @@ def test_the_committed_mech_cache_matches_its_plan_and_the_collapse_rule():
         if r["kind"] != "healthy":
             c = collapse.collapse_step(losses, r["onset"] or 0, r["chance_loss"])
             assert c == r["collapse_step"]
+
+
+def test_attention_entropy_collapse_raises_the_qkv_lr_and_the_model_reports_entropy():
+    spec = _spec("attn_entropy_collapse", setup="tfm_stdlib", onset=3)
+    torch.manual_seed(0)
+    m = models.CharTransformer(ctx=16)
+    inj = mechanisms.Injector(spec, 1e-3)
+    groups = inj.param_groups(m, list(m.parameters()))
+    qkv = {id(p) for b in m.blocks for p in b.qkv.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == qkv
+    assert not qkv & {id(p) for p in groups[0]["params"]}
+    assert inj.group_mult(2, 1) == 1.0 and inj.group_mult(3, 1) == inj.mag["qkv_lr_mult"] >= 10
+    m(torch.randint(0, 128, (2, 16)))
+    # causal attention over <= 16 keys: entropy between 0 and the mean of log(1..16)
+    assert 0 < m.min_attn_entropy() <= float(np.mean(np.log(np.arange(1, 17)))) + 1e-6

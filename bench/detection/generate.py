@@ -182,6 +182,7 @@ def plan_mech(seed_offset: int = 0) -> List[Dict[str, Any]]:
     group = MECH_SEED_GROUP
     todo = [(k, None, r) for k, r in mechanisms.MECH_RUNS.items()]
     todo += [("healthy", ev, r) for ev, r in mechanisms.MECH_HEALTHY.items()]
+    todo += [(k, None, r) for k, r in mechanisms.MECH_LATE.items()]
     for kind, ev, runs in todo:
         group += 1
         for rep, (setup, opt) in enumerate(runs):
@@ -451,6 +452,7 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
     first_nf = None
     max_attn = 0.0
     max_logit = 0.0
+    entropy_min, entropy_pre = math.inf, None
     attn_at_onset = None
     t0 = time.perf_counter()
     for t in range(n_steps):
@@ -563,6 +565,11 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
             max_attn = max(max_attn, a) if math.isfinite(a) else max_attn
             if onset is not None and t == onset + 1:
                 attn_at_onset = a
+            if inj is not None:
+                ent = model.min_attn_entropy()
+                entropy_min = min(entropy_min, ent) if math.isfinite(ent) else entropy_min
+                if onset is not None and t == onset - 1:
+                    entropy_pre = ent
         elapsed = time.perf_counter() - t0
         rows.append(
             [
@@ -638,6 +645,10 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
         meta["healthy_meets_collapse_rule"] = healthy_check
     if inj is not None:
         meta["max_output_logit"] = round(max_logit, 3) if math.isfinite(max_logit) else None
+        if fam == "transformer" and math.isfinite(entropy_min):
+            meta["min_attn_entropy"] = round(entropy_min, 4)
+            if entropy_pre is not None:
+                meta["attn_entropy_before_onset"] = round(entropy_pre, 4)
         meta["set"] = "mech"
     if fam == "transformer":
         meta["max_attn_logit"] = round(max_attn, 3)

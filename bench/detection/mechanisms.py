@@ -40,6 +40,9 @@ output_logit_divergence  the output layer's learning rate 100-1000x the body's f
 bn_stats_corrupt         frozen-BatchNorm training (running statistics used); at the onset
                          the running statistics are overwritten by one train-mode pass
                          (momentum 1) over a corrupted batch (inputs x 20-200, or zeros)
+attn_entropy_collapse    the attention's qkv projections put in a parameter group with
+                         a 10-30x lr from the onset (no qk-norm): attention entropy
+                         collapses (Zhai et al. 2023)
 warmup_units             the warm-up length given in the wrong units: 100x too short
                          (1 step) before a peak lr 5-20x the base, then cosine decay
 =======================  ===============================================================
@@ -75,6 +78,7 @@ MECH_FAULTS = [
     "output_logit_divergence",
     "bn_stats_corrupt",
     "warmup_units",
+    "attn_entropy_collapse",
 ]
 MECH_ONSET_ZERO = {"warmup_units"}
 MECH_BENIGN = [
@@ -187,6 +191,14 @@ MECH_HEALTHY: Dict[str, List[Tuple[str, str]]] = {
     ],
     "warmup_cosine": [("mlp_digits", "sgd"), ("cnn_digits", "adamw"), ("mlp_bcancer", "adafactor")],
 }
+# planned after the healthy variants (own seed groups, so that the earlier seeds stay)
+MECH_LATE: Dict[str, List[Tuple[str, str]]] = {
+    "attn_entropy_collapse": [
+        ("tfm_stdlib", "adamw"),
+        ("tfm_stdlib", "sgd"),
+        ("tfm_stdlib", "rmsprop"),
+    ],
+}
 ADAPTIVE = {"adamw", "rmsprop", "adafactor"}
 
 
@@ -225,6 +237,8 @@ def fault_magnitude(kind: str, opt: str, n: int, rng: np.random.Generator) -> Di
     if kind == "bn_stats_corrupt":
         mode = "scale" if rng.uniform() < 0.5 else "zeros"
         return {"mode": mode, "scale": _logu(rng, 20.0, 200.0)}
+    if kind == "attn_entropy_collapse":
+        return {"qkv_lr_mult": _logu(rng, 10.0, 30.0)}
     if kind == "warmup_units":
         return {"peak_mult": _logu(rng, 5.0, 20.0), "warmup": max(1, int(0.3 * n) // 100)}
     raise ValueError(f"unknown mechanism {kind!r}")
@@ -351,12 +365,16 @@ class Injector:
             self.mag["tensors"] = self.negated
 
     def param_groups(self, model, params) -> List[Dict[str, Any]]:
-        """One group, or the output layer in its own group (``lr_mult`` per group)."""
+        """One group, or a second group (the output layer; the attention's qkv) whose lr
+        ``group_mult`` sets."""
         import models
 
-        if self.kind not in ("output_logit_divergence", "unfreeze_high_lr"):
+        if self.kind == "attn_entropy_collapse":
+            head = [p for b in model.blocks for p in b.qkv.parameters()]
+        elif self.kind in ("output_logit_divergence", "unfreeze_high_lr"):
+            head = list(models.head_of(model).parameters())
+        else:
             return [{"params": params}]
-        head = list(models.head_of(model).parameters())
         ids = {id(p) for p in head}
         body = [p for p in params if id(p) not in ids]
         return [{"params": body}, {"params": head}]
@@ -391,6 +409,8 @@ class Injector:
             return self.mag["head_lr_mult"]
         if self.kind == "output_logit_divergence" and group_index == 1 and t >= self.onset:
             return self.mag["head_lr_mult"]
+        if self.kind == "attn_entropy_collapse" and group_index == 1 and t >= self.onset:
+            return self.mag["qkv_lr_mult"]
         return 1.0
 
     # ---- per step

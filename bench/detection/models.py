@@ -70,6 +70,8 @@ class Block(nn.Module):
         self.max_logit = float(att.detach().abs().max())
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        with torch.no_grad():  # mean attention entropy (nats) over heads and queries
+            self.entropy = float(-torch.special.xlogy(att, att).sum(-1).mean())
         y = (att @ v).transpose(1, 2).reshape(B, T, D)
         x = x + self.proj(y)
         return x + self.mlp(self.ln2(x))
@@ -93,6 +95,9 @@ class CharTransformer(nn.Module):
 
     def max_attn_logit(self) -> float:
         return max(b.max_logit for b in self.blocks)
+
+    def min_attn_entropy(self) -> float:
+        return min(b.entropy for b in self.blocks)
 
 
 class CharGRU(nn.Module):
