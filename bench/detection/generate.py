@@ -94,6 +94,7 @@ for _fam in ("mlp", "cnn", "cnn_bn", "transformer", "gru"):
     BASE_LR[(_fam, "sgd_plain")] = 5.0 * BASE_LR[(_fam, "sgd")]
     BASE_LR[(_fam, "rmsprop")] = 0.5 * BASE_LR[(_fam, "adamw")]
     BASE_LR[(_fam, "adafactor")] = 5.0 * BASE_LR[(_fam, "adamw")]
+BASE_LR[("cnn_bn", "sgd_plain")] = BASE_LR[("cnn_bn", "sgd")]  # 5x never learns (frozen BN)
 BENIGN = [
     "none",
     "lr_step_decay",

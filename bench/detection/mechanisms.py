@@ -15,9 +15,10 @@ wd_sign                  decoupled weight decay applied with the wrong sign from
                          1-3 %/step)
 wd_scale                 decoupled weight decay 100-1000x too large from the onset (a
                          decay given per epoch read as per step): theta shrinks 8-30 %/step
-opt_state_reset          optimizer moments zeroed at the onset with the step count kept
-                         (a checkpoint whose moment buffers came back empty: no bias
-                         correction restarts), in a run at a high-but-stable lr (2-4x)
+opt_state_reset          optimizer state lost at the onset: every moment buffer, or the
+                         second moments only (a partial restore), zeroed with the step
+                         count kept (so no bias correction restarts), in a run at a
+                         high-but-stable lr (2-4x the base)
 beta_change              momentum / beta misconfigured at the onset: SGD momentum
                          0.9 -> 0.999, Adam beta2 -> 0.05-0.5, RMSprop alpha -> 0.05-0.5
 grad_accum_sum           gradient accumulation over k = 8-64 micro-batches summed instead
@@ -200,6 +201,8 @@ MECH_LATE: Dict[str, List[Tuple[str, str]]] = {
     ],
 }
 ADAPTIVE = {"adamw", "rmsprop", "adafactor"}
+# the second-moment buffers of torch's AdamW, RMSprop and Adafactor
+SECOND_MOMENTS = {"exp_avg_sq", "square_avg", "row_var", "col_var", "variance"}
 
 
 def _logu(rng: np.random.Generator, a: float, b: float) -> float:
@@ -213,7 +216,8 @@ def fault_magnitude(kind: str, opt: str, n: int, rng: np.random.Generator) -> Di
     if kind == "wd_scale":
         return {"rate_per_step": _logu(rng, 0.08, 0.3)}
     if kind == "opt_state_reset":
-        return {"lr_mult": _logu(rng, 2.0, 4.0), "mode": "moments zeroed, step count kept"}
+        which = "second" if rng.uniform() < 0.5 else "all"
+        return {"lr_mult": _logu(rng, 2.0, 4.0), "which": which}
     if kind == "beta_change":
         if opt in ("sgd", "sgd_plain"):
             return {"momentum": 0.999}
@@ -424,9 +428,12 @@ class Injector:
             for p in model.parameters():
                 p.requires_grad_(True)
         elif self.kind == "opt_state_reset":  # e.g. a resharded checkpoint: moments zero
+            zero = SECOND_MOMENTS if self.mag.get("which") == "second" else None
             for st in opt.state.values():
                 for key, v in st.items():
-                    if key != "step" and torch.is_tensor(v) and v.is_floating_point():
+                    if key == "step" or (zero is not None and key not in zero):
+                        continue
+                    if torch.is_tensor(v) and v.is_floating_point():
                         v.zero_()
         elif self.kind == "beta_change":
             for g in opt.param_groups:
