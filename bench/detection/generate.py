@@ -8,8 +8,8 @@ Usage (from the repository root)::
     python bench/detection/generate.py --all --jobs 1   # sequential (the default)
     python bench/detection/generate.py --set mech --all --jobs 2   # the mechanism set
 
-``--set mech`` generates the failure-mechanism set of ``mechanisms.py`` (14 more fault
-kinds, 4 optimizers, a 1.1M-parameter MLP, healthy variants) into
+``--set mech`` generates the failure-mechanism set of ``mechanisms.py`` (15 more fault
+kinds, plain SGD, RMSprop and Adafactor, a 1.1M-parameter MLP, healthy variants) into
 ``bench/detection/cache_mech/``.
 
 Each run is written to ``bench/detection/cache/<run_id>.csv.gz`` (one row per step: step,
