@@ -177,4 +177,4 @@ def test_calibrated_loss_threshold_fits_its_factor_on_healthy_runs_only(cache):
     ]
     assert cal.calibrate(x4, [])().factor == 10.0  # 4.0 and 5.6 x the best: 5 alarms
     res = score.evaluate(baselines.CALIBRATED, "all", cache, None, lomo=True)
-    assert "calibrated without each of 2 mechanisms" in res["notes"]["loss_threshold_cal"]
+    assert "healthy runs alone" in res["notes"]["loss_threshold_cal"]

@@ -27,6 +27,8 @@ import mechanisms  # noqa: E402
 torch = pytest.importorskip("torch")
 import models  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 
 def _spec(kind, opt="adamw", setup="mlp_bcancer", event=None, n=None, onset=None, **mag):
     spec = next(

@@ -169,11 +169,13 @@ class LossThreshold:
 class LossThresholdCalibrated(LossThreshold):
     """``loss_threshold`` with its factor fit by ``calibrate`` (score.py's optional hook):
     the smallest factor of ``GRID`` that alarms on at most ``BUDGET`` of the healthy runs
-    it is given. It uses healthy runs only, so under ``--lomo`` its fault scores equal
-    those of a fit on every healthy run; its healthy scores come from the other fold.
+    it is given. It uses healthy runs only (``calibrate_uses_faults = False``), so under
+    ``--lomo`` its fault scores are those of a fit on every healthy run; its healthy
+    scores come from a fit on the other fold.
     Uncalibrated (plain score) it is ``loss_threshold``."""
 
     name = "loss_threshold_cal"
+    calibrate_uses_faults = False
     GRID = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
     BUDGET = 0.03
 

@@ -50,7 +50,9 @@ Modes:
   healthy run i with ``calibrate(the healthy runs of the other parity fold, every fault
   run)``; real logs with ``calibrate(every run)`` (they never calibrate anything). A
   detector without the hook is its own calibration: its LOMO score is its plain score,
-  and the output says so.
+  and the output says so; one whose factory sets ``calibrate_uses_faults = False`` is fit
+  once on every healthy run for all mechanisms (its LOMO fault scores equal that fit's),
+  and the output says that.
 """
 
 from __future__ import annotations
@@ -383,10 +385,14 @@ def lomo_factories(
         return (lambda meta: fac), fac, NO_HOOK
     healthy = [(m, v) for m, v, _ in loaded if m["label"] == "healthy"]
     faults = [(m, v) for m, v, _ in loaded if m["label"] != "healthy"]
-    by_kind = {
-        k: cal(healthy, [f for f in faults if f[0]["kind"] != k])
-        for k in sorted({m["kind"] for m, _ in faults})
-    }
+    kinds = sorted({m["kind"] for m, _ in faults})
+    if getattr(fac, "calibrate_uses_faults", True):
+        by_kind = {k: cal(healthy, [f for f in faults if f[0]["kind"] != k]) for k in kinds}
+        note = f"calibrated without each of {len(kinds)} mechanisms"
+    else:  # declared healthy-only: one fit serves every mechanism
+        one = cal(healthy, [])
+        by_kind = {k: one for k in kinds}
+        note = "calibrated on healthy runs alone: LOMO = its fit on every healthy run"
     fold_of = {m["run_id"]: i % 2 for i, (m, _) in enumerate(healthy)}
     folds = [
         cal([h for h in healthy if fold_of[h[0]["run_id"]] != i], faults) for i in (0, 1)
@@ -397,8 +403,7 @@ def lomo_factories(
             return folds[fold_of[meta["run_id"]]]
         return by_kind[meta["kind"]]
 
-    n = len(by_kind)
-    return pick, cal(healthy, faults), f"calibrated without each of {n} mechanisms"
+    return pick, cal(healthy, faults), note
 
 
 def evaluate(
