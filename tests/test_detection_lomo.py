@@ -178,3 +178,10 @@ def test_calibrated_loss_threshold_fits_its_factor_on_healthy_runs_only(cache):
     assert cal.calibrate(x4, [])().factor == 10.0  # 4.0 and 5.6 x the best: 5 alarms
     res = score.evaluate(baselines.CALIBRATED, "all", cache, None, lomo=True)
     assert "healthy runs alone" in res["notes"]["loss_threshold_cal"]
+
+
+@pytest.mark.parametrize("spec", ["no_such_module:X", "baselines:NO_SUCH_DICT"])
+def test_cli_rejects_an_unknown_extra_detector(spec, cache, capsys):
+    with pytest.raises(SystemExit) as e:
+        score.main(["--cache", cache, "--extra", spec, "--real-logs", ""])
+    assert e.value.code == 2 and f"--extra {spec!r}" in capsys.readouterr().err

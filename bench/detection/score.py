@@ -668,7 +668,10 @@ def main(argv=None) -> int:
         return 0
     dets: Dict[str, Callable[[], Any]] = dict(baselines.BASELINES)
     for spec in a.extra:
-        dets.update(load_extra(spec))
+        try:
+            dets.update(load_extra(spec))
+        except (ImportError, AttributeError) as e:
+            ap.error(f"argument --extra {spec!r}: {e}")
     if a.detectors:
         want = a.detectors.split(",")
         unknown = [w for w in want if w not in dets]
