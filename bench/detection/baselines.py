@@ -166,6 +166,32 @@ class LossThreshold:
         return alarm
 
 
+class LossThresholdCalibrated(LossThreshold):
+    """``loss_threshold`` with its factor fit by ``calibrate`` (score.py's optional hook):
+    the smallest factor of ``GRID`` that alarms on at most ``BUDGET`` of the healthy runs
+    it is given. It uses healthy runs only (``calibrate_uses_faults = False``), so under
+    ``--lomo`` its fault scores are those of a fit on every healthy run; its healthy
+    scores come from a fit on the other fold.
+    Uncalibrated (plain score) it is ``loss_threshold``."""
+
+    name = "loss_threshold_cal"
+    calibrate_uses_faults = False
+    GRID = (1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+    BUDGET = 0.03
+
+    @classmethod
+    def calibrate(cls, healthy, faults) -> Callable[[], LossThresholdCalibrated]:
+        """``healthy`` / ``faults``: lists of (manifest entry, rows as a detector sees them)."""
+        for factor in cls.GRID:
+            alarmed = 0
+            for _, recs in healthy:
+                det = cls(factor=factor)
+                alarmed += any(det.update(r) for r in recs)
+            if alarmed <= cls.BUDGET * len(healthy):
+                break
+        return partial(cls, factor=factor)
+
+
 # ----------------------------------------------------------------------------- ZClip
 class ZClip:
     """ZClip's z-score spike rule on the global grad norm (arXiv 2504.02507)."""
@@ -321,3 +347,5 @@ BASELINES: Dict[str, Callable[[], Detector]] = {
     "megatron_10x": Megatron10x,
     "lightning_spike": LightningSpike,
 }
+# detectors with a ``calibrate`` hook (``score.py --lomo --extra baselines:CALIBRATED``)
+CALIBRATED: Dict[str, Callable[[], Detector]] = {"loss_threshold_cal": LossThresholdCalibrated}

@@ -6,6 +6,11 @@ Usage (from the repository root)::
     python bench/detection/generate.py --quick          # a handful, for a smoke test
     python bench/detection/generate.py --only lr_jump,healthy
     python bench/detection/generate.py --all --jobs 1   # sequential (the default)
+    python bench/detection/generate.py --set mech --all --jobs 2   # the mechanism set
+
+``--set mech`` generates the failure-mechanism set of ``mechanisms.py`` (15 more fault
+kinds, plain SGD, RMSprop and Adafactor, a 1.1M-parameter MLP, healthy variants) into
+``bench/detection/cache_mech/``.
 
 Each run is written to ``bench/detection/cache/<run_id>.csv.gz`` (one row per step: step,
 time, lr, loss, grad_norm, update_norm, param_norm, processivity, noise, max_abs_grad,
@@ -37,8 +42,10 @@ if HERE not in sys.path:
 
 import collapse  # noqa: E402
 import data  # noqa: E402
+import mechanisms  # noqa: E402
 
 CACHE = os.path.join(HERE, "cache")
+CACHE_MECH = os.path.join(HERE, "cache_mech")
 COLUMNS = [
     "step",
     "time",
@@ -71,6 +78,23 @@ BASE_LR = {
     ("gru", "adamw"): 5e-3,
     ("gru", "sgd"): 1.0,
 }
+# setups of the mech set only (kept out of SETUPS so that plan() is unchanged)
+MECH_SETUPS: Dict[str, Dict[str, Any]] = {
+    "mlp_wide_digits": dict(
+        family="mlp", dataset="digits", n_steps=300, bs=64, hidden=(1024, 1024)
+    ),  # 1.13M parameters
+    "cnnbn_digits": dict(family="cnn_bn", dataset="digits", n_steps=400, bs=64),
+}
+ALL_SETUPS: Dict[str, Dict[str, Any]] = {**SETUPS, **MECH_SETUPS}
+BASE_LR[("cnn_bn", "adamw")] = BASE_LR[("cnn", "adamw")]
+BASE_LR[("cnn_bn", "sgd")] = BASE_LR[("cnn", "sgd")]
+for _fam in ("mlp", "cnn", "cnn_bn", "transformer", "gru"):
+    # plain SGD: 5x the momentum-0.9 lr (half its effective step); RMSprop: half the
+    # AdamW lr; Adafactor (torch's, no relative step): 5x the AdamW lr
+    BASE_LR[(_fam, "sgd_plain")] = 5.0 * BASE_LR[(_fam, "sgd")]
+    BASE_LR[(_fam, "rmsprop")] = 0.5 * BASE_LR[(_fam, "adamw")]
+    BASE_LR[(_fam, "adafactor")] = 5.0 * BASE_LR[(_fam, "adamw")]
+BASE_LR[("cnn_bn", "sgd_plain")] = BASE_LR[("cnn_bn", "sgd")]  # 5x never learns (frozen BN)
 BENIGN = [
     "none",
     "lr_step_decay",
@@ -146,6 +170,30 @@ def plan(seed_offset: int = 0) -> List[Dict[str, Any]]:
             for rep in range(_n_reps(setup, kind)):
                 seed = 100 * group + rep + seed_offset
                 specs.append(_make_spec(setup, kind, None, seed, rep))
+    return specs
+
+
+MECH_SEED_GROUP = 200  # the mech set's seeds are 100 * group + replicate, group >= 200
+
+
+def plan_mech(seed_offset: int = 0) -> List[Dict[str, Any]]:
+    """The run specs of the ``mech`` set (deterministic; seeds from 20000 on, so that
+    no seed of :func:`plan` is reused). Split: seed % 4 == 1 is test, as in plan()."""
+    specs = []
+    group = MECH_SEED_GROUP
+    todo = [(k, None, r) for k, r in mechanisms.MECH_RUNS.items()]
+    todo += [("healthy", ev, r) for ev, r in mechanisms.MECH_HEALTHY.items()]
+    todo += [(k, None, r) for k, r in mechanisms.MECH_LATE.items()]
+    for kind, ev, runs in todo:
+        group += 1
+        for rep, (setup, opt) in enumerate(runs):
+            seed = 100 * group + rep + seed_offset
+            fam = ALL_SETUPS[setup]["family"]
+            spec = mechanisms.mech_spec(
+                ALL_SETUPS, BASE_LR, setup, kind, ev, seed, opt, split_of(fam, kind, seed)
+            )
+            spec["set"] = "mech"
+            specs.append(spec)
     return specs
 
 
@@ -238,6 +286,24 @@ def _make_spec(setup: str, kind: str, event: Optional[str], seed: int, rep: int)
 
 
 # ----------------------------------------------------------------------------- training
+def _mech_optimizer(name: str, groups: List[Dict[str, Any]], lr: float):
+    """The optimizers of the mech set: AdamW, SGD (momentum 0.9), plain SGD, RMSprop,
+    Adafactor (torch's)."""
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name == "sgd_plain":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.0)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.99)
+    if name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
 class Stream:
     """Epoch-based index stream over ``n_items`` (fixed or re-drawn permutation)."""
 
@@ -280,17 +346,18 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
 
     torch.set_num_threads(1)
     torch.manual_seed(spec["seed"])
+    S = ALL_SETUPS[spec["setup"]]
     rng = np.random.default_rng(spec["seed"] + 7)
     fam, kind, mag = spec["family"], spec["kind"], spec["magnitude"]
     benign = spec["benign"]
-    n_steps, bs = spec["n_steps"], SETUPS[spec["setup"]]["bs"]
+    n_steps, bs = spec["n_steps"], S["bs"]
     events = {k: list(v) for k, v in spec["events"].items()}
     onset = spec["onset"]
 
     # ---- data and model
     is_lm = spec["dataset"] == "stdlib_text"
     if is_lm:
-        ctx_max = SETUPS[spec["setup"]]["ctx"]
+        ctx_max = S["ctx"]
         text = data.stdlib_text()
         if benign == "reshuffle":
             text = text[:150_000]  # small pool so that an epoch ends inside the run
@@ -311,7 +378,12 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
     else:
         X, y, n_classes = data.classification(spec["dataset"])
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        model = models.MLP(X.shape[1], n_classes) if fam == "mlp" else models.SmallCNN(n_classes)
+        if fam == "mlp":
+            model = models.MLP(X.shape[1], n_classes, hidden=S.get("hidden", (128, 64)))
+        elif fam == "cnn_bn":
+            model = models.BNCNN(n_classes)
+        else:
+            model = models.SmallCNN(n_classes)
         pool = np.arange(len(y))
         if benign == "curriculum":
             if spec["dataset"] == "digits":
@@ -322,7 +394,6 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
                 p = LogisticRegression(max_iter=500).fit(X, y).predict_proba(X)
                 pool = np.flatnonzero(p.max(1) > 0.99)  # easy: confidently separable
     chance = math.log(n_classes)
-    stream = Stream(len(pool), rng, reshuffle_each_epoch=(benign != "reshuffle"))
     reshuffle_at = events.get("reshuffle", [None])[0]
     if reshuffle_at is not None:
         events["reshuffle"] = []
@@ -330,11 +401,21 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt_name = spec["optimizer"]
     lr0 = spec["base_lr"]
+    inj = mechanisms.Injector(spec, lr0) if spec.get("set") == "mech" else None
+    if inj is not None:
+        inj.prepare(model, None if is_lm else Xt[torch.from_numpy(rng.permutation(len(y)))])
+        if benign == "finetune":  # first phase on one half of the items, then the other
+            half = rng.permutation(len(pool))
+            cut = len(pool) // 2
+            ft_pools = (pool[np.sort(half[:cut])], pool[np.sort(half[cut:])])
+            pool = ft_pools[0]
     if kind == "high_lr_no_warmup":
         lr0 = lr0 * mag["lr_mult"]
     if kind == "attn_logit_growth":
         lr0 = mag["lr"]
-    if kind == "adam_instability":
+    if inj is not None:
+        opt = _mech_optimizer(opt_name, inj.param_groups(model, params), lr0)
+    elif kind == "adam_instability":
         lr0 = lr0 * mag["lr_mult"]
         opt = torch.optim.AdamW(params, lr=lr0, betas=(0.9, mag["beta2"]), eps=mag["eps"])
     elif opt_name == "adamw":
@@ -363,6 +444,7 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
             lr *= mag["lr_mult"]
         return lr
 
+    stream = Stream(len(pool), rng, reshuffle_each_epoch=(benign != "reshuffle"))
     flat = lambda ts: torch.cat([x.reshape(-1) for x in ts])  # noqa: E731
     m_ema = torch.zeros(sum(p.numel() for p in params))
     clip = None
@@ -370,6 +452,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
     losses: List[float] = []
     first_nf = None
     max_attn = 0.0
+    max_logit = 0.0
+    entropy_min, entropy_pre = math.inf, None
     attn_at_onset = None
     t0 = time.perf_counter()
     for t in range(n_steps):
@@ -384,6 +468,11 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
             else:
                 pool = np.arange(len(y))
             stream = Stream(len(pool), rng)
+        if inj is not None:
+            cur_bs = inj.batch_size(t, cur_bs, rng)
+            if benign == "finetune" and t == events["finetune_start"][0]:
+                pool = ft_pools[1]
+                stream = Stream(len(pool), rng)
         idx, crossed = stream.next(cur_bs)
         if reshuffle_at is not None and crossed and t >= reshuffle_at and not events["reshuffle"]:
             stream.reshuffle = True  # first re-drawn order from the next epoch on ...
@@ -417,12 +506,22 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
                 pos = torch.from_numpy(rng.choice(flat_y.numel(), size=k, replace=False))
                 flat_y[pos] = torch.from_numpy(rng.integers(0, n_classes, size=k))
                 yb = flat_y.view_as(yb)
+        if inj is not None:
+            xb, yb = inj.batch(t, xb, yb, rng, n_classes)
+            inj.before_step(t, model, opt, xb)
         # ---- step
         lr = lr_at(t)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        if inj is not None:
+            lr = inj.lr(t, lr)
+            for i, g in enumerate(opt.param_groups):
+                g["lr"] = lr * inj.group_mult(t, i)
+        else:
+            for g in opt.param_groups:
+                g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         out = model(xb)
+        if inj is not None:
+            inj.output_hook(t, out)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1))
         loss_v = float(loss.detach())
         obj = loss
@@ -430,7 +529,15 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
             obj = loss * mag["loss_mult"]
         if kind == "grad_sign" and t >= onset:
             obj = -loss  # sign bug: gradient ascent; p.grad is what a monitor sees
+        if inj is not None:
+            max_logit = max(max_logit, float(out.detach().abs().max()))
+            if inj.sum_loss(t):
+                obj = F.cross_entropy(
+                    out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="sum"
+                )
         obj.backward()
+        if inj is not None:
+            inj.after_backward(t, model)
         g = flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
         g = g.detach()
         grad_norm = float(g.norm())
@@ -445,6 +552,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(params, clip)
         before = flat([p.detach() for p in params]).clone()
         opt.step()
+        if inj is not None:
+            inj.after_step(t, params, lr)
         after = flat([p.detach() for p in params])
         d = after - before
         upd = float(d.norm())
@@ -457,6 +566,11 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
             max_attn = max(max_attn, a) if math.isfinite(a) else max_attn
             if onset is not None and t == onset + 1:
                 attn_at_onset = a
+            if inj is not None:
+                ent = model.min_attn_entropy()
+                entropy_min = min(entropy_min, ent) if math.isfinite(ent) else entropy_min
+                if onset is not None and t == onset - 1:
+                    entropy_pre = ent
         elapsed = time.perf_counter() - t0
         rows.append(
             [
@@ -501,7 +615,11 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
     with open(path, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as gz:
         gz.write(buf.getvalue().encode())
     benign_steps = sorted(
-        s for k, v in events.items() if k not in FAULTS for s in v if s < len(rows)
+        s
+        for k, v in events.items()
+        if k not in FAULTS and k not in mechanisms.MECH_FAULTS
+        for s in v
+        if s < len(rows)
     )
     meta = {k: spec[k] for k in ("run_id", "family", "dataset", "optimizer", "kind", "seed")}
     meta.update(
@@ -526,6 +644,13 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
     )
     if kind == "healthy":
         meta["healthy_meets_collapse_rule"] = healthy_check
+    if inj is not None:
+        meta["max_output_logit"] = round(max_logit, 3) if math.isfinite(max_logit) else None
+        if fam == "transformer" and math.isfinite(entropy_min):
+            meta["min_attn_entropy"] = round(entropy_min, 4)
+            if entropy_pre is not None:
+                meta["attn_entropy_before_onset"] = round(entropy_pre, 4)
+        meta["set"] = "mech"
     if fam == "transformer":
         meta["max_attn_logit"] = round(max_attn, 3)
         if attn_at_onset is not None:
@@ -534,7 +659,9 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- manifest
-def write_manifest(metas: List[Dict], out_dir: str = CACHE, merge: bool = True) -> str:
+def write_manifest(
+    metas: List[Dict], out_dir: str = CACHE, merge: bool = True, which: str = "base"
+) -> str:
     path = os.path.join(out_dir, "manifest.json")
     runs: Dict[str, Dict] = {}
     if merge and os.path.exists(path):
@@ -543,7 +670,7 @@ def write_manifest(metas: List[Dict], out_dir: str = CACHE, merge: bool = True) 
                 runs[r["run_id"]] = r
     for m in metas:
         runs[m["run_id"]] = m
-    order = {s["run_id"]: i for i, s in enumerate(plan())}
+    order = {s["run_id"]: i for i, s in enumerate(plan_mech() if which == "mech" else plan())}
     doc = {
         "description": "anet-lite detection benchmark: small CPU models with injected faults",
         "columns": COLUMNS,
@@ -555,6 +682,7 @@ def write_manifest(metas: List[Dict], out_dir: str = CACHE, merge: bool = True) 
             "pre_window": collapse.PRE_WINDOW,
             "chance_frac": collapse.CHANCE_FRAC,
         },
+        "set": which,
         "split_rule": SPLIT_RULE,
         "test_only_families": sorted(TEST_FAMILIES),
         "test_only_kinds": sorted(TEST_KINDS),
@@ -598,7 +726,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--setups", help="comma-separated setups to keep (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    ap.add_argument("--out", default=CACHE)
+    ap.add_argument(
+        "--set",
+        choices=["base", "mech"],
+        default="base",
+        help="base: the original nine kinds (cache/); mech: the failure-mechanism set of "
+        "mechanisms.py (cache_mech/)",
+    )
+    ap.add_argument("--out", default=None, help="output folder (default: the set's cache)")
     ap.add_argument(
         "--seed-offset",
         type=int,
@@ -606,13 +741,15 @@ def main(argv=None) -> int:
         help="shift every seed (e.g. 50 with --out elsewhere: a fresh set on new seeds)",
     )
     a = ap.parse_args(argv)
-    if a.seed_offset and os.path.abspath(a.out) == os.path.abspath(CACHE):
+    default_out = CACHE_MECH if a.set == "mech" else CACHE
+    a.out = a.out or default_out
+    if a.seed_offset and os.path.abspath(a.out) == os.path.abspath(default_out):
         ap.error("--seed-offset writes a different set: give it its own --out folder")
     if a.relabel:
         runs = relabel(a.out)
-        print("relabelled", len(runs), "runs:", write_manifest(runs, a.out, merge=True))
+        print("relabelled", len(runs), "runs:", write_manifest(runs, a.out, True, a.set))
         return 0
-    specs = plan(a.seed_offset)
+    specs = plan_mech(a.seed_offset) if a.set == "mech" else plan(a.seed_offset)
     if a.only:
         kinds = set(a.only.split(","))
         specs = [s for s in specs if s["kind"] in kinds]
@@ -653,7 +790,7 @@ def main(argv=None) -> int:
                 f"(total {time.time() - t0:.0f}s)",
                 flush=True,
             )
-    path = write_manifest(metas, a.out, merge=not a.all)
+    path = write_manifest(metas, a.out, merge=not a.all, which=a.set)
     print("manifest:", path, "runs:", len(metas), f"{time.time() - t0:.0f}s")
     return 0
 

@@ -70,6 +70,8 @@ class Block(nn.Module):
         self.max_logit = float(att.detach().abs().max())
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        with torch.no_grad():  # mean attention entropy (nats) over heads and queries
+            self.entropy = float(-torch.special.xlogy(att, att).sum(-1).mean())
         y = (att @ v).transpose(1, 2).reshape(B, T, D)
         x = x + self.proj(y)
         return x + self.mlp(self.ln2(x))
@@ -94,6 +96,9 @@ class CharTransformer(nn.Module):
     def max_attn_logit(self) -> float:
         return max(b.max_logit for b in self.blocks)
 
+    def min_attn_entropy(self) -> float:
+        return min(b.entropy for b in self.blocks)
+
 
 class CharGRU(nn.Module):
     def __init__(self, vocab=128, d_emb=32, hidden=96):
@@ -105,3 +110,42 @@ class CharGRU(nn.Module):
     def forward(self, idx):
         h, _ = self.rnn(self.emb(idx))
         return self.head(h)
+
+
+class BNCNN(nn.Module):
+    """8x8 digit images: conv16-BN-conv32-BN-maxpool-linear (for the BatchNorm faults).
+
+    ``frozen_bn()`` puts every BatchNorm layer in eval mode (running statistics used,
+    affine weights still trained): the "frozen BN" fine-tuning setup of detection and
+    segmentation models trained with small batches.
+    """
+
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32 * 4 * 4, n_classes)
+
+    def forward(self, x):
+        x = x.view(-1, 1, 8, 8)
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.max_pool2d(F.relu(self.b2(self.c2(x))), 2)
+        return self.fc(x.flatten(1))
+
+    def bn_layers(self):
+        return [self.b1, self.b2]
+
+    def frozen_bn(self) -> None:
+        for b in self.bn_layers():
+            b.eval()
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The output layer (the one that produces the logits) of every benchmark model."""
+    if isinstance(model, MLP):
+        return model.net[-1]
+    if isinstance(model, (SmallCNN, BNCNN)):
+        return model.fc
+    return model.head

@@ -7,6 +7,9 @@ Usage (from the repository root)::
     python bench/detection/score.py --detectors zclip,megatron_10x
     python bench/detection/score.py --real-logs ../shared/data/real-logs
     python bench/detection/score.py --extra anet_detector:DETECTORS   # plug in more
+    # the failure-mechanism set, per mechanism, leave-one-mechanism-out, loss only
+    python bench/detection/score.py --cache bench/detection/cache_mech --split all \
+        --by-mechanism --lomo --loss-only --extra anet_detector:DETECTORS
 
 Each run of the cache (``bench/detection/cache``) is replayed row by row through a
 fresh instance of every detector (see ``baselines.py`` for the interface). The
@@ -29,6 +32,27 @@ Metrics (``score_run`` per run, ``aggregate`` over runs):
 * survived fault runs: share with an alarm at/after onset (informative, not scored).
 * real public logs: logs with any alarm, alarms per 1,000 steps (all false alarms).
 * cost: mean wall microseconds per ``update`` call.
+
+Modes:
+
+* ``--cache`` may be given several times: the runs of every cache are pooled.
+* ``--loss-only``: detectors see ``step`` and ``loss`` only; every other column is
+  ``None`` (a column the log lacks, as in the real logs) -- what ``anet-lite analyze``
+  gets from most logs.
+* ``--by-mechanism``: one table row per fault kind (runs, collapsed, caught / late /
+  missed, median lead in steps and as a fraction of onset -> collapse, pre-onset false
+  alarms, survived runs alarmed), one row per healthy variant, and the healthy totals
+  (runs alarmed, alarms per 10k healthy steps).
+* ``--lomo`` (leave one mechanism out): a detector factory may have an optional hook
+  ``calibrate(healthy, faults) -> factory`` (``healthy`` and ``faults``: lists of
+  ``(manifest entry, rows as the detector sees them)``). The runs of mechanism M are
+  scored with ``calibrate(every healthy run, the fault runs of every other mechanism)``;
+  healthy run i with ``calibrate(the healthy runs of the other parity fold, every fault
+  run)``; real logs with ``calibrate(every run)`` (they never calibrate anything). A
+  detector without the hook is its own calibration: its LOMO score is its plain score,
+  and the output says so; one whose factory sets ``calibrate_uses_faults = False`` is fit
+  once on every healthy run for all mechanisms (its LOMO fault scores equal that fit's),
+  and the output says that.
 """
 
 from __future__ import annotations
@@ -55,6 +79,9 @@ CACHE = os.path.join(HERE, "cache")
 REAL_LOGS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "real-logs"
 )
+REAL_LOGS_2 = REAL_LOGS + "-2"
+DEFAULT_REAL_LOGS = (REAL_LOGS, REAL_LOGS_2)
+CACHE_MECH = os.path.join(HERE, "cache_mech")
 NUM_COLUMNS = (
     "time",
     "lr",
@@ -120,17 +147,23 @@ def load_real_log(path: str) -> List[Dict[str, Any]]:
             if not r.get("loss"):
                 continue
             rec: Dict[str, Any] = {c: None for c in NUM_COLUMNS}
-            rec.update(step=int(r["step"]), loss=_num(r["loss"]), time=_num(r["time"]))
+            t = r.get("time")
+            rec.update(step=int(r["step"]), loss=_num(r["loss"]), time=_num(t) if t else None)
             rec["event"] = ""
             rows.append(rec)
     return rows
 
 
-def detector_view(rows: Sequence[Dict[str, Any]], pass_benign: bool = False) -> List[Dict]:
-    """Copies of the rows as a detector may see them (event blanked / filtered)."""
+def detector_view(
+    rows: Sequence[Dict[str, Any]], pass_benign: bool = False, loss_only: bool = False
+) -> List[Dict]:
+    """Copies of the rows as a detector may see them (event blanked / filtered; with
+    ``loss_only`` every column but step and loss is ``None``)."""
     out = []
     for r in rows:
         d = dict(r)
+        if loss_only:
+            d.update({c: None for c in NUM_COLUMNS if c != "loss"})
         if pass_benign:
             d["event"] = ";".join(e for e in r["event"].split(";") if e in KNOWN_TO_LOOP)
         else:
@@ -300,38 +333,111 @@ def load_extra(spec: str) -> Dict[str, Callable[[], Any]]:
     return {name: obj}
 
 
+Loaded = Tuple[Dict[str, Any], List[Dict[str, Any]], List[float]]
+
+
+def _as_list(x: Any) -> List[str]:
+    if x is None:
+        return []
+    return [x] if isinstance(x, str) else [v for v in x if v]
+
+
+def load_runs(
+    caches: Any, split: str = "all", pass_benign: bool = False, loss_only: bool = False
+) -> List[Loaded]:
+    """(manifest entry, detector view, time column) of every run of ``caches`` (one
+    folder or several, pooled) in ``split``."""
+    loaded = []
+    for cache in _as_list(caches):
+        for meta in load_manifest(cache)["runs"]:
+            if split != "all" and meta["split"] != split:
+                continue
+            rows = load_run(os.path.join(cache, meta["file"]))
+            view = detector_view(rows, pass_benign, loss_only)
+            loaded.append((meta, view, [r["time"] for r in rows]))
+    return loaded
+
+
+def load_real_logs(folders: Any, loss_only: bool = False) -> Dict[str, List[Dict[str, Any]]]:
+    """Every ``*.csv`` of the given folders (missing folders skipped), by file stem."""
+    logs = {}
+    for folder in _as_list(folders):
+        if not os.path.isdir(folder):
+            continue
+        for fn in sorted(os.listdir(folder)):
+            if fn.endswith(".csv"):
+                logs[fn[:-4]] = detector_view(
+                    load_real_log(os.path.join(folder, fn)), loss_only=loss_only
+                )
+    return logs
+
+
+NO_HOOK = "no calibrate hook: LOMO = plain score"
+
+
+def lomo_factories(
+    fac: Callable[[], Any], loaded: Sequence[Loaded]
+) -> Tuple[Callable[[Dict[str, Any]], Callable[[], Any]], Callable[[], Any], str]:
+    """Leave-one-mechanism-out factories: (factory for a run's manifest entry, factory
+    for the real logs, note). See the module doc for who is calibrated on what."""
+    cal = getattr(fac, "calibrate", None)
+    if cal is None:
+        return (lambda meta: fac), fac, NO_HOOK
+    healthy = [(m, v) for m, v, _ in loaded if m["label"] == "healthy"]
+    faults = [(m, v) for m, v, _ in loaded if m["label"] != "healthy"]
+    kinds = sorted({m["kind"] for m, _ in faults})
+    if getattr(fac, "calibrate_uses_faults", True):
+        by_kind = {k: cal(healthy, [f for f in faults if f[0]["kind"] != k]) for k in kinds}
+        note = f"calibrated without each of {len(kinds)} mechanisms"
+    else:  # declared healthy-only: one fit serves every mechanism
+        one = cal(healthy, [])
+        by_kind = {k: one for k in kinds}
+        note = "calibrated on healthy runs alone: LOMO = its fit on every healthy run"
+    fold_of = {m["run_id"]: i % 2 for i, (m, _) in enumerate(healthy)}
+    folds = [
+        cal([h for h in healthy if fold_of[h[0]["run_id"]] != i], faults) for i in (0, 1)
+    ]
+
+    def pick(meta: Dict[str, Any]) -> Callable[[], Any]:
+        if meta["label"] == "healthy":
+            return folds[fold_of[meta["run_id"]]]
+        return by_kind[meta["kind"]]
+
+    return pick, cal(healthy, faults), note
+
+
 def evaluate(
     detectors: Dict[str, Callable[[], Any]],
     split: str = "test",
-    cache: str = CACHE,
-    real_logs: Optional[str] = REAL_LOGS,
+    cache: Any = CACHE,
+    real_logs: Any = REAL_LOGS,
     pass_benign: bool = False,
+    loss_only: bool = False,
+    lomo: bool = False,
 ) -> Dict[str, Any]:
-    man = load_manifest(cache)
-    runs = [r for r in man["runs"] if split == "all" or r["split"] == split]
-    loaded = []
-    for meta in runs:
-        rows = load_run(os.path.join(cache, meta["file"]))
-        loaded.append((meta, detector_view(rows, pass_benign), [r["time"] for r in rows]))
-    logs = {}
-    if real_logs and os.path.isdir(real_logs):
-        for fn in sorted(os.listdir(real_logs)):
-            if fn.endswith(".csv"):
-                logs[fn[:-4]] = load_real_log(os.path.join(real_logs, fn))
+    """Replay every run of ``cache`` (one folder or several) in ``split`` and the real
+    logs through every detector; ``lomo``: leave-one-mechanism-out calibration."""
+    loaded = load_runs(cache, split, pass_benign, loss_only)
+    logs = load_real_logs(real_logs, loss_only)
     table = []
     per_run = {}
+    notes = {}
     for name, fac in detectors.items():
+        pick, real_fac, note = (
+            lomo_factories(fac, loaded) if lomo else ((lambda meta, f=fac: f), fac, "")
+        )
+        notes[name] = note
         scores = []
         secs = 0.0
         n_upd = 0
         for meta, recs, times in loaded:
-            al, dt = replay(fac, recs)
+            al, dt = replay(pick(meta), recs)
             secs += dt
             n_upd += len(recs)
             scores.append(score_run(al, meta, times))
         row = {"detector": name, **aggregate(scores)}
         if logs:
-            rl, dt, n = score_real_logs(fac, logs)
+            rl, dt, n = score_real_logs(real_fac, logs)
             row.update(rl)
             secs += dt
             n_upd += n
@@ -345,9 +451,99 @@ def evaluate(
         "split": split,
         "n_runs": len(loaded),
         "labels": counts,
+        "loss_only": loss_only,
+        "lomo": lomo,
+        "notes": notes,
         "rows": table,
         "per_run": per_run,
+        "benign_of": {m["run_id"]: m.get("benign") for m, _, _ in loaded},
     }
+
+
+def by_mechanism(
+    scores: Sequence[Dict[str, Any]], benign_of: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """Per fault kind and per healthy variant, from one detector's per-run scores."""
+    kinds: Dict[str, List[Dict[str, Any]]] = {}
+    for s in scores:
+        if s["label"] != "healthy":
+            kinds.setdefault(s["kind"], []).append(s)
+    per_kind = {}
+    for k in sorted(kinds):
+        runs = kinds[k]
+        col = [s for s in runs if s["label"] == "collapsed"]
+        caught = [s for s in col if s.get("outcome") == "caught"]
+        surv = [s for s in runs if s["label"] == "survived"]
+        frac = [
+            s["lead"] / s["possible_lead"] if s.get("outcome") == "caught" else 0.0
+            for s in col
+            if s["possible_lead"] > 0
+        ]
+        per_kind[k] = {
+            "runs": len(runs),
+            "collapsed": len(col),
+            "caught": len(caught),
+            "late": sum(s.get("outcome") == "late" for s in col),
+            "missed": sum(s.get("outcome") == "missed" for s in col),
+            "lead_med": _pct([s["lead"] for s in caught], 50),
+            "lead_frac_med": _pct(frac, 50),
+            "possible_med": _pct([s["possible_lead"] for s in col], 50),
+            "pre_onset_fa": sum(s.get("false_alarm_pre_onset", False) for s in runs),
+            "survived": len(surv),
+            "survived_alarmed": sum(s.get("alarm_after_onset", False) for s in surv),
+        }
+    healthy = [s for s in scores if s["label"] == "healthy"]
+    variants: Dict[str, List[Dict[str, Any]]] = {}
+    for s in healthy:
+        v = (benign_of or {}).get(s["run_id"]) or "none"
+        variants.setdefault(v, []).append(s)
+    steps = sum(s["n_steps"] for s in healthy)
+    return {
+        "kinds": per_kind,
+        "healthy_variants": {
+            v: {"runs": len(r), "alarmed": sum(s["any_alarm"] for s in r)}
+            for v, r in sorted(variants.items())
+        },
+        "healthy_runs": len(healthy),
+        "healthy_alarmed": sum(s["any_alarm"] for s in healthy),
+        "healthy_alarms_per_10k": 1e4 * sum(s["n_alarms"] for s in healthy) / steps
+        if steps
+        else None,
+    }
+
+
+def markdown_by_mechanism(res: Dict[str, Any]) -> str:
+    """The per-mechanism tables of every detector of an ``evaluate`` result."""
+    out = []
+    mode = ("loss only" if res.get("loss_only") else "every column") + (
+        ", leave-one-mechanism-out" if res.get("lomo") else ""
+    )
+    for name, scores in res["per_run"].items():
+        bm = by_mechanism(scores, res.get("benign_of"))
+        note = res.get("notes", {}).get(name)
+        out.append(f"### {name} ({mode}{'; ' + note if note else ''})")
+        out.append("")
+        out.append(
+            "| mechanism | runs | collapsed | caught | late | missed | lead med (steps) "
+            "| lead / possible med | possible med | pre-onset FA | survived alarmed |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for k, r in bm["kinds"].items():
+            out.append(
+                f"| {k} | {r['runs']} | {r['collapsed']} | {r['caught']} | {r['late']} "
+                f"| {r['missed']} | {_f(r['lead_med'])} | {_f(r['lead_frac_med'], '{:.2f}')} "
+                f"| {_f(r['possible_med'])} | {r['pre_onset_fa']} "
+                f"| {r['survived_alarmed']}/{r['survived']} |"
+            )
+        out.append("")
+        hv = ", ".join(f"{v} {r['alarmed']}/{r['runs']}" for v, r in bm["healthy_variants"].items())
+        out.append(
+            f"Healthy runs alarmed: {bm['healthy_alarmed']}/{bm['healthy_runs']}; "
+            f"alarms per 10k healthy steps: {_f(bm['healthy_alarms_per_10k'], '{:.1f}')}. "
+            f"By variant (alarmed/runs): {hv}."
+        )
+        out.append("")
+    return "\n".join(out)
 
 
 def manifest_summary(cache: str = CACHE) -> str:
@@ -383,7 +579,14 @@ def _f(x, fmt="{:.0f}") -> str:
 def markdown(res: Dict[str, Any]) -> str:
     rows = res["rows"]
     lab = ", ".join(f"{k} {v}" for k, v in sorted(res["labels"].items()))
-    out = [f"Split `{res['split']}`: {res['n_runs']} runs ({lab}).", ""]
+    mode = []
+    if res.get("loss_only"):
+        mode.append("loss only")
+    if res.get("lomo"):
+        notes = "; ".join(f"{k}: {v}" for k, v in res.get("notes", {}).items())
+        mode.append(f"leave-one-mechanism-out ({notes})")
+    head = f"Split `{res['split']}`: {res['n_runs']} runs ({lab})."
+    out = [head + (" Mode: " + ", ".join(mode) + "." if mode else ""), ""]
     out.append(
         "| detector | recall | caught/late/missed | lead steps med (p25) | lead s med (p25) "
         "| slow: lead/possible med (n) | pre-onset FA runs | survived runs alarmed |"
@@ -418,6 +621,11 @@ def markdown(res: Dict[str, Any]) -> str:
             f"| {real} | {_f(r.get('real_alarms_per_1k'), '{:.2f}')} "
             f"| {_f(r['us_per_update'], '{:.1f}')} |"
         )
+    for r in rows:
+        alarmed = sorted(k for k, v in r.get("real_alarms_per_log", {}).items() if v)
+        if alarmed:
+            out.append("")
+            out.append(f"Real logs alarmed by {r['detector']}: {', '.join(alarmed)}")
     return "\n".join(out)
 
 
@@ -430,30 +638,63 @@ def main(argv=None) -> int:
     ap.add_argument("--per-run", action="store_true", help="include per-run scores in JSON")
     ap.add_argument("--detectors", help="comma-separated names (default: all)")
     ap.add_argument("--extra", action="append", default=[], help="module:factory_or_dict")
-    ap.add_argument("--real-logs", default=REAL_LOGS, help="folder of real logs ('' = skip)")
-    ap.add_argument("--cache", default=CACHE)
+    ap.add_argument(
+        "--real-logs",
+        action="append",
+        help="folder of real logs, repeatable ('' = skip; default: real-logs and real-logs-2)",
+    )
+    ap.add_argument("--cache", action="append", help="cache folder, repeatable (default: cache/)")
     ap.add_argument("--pass-benign-events", action="store_true")
+    ap.add_argument(
+        "--loss-only", action="store_true", help="detectors see step and loss only"
+    )
+    ap.add_argument(
+        "--by-mechanism", action="store_true", help="also print the per-mechanism tables"
+    )
+    ap.add_argument(
+        "--lomo",
+        action="store_true",
+        help="leave-one-mechanism-out: calibrate(...) hooks fit without the scored mechanism",
+    )
     ap.add_argument("--summary", action="store_true", help="print the manifest summary only")
     a = ap.parse_args(argv)
+    caches = a.cache or [CACHE]
+    for c in caches:
+        if not os.path.isfile(os.path.join(c, "manifest.json")):
+            ap.error(f"argument --cache: no manifest.json in {c!r}")
+    real = DEFAULT_REAL_LOGS if a.real_logs is None else [r for r in a.real_logs if r]
     if a.summary:
-        print(manifest_summary(a.cache))
+        print("\n\n".join(manifest_summary(c) for c in caches))
         return 0
     dets: Dict[str, Callable[[], Any]] = dict(baselines.BASELINES)
     for spec in a.extra:
-        dets.update(load_extra(spec))
+        try:
+            dets.update(load_extra(spec))
+        except (ImportError, AttributeError) as e:
+            ap.error(f"argument --extra {spec!r}: {e}")
     if a.detectors:
         want = a.detectors.split(",")
         unknown = [w for w in want if w not in dets]
         if unknown:
             ap.error(f"unknown detectors {unknown}; known: {sorted(dets)}")
         dets = {k: dets[k] for k in want}
-    res = evaluate(dets, a.split, a.cache, a.real_logs or None, a.pass_benign_events)
+    res = evaluate(
+        dets, a.split, caches, real, a.pass_benign_events, a.loss_only, a.lomo
+    )
     if a.json:
+        if a.by_mechanism:
+            res["by_mechanism"] = {
+                k: by_mechanism(v, res["benign_of"]) for k, v in res["per_run"].items()
+            }
         if not a.per_run:
             res.pop("per_run")
+        res.pop("benign_of")
         print(json.dumps(res, indent=1, default=float))
     else:
         print(markdown(res))
+        if a.by_mechanism:
+            print()
+            print(markdown_by_mechanism(res))
     return 0
 
 
