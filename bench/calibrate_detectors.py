@@ -7,7 +7,8 @@ Replays every healthy run of the given benchmark caches (``generate.py --only he
 Monitor feeds them (``Monitor.update`` with loss, grad_norm, step_norm, lr, param_norm),
 and prints per detector: the largest value of its statistic over the healthy runs, the
 healthy runs and steps on which it would alarm, and (for ``LossCusum``) the threshold
-the rule "largest healthy S x 1.1" gives. The thresholds in
+the rule "largest healthy S x 1.1" gives, and how many healthy runs per 50,000 steps
+reach the threshold in use (the target is at most one). The thresholds in
 ``src/anet_lite/detectors/*.py`` are set from this output; a threshold chosen this way
 holds every failure mechanism out of its choice (leave-one-mechanism-out by
 construction).
@@ -87,8 +88,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     s_max = max(r["s_max"] for _, r in res)
     top = sorted(res, key=lambda x: -x[1]["s_max"])[:5]
     print(f"healthy runs: {len(res)}, steps: {steps}")
-    print(f"LossCusum: largest healthy S = {s_max:.1f} -> H = 1.1 x that = {1.1 * s_max:.1f}"
-          f" (in use: {loss_cusum.H})")
+    over = sum(r["s_max"] >= loss_cusum.H for _, r in res)
+    print(f"LossCusum: largest healthy S = {s_max:.1f} (1.1 x that = {1.1 * s_max:.1f});"
+          f" in use H = {loss_cusum.H}: {over} healthy run(s) reach it, "
+          f"{50_000 * over / max(steps, 1):.2f} per 50,000 healthy steps (target <= 1)")
     print("  largest:", ", ".join(f"{i} {r['s_max']:.1f}" for i, r in top))
     acc = sorted(res, key=lambda x: -x[1]["accel_max"])[:5]
     print(f"NormGrowth: largest healthy growth acceleration = {acc[0][1]['accel_max']:.1f}"
