@@ -26,7 +26,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from anet_lite import Monitor
-from anet_lite.detectors import loss_cusum, norm_growth
+from anet_lite.detectors import loss_cusum, loss_regression, norm_growth
 
 
 def _num(v: str) -> Optional[float]:
@@ -54,7 +54,8 @@ def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
     m = Monitor()
     cus = next(d for d in m.detectors if d.name == "loss_cusum")
     ng = next(d for d in m.detectors if d.name == "norm_growth")
-    s_max, accel_max, alarms = 0.0, 0.0, {}
+    lr_ = next(d for d in m.detectors if d.name == "loss_regression")
+    s_max, accel_max, far_max, alarms = 0.0, 0.0, 0, {}
     for r in rows:
         snap = m.update(
             _num(r["loss"]) if _num(r["loss"]) is not None else math.nan,
@@ -65,6 +66,7 @@ def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
             param_norm=_num(r.get("param_norm")),
         )
         s_max = max(s_max, cus.s)
+        far_max = max(far_max, lr_.far)
         h = ng.hist
         if ng.n > 2 * norm_growth.SPAN and len(h) == h.maxlen:
             rate = (h[-1] - h[0]) / norm_growth.SPAN
@@ -73,7 +75,13 @@ def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
         det = snap.evidence.get("detector")
         if det and snap.alert:
             alarms[det] = alarms.get(det, 0) + 1
-    return {"s_max": s_max, "accel_max": accel_max, "alarms": alarms, "steps": len(rows)}
+    return {
+        "s_max": s_max,
+        "accel_max": accel_max,
+        "far_max": far_max,
+        "alarms": alarms,
+        "steps": len(rows),
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -97,6 +105,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"NormGrowth: largest healthy growth acceleration = {acc[0][1]['accel_max']:.1f}"
           f" (in use: {norm_growth.ACCEL})")
     print("  largest:", ", ".join(f"{i} {r['accel_max']:.1f}" for i, r in acc))
+    far = sorted(res, key=lambda x: -x[1]["far_max"])[:3]
+    print(f"LossRegression: longest healthy streak far above the best = {far[0][1]['far_max']}"
+          f" steps (HOLD_LONG in use: {loss_regression.HOLD_LONG})")
+    print("  longest:", ", ".join(f"{i} {r['far_max']}" for i, r in far))
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]

@@ -8,7 +8,7 @@ Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, s
 * ``regression``: the smoothed loss at least ``FAR`` x (2x) its best level (a run that
   had learned: its best is below its first loss) for ``HOLD`` steps while not falling
   (not below where it was ``BACK`` steps before), or for
-  ``HOLD_LONG`` steps whatever it does. Training that was undone (a run that never
+  ``HOLD_LONG`` (60) steps whatever it does. Training that was undone (a run that never
   settles, a slow runaway) is reported within a bounded number of steps.
 
 Ratios are of ``loss + loss_floor * first loss``, so a near-zero loss's harmless
@@ -28,7 +28,7 @@ SMOOTH = 0.2  # smoothed level (EWMA weight per step)
 FAR = math.log(2.0)
 HOLD = 20
 BACK = 10  # 'not falling': the smoothed level now >= BACK steps ago
-HOLD_LONG = 100
+HOLD_LONG = 60  # 1.1 x the longest healthy streak far above the best (53, curricula)
 BLOWUP = math.log(10.0)
 BLOWUP_STEPS = 10
 LEARNED = math.log(1.25)  # the best level is this far below the first loss: it had learned
