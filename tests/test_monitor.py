@@ -630,6 +630,16 @@ def test_time_window_counts_seconds():
     assert len(m.recent) == 200
 
 
+def test_a_time_window_keeps_a_floor_in_steps_on_slow_steps():
+    # 1.7 s per step (a real speedrun log): 2 s would hold one step and the precursor z
+    # would never be computed; the window keeps its n = rate_hz x window_sec samples
+    m = Monitor(rate_hz=5, window_sec=2.0)
+    loss, _ = healthy_stream(300)
+    snaps = [m.update(L, time=i * 1.7) for i, L in enumerate(loss)]
+    assert len(m.recent) == m.n == 10
+    assert sum(s.zscore != 0.0 for s in snaps[100:]) > 150
+
+
 def test_accepts_numpy_scalars_and_0d_arrays_without_torch():
     m = Monitor()
     s = m.update(np.float32(1.5), grad_norm=np.array(2.0), lr=np.float64(1e-3), step=np.int64(3))

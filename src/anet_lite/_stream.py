@@ -87,7 +87,8 @@ class RobustLevel:
 
 
 class RecentWindow:
-    """The values of the last ``n`` samples, or of the last ``seconds`` when times are given.
+    """The values of the last ``n`` samples, or of the last ``seconds`` (but never fewer than
+    ``n`` samples) when times are given.
 
     Keeps the running sum and a monotonic deque for the running max (O(1) amortised), so
     the trimmed mean (mean without the single largest value) is O(1). Values that leave
@@ -115,7 +116,9 @@ class RecentWindow:
         if t is not None and self.seconds is not None:
             out: List[float] = []
             horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
-            while len(items) > 1 and (t - items[0][1] >= horizon or len(items) > self.cap):
+            # at least n samples stay, whatever the step time (slow steps: the window in
+            # seconds would otherwise hold one step and the precursor go dead)
+            while len(items) > self.n and (t - items[0][1] >= horizon or len(items) > self.cap):
                 out.append(self._pop())
             return out
         if len(items) > self.n:  # count mode: at most one sample leaves per push
