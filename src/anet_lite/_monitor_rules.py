@@ -112,14 +112,16 @@ class MonitorRules(CoherenceRules):
             # does not climb well above where it started (a too-high lr from step 0 does).
             # An early jump is watched like a level shift (real runs jump 2-3.5x at step 2
             # and recover: Muon, no warm-up): it alarms once the loss climbs on, 1.5x past
-            # where the jump went, or stands an order of magnitude above the first loss.
+            # where the jump went, or once it has been an order of magnitude above the
+            # first loss -- then on every step it stays >= 1.5x the first loss.
             ratio0 = L / self.loss0
             if ratio0 < EARLY_RISE:
-                self.early_hot, self.early_ref = 0, math.inf
+                self.early_hot, self.early_ref, self.early_peak = 0, math.inf, 0.0
             else:
                 self.early_hot += 1
                 self.early_ref = min(self.early_ref, L)
-                if ratio0 >= EARLY_BLOWUP or EARLY_RISE * self.early_ref <= L:
+                self.early_peak = max(self.early_peak, ratio0)
+                if self.early_peak >= EARLY_BLOWUP or EARLY_RISE * self.early_ref <= L:
                     ev["severe"] = "early_divergence"
                     ev["loss_ratio"] = ratio0
         self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0

@@ -19,6 +19,7 @@ _SCALARS = (
     "shift_bad",
     "early_hot",
     "early_ref",
+    "early_peak",
     "sdot",
     "log_space",
     "loss_eps",

@@ -193,6 +193,7 @@ class Monitor(MonitorRules):
         self.shift_bad = False  # declared=True and the shift began out of a calm state
         self.early_hot = 0  # consecutive warm-up steps with the loss well above the first
         self.early_ref = math.inf  # the lowest loss of that streak (where the jump went)
+        self.early_peak = 0.0  # the streak's highest loss / first loss
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
         self.ur_prev = self.gr_prev = math.inf  # last step's update / gradient ratio
         self.grow = 0  # steps in a row with both ratios above the step before

@@ -3,13 +3,14 @@
 Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, spike):
 
 * ``loss_blowup``: the loss, in the Monitor's floored scale, at least ``BLOWUP`` x (10x)
-  its best smoothed level for ``BLOWUP_STEPS`` steps in a row. A healthy run's loss
-  never stands an order of magnitude above where it has been: this is never a "spike".
+  its best smoothed level, or its first loss (since the last restart), for
+  ``BLOWUP_STEPS`` steps in a row. A healthy run's loss never stands an order of
+  magnitude above where it has been: this is never a "spike".
 * ``regression``: the smoothed loss at least ``FAR`` x (2x) its best level (a run that
   had learned: its best is below its first loss) for ``HOLD`` steps while not falling
-  (not below where it was ``BACK`` steps before), or for
-  ``HOLD_LONG`` (60) steps whatever it does. Training that was undone (a run that never
-  settles, a slow runaway) is reported within a bounded number of steps.
+  (not below where it was ``BACK`` steps before), or for ``HOLD_LONG`` (60) steps
+  whatever it does. Training that was undone (a run that never settles, a slow
+  runaway) is reported within a bounded number of steps.
 
 Ratios are of ``loss + loss_floor * first loss``, so a near-zero loss's harmless
 wiggles are not 10x jumps. The thresholds are round numbers checked against healthy runs
@@ -39,10 +40,11 @@ class LossRegression(Detector):
     """A sustained return far above the best level ("regression", "loss_blowup")."""
 
     name = "loss_regression"
-    STATE = ("n", "sm", "best", "far", "blow", "hist")
+    STATE = ("n", "x_first", "sm", "best", "far", "blow", "hist")
 
     def reset(self) -> None:
         self.n = 0
+        self.x_first = math.nan  # the first loss since the (re)start: the run's or the regime's
         self.sm = math.nan
         self.best = math.inf
         self.far = 0  # steps in a row with the smoothed level >= FAR above best
@@ -65,15 +67,20 @@ class LossRegression(Detector):
         if not v.log_space or not finite(x):
             return None
         self.n += 1
+        if self.n == 1:
+            self.x_first = x
         self.sm = x if self.n == 1 else self.sm + SMOOTH * (x - self.sm)
         self.hist.append(self.sm)
         if self.n >= START and self.sm < self.best:
             self.best = self.sm
+        # an order of magnitude above the best level, or above the first loss (a run
+        # that blew up at its first steps never had a best level below it)
+        low = min(self.best, self.x_first)
+        self.blow = self.blow + 1 if x - low >= BLOWUP else 0
         if not finite(self.best):
             return None
-        self.blow = self.blow + 1 if x - self.best >= BLOWUP else 0
         up = self.sm - self.best
-        learned = finite(v.x0) and self.best <= v.x0 - LEARNED
+        learned = self.best <= self.x_first - LEARNED
         self.far = self.far + 1 if up >= FAR and learned else 0
         ev = {"best_ratio": math.exp(min(x - self.best, 700.0)), "far_steps": self.far}
         if self.blow >= BLOWUP_STEPS:
