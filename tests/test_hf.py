@@ -191,7 +191,8 @@ def test_accumulated_loss_and_report_to_tensorboard(tmp_path):
     logs = train_logs(trainer)
     assert len(logs) == 20
     for h in logs:  # the Guard saw the same loss HF logs: the sum over the micro-batches
-        assert h["anet/loss"] == pytest.approx(h["loss"], rel=1e-5)
+        # (transformers 4.x rounds the logged loss to 4 decimals; 5.x does not)
+        assert h["anet/loss"] == pytest.approx(h["loss"], abs=1e-4)
     assert trainer.anet.alerts == []
     runs = [d for d, _, files in os.walk(tmp_path / "out") if any("tfevents" in f for f in files)]
     acc = EventAccumulator(runs[0])
