@@ -195,3 +195,20 @@ def test_watch_usage_errors_exit_2(tmp_path, capsys):
     assert main(["watch", str(log), "--exec", "  "]) == 2
     assert "--exec: empty command" in capsys.readouterr().err
     assert main(["watch", str(log), "--interval", "0"]) == 2
+
+
+def test_jsonl_lines_are_read_once_each_and_only_when_complete(tmp_path):
+    log = tmp_path / "m.jsonl"
+    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    f = _Follower(log, "auto", {})
+    try:
+        assert f.format == "jsonl"
+        assert [(r.step, r.loss) for r in f.poll()] == [(1, 1.0), (2, 0.9)]
+        assert list(f.poll()) == []  # nothing new and complete
+        with open(log, "a") as fh:
+            fh.write('ss": 0.8}\n{"step": 4, "loss": 0.7}\n')
+        assert [(r.step, r.loss) for r in f.poll()] == [(3, 0.8), (4, 0.7)]
+        log.write_text('{"step": 1, "loss": 2.0}\n')  # rewritten: read from its start again
+        assert [(r.step, r.loss) for r in f.poll()] == [(1, 2.0)]
+    finally:
+        f.close()
