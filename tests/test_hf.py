@@ -68,19 +68,19 @@ def setup(tmp_path, *, fault=FAULT, steps=STEPS, trainer_cls=Trainer, targs=None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     # the fault: a schedule bug multiplies the lr by 100 from step `fault` on
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 100.0 if s >= fault else 1.0)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to=(targs or {}).pop("report_to", []),
-        save_strategy="no",
-        logging_steps=1,
-        max_steps=steps,
-        per_device_train_batch_size=8,
-        disable_tqdm=True,
-        seed=0,
-        dataloader_num_workers=0,
-        **(targs or {}),
-    )
+    base = {
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "max_steps": steps,
+        "per_device_train_batch_size": 8,
+        "disable_tqdm": True,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+    }
+    args = TrainingArguments(**{**base, **(targs or {})})
     return trainer_cls(
         model=model, args=args, train_dataset=byte_dataset(), optimizers=(opt, sched), **kw
     )
@@ -191,7 +191,8 @@ def test_accumulated_loss_and_report_to_tensorboard(tmp_path):
     logs = train_logs(trainer)
     assert len(logs) == 20
     for h in logs:  # the Guard saw the same loss HF logs: the sum over the micro-batches
-        assert h["anet/loss"] == pytest.approx(h["loss"], rel=1e-5)
+        # (transformers 4.x rounds the logged loss to 4 decimals; 5.x does not)
+        assert h["anet/loss"] == pytest.approx(h["loss"], abs=1e-4)
     assert trainer.anet.alerts == []
     runs = [d for d, _, files in os.walk(tmp_path / "out") if any("tfevents" in f for f in files)]
     acc = EventAccumulator(runs[0])

@@ -120,7 +120,17 @@ def test_lr_bug_slowed_down_at_the_fault_step(tmp_path, broken):
     csv = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
     header = csv[0].split(",")
     assert {"anet/theta", "anet/grad_norm", "anet/lr", "anet/status_code"} <= set(header)
-    assert len(csv) - 1 == STEPS // 10  # logged on Lightning's schedule only
+    # logged on Lightning's schedule, and at once at each step that alerted or acted
+    steps = [int(row.split(",")[header.index("step")]) for row in csv[1:]]
+    alert_col = header.index("anet/alert")
+    off_schedule = [st for st in steps if (st + 1) % 10]
+    # (Lightning's x axis: the step count before this batch's update, so step 201 -> 200)
+    assert ONSET in steps and set(range(9, STEPS, 10)) <= set(steps)
+    for row in csv[1:]:
+        cells = row.split(",")
+        if (int(cells[header.index("step")]) + 1) % 10:
+            assert float(cells[alert_col]) == 1.0  # only alerting steps come off schedule
+    assert off_schedule and len(off_schedule) < STEPS // 10
 
 
 def test_rollback_then_stop_end_fit_cleanly(tmp_path):

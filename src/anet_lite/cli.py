@@ -18,6 +18,7 @@ from typing import Any, List, Optional
 from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, _err, add_analyze_parser, cmd_analyze
 from ._cli_models import add_merge_scan_parser, add_sig_check_parser
 from ._cli_tombstones import add_tombstones_parser, add_verify_parser
+from ._cli_watch import add_watch_parser, cmd_watch
 
 __all__ = ["EXIT_ALERT", "EXIT_OK", "EXIT_USAGE", "build_parser", "cmd_analyze", "main"]
 
@@ -31,6 +32,7 @@ _MAIN_EPILOG = f"""examples:
   anet-lite analyze runs/exp1 --format tensorboard --out exp1.anet
   anet-lite report exp1.anet
   anet-lite verify exp1.anet/tombstones.jsonl
+  anet-lite watch runs/exp1/metrics.csv --exec "./page_me.sh"
 
 {_CODES}
 """
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     add_analyze_parser(sub, fmt, _CODES, cmd_analyze)
+    add_watch_parser(sub, fmt, cmd_watch)
 
     r = sub.add_parser(
         "report",

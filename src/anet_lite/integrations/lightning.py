@@ -23,9 +23,15 @@ How Lightning's hooks are used (one optimizer, automatic or manual optimization)
 * ``on_train_batch_end``: ``pl_module.log_dict`` of θ, F_Total, Ṡ, processivity, z,
   status code, alert, precursor and every numeric evidence entry (loss, grad_norm, noise,
   gns, lr, lr_scale, ...), named ``anet/...``, ``on_step=True``: they reach the logger.
-  Only on the steps where Lightning writes to its loggers (``log_every_n_steps``, and the
-  step at which the run stops): logging costs ~15 ms a step on CPU otherwise. Every
-  action is in the tombstones whatever the logging schedule.
+  On the steps where Lightning writes to its loggers (``log_every_n_steps``, and the
+  step at which the run stops): logging costs ~15 ms a step on CPU otherwise. A step that
+  alerts or acts is written at once, whatever ``log_every_n_steps``: the same metrics plus
+  ``anet/action`` (1 slow_down, 2 skip_step, 3 rollback, 4 stop) go straight to every
+  logger (``logger.log_metrics(..., step)``), and to a TensorBoard logger the alert's text
+  too (``anet/alert_text``, one entry per new incident or action). Every action is in the
+  tombstones whatever the logging schedule, and logged (logger ``anet_lite``, WARNING).
+* ``state_dict`` / ``load_state_dict``: Lightning's callback state in its checkpoints: the
+  Guard's (Monitor, policy, lr bookkeeping); ``fit(ckpt_path=...)`` goes on with it.
 * ``on_fit_end`` / ``on_exception``: remove the Guard's hooks (``callback.guard`` stays for
   inspection: ``.last``, ``.actions``, ``.rolled_back``).
 
@@ -40,10 +46,11 @@ Actions:
   Rolling back to a Lightning ``ModelCheckpoint`` file is not supported (Lightning cannot
   reload its loop state in the middle of ``fit``); Lightning's loop counters
   (``global_step``, epoch) keep counting.
-* ``stop``: the Guard raises ``GuardStop`` from inside this callback's hook; the callback
-  catches it, drops this step's update (gradients to None) and sets
-  ``trainer.should_stop = True``: Lightning ends ``fit`` normally (checkpoints, loggers
-  and ``on_fit_end`` run) and no exception escapes. ``callback.stopped`` holds the action.
+* ``stop``: the Guard restores its last healthy checkpoint, then raises ``GuardStop``
+  from inside this callback's hook; the callback catches it, drops this step's update
+  (gradients to None) and sets ``trainer.should_stop = True``: Lightning ends ``fit``
+  normally (checkpoints, loggers and ``on_fit_end`` run) and no exception escapes.
+  ``callback.stopped`` holds the action.
 
 Under DDP every rank reduces the same numbers in one collective and so takes the same
 decision at the same step (including ``should_stop``); only rank 0 writes tombstones.
@@ -55,7 +62,7 @@ being taken is ``trainer.global_step + 1`` (tombstones, actions, snapshots).
 
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -72,11 +79,14 @@ except ImportError:  # pragma: no cover - depends on what is installed
         ) from exc
 
 from ..monitor import Monitor
+from ..policy import ACTIONS
 from ..tombstone import TombstoneLog
 from ..torch.guard import Guard, GuardStop
-from .sinks import snapshot_metrics
+from .sinks import _alert_text, snapshot_metrics
 
 __all__ = ["AnetCallback"]
+
+log = logging.getLogger("anet_lite")
 
 TombstoneArg = Union[str, Path, TombstoneLog, bool, None]
 
@@ -86,8 +96,9 @@ class AnetCallback(pl.Callback):
 
     monitor          a ``Monitor`` (default ``Monitor()``); its policy decides the actions.
                      A fresh copy of its state is NOT made: one callback, one ``fit``.
-    tombstones       a path or ``TombstoneLog``; True (default): ``<default_root_dir>/
-                     anet_tombstones.jsonl``; None/False: no tombstones. Rank 0 only.
+    tombstones       a path or ``TombstoneLog``; True (default): ``<trainer.log_dir>/
+                     anet_tombstones.jsonl`` (the logger's version folder), created on the
+                     first record only; None/False: no tombstones. Rank 0 only.
     act              False: watch, explain and log only
     log_metrics      log the snapshot through ``pl_module.log_dict`` (``prefix`` + name)
     prog_bar         also show θ and the status code in the progress bar
@@ -125,13 +136,19 @@ class AnetCallback(pl.Callback):
         self.stopped: Any = None  # the stop Action, once the Guard has stopped the run
         self._loss: Any = None
         self._logged: Optional[int] = None
+        self._pushed: Optional[int] = None  # the last step written straight to the loggers
+        self._texted: Optional[tuple] = None  # (step, status, cause, actions) last put as text
+        self._seen_actions = 0
+        self._resume: Optional[Dict[str, Any]] = None  # a checkpoint's state, until fit starts
+        self._fitting = False
 
     # ---- set-up ------------------------------------------------------------------------
 
     def _tombstone_target(self, trainer: Any) -> Union[str, Path, TombstoneLog, None]:
         t = self.tombstones
         if t is True:
-            return os.path.join(trainer.default_root_dir, "anet_tombstones.jsonl")
+            folder = getattr(trainer, "log_dir", None) or trainer.default_root_dir
+            return Path(folder) / "anet_tombstones.jsonl"  # opened on the first record
         if t is False or t is None:
             return None
         return t
@@ -170,7 +187,12 @@ class AnetCallback(pl.Callback):
         self.monitor = self.guard.monitor
         self.stopped = None
         self._loss = None
-        self._logged = None
+        self._logged = self._pushed = self._texted = None
+        self._seen_actions = 0
+        if self._resume is not None:
+            self.guard.load_state_dict(self._resume)
+            self._resume = None
+        self._fitting = True
 
     # ---- per step ----------------------------------------------------------------------
 
@@ -202,6 +224,7 @@ class AnetCallback(pl.Callback):
             guard.skip_step()
             self.stopped = stop.action
             trainer.should_stop = True
+            log.warning("anet_lite: ending fit at step %s (GuardStop)", guard.step)
 
     @staticmethod
     def _overflowed(trainer: Any, optimizer: Any) -> bool:
@@ -219,9 +242,13 @@ class AnetCallback(pl.Callback):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         guard = self.guard
-        if guard is None or not self.log_metrics or guard.last is None:
+        if guard is None or not self.log_metrics or guard.seen == 0:
             return
         snap = guard.last
+        acted = guard.actions[self._seen_actions :]
+        self._seen_actions = len(guard.actions)
+        if snap.step != self._pushed and (snap.alert or acted):
+            self._push(trainer, snap, acted)  # at its own step, whatever log_every_n_steps
         if snap.step == self._logged or not _flushes(trainer):
             return  # no new snapshot, or the logger would not be written at this step
         self._logged = snap.step
@@ -235,9 +262,51 @@ class AnetCallback(pl.Callback):
             }
             pl_module.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False)
 
+    def _push(self, trainer: Any, snap: Any, acted: list) -> None:
+        """Write an alerting / acting step's metrics straight to every logger, at its step
+        (and its text to a TensorBoard logger, once per new incident or action)."""
+        self._pushed = snap.step
+        metrics = snapshot_metrics(snap, self.prefix)
+        kinds = [a.kind for a in acted]
+        metrics[self.prefix + "action"] = float(max((ACTIONS.index(k) for k in kinds), default=0))
+        step = _log_step(trainer)
+        key = (snap.status, snap.evidence.get("cause"))
+        prev = self._texted
+        new = bool(kinds) or prev is None or prev[1:] != key or prev[0] != snap.step - 1
+        self._texted = (snap.step, *key)
+        text = _alert_text(snap) + (f" [actions: {', '.join(kinds)}]" if kinds else "")
+        for lg in getattr(trainer, "loggers", None) or []:
+            try:
+                lg.log_metrics(metrics, step=step)
+                add_text = getattr(getattr(lg, "experiment", None), "add_text", None)
+                if new and callable(add_text) and type(lg).__name__ == "TensorBoardLogger":
+                    add_text(self.prefix + "alert_text", text, step)
+            except Exception as exc:  # a logger's failure never touches training
+                log.warning("anet_lite: could not write to %s: %r", type(lg).__name__, exc)
+
+    # ---- resume ------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Lightning saves this in its checkpoints: the Guard's state (``Guard.state_dict``)."""
+        if self.guard is not None:
+            return {"guard": self.guard.state_dict()}
+        return {"guard": self._resume} if self._resume is not None else {}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Lightning hands back ``state_dict()`` on ``fit(ckpt_path=...)``; the Guard built in
+        ``on_fit_start`` goes on from it (or the current one, if fit has started)."""
+        st = state_dict.get("guard") if isinstance(state_dict, dict) else None
+        if st is None:
+            return
+        if self.guard is not None and self._fitting:  # restored after on_fit_start
+            self.guard.load_state_dict(st)
+        else:
+            self._resume = st
+
     # ---- tear-down ---------------------------------------------------------------------
 
     def _close(self) -> None:
+        self._fitting = False
         if self.guard is not None:
             self.guard.close()
 
@@ -259,6 +328,14 @@ def _flushes(trainer: Any) -> bool:
         return bool(trainer._logger_connector.should_update_logs)
     except Exception:
         return True
+
+
+def _log_step(trainer: Any) -> int:
+    """The step Lightning's own logging would give this batch's metrics (its x axis)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    except Exception:
+        return max(int(trainer.global_step) - 1, 0)
 
 
 def _scaler(trainer: Any) -> Any:

@@ -14,24 +14,23 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
         "(on CPU machines: pip install torch==2.13.0 first)"
     ) from exc
 
-from . import stepstats as _stepstats
 from .forget import forget_layers, weights_hash
 from .guard import Guard, GuardStop
-from .merge import MergeScan, digits_batches, digits_mlp, digits_pairs, merge_state, scan
-from .stepstats import *  # noqa: F403 - the stats slots and helpers (their list: stepstats.__all__)
+from .merge import MergeScan, merge_state, scan
+from .stepstats import *  # noqa: F403 - the stats slots stay importable here; not the API
+from .stepstats import StepStats
 from .tap import GradNoiseTap
 
+# The public API only. The stats slots (GRAD_SQ, N_SLOTS, ...) and their helpers live in
+# ``anet_lite.torch.stepstats``; the merge demo's digits fixtures in ``anet_lite.torch.merge``.
 __all__ = [
     "GradNoiseTap",
     "Guard",
     "GuardStop",
     "MergeScan",
-    "digits_batches",
-    "digits_mlp",
-    "digits_pairs",
+    "StepStats",
     "forget_layers",
     "merge_state",
     "scan",
     "weights_hash",
-    *_stepstats.__all__,
 ]

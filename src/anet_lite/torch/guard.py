@@ -22,7 +22,23 @@ the Monitor's decision is carried out before the update is applied:
   the last healthy checkpoint (CPU memory, or ``checkpoint_dir`` with ``torch.save`` /
   ``torch.load(weights_only=True)``), the Monitor's statistics too; this step is skipped;
   the rolled-back step range is recorded (``guard.rolled_back``) so batches can be skipped.
-* ``stop``: raises ``GuardStop`` out of ``optimizer.step()``.
+* ``stop``: the last healthy checkpoint (model, optimizer, scheduler) is restored, so the
+  model left behind is the last healthy one, then ``GuardStop`` is raised out of
+  ``optimizer.step()`` (its message: what was done and why). The tombstone says whether a
+  checkpoint was restored, and which.
+
+Every action is logged (logger ``anet_lite``) at WARNING with its explanation; an alert the
+policy takes no action on is logged at INFO (once per incident or change of cause). A step
+taken without ``guard.observe(loss)`` is warned about once, with the fix; ``guard.last`` is
+then a "no step observed yet" snapshot, never None. When the measured gradient norm sits
+at one value step after step, the gradients were clipped before the Guard saw them: that
+is warned about once (pass ``clip_grad_norm`` to the Guard instead).
+
+Tombstones: none unless ``tombstones=`` is given (a plain loop has no output folder of its
+own to put them in); a path is created on the first record, never before. The Lightning and
+HF callbacks default to their framework's output folder (see ``docs/integrations.md``).
+``state_dict`` / ``load_state_dict`` carry the Monitor (and policy) state and the lr
+bookkeeping across a restart.
 
 The update statistics (‖Δθ‖, cos(−g, Δθ)) of a step are known only after it, so they
 reach the Monitor with the next step's pack (one step late; the lr, loss and gradients are
@@ -39,6 +55,7 @@ recorded BEFORE clipping (clipping yourself before ``step()`` records the clippe
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -78,14 +95,54 @@ _LOSS = N_GRAD_SLOTS + N_SLOTS
 _FOUND_INF = _LOSS + 3
 _PACK = _LOSS + 4
 _NOTHING = (0.0,) * N_SLOTS  # the previous step's row when nothing was measured
+_CLIP_STEPS = 20  # steps at one gradient norm (to 1e-4 relative) that say "clipped before"
+_STATE_VERSION = 1
+log = logging.getLogger("anet_lite")
+
+_NOT_YET = Snapshot(
+    theta=1.0,
+    sdot=0.0,
+    proc=0.0,
+    f_total=0.0,
+    precursor=False,
+    zscore=0.0,
+    step=None,
+    status="warming_up",
+    alert=False,
+    evidence={"note": "no step observed yet: call guard.observe(loss) before optimizer.step()"},
+)
 
 
 class GuardStop(RuntimeError):
-    """Raised out of ``optimizer.step()`` when the policy decides to stop the run."""
+    """Raised out of ``optimizer.step()`` when the policy decides to stop the run.
 
-    def __init__(self, action: Action) -> None:
-        super().__init__(action.reason)
-        self.action = action
+    ``action``: the policy's stop ``Action``; ``explanation``: why (the snapshot's words and
+    what was restored). ``str(exc)`` carries both. Pickles (a stop raised in a worker
+    process reaches its parent intact)."""
+
+    def __init__(self, action: Action, explanation: str = "") -> None:
+        text = action.reason + (f" — {explanation}" if explanation else "")
+        super().__init__(text)
+        self.action, self.explanation = action, explanation
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.action, self.explanation))
+
+
+class _LazyTombstones:
+    """A tombstone path opened (file and parent folders created) on the first record only."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path, self._log = Path(path), None  # type: Path, Optional[TombstoneLog]
+
+    @property
+    def head(self) -> Optional[str]:
+        return self._log.head if self._log is not None else None
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        if self._log is None:
+            self._log = TombstoneLog(self.path)
+        return self._log.append(*args, **kwargs)
 
 
 class Guard:
@@ -94,7 +151,8 @@ class Guard:
     model, optimizer       the ones being trained (DDP/FSDP-wrapped models are fine)
     monitor                a ``Monitor`` (default ``Monitor()``); its policy decides
     scheduler              an lr scheduler, kept consistent with slow-downs and rollbacks
-    tombstones, run_log    a path or ``TombstoneLog`` / ``RunLog``; written on rank 0 only
+    tombstones, run_log    a path or ``TombstoneLog`` / ``RunLog``; written on rank 0 only.
+                           Default: no tombstones (a path is created on its first record)
     checkpoint_every       steps between healthy checkpoints (0: never; rollback unavailable)
     checkpoint_dir         keep checkpoints in a folder instead of CPU memory
     clip_grad_norm         clip to this total norm after measuring (None: no clipping)
@@ -166,7 +224,7 @@ class Guard:
         self.sharded = is_sharded(model)
         lead = self.rank == 0
         if isinstance(tombstones, (str, Path)):
-            tombstones = TombstoneLog(tombstones) if lead else None
+            tombstones = _LazyTombstones(tombstones) if lead else None
         self.tombstones = tombstones if lead else None
         if run_log is not None and lead:
             self.monitor.run_log = run_log
@@ -181,7 +239,8 @@ class Guard:
             except Exception as exc:  # e.g. the user registered their own comm hook
                 warnings.warn(f"anet_lite.Guard: gradient noise scale off ({exc})", stacklevel=2)
         self.step = 0
-        self.last: Optional[Snapshot] = None
+        self.seen = 0  # steps fed to the Monitor (0: ``last`` is the "not yet" snapshot)
+        self._last: Optional[Snapshot] = None
         self.actions: List[Action] = []
         self.rolled_back: List[tuple] = []
         self.checkpoint: Optional[ckpt_mod.Checkpoint] = None
@@ -193,6 +252,10 @@ class Guard:
         self._prev: Optional[tuple] = None  # the tap's rows of the previous step
         self._skipped = False
         self._warned = False
+        self._warned_observe = False
+        self._logged_alert: Optional[tuple] = None  # (step, status, cause) last logged at INFO
+        self._clip_run: List[float] = []  # the last gradient norms while they stay equal
+        self.clipped_at: Optional[float] = None  # the norm the user's clip pinned, once seen
         self._host: Optional[torch.Tensor] = None
         self._undone = 0
         # (device, dtype, zeros(N_SLOTS), zeros(1), ones(1))
@@ -201,6 +264,16 @@ class Guard:
             optimizer.register_step_pre_hook(self._pre_hook),
             optimizer.register_step_post_hook(self._post_hook),
         )
+
+    @property
+    def last(self) -> Snapshot:
+        """The latest snapshot; before any step was observed, a "warming_up" snapshot whose
+        evidence ``note`` says so (never None)."""
+        return self._last if self._last is not None else _NOT_YET
+
+    @last.setter
+    def last(self, snap: Optional[Snapshot]) -> None:
+        self._last = snap
 
     # ---- the user's line -----------------------------------------------------------------
 
@@ -360,17 +433,70 @@ class Guard:
         if vals[_FOUND_INF] > 0:  # the scaler's overflow: a skipped step, not a collapse
             return
         if vals[_LOSS + 1] == 0:
-            if not self._warned:
-                warnings.warn(
-                    "anet_lite.Guard: call guard.observe(loss) before optimizer.step()",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-                self._warned = True
+            self._warn_no_observe(step)
             return
         snap = self._feed(vals, step)
+        self.seen += 1
+        self._check_clipped(snap)
         if self.act:
-            self._carry_out(self.monitor.decide(snap), snap)
+            action = self.monitor.decide(snap)
+            if action.kind == "none":
+                self._log_alert(snap, action)
+            else:
+                self._carry_out(action, snap)
+        else:
+            self._log_alert(snap, None)
+
+    def _warn_no_observe(self, step: int) -> None:
+        """Once per Guard: a step ran and no loss was given (the Guard watches nothing)."""
+        if self._warned_observe:
+            return
+        self._warned_observe = True
+        msg = (
+            f"anet_lite.Guard: optimizer step {step} ran without guard.observe(loss): the Guard "
+            "saw no loss and watches nothing. Fix: call guard.observe(loss) after "
+            "loss.backward() and before optimizer.step(), every step."
+        )
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=6)
+
+    def _log_alert(self, snap: Snapshot, action: Optional[Action]) -> None:
+        """INFO for an alert no action was taken on: once per incident or change of cause."""
+        if not snap.alert or not log.isEnabledFor(logging.INFO):
+            return
+        cause = snap.evidence.get("cause")
+        prev = self._logged_alert
+        self._logged_alert = (snap.step, snap.status, cause)
+        same = prev is not None and prev[1:] == (snap.status, cause)
+        if same and prev[0] == (snap.step or 0) - 1:
+            return  # the same incident, still going on
+        why = f" (no action: {action.reason})" if action is not None else " (watch only)"
+        log.info("anet_lite: step %s: %s%s — %s", snap.step, snap.status, why, _words(snap))
+
+    def _check_clipped(self, snap: Snapshot) -> None:
+        """Warn once when the gradient norm sits at one value: clipped before the Guard."""
+        if self.clipped_at is not None or self.clip_grad_norm is not None:
+            return
+        g = snap.evidence.get("grad_norm")
+        run = self._clip_run
+        if not isinstance(g, float) or not math.isfinite(g) or g <= 0:
+            run.clear()
+            return
+        if run and abs(g - run[0]) > 1e-4 * run[0]:
+            run.clear()
+        run.append(g)
+        if len(run) < _CLIP_STEPS:
+            return
+        self.clipped_at = run[0]
+        msg = (
+            f"anet_lite.Guard: the gradient norm has been {run[0]:.6g} for {_CLIP_STEPS} steps "
+            "in a row: the gradients look clipped before the Guard saw them (clip_grad_norm_ "
+            "before optimizer.step()), so a gradient explosion is invisible to it. Pass the "
+            f"clip to the Guard instead: Guard(..., clip_grad_norm={run[0]:.3g}) and remove "
+            "your own clip_grad_norm_ call (the Guard measures, then clips)."
+        )
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=6)
 
     def _constants(self, dev: torch.device, dt: torch.dtype) -> tuple:
         """(zeros(N_SLOTS): a previous step with nothing measured, zeros(1), ones(1))"""
@@ -461,7 +587,7 @@ class Guard:
         else:
             self.tap.measure_update(publish=False)
             self._prev = self.tap.pending_parts()  # goes with the next step's pack
-        snap = self.last
+        snap = self._last
         if not self.act or snap is None:
             return
         if not snap.alert:  # healthy, or warming up with nothing wrong seen
@@ -499,7 +625,12 @@ class Guard:
             scope["rolled_back_steps"] = (
                 list(self.rolled_back[-1]) if extra.get("checkpoint") else []
             )
+        elif action.kind == "stop":
+            extra.update(self._restore_for_stop())
         self.actions.append(action)
+        words = _words(snap)
+        done = f" ({extra['note']})" if extra.get("note") else ""
+        log.warning("anet_lite: %s%s — %s", action.reason, done, words)
         if self.tombstones is not None:
             self.tombstones.append(
                 action.kind,
@@ -508,7 +639,34 @@ class Guard:
                 evidence={**_plain(action.evidence), "reason": action.reason, **extra},
             )
         if action.kind == "stop":
-            raise GuardStop(action)
+            raise GuardStop(action, words + done)
+
+    def _restore_for_stop(self) -> dict:
+        """Before a stop: put back the last healthy checkpoint, so the run ends on a healthy
+        model (model, optimizer, scheduler, RNG); this step's update is dropped."""
+        self._skip()
+        ck = self._healthy_checkpoint()
+        if ck is None:
+            return {
+                "restored": False,
+                "note": "no healthy checkpoint to restore: the model is left as it is",
+            }
+        ckpt_mod.restore(ck, self.model, self.optimizer, self.scheduler)
+        old_scale = float(ck.extra.get("lr_scale", 1.0))
+        if old_scale != self.lr_scale:
+            self.lr_scale = old_scale  # the restored param groups carry that scale's lr
+        return {
+            "restored": True,
+            "checkpoint": ckpt_mod.digest(ck),
+            "checkpoint_step": ck.step,
+            "note": f"restored the last healthy checkpoint, step {ck.step}, before stopping",
+        }
+
+    def _healthy_checkpoint(self) -> Optional[ckpt_mod.Checkpoint]:
+        ck = self.checkpoint
+        if ck is None and self.checkpoint_path is not None:
+            ck = ckpt_mod.load(self.checkpoint_path)
+        return ck
 
     def _skip(self) -> None:
         self._undo_ema()
@@ -570,9 +728,7 @@ class Guard:
             self.checkpoint = ck
 
     def _rollback(self) -> dict:
-        ck = self.checkpoint
-        if ck is None and self.checkpoint_path is not None:
-            ck = ckpt_mod.load(self.checkpoint_path)
+        ck = self._healthy_checkpoint()
         self._skip()
         if ck is None:
             return {"checkpoint": None, "note": "no healthy checkpoint yet: step skipped instead"}
@@ -587,6 +743,47 @@ class Guard:
         self._prev = None
         self.rolled_back.append((ck.step + 1, self.step))
         return {"checkpoint": ckpt_mod.digest(ck), "checkpoint_step": ck.step}
+
+
+    # ---- resume ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on where this one is: the Monitor's state (its
+        policy's included, JSON-serialisable), the step and the lr bookkeeping (plain numbers).
+        Checkpoints and the tap's EMA are not included (rebuilt within a few steps)."""
+        return {
+            "version": _STATE_VERSION,
+            "step": self.step,
+            "seen": self.seen,
+            "monitor": self.monitor.state_dict(),
+            "lr_scale": self.lr_scale,
+            "lr_healthy_max": self.lr_healthy_max,
+            "lr_cap": None if math.isinf(self.lr_cap) else self.lr_cap,
+            "healthy": self._healthy,
+            "clipped_at": self.clipped_at,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()`` (the optimizer's lr is the resumed optimizer's)."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"state must be a Guard.state_dict() of version {_STATE_VERSION}")
+        self.monitor.load_state_dict(state["monitor"])
+        self.step, self.seen = int(state["step"]), int(state.get("seen", 0))
+        self.lr_scale = float(state["lr_scale"])
+        self.lr_healthy_max = float(state["lr_healthy_max"])
+        cap = state.get("lr_cap")
+        self.lr_cap = math.inf if cap is None else float(cap)
+        self._healthy = int(state.get("healthy", 0))
+        clipped = state.get("clipped_at")
+        self.clipped_at = None if clipped is None else float(clipped)
+
+
+def _words(snap: Snapshot) -> str:
+    """The snapshot's explanation; never raises (words are advice, not the action)."""
+    try:
+        return snap.explain()
+    except Exception as exc:  # pragma: no cover - explain is total over snapshots
+        return f"(no explanation: {exc!r})"
 
 
 def _plain(ev: dict) -> dict:
