@@ -211,7 +211,7 @@ class GradNoiseTap(ChunkMeasure):
         auto = sample == "auto"
         if auto:  # resolved when the parameters are first laid out (see ``auto_sample``)
             sample = 1
-            if exact_update or ema_dtype is not None or memory == "low" or max_abs:
+            if exact_update or ema_dtype is not None or max_abs:
                 auto = False  # those need every element
         for name, val in (
             ("sketch_dim", sketch_dim),
@@ -254,7 +254,12 @@ class GradNoiseTap(ChunkMeasure):
         self.memory = memory
         self.sample = sample  # with "auto": set by ``_layout`` from the model's size
         self.sample_auto = auto
+        # "auto" with memory="low": every element up to one chunk, else a sample of at most
+        # one chunk (served from the sample, not from chunks of the whole model)
+        self._auto_limits = (chunk_numel, chunk_numel) if memory == "low" else None
         self.sample_blocks = SAMPLE_BLOCKS  # about this many blocks per group (sketch.py)
+        if memory == "low":  # the smallest blocks, so that small parameters are sampled too
+            self.sample_blocks = 2**40  # (views of them are made once per layout)
         # per device, (param, is a DTensor) of the measured parameters; set by _layout
         self._all_grads: List[Tuple[torch.device, List[Tuple[Tensor, bool]]]] = []
         self._scales: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
@@ -305,8 +310,8 @@ class GradNoiseTap(ChunkMeasure):
             chunks = self._layout()
             if not chunks:
                 return 0.0
-            rows = [self._grad_chunk(c, full=False)["row"] for c in chunks]
-            row = self._full_grad_row(sum_rows(rows, True))
+            parts = [self._grad_chunk(c, full=False) for c in chunks]
+            row = self._full_grad_row(sum_rows([p["row"] for p in parts], True), parts)
             grad_sq, noise_sq = as_row(row)[[GRAD_SQ, NOISE_SQ]].tolist()
             if not math.isfinite(grad_sq):
                 return math.nan
@@ -330,7 +335,8 @@ class GradNoiseTap(ChunkMeasure):
             keep = len(chunks) == 1
             parts = [self._grad_chunk(c, full=True, keep=keep) for c in chunks]
             if parts:
-                self._rows = (self._full_grad_row(sum_rows([p["row"] for p in parts], True)), None)
+                rows = sum_rows([p["row"] for p in parts], True)
+                self._rows = (self._full_grad_row(rows, parts), None)
             else:
                 self._rows = (self._empty_row(self._primary_device(chunks))[:N_GRAD_SLOTS], None)
             self._pending = None
@@ -403,14 +409,15 @@ class GradNoiseTap(ChunkMeasure):
         return self._rows
 
     @staticmethod
-    def auto_sample(numel: int) -> int:
-        """``sample="auto"``: 1 (every element) up to ``AUTO_EXACT`` elements, else the
-        smallest power of two that brings the sample to at most ``AUTO_SAMPLE`` elements,
-        so the work per step stays about constant as models grow (16 at 100M)."""
-        if numel <= AUTO_EXACT:
+    def auto_sample(numel: int, exact: int = AUTO_EXACT, most: int = AUTO_SAMPLE) -> int:
+        """``sample="auto"``: 1 (every element) up to ``exact`` elements, else the
+        smallest power of two that brings the sample to at most ``most`` elements, so the
+        work per step stays about constant as models grow (16 at 100M). With
+        ``memory="low"`` both are ``chunk_numel`` (2**20)."""
+        if numel <= exact:
             return 1
         r = 2
-        while numel > r * AUTO_SAMPLE:
+        while numel > r * most:
             r *= 2
         return r
 
@@ -427,29 +434,43 @@ class GradNoiseTap(ChunkMeasure):
             sc = self._scales[(dev, dt)] = (g, torch.full((), r, dtype=dt, device=dev))
         return sc
 
-    def _full_grad_row(self, row: Row) -> Row:
+    def _full_grad_row(self, row: Row, parts: Optional[List[Dict[str, Any]]] = None) -> Row:
         """With ``sample > 1``: the sampled gradient row scaled to estimate the whole, and
-        ``GRAD_SQ`` the exact sum of g**2 over every measured parameter (one multi-tensor
-        norm per device: a NaN/inf anywhere, sampled or not, makes it non-finite)."""
+        ``GRAD_SQ`` the exact sum of g**2 over every measured parameter: the sums the
+        batched gradient copies took on the way (``parts``' ``exact_sq``), else one
+        reduction over every gradient per device. A NaN/inf anywhere, sampled or not,
+        makes it non-finite."""
         if self.sample == 1:
             return row
         t = as_row(row)
         dev, acc = t.device, t.dtype
-        exact = None
-        for gdev, params in self._all_grads:
-            grads = [p.grad if not dist else local(p.grad) for p, dist in params]
-            if gdev.type == "cpu":  # BLAS dots (2e-4 at 16.8M elements): the float32
-                # multi-tensor norm was off by 1.2e-3, a float64 one took 2.6 ms per 1M
-                flat = [g.reshape(-1) for g in grads]
-                part = torch.stack([torch.dot(f, f) for f in flat]).to(acc).sum().to(dev)
-            else:  # one multi-tensor kernel (a tree reduction)
-                norms = torch.stack(torch._foreach_norm(grads, 2)).to(acc)
-                part = torch.dot(norms, norms).to(dev)
-            exact = part if exact is None else exact + part
+        sums = [p.get("exact_sq") for p in parts or ()]
+        if sums and all(x is not None for x in sums):
+            exact: Optional[Tensor] = sums[0] if len(sums) == 1 else torch.stack(
+                [x.to(acc) for x in sums]
+            ).sum()
+        else:
+            exact = self._exact_grad_sq(dev, acc)
         out = t * self._sample_scales(dev, acc)[0]
         if exact is not None:
             out.select(0, GRAD_SQ).copy_(exact)  # (copy_: an item assignment would sync)
         return out
+
+    def _exact_grad_sq(self, dev: torch.device, acc: torch.dtype) -> Optional[Tensor]:
+        """Sum of g**2 over every measured gradient, per device then summed on ``dev``."""
+        exact = None
+        for gdev, params in self._all_grads:
+            grads = [p.grad if not dist else local(p.grad) for p, dist in params]
+            f32 = all(g.dtype in (torch.float32, torch.float64) for g in grads)
+            if gdev.type == "cpu" and f32:  # BLAS dots (2e-4 at 16.8M elements): the
+                # float32 multi-tensor norm was off by 1.2e-3, a float64 one took 2.6 ms per 1M
+                flat = [g.reshape(-1) for g in grads]
+                part = torch.stack([torch.dot(f, f) for f in flat]).to(acc).sum().to(dev)
+            else:  # one multi-tensor kernel, accumulating in float32 (not a bf16 dot)
+                norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).to(acc)
+                part = torch.dot(norms, norms).to(dev)
+            exact = part if exact is None else exact + part
+        return exact
 
     def note_grad_scale(self, scale: Tensor) -> None:
         """The gradients were multiplied by ``scale`` (a positive 0-d tensor, e.g. a clip
