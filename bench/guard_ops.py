@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import TinyLM, stdlib_text
 
 WIDTH = 96
+SEEN = ("grad_norm", "step_norm", "noise", "processivity")  # Monitor inputs compared
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "Guard default": {},
     "Guard sample=1": {"sample": 1},
@@ -176,7 +177,15 @@ def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[s
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
         st[name] = {"model": model, "opt": opt, "times": []}
     for name, kw in (("Guard", {}), ("Guard sample=16", {"sample": 16})):
-        st[name]["guard"] = Guard(st[name]["model"], st[name]["opt"], on_error="raise", **kw)
+        guard = Guard(st[name]["model"], st[name]["opt"], on_error="raise", **kw)
+        st[name]["guard"], st[name]["seen"] = guard, []
+        update = guard.monitor.update
+
+        def record(*a: Any, _u: Callable = update, _s: List = st[name]["seen"], **k: Any) -> Any:
+            _s.append({key: k.get(key) for key in SEEN})  # what the Monitor is given
+            return _u(*a, **k)
+
+        guard.monitor.update = record
     loss_fn = nn.CrossEntropyLoss()
 
     def step(name: str, i: int) -> float:
@@ -205,6 +214,17 @@ def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[s
     base = statistics.median(st["unguarded"]["times"])
     out = {name: statistics.median(st[name]["times"]) / base for name in names}
     out["unguarded ms"] = base * 1e3
+    # same init, same batches, no action taken: the two Guards saw the same steps
+    for key in SEEN:
+        pairs = [
+            (a[key], b[key])
+            for a, b in zip(st["Guard"]["seen"][10:], st["Guard sample=16"]["seen"][10:])
+            if a[key] and b[key] is not None
+        ]
+        if key == "processivity":
+            out[key] = max(abs(b - a) for a, b in pairs) if pairs else float("nan")
+        else:
+            out[key] = max(abs(b / a - 1.0) for a, b in pairs) if pairs else float("nan")
     return out
 
 
@@ -226,6 +246,7 @@ def ratio_table(steps: int, repeats: int) -> None:
         f"{steps} interleaved steps per variant, {repeats} repeats (median [min, max])"
     )
     cols = ("clip_grad_norm_", "Guard", "Guard sample=16")
+    acc: List[Tuple[str, Dict[str, float]]] = []
     head = f"{'model':24s} {'params':>10s} {'unguarded ms':>13s}"
     print(head + "".join(f"{c:>24s}" for c in cols))
     for label, make, data in cases:
@@ -237,6 +258,15 @@ def ratio_table(steps: int, repeats: int) -> None:
             cells.append(f"{statistics.median(v):.3f} [{v[0]:.3f}, {v[-1]:.3f}]")
         base = statistics.median(r["unguarded ms"] for r in runs)
         print(f"{label:24s} {n_params:10,d} {base:13.2f}" + "".join(f"{c:>24s}" for c in cells))
+        acc.append((label, {k: max(r[k] for r in runs) for k in SEEN}))
+    print(
+        "\nGuard(sample=16) against the default Guard on the same steps (max over the steps"
+        " after the first 10 and the repeats): relative error of grad_norm, step_norm,"
+        " noise; absolute error of the step processivity"
+    )
+    for label, errs in acc:
+        print(f"{label:24s} " + "  ".join(f"{k} {v:.2%}" if k != "processivity" else
+                                          f"{k} {v:.3f}" for k, v in errs.items()))
 
 
 def main() -> None:

@@ -3,9 +3,11 @@ copied into a chunk's flat buffer.
 
 ``sample_ranges`` picks the blocks (a stratified systematic sample: every element kept
 with probability exactly 1/R, small parameters kept whole and down-weighted), ``plan`` in
-``sketch.py`` lays them out in chunks, and ``fill_sampled`` copies them with one strided
-copy per run of blocks. ``mix`` (splitmix64) seeds both the phases here and the sketch's
-signs.
+``sketch.py`` lays them out in chunks, ``fill_sampled`` copies the parameters' sample with
+one ``_foreach_copy_`` from views made once per layout, and ``fill_sampled_grads`` the
+gradients' (new tensors every step, so no view of them is kept) through batches of whole
+gradients: a few ops per step whatever the number of tensors. ``mix`` (splitmix64)
+seeds both the phases here and the sketch's signs.
 """
 
 from __future__ import annotations
