@@ -52,7 +52,7 @@ _set_grad_enabled = torch._C._set_grad_enabled
 AUTO_EXACT = 2**24  # sample="auto": models up to this many elements are measured whole
 AUTO_SAMPLE = 2**23  # ... larger ones on a sample of at most this many elements
 
-__all__ = ["GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
+__all__ = ["GradGate", "GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
 
 
 class GradNoiseTap(ChunkMeasure):
@@ -304,6 +304,7 @@ class GradNoiseTap(ChunkMeasure):
         self._copies = HostRing(
             lambda values, step: stats_from_values(values, step, ema=self.ema, has_max=self.max_abs)
         )
+        self.grad_gate: Optional[GradGate] = None
 
     # ------------------------------------------------------------------ public API
 
@@ -368,6 +369,8 @@ class GradNoiseTap(ChunkMeasure):
         if st is None:
             raise RuntimeError("measure_update() needs measure_grads() first in the same step")
         self._grad_state = None
+        if self.grad_gate is not None:
+            self.grad_gate.release()
         grad_was = torch.is_grad_enabled()
         _set_grad_enabled(False)
         try:
@@ -607,6 +610,17 @@ class GradNoiseTap(ChunkMeasure):
         post = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.measure_update())
         return pre, post
 
+    def gate(self, optimizer: torch.optim.Optimizer) -> Tensor:
+        """Same-step protection on the device, without a host sync: call after
+        ``measure_grads`` and before ``optimizer.step()``. Returns the 0-d flag (1.0: this
+        step was gated). See ``GradGate``; the gate is made on first use (``tap.grad_gate``,
+        replace it to change its settings)."""
+        if self._rows is None:
+            raise RuntimeError("gate() needs measure_grads() first in the same step")
+        if self.grad_gate is None:
+            self.grad_gate = GradGate()
+        return self.grad_gate(optimizer, self._rows[0][GRAD_SQ])
+
     def reset(self) -> None:
         """Forget the EMA, the step count and any pending stats."""
         self.m.clear()
@@ -623,3 +637,89 @@ class GradNoiseTap(ChunkMeasure):
         self._rows = None
         self._copies.clear()
         self.step = 0
+
+
+class GradGate:
+    """Act on a bad gradient at its own step on the device: no host sync, a few ops.
+
+    ``GradGate(factor=10.0, decay=0.9, warmup=5)``. From the step's exact sum of g**2 (a
+    0-d device tensor, ``GRAD_SQ`` of the tap's row) the gate forms, on the device, the
+    flag *bad*: the gradient is not finite, or (after ``warmup`` accepted steps) its norm
+    is above ``factor`` x its running level (an EMA, ``decay``, of the norms of accepted
+    steps; bad steps do not move it). Then:
+
+    * an optimizer that takes a ``found_inf`` tensor (``_step_supports_amp_scaling``: the
+      fused Adam/AdamW/SGD, on CPU and CUDA) skips the step in its kernel: parameters and
+      state untouched (a ``GradScaler``'s own flag is kept: the two are or-ed); the
+      attribute is put back by ``release`` (``tap.measure_update`` calls it);
+    * any other optimizer gets its gradients multiplied by min(1, ``factor`` x level /
+      ||g||) (one multi-tensor op): a finite spike is clipped to ``factor`` x its level,
+      not skipped (Adam's moments still move), and a NaN/inf gradient is not cleaned
+      (zeroing it would take an op per tensor): the host's verdict, one step later on a
+      GPU, handles those.
+
+    Everything stays on the device; the host learns what happened with the step's stats.
+    """
+
+    def __init__(self, factor: float = 10.0, decay: float = 0.9, warmup: int = 5) -> None:
+        if not factor > 1.0:
+            raise ValueError(f"factor must be > 1, got {factor!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+            raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
+        self.factor, self.decay, self.warmup = float(factor), float(decay), warmup
+        self.level: Optional[Tensor] = None  # running level of ||g||, 0-d, on the device
+        self.accepted: Optional[Tensor] = None  # accepted steps so far, 0-d
+        self.gated: Optional[Tensor] = None  # the last step's flag
+        self._set: Optional[torch.optim.Optimizer] = None
+        self._had: Any = None
+
+    def __call__(self, optimizer: torch.optim.Optimizer, grad_sq: Tensor) -> Tensor:
+        """Gate this step (see the class docstring); returns the flag (1.0: gated)."""
+        norm = grad_sq.sqrt()
+        if self.level is None or self.level.device != norm.device:
+            self.level = torch.zeros_like(norm)
+            self.accepted = torch.zeros_like(norm)
+        level, accepted = self.level, self.accepted
+        limit = level * self.factor
+        # good: finite, and within factor x level once warm (NaN compares False)
+        good = (norm <= limit).logical_or_(accepted < self.warmup).logical_and_(norm.isfinite())
+        bad = good.logical_not()
+        # level <- norm on the first accepted step, then the EMA; bad steps leave it
+        w = torch.where(accepted == 0, 1.0, 1.0 - self.decay)
+        level.copy_(torch.where(good, torch.lerp(level, norm, w), level))
+        accepted.add_(good)
+        flag = bad.to(torch.float32)
+        self.gated = flag
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            self._skip_in_kernel(optimizer, flag)
+        else:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
+            grads = [g for g in grads if g is not None]
+            if grads:
+                scale = torch.where(bad, limit / norm, 1.0).clamp_(max=1.0)
+                if scale.dtype != grads[0].dtype:
+                    scale = scale.to(grads[0].dtype)
+                torch._foreach_mul_(grads, scale)
+        return flag
+
+    def _skip_in_kernel(self, optimizer: torch.optim.Optimizer, flag: Tensor) -> None:
+        had = getattr(optimizer, "found_inf", None)
+        self._set, self._had = optimizer, had
+        if isinstance(had, Tensor):
+            optimizer.found_inf = torch.maximum(had, flag.to(had.device, had.dtype))
+        else:
+            optimizer.found_inf = flag
+
+    def release(self) -> None:
+        """After ``optimizer.step()``: put back the optimizer's ``found_inf`` as it was."""
+        opt, self._set = self._set, None
+        if opt is None:
+            return
+        if self._had is None:
+            if hasattr(opt, "found_inf"):
+                del opt.found_inf
+        else:
+            opt.found_inf = self._had
+        self._had = None
