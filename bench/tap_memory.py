@@ -34,6 +34,9 @@ cfgs = {
     "Guard's tap (noise=sketch, max_abs=False)": dict(noise="sketch", max_abs=False),
     'Guard\'s default (the same, sample="auto")': dict(noise="sketch", max_abs=None, sample="auto"),
     "Guard's tap, sample=16": dict(noise="sketch", max_abs=None, sample=16),
+    'Guard\'s tap, memory="low" (sample="auto": at most 2**20)': dict(
+        noise="sketch", max_abs=None, sample="auto", memory="low"
+    ),
     "default (noise=exact: EMA)": dict(),
     "noise=sketch, chunk_numel=2**20": dict(noise="sketch", chunk_numel=2**20),
     "noise=exact (EMA), chunk_numel=2**20": dict(chunk_numel=2**20),

@@ -97,6 +97,51 @@ def test_a_sampled_fill_copies_exactly_the_kept_elements(chunk_numel):
     assert any(rows for c in tap._chunks for _, rows, _ in sampled_runs(c))  # strided runs
 
 
+@pytest.mark.parametrize("limit", [2**24, 40_000, 5_000])
+def test_batched_gradient_copies_give_the_sample_and_the_exact_sum(limit):
+    """``fill_sampled_grads`` (whole gradients copied in batches of ``limit`` elements,
+    the sample copied out of them; parameters above ``limit`` run by run) fills the same
+    buffer as the run-by-run copies, and its sum of g**2 is the exact one."""
+    from anet_lite.torch.sample import fill_sampled_grads
+    from anet_lite.torch.sketch import Seg, fill
+
+    model = char_model()
+    tap = GradNoiseTap(model, 0.9, noise="sketch", sample=4)
+    x, y = next(batches(1))
+    nn.functional.cross_entropy(model(x), y).backward()
+    tap.measure_grads()
+    (c,) = tap._chunks
+    assert c.sole and c.views_stay
+    with torch.no_grad():
+        want = fill(c, torch.full((c.n_pad,), math.nan), Seg.grad).clone()
+        full = torch.empty(min(limit, 480_350))
+        got = torch.full((c.n_pad,), math.nan)
+        sq = fill_sampled_grads(c, got, full, limit)
+        assert torch.equal(got[: c.n], want[: c.n])
+        ref = sum(float(p.grad.double().pow(2).sum()) for p in model.parameters())
+        assert float(sq) == pytest.approx(ref, rel=1e-5)
+        big = [p for p in model.parameters() if p.numel() > limit]
+        assert bool(big) == (limit < 262_144)  # the 512 x 512 layer: run by run
+
+
+def test_bf16_gradients_sampled_give_the_exact_norm_in_fp32():
+    """bf16 gradients: the exact norm accumulates in float32 (a float32 copy and dot),
+    not in bf16 (3 significant digits)."""
+    model = char_model().to(torch.bfloat16)
+    tap = GradNoiseTap(model, 0.9, noise="sketch", sample=4)
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    for x, y in batches(3):
+        opt.zero_grad()
+        logits = model(x)
+        nn.functional.cross_entropy(logits.float(), y).backward()
+        tap.measure_grads()
+        opt.step()
+        tap.measure_update()
+        ref = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+        s = tap.stats()
+        assert s.finite and s.grad_norm == pytest.approx(ref, rel=1e-5)
+
+
 def run_pair(opt_name: str, rate: int, steps: int = 50, noise: str = "sketch"):
     model = char_model()
     if opt_name == "adamw":

@@ -11,12 +11,14 @@ so these stay terse. ``GradNoiseTap.__init__`` creates the attributes used here.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .ema import store_dtype
+from .sample import fill_sampled_grads
 from .sketch import (
     SIGN_BITS,
     Chunk,
@@ -43,10 +45,28 @@ def as_row(row: Row) -> Tensor:
     return row if isinstance(row, Tensor) else torch.stack(row)
 
 
+_KNOWN: Dict[int, Tuple[Any, float]] = {}
+"""The taps' cached 0-d constants (``ChunkMeasure._consts``) by id: (a weak reference,
+the value). ``row_values`` does not read them back (each read is an op); an entry goes
+with its tensor. (Not a WeakKeyDictionary: its lookups compare tensors with ``==``.)"""
+
+
 def row_values(row: Row) -> List[float]:
     """The row as Python floats (the same numbers as ``as_row(row).tolist()``). Syncs off
-    the CPU."""
-    return row.tolist() if isinstance(row, Tensor) else [t.item() for t in row]
+    the CPU. A part that appears twice, or is one of the tap's constants, is read once /
+    not at all."""
+    if isinstance(row, Tensor):
+        return row.tolist()
+    seen: Dict[int, float] = {}
+    out = []
+    for t in row:
+        k = id(t)
+        v = seen.get(k)
+        if v is None:
+            known = _KNOWN.get(k)
+            v = seen[k] = known[1] if known is not None and known[0]() is t else t.item()
+        out.append(v)
+    return out
 
 
 def row_device(row: Row) -> torch.device:
@@ -159,16 +179,16 @@ class ChunkMeasure:
             if p.requires_grad and p.grad is not None and lp.is_floating_point():
                 items.append((name, p, lp))
         if self.sample_auto:
-            self.sample = self.auto_sample(sum(lp.numel() for _, _, lp in items))
+            self.sample = self.auto_sample(
+                sum(lp.numel() for _, _, lp in items), *(self._auto_limits or ())
+            )
             self._scales.clear()
-        chunks, order = plan(
-            items,
-            self.chunk_numel,
-            SIGN_BITS * self.sketch_buckets,
-            self.sample,
-            self.seed,
-            self.sample_blocks,
-        )
+        chunks, order = self._plan(items)
+        if self._auto_limits and self.sample > 1 and not all(c.sole for c in chunks):
+            # memory="low": a sample that does not fit one chunk (parameters too small to
+            # be sampled are kept whole) saves nothing; measure every element in chunks
+            self.sample = 1
+            chunks, order = self._plan(items)
         if self.sample > 1:  # tap.m then holds the sampled elements of each parameter
             shapes = {n: (c,) for runs in order.values() for n, _, c in runs}
         else:
@@ -183,6 +203,23 @@ class ChunkMeasure:
         self._sk_m.clear()  # sketches of another layout are not comparable
         self._sk_theta.clear()
         return chunks
+
+    def _plan(self, items: List[Tuple[str, Tensor, Tensor]]) -> Tuple[List[Chunk], Any]:
+        """``sketch.plan`` with the tap's settings; marks each group's only chunk."""
+        chunks, order = plan(
+            items,
+            self.chunk_numel,
+            SIGN_BITS * self.sketch_buckets,
+            self.sample,
+            self.seed,
+            self.sample_blocks,
+        )
+        per_group: Dict[Any, int] = {}
+        for c in chunks:
+            per_group[c.group] = per_group.get(c.group, 0) + 1
+        for c in chunks:
+            c.sole = per_group[c.group] == 1
+        return chunks, order
 
     def _ema_slice(self, chunk: Chunk) -> Tensor:
         """The chunk's run of its group's flat EMA buffer; ``tap.m`` holds views of it."""
@@ -265,14 +302,14 @@ class ChunkMeasure:
         hence the terse code."""
         k, ema = self.sketch_buckets, self.ema
         consts = self._consts(chunk.device)
-        g = fill(chunk, self._scratch.get("g", chunk), Seg.grad)
+        out: Dict[str, Any] = {}
+        g = self._fill_grad(chunk, out)
         gsq = dot(g, g)  # NaN/inf iff g holds a NaN/inf (or |g| > ~1e19 in float32)
         if self.max_abs:
             lo, hi = torch.aminmax(g)
             mx = torch.maximum(hi, lo.neg())  # NaN propagates
         else:
             mx = consts[2]
-        out: Dict[str, Any] = {}
         nsq = consts[0]
         if ema is not None and self.noise == "exact":
             # In place, no temporaries: m <- m - g; ||m - g||; m <- decay (m - g) + g, with
@@ -309,6 +346,32 @@ class ChunkMeasure:
             out["G"] = g
         out["row"] = (gsq, nsq, consts[1], mx, gsq)
         return out
+
+    def _fill_grad(self, chunk: Chunk, out: Dict[str, Any]) -> Tensor:
+        """The chunk's gradient in the "g" scratch buffer. A sampled chunk holding all of
+        its group's sample copies whole gradients in batches and its sample out of them
+        (``sample.fill_sampled_grads``: a few ops whatever the number of tensors), and
+        sets ``out["exact_sq"]``, the exact sum of g**2 over its parameters."""
+        buf = self._scratch.get("g", chunk)
+        if chunk.weight != 1.0 and chunk.sole and chunk.views_stay:
+            sq = fill_sampled_grads(chunk, buf, self._full_buffer(chunk), self.chunk_numel)
+            if sq is not None:
+                out["exact_sq"] = sq
+                return buf
+        return fill(chunk, buf, Seg.grad)
+
+    def _full_buffer(self, chunk: Chunk) -> Tensor:
+        """The work buffer that whole gradients are copied into (``fill_sampled_grads``):
+        up to ``chunk_numel`` elements, the most one batch of them takes."""
+        sizes = {id(s.param): s.param.numel() for s in chunk.segs}
+        n = min(self.chunk_numel, sum(v for v in sizes.values() if v <= self.chunk_numel))
+        key = ("full", chunk.wdtype, chunk.device)
+        buf = self._scratch.bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self._scratch.bufs[key] = torch.empty(
+                max(n, 1), dtype=chunk.wdtype, device=chunk.device
+            )
+        return buf
 
     def _grad_chunk_flat(
         self, chunk: Chunk, g: Tensor, out: Dict[str, Any], gsq: Tensor, nsq: Tensor, mx: Tensor
@@ -376,6 +439,9 @@ class ChunkMeasure:
             )
             nan = torch.full((), math.nan, dtype=acc, device=device)
             c = self._constants[device] = (zero, one, nan)
+            for t, v in zip(c, (0.0, 1.0, math.nan)):
+                _KNOWN[id(t)] = (weakref.ref(t), v)
+                weakref.finalize(t, _KNOWN.pop, id(t), None)
         return c
 
     def _update_chunk(self, chunk: Chunk, part: Dict[str, Any]) -> Row:

@@ -3,14 +3,16 @@ copied into a chunk's flat buffer.
 
 ``sample_ranges`` picks the blocks (a stratified systematic sample: every element kept
 with probability exactly 1/R, small parameters kept whole and down-weighted), ``plan`` in
-``sketch.py`` lays them out in chunks, and ``fill_sampled`` copies them with one strided
-copy per run of blocks. ``mix`` (splitmix64) seeds both the phases here and the sketch's
-signs.
+``sketch.py`` lays them out in chunks, ``fill_sampled`` copies the parameters' sample with
+one ``_foreach_copy_`` from views made once per layout, and ``fill_sampled_grads`` the
+gradients' (new tensors every step, so no view of them is kept) through batches of whole
+gradients: a few ops per step whatever the number of tensors. ``mix`` (splitmix64)
+seeds both the phases here and the sketch's signs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -128,26 +130,75 @@ def sampled_runs(chunk: Chunk) -> Runs:
     return plan
 
 
-def fill_sampled(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]]) -> Tensor:
-    """``fill`` / ``fill_params`` for a sampled chunk (``sampled_runs``): one strided copy
-    per run of blocks, one ``_foreach_copy_`` for the rest, then the prescale of the
-    parameters kept whole."""
-    runs = sampled_runs(chunk)
-    blk, period, segs = chunk.block, chunk.period, chunk.segs
+def _dst_views(chunk: Chunk, buf: Tensor, runs: Runs) -> List[Tuple[List[Tensor], List[Tensor]]]:
+    """Views of ``buf`` per parameter of ``runs``: (one (count, block) view per run, one
+    flat view per other segment). Cached per buffer: the tap alternates two buffers
+    (theta_before / theta_after swap roles), so one cache entry would never hit."""
     key = (buf.data_ptr(), buf.dtype, buf.numel())
-    cached = chunk.cache.get("dst")
-    if cached is None or cached[0] != key:
-        views = [
+    cache = chunk.cache.setdefault("dst", {})
+    views = cache.get(key)
+    if views is None:
+        blk, segs = chunk.block, chunk.segs
+        views = cache[key] = [
             (
                 [buf[o : o + n * blk].view(n, blk) for n, _, o in rows],
                 [buf[o : o + segs[k].end - segs[k].start] for k, o in singles],
             )
             for _, rows, singles in runs
         ]
-        cached = chunk.cache["dst"] = (key, views)
+    return views
+
+
+def _src_views(
+    chunk: Chunk, i: int, rows: Any, singles: Any, flat: Tensor, at: int = 0
+) -> List[Tensor]:
+    """Views of ``flat`` (parameter ``i``'s elements, starting at element ``at`` of
+    ``flat``) lined up with ``_dst_views``: one strided view per run of blocks, then the
+    other segments."""
+    blk, period, segs = chunk.block, chunk.period, chunk.segs
+    base = flat.storage_offset() + at
+    out = [flat.as_strided((n, blk), (period, 1), base + start) for n, start, _ in rows]
+    out += [flat[at + segs[k].start : at + segs[k].end] for k, _ in singles]
+    return out
+
+
+def _flat_pairs(chunk: Chunk, buf: Tensor, runs: Runs, dst_views: Any) -> Tuple[List, List]:
+    """(dst, src) for one ``_foreach_copy_`` of the parameters' sampled elements: views
+    of parameters that keep their storage while the layout holds (its key has their
+    data_ptr), so they are made once per layout and buffer."""
+    cache = chunk.cache.setdefault("params", {})
+    key = (buf.data_ptr(), buf.dtype, buf.numel())
+    pair = cache.get(key)
+    if pair is None:
+        dst: List[Tensor] = []
+        src: List[Tensor] = []
+        for (i, rows, singles), (rd, sd) in zip(runs, dst_views):
+            dst += rd + sd
+            src += _src_views(chunk, i, rows, singles, chunk.segs[i].param.detach().reshape(-1))
+        pair = cache[key] = (dst, src)
+    return pair
+
+
+def fill_sampled(
+    chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor]], params: bool = False
+) -> Tensor:
+    """``fill`` / ``fill_params`` (``params=True``: ``get`` reads the parameters) for a
+    sampled chunk (``sampled_runs``), then the prescale of the parameters kept whole.
+    Contiguous plain parameters: ONE ``_foreach_copy_`` from views made once per layout.
+    Otherwise (gradients, DTensors): one strided copy per run of blocks and one
+    ``_foreach_copy_`` for the rest (gradients: see ``fill_sampled_grads``)."""
+    runs = sampled_runs(chunk)
+    views = _dst_views(chunk, buf, runs)
+    if params and chunk.views_stay:
+        dst, src = _flat_pairs(chunk, buf, runs, views)
+        torch._foreach_copy_(dst, src)
+        if chunk.prescale:
+            prescale(chunk, buf)
+        return buf
+    blk, period, segs = chunk.block, chunk.period, chunk.segs
     dst: List[Tensor] = []
     src: List[Tensor] = []
-    for (i, rows, singles), (rd, sd) in zip(runs, cached[1]):
+    for (i, rows, singles), (rd, sd) in zip(runs, views):
         t = get(segs[i])
         if t is None:
             for v in (*rd, *sd):
@@ -165,3 +216,106 @@ def fill_sampled(chunk: Chunk, buf: Tensor, get: Callable[[Seg], Optional[Tensor
     if chunk.prescale:
         prescale(chunk, buf)
     return buf
+
+
+class _GradBatch:
+    """Whole gradients copied with one ``_foreach_copy_`` into a flat buffer (``views``:
+    parameter-shaped views of it), and the copy of their sampled elements out of it
+    (``dst`` <- ``src``, views made once)."""
+
+    __slots__ = ("dst", "n", "params", "src", "views")
+
+    def __init__(self) -> None:
+        self.params: List[Tensor] = []
+        self.views: List[Tensor] = []
+        self.dst: List[Tensor] = []
+        self.src: List[Tensor] = []
+        self.n = 0
+
+
+def _grad_plan(
+    chunk: Chunk, buf: Tensor, full: Tensor, limit: int
+) -> Tuple[List[_GradBatch], List[int]]:
+    """Batches of whole parameters of at most ``limit`` elements each (``full`` holds one
+    at a time), and the indices into ``sampled_runs`` of the parameters above ``limit``
+    (copied run by run from the gradient, as ``fill_sampled`` does)."""
+    runs = sampled_runs(chunk)
+    views = _dst_views(chunk, buf, runs)
+    batches: List[_GradBatch] = []
+    big: List[int] = []
+    cur = _GradBatch()
+    for idx, ((i, rows, singles), (rd, sd)) in enumerate(zip(runs, views)):
+        p = chunk.segs[i].param
+        n = p.numel()
+        if n > limit:
+            big.append(idx)
+            continue
+        if cur.n + n > limit:
+            batches.append(cur)
+            cur = _GradBatch()
+        cur.params.append(p)
+        cur.views.append(full[cur.n : cur.n + n].view(p.shape))
+        cur.dst += rd + sd
+        cur.src += _src_views(chunk, i, rows, singles, full, cur.n)
+        cur.n += n
+    if cur.n:
+        batches.append(cur)
+    return batches, big
+
+
+def fill_sampled_grads(chunk: Chunk, buf: Tensor, full: Tensor, limit: int) -> Optional[Tensor]:
+    """The sampled gradient of a chunk that holds every sampled element of its
+    parameters, in a number of ops that does not grow with the number of parameters:
+    per batch of whole gradients (``limit`` elements, in ``full``), one
+    ``_foreach_copy_`` in, one BLAS dot (the exact sum of g**2: float32 accumulation
+    whatever the gradients' dtype) and one ``_foreach_copy_`` of the sampled elements
+    out. Returns the exact sum of g**2 over the chunk's parameters (0-d, the work dtype),
+    or None (nothing copied) where a gradient is missing."""
+    key = (buf.data_ptr(), buf.dtype, buf.numel(), full.data_ptr(), limit)
+    plan = chunk.cache.get("grads")
+    if plan is None or plan[0] != key:
+        plan = chunk.cache["grads"] = (key, *_grad_plan(chunk, buf, full, limit))
+    batches, big = plan[1], plan[2]
+    total: Optional[Tensor] = None
+    for b in batches:
+        grads = [p.grad for p in b.params]
+        if any(g is None for g in grads):
+            return None
+        torch._foreach_copy_(b.views, grads)
+        part = full[: b.n] if b.n != full.numel() else full
+        sq = torch.dot(part, part)
+        torch._foreach_copy_(b.dst, b.src)
+        total = sq if total is None else total + sq
+    if big:
+        sq = _fill_big(chunk, buf, big)
+        if sq is None:
+            return None
+        total = sq if total is None else total + sq
+    if chunk.prescale:
+        prescale(chunk, buf)
+    return total
+
+
+def _fill_big(chunk: Chunk, buf: Tensor, big: List[int]) -> Optional[Tensor]:
+    """The parameters above the batch limit: run-by-run copies from the gradient and
+    their exact sum of g**2 (a float32 multi-tensor norm for low-precision gradients,
+    not a dot in their dtype)."""
+    runs = sampled_runs(chunk)
+    views = _dst_views(chunk, buf, runs)
+    grads = [chunk.segs[runs[idx][0]].param.grad for idx in big]
+    if any(g is None for g in grads):
+        return None
+    dst: List[Tensor] = []
+    src: List[Tensor] = []
+    for idx, g in zip(big, grads):
+        i, rows, singles = runs[idx]
+        rd, sd = views[idx]
+        dst += rd + sd
+        src += _src_views(chunk, i, rows, singles, g.reshape(-1))
+    torch._foreach_copy_(dst, src)
+    if all(g.dtype == buf.dtype for g in grads):
+        flats = [g.reshape(-1) for g in grads]
+        return torch.stack([torch.dot(f, f) for f in flats]).sum()
+    norms = torch.stack(torch._foreach_norm(grads, 2, dtype=buf.dtype))
+    return torch.dot(norms, norms)
+

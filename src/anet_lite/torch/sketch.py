@@ -88,6 +88,8 @@ class Chunk:
         self.segs: List[Seg] = []
         self.n = 0
         self._plain: Optional[bool] = None  # (segments are only added while planning)
+        self._views_stay: Optional[bool] = None
+        self.sole = False  # the only chunk of its group (set by the tap's layout)
         self._params: Optional[List[Tensor]] = None
         self._uniq: Optional[List[Tensor]] = None  # each parameter once (sampled: many segs)
         self.cache: Dict[str, Any] = {}  # views reused while the layout is unchanged
@@ -113,6 +115,14 @@ class Chunk:
         if self._plain is None:
             self._plain = all(s.whole and not s.dist for s in self.segs)
         return self._plain
+
+    @property
+    def views_stay(self) -> bool:
+        """Every segment of a plain (not DTensor), contiguous parameter: views of the
+        parameters made once stay views of them while the layout (data_ptr) holds."""
+        if self._views_stay is None:
+            self._views_stay = all(not s.dist and s.param.is_contiguous() for s in self.segs)
+        return self._views_stay
 
     @property
     def params(self) -> List[Tensor]:
@@ -259,7 +269,7 @@ def fill_params(chunk: Chunk, buf: Tensor) -> Tensor:
     """Copy the chunk's parameters into ``buf`` (padding: see ``Scratch.get``).
     Under no_grad only."""
     if chunk.weight != 1.0:
-        return fill_sampled(chunk, buf, Seg.local)
+        return fill_sampled(chunk, buf, Seg.local, params=True)
     parts = chunk.cache.get("p")
     if parts is None:
         parts, contiguous = [], True

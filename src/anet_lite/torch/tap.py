@@ -52,7 +52,7 @@ _set_grad_enabled = torch._C._set_grad_enabled
 AUTO_EXACT = 2**24  # sample="auto": models up to this many elements are measured whole
 AUTO_SAMPLE = 2**23  # ... larger ones on a sample of at most this many elements
 
-__all__ = ["GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
+__all__ = ["GradGate", "GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
 
 
 class GradNoiseTap(ChunkMeasure):
@@ -134,6 +134,12 @@ class GradNoiseTap(ChunkMeasure):
     plus ~16 MiB of scratch (bench/tap_memory.py: 0.42x / 0.84x at 25M parameters), noise
     norm within 0.02% (median; max 0.2%) of the float32 EMA's. Not the default: more
     chunks mean more ops per step and the update is sketched instead of measured exactly.
+    Without the exact EMA (``noise="sketch"`` or ``ema=None``: the ``Guard``'s default)
+    and with ``sample="auto"``, ``memory="low"`` is served from a sample instead: every
+    element up to ``chunk_numel``, else the smallest power of two R whose sample fits one
+    chunk, in blocks of ``SAMPLE_UNIT`` (128) elements so that small parameters are
+    sampled too; where the parameters kept whole still overflow the chunk, every element
+    is measured in chunks as above.
 
     ``max_abs=False`` (default: True unless sampling) skips max |g| (one pass over the
     gradient less; ``max_abs_grad`` is then NaN) and tells a non-finite gradient by
@@ -147,15 +153,24 @@ class GradNoiseTap(ChunkMeasure):
     estimate of the sum over all elements. ``grad_norm`` stays exact (one multi-tensor
     norm over every gradient, so a NaN/inf anywhere is seen); ``processivity`` is the
     cosine over the sampled elements. The work per step is one pass over the gradients
-    plus the passes above over 1/R of the parameters. Measured against the full tap
+    plus the passes above over 1/R of the parameters. Where the sample fits one chunk
+    (always with ``"auto"``), the ops per step do not grow with the number of tensors:
+    whole gradients are copied in batches of ``chunk_numel`` elements into one more
+    work buffer (one ``_foreach_copy_``, one float32 dot for the exact norm, one
+    ``_foreach_copy_`` of the sample out, per batch; the buffer holds min(model,
+    ``chunk_numel``) elements: +64 MiB at the default, measured with bench/tap_memory.py
+    at 25M float32 parameters: 98.7 -> 162.7 MiB with ``"auto"`` (1 in 2), 25.2 -> 89.2
+    MiB with ``sample=16``), the parameters' sample with one
+    ``_foreach_copy_`` from views made once per layout (tests/test_guard_ops.py:
+    26 ops per Guard step at 10 to 1,000 tensors). Measured against the full tap
     (H100, 101.6M-parameter LM, 20 AdamW steps, ``sample=16``): update norm 0.7% median /
     1.6% max, noise norm 1.4% / 6.8%, processivity 0.002 / 0.007 absolute, param norm
     0.03%; on a 0.48M-parameter model with ``sample=4``, worst of 12 seeds: 4% / 5%,
     8% / 15%, 0.011 / 0.03, 3% (tests/test_torch_tap_sample.py). ``sample="auto"``: 1 up
     to 2**24 elements, else the power of two that keeps the sample <= 2**23 elements
-    (``auto_sample``). Needs ``max_abs`` off (the default with a sample), and does not
-    combine with ``exact_update``, ``ema_dtype`` or ``memory="low"`` (``"auto"`` then
-    measures every element).
+    (``auto_sample``; with ``memory="low"`` see above). Needs ``max_abs`` off (the
+    default with a sample), and does not combine with ``exact_update`` or ``ema_dtype``
+    (``"auto"`` then measures every element), nor a given R with ``memory="low"``.
 
     GPU lag: ``stats()`` never waits for the current step. It returns the newest step
     whose device->host copy has landed, normally the previous one (one step behind);
@@ -211,7 +226,7 @@ class GradNoiseTap(ChunkMeasure):
         auto = sample == "auto"
         if auto:  # resolved when the parameters are first laid out (see ``auto_sample``)
             sample = 1
-            if exact_update or ema_dtype is not None or memory == "low" or max_abs:
+            if exact_update or ema_dtype is not None or max_abs:
                 auto = False  # those need every element
         for name, val in (
             ("sketch_dim", sketch_dim),
@@ -254,7 +269,12 @@ class GradNoiseTap(ChunkMeasure):
         self.memory = memory
         self.sample = sample  # with "auto": set by ``_layout`` from the model's size
         self.sample_auto = auto
+        # "auto" with memory="low": every element up to one chunk, else a sample of at most
+        # one chunk (served from the sample, not from chunks of the whole model)
+        self._auto_limits = (chunk_numel, chunk_numel) if memory == "low" else None
         self.sample_blocks = SAMPLE_BLOCKS  # about this many blocks per group (sketch.py)
+        if memory == "low":  # the smallest blocks, so that small parameters are sampled too
+            self.sample_blocks = 2**40  # (views of them are made once per layout)
         # per device, (param, is a DTensor) of the measured parameters; set by _layout
         self._all_grads: List[Tuple[torch.device, List[Tuple[Tensor, bool]]]] = []
         self._scales: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
@@ -287,6 +307,7 @@ class GradNoiseTap(ChunkMeasure):
         self._copies = HostRing(
             lambda values, step: stats_from_values(values, step, ema=self.ema, has_max=self.max_abs)
         )
+        self.grad_gate: Optional[GradGate] = None
 
     # ------------------------------------------------------------------ public API
 
@@ -305,8 +326,8 @@ class GradNoiseTap(ChunkMeasure):
             chunks = self._layout()
             if not chunks:
                 return 0.0
-            rows = [self._grad_chunk(c, full=False)["row"] for c in chunks]
-            row = self._full_grad_row(sum_rows(rows, True))
+            parts = [self._grad_chunk(c, full=False) for c in chunks]
+            row = self._full_grad_row(sum_rows([p["row"] for p in parts], True), parts)
             grad_sq, noise_sq = as_row(row)[[GRAD_SQ, NOISE_SQ]].tolist()
             if not math.isfinite(grad_sq):
                 return math.nan
@@ -330,7 +351,8 @@ class GradNoiseTap(ChunkMeasure):
             keep = len(chunks) == 1
             parts = [self._grad_chunk(c, full=True, keep=keep) for c in chunks]
             if parts:
-                self._rows = (self._full_grad_row(sum_rows([p["row"] for p in parts], True)), None)
+                rows = sum_rows([p["row"] for p in parts], True)
+                self._rows = (self._full_grad_row(rows, parts), None)
             else:
                 self._rows = (self._empty_row(self._primary_device(chunks))[:N_GRAD_SLOTS], None)
             self._pending = None
@@ -350,6 +372,8 @@ class GradNoiseTap(ChunkMeasure):
         if st is None:
             raise RuntimeError("measure_update() needs measure_grads() first in the same step")
         self._grad_state = None
+        if self.grad_gate is not None:
+            self.grad_gate.release()
         grad_was = torch.is_grad_enabled()
         _set_grad_enabled(False)
         try:
@@ -403,14 +427,15 @@ class GradNoiseTap(ChunkMeasure):
         return self._rows
 
     @staticmethod
-    def auto_sample(numel: int) -> int:
-        """``sample="auto"``: 1 (every element) up to ``AUTO_EXACT`` elements, else the
-        smallest power of two that brings the sample to at most ``AUTO_SAMPLE`` elements,
-        so the work per step stays about constant as models grow (16 at 100M)."""
-        if numel <= AUTO_EXACT:
+    def auto_sample(numel: int, exact: int = AUTO_EXACT, most: int = AUTO_SAMPLE) -> int:
+        """``sample="auto"``: 1 (every element) up to ``exact`` elements, else the
+        smallest power of two that brings the sample to at most ``most`` elements, so the
+        work per step stays about constant as models grow (16 at 100M). With
+        ``memory="low"`` both are ``chunk_numel`` (2**20)."""
+        if numel <= exact:
             return 1
         r = 2
-        while numel > r * AUTO_SAMPLE:
+        while numel > r * most:
             r *= 2
         return r
 
@@ -427,29 +452,43 @@ class GradNoiseTap(ChunkMeasure):
             sc = self._scales[(dev, dt)] = (g, torch.full((), r, dtype=dt, device=dev))
         return sc
 
-    def _full_grad_row(self, row: Row) -> Row:
+    def _full_grad_row(self, row: Row, parts: Optional[List[Dict[str, Any]]] = None) -> Row:
         """With ``sample > 1``: the sampled gradient row scaled to estimate the whole, and
-        ``GRAD_SQ`` the exact sum of g**2 over every measured parameter (one multi-tensor
-        norm per device: a NaN/inf anywhere, sampled or not, makes it non-finite)."""
+        ``GRAD_SQ`` the exact sum of g**2 over every measured parameter: the sums the
+        batched gradient copies took on the way (``parts``' ``exact_sq``), else one
+        reduction over every gradient per device. A NaN/inf anywhere, sampled or not,
+        makes it non-finite."""
         if self.sample == 1:
             return row
         t = as_row(row)
         dev, acc = t.device, t.dtype
-        exact = None
-        for gdev, params in self._all_grads:
-            grads = [p.grad if not dist else local(p.grad) for p, dist in params]
-            if gdev.type == "cpu":  # BLAS dots (2e-4 at 16.8M elements): the float32
-                # multi-tensor norm was off by 1.2e-3, a float64 one took 2.6 ms per 1M
-                flat = [g.reshape(-1) for g in grads]
-                part = torch.stack([torch.dot(f, f) for f in flat]).to(acc).sum().to(dev)
-            else:  # one multi-tensor kernel (a tree reduction)
-                norms = torch.stack(torch._foreach_norm(grads, 2)).to(acc)
-                part = torch.dot(norms, norms).to(dev)
-            exact = part if exact is None else exact + part
+        sums = [p.get("exact_sq") for p in parts or ()]
+        if sums and all(x is not None for x in sums):
+            exact: Optional[Tensor] = sums[0] if len(sums) == 1 else torch.stack(
+                [x.to(acc) for x in sums]
+            ).sum()
+        else:
+            exact = self._exact_grad_sq(dev, acc)
         out = t * self._sample_scales(dev, acc)[0]
         if exact is not None:
             out.select(0, GRAD_SQ).copy_(exact)  # (copy_: an item assignment would sync)
         return out
+
+    def _exact_grad_sq(self, dev: torch.device, acc: torch.dtype) -> Optional[Tensor]:
+        """Sum of g**2 over every measured gradient, per device then summed on ``dev``."""
+        exact = None
+        for gdev, params in self._all_grads:
+            grads = [p.grad if not dist else local(p.grad) for p, dist in params]
+            f32 = all(g.dtype in (torch.float32, torch.float64) for g in grads)
+            if gdev.type == "cpu" and f32:  # BLAS dots (2e-4 at 16.8M elements): the
+                # float32 multi-tensor norm was off by 1.2e-3, a float64 one took 2.6 ms per 1M
+                flat = [g.reshape(-1) for g in grads]
+                part = torch.stack([torch.dot(f, f) for f in flat]).to(acc).sum().to(dev)
+            else:  # one multi-tensor kernel, accumulating in float32 (not a bf16 dot)
+                norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).to(acc)
+                part = torch.dot(norms, norms).to(dev)
+            exact = part if exact is None else exact + part
+        return exact
 
     def note_grad_scale(self, scale: Tensor) -> None:
         """The gradients were multiplied by ``scale`` (a positive 0-d tensor, e.g. a clip
@@ -574,6 +613,17 @@ class GradNoiseTap(ChunkMeasure):
         post = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.measure_update())
         return pre, post
 
+    def gate(self, optimizer: torch.optim.Optimizer) -> Tensor:
+        """Same-step protection on the device, without a host sync: call after
+        ``measure_grads`` and before ``optimizer.step()``. Returns the 0-d flag (1.0: this
+        step was gated). See ``GradGate``; the gate is made on first use (``tap.grad_gate``,
+        replace it to change its settings)."""
+        if self._rows is None:
+            raise RuntimeError("gate() needs measure_grads() first in the same step")
+        if self.grad_gate is None:
+            self.grad_gate = GradGate()
+        return self.grad_gate(optimizer, self._rows[0][GRAD_SQ])
+
     def reset(self) -> None:
         """Forget the EMA, the step count and any pending stats."""
         self.m.clear()
@@ -590,3 +640,89 @@ class GradNoiseTap(ChunkMeasure):
         self._rows = None
         self._copies.clear()
         self.step = 0
+
+
+class GradGate:
+    """Act on a bad gradient at its own step on the device: no host sync, a few ops.
+
+    ``GradGate(factor=10.0, decay=0.9, warmup=5)``. From the step's exact sum of g**2 (a
+    0-d device tensor, ``GRAD_SQ`` of the tap's row) the gate forms, on the device, the
+    flag *bad*: the gradient is not finite, or (after ``warmup`` accepted steps) its norm
+    is above ``factor`` x its running level (an EMA, ``decay``, of the norms of accepted
+    steps; bad steps do not move it). Then:
+
+    * an optimizer that takes a ``found_inf`` tensor (``_step_supports_amp_scaling``: the
+      fused Adam/AdamW/SGD, on CPU and CUDA) skips the step in its kernel: parameters and
+      state untouched (a ``GradScaler``'s own flag is kept: the two are or-ed); the
+      attribute is put back by ``release`` (``tap.measure_update`` calls it);
+    * any other optimizer gets its gradients multiplied by min(1, ``factor`` x level /
+      ||g||) (one multi-tensor op): a finite spike is clipped to ``factor`` x its level,
+      not skipped (Adam's moments still move), and a NaN/inf gradient is not cleaned
+      (zeroing it would take an op per tensor): the host's verdict, one step later on a
+      GPU, handles those.
+
+    Everything stays on the device; the host learns what happened with the step's stats.
+    """
+
+    def __init__(self, factor: float = 10.0, decay: float = 0.9, warmup: int = 5) -> None:
+        if not factor > 1.0:
+            raise ValueError(f"factor must be > 1, got {factor!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+            raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
+        self.factor, self.decay, self.warmup = float(factor), float(decay), warmup
+        self.level: Optional[Tensor] = None  # running level of ||g||, 0-d, on the device
+        self.accepted: Optional[Tensor] = None  # accepted steps so far, 0-d
+        self.gated: Optional[Tensor] = None  # the last step's flag
+        self._set: Optional[torch.optim.Optimizer] = None
+        self._had: Any = None
+
+    def __call__(self, optimizer: torch.optim.Optimizer, grad_sq: Tensor) -> Tensor:
+        """Gate this step (see the class docstring); returns the flag (1.0: gated)."""
+        norm = grad_sq.sqrt()
+        if self.level is None or self.level.device != norm.device:
+            self.level = torch.zeros_like(norm)
+            self.accepted = torch.zeros_like(norm)
+        level, accepted = self.level, self.accepted
+        limit = level * self.factor
+        # good: finite, and within factor x level once warm (NaN compares False)
+        good = (norm <= limit).logical_or_(accepted < self.warmup).logical_and_(norm.isfinite())
+        bad = good.logical_not()
+        # level <- norm on the first accepted step, then the EMA; bad steps leave it
+        w = torch.where(accepted == 0, 1.0, 1.0 - self.decay)
+        level.copy_(torch.where(good, torch.lerp(level, norm, w), level))
+        accepted.add_(good)
+        flag = bad.to(torch.float32)
+        self.gated = flag
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            self._skip_in_kernel(optimizer, flag)
+        else:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
+            grads = [g for g in grads if g is not None]
+            if grads:
+                scale = torch.where(bad, limit / norm, 1.0).clamp_(max=1.0)
+                if scale.dtype != grads[0].dtype:
+                    scale = scale.to(grads[0].dtype)
+                torch._foreach_mul_(grads, scale)
+        return flag
+
+    def _skip_in_kernel(self, optimizer: torch.optim.Optimizer, flag: Tensor) -> None:
+        had = getattr(optimizer, "found_inf", None)
+        self._set, self._had = optimizer, had
+        if isinstance(had, Tensor):
+            optimizer.found_inf = torch.maximum(had, flag.to(had.device, had.dtype))
+        else:
+            optimizer.found_inf = flag
+
+    def release(self) -> None:
+        """After ``optimizer.step()``: put back the optimizer's ``found_inf`` as it was."""
+        opt, self._set = self._set, None
+        if opt is None:
+            return
+        if self._had is None:
+            if hasattr(opt, "found_inf"):
+                del opt.found_inf
+        else:
+            opt.found_inf = self._had
+        self._had = None

@@ -1,0 +1,289 @@
+"""What a Guard step costs on the host: ATen ops per step and CPU step-time ratios.
+
+    python bench/guard_ops.py [--steps 60] [--repeats 3] [--quick] [--skip-ops] [--skip-time]
+
+1. Ops per step (issue 21): ``guard.observe(loss); optimizer.step()`` minus the same
+   unguarded step, counted with a ``TorchDispatchMode`` (tests/test_guard_ops.py asserts
+   the target), for 10, 150 and 1,000 parameter tensors, with the Guard's default,
+   ``sample=1``, ``sample=16`` (what ``"auto"`` picks at ~124M parameters) and
+   ``memory="low"``; against ``clip_grad_norm_(foreach=True)``. Host us per step: the
+   median wall time inside the Guard's two hooks over 20 steps (one thread).
+2. CPU step-time ratios, one thread, AdamW: the transformer LM of bench/overhead.py
+   (batch 16 x 64 characters of stdlib source) and an MLP 256 -> H -> H -> 10 (H = 512
+   and 2048; sklearn's digits upsampled to 16 x 16, batch 64). Three copies of each model
+   (same init, same batches) train side by side: unguarded, ``clip_grad_norm_`` (default
+   foreach), a default ``Guard`` and a ``Guard(sample=16)`` (the noise and update
+   statistics on one element in 16, the gradient norm exact); one step of each per
+   round, the order rotating;
+   median step time per variant, repeated ``--repeats`` times (the spread of the ratios
+   over repeats is the noise: the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from anet_lite.torch import Guard
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import TinyLM, stdlib_text
+
+WIDTH = 96
+SEEN = ("grad_norm", "step_norm", "noise", "processivity")  # Monitor inputs compared
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "Guard default": {},
+    "Guard sample=1": {"sample": 1},
+    "Guard sample=16": {"sample": 16},
+    'Guard memory="low"': {"memory": "low"},
+}
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def deep_mlp(tensors: int, vocab: int) -> nn.Module:
+    """An MLP with ``tensors`` parameter tensors (as tests/test_guard_ops.py)."""
+    torch.manual_seed(0)
+    layers: List[nn.Module] = [nn.Embedding(vocab, WIDTH // 8), nn.Flatten()]
+    for _ in range((tensors - 2) // 2):
+        layers += [nn.Linear(WIDTH, WIDTH), nn.Tanh()]
+    layers.append(nn.Linear(WIDTH, vocab, bias=False))
+    return nn.Sequential(*layers)
+
+
+def char_batches(n: int, bs: int, ctx: int, seed: int = 0) -> List[Tuple[torch.Tensor, ...]]:
+    text = stdlib_text(200_000)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ix = torch.randint(0, len(data) - ctx - 1, (bs,), generator=g).tolist()
+        x = torch.stack([data[j : j + ctx] for j in ix])
+        out.append((x, torch.stack([data[j + ctx] for j in ix]), len(chars)))
+    return out
+
+
+def guard_step_ops(
+    model: nn.Module, kw: Optional[Dict[str, Any]], data: List, steps: int = 20
+) -> Tuple[int, float]:
+    """(ops of the last step's observe + step, median us inside the Guard's hooks)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    guard = Guard(model, opt, on_error="raise", **kw) if kw is not None else None
+    hook_t: List[float] = []
+    if guard is not None:
+        for name in ("_before_step", "_after_step"):
+            fn = getattr(guard, name)
+
+            def timed(fn: Callable = fn) -> None:
+                t0 = time.perf_counter()
+                fn()
+                hook_t.append(time.perf_counter() - t0)
+
+            setattr(guard, name, timed)
+    loss_fn = nn.CrossEntropyLoss()
+    ops = 0
+    for i, (x, y, _) in enumerate(data[:steps]):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        counter = OpCounter() if i == steps - 1 else None
+        if counter is not None:
+            counter.__enter__()
+        if guard is not None:
+            guard.observe(loss)
+        opt.step()
+        if counter is not None:
+            counter.__exit__(None, None, None)
+            ops = sum(counter.ops.values())
+    per_step = [a + b for a, b in zip(hook_t[0::2], hook_t[1::2])]
+    return ops, statistics.median(per_step[3:]) * 1e6 if per_step else 0.0
+
+
+def ops_table() -> None:
+    data = char_batches(20, 16, 8)
+    vocab = data[0][2]
+    print("ops per step (observe + optimizer hooks, minus the unguarded step; CPU, fp32)")
+    print(f"{'variant':24s} {'10':>14s} {'150':>14s} {'1,000':>14s}   (ops / host us)")
+    rows: Dict[str, List[str]] = {}
+    for n in (10, 150, 1000):
+        model = deep_mlp(n, vocab)
+        base, _ = guard_step_ops(copy.deepcopy(model), None, data)
+        for name, kw in VARIANTS.items():
+            ops, us = guard_step_ops(copy.deepcopy(model), kw, data)
+            rows.setdefault(name, []).append(f"{ops - base:6d} / {us:6.0f}")
+        m = copy.deepcopy(model)
+        x, y, _ = data[0]
+        nn.CrossEntropyLoss()(m(x), y).backward()
+        with OpCounter() as c:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0, foreach=True)
+        rows.setdefault("clip_grad_norm_ foreach", []).append(f"{sum(c.ops.values()):6d} /   -   ")
+    for name, cells in rows.items():
+        print(f"{name:24s} " + " ".join(f"{c:>14s}" for c in cells))
+
+
+def digits_batches(n: int, bs: int = 64) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    x, y = x.flatten(1), torch.tensor(d.target)
+    g = torch.Generator().manual_seed(0)
+    return [(x[i], y[i]) for i in (torch.randint(0, len(y), (bs,), generator=g) for _ in range(n))]
+
+
+def lm_batches(n: int, bs: int = 16, ctx: int = 64) -> Tuple[List, int]:
+    text = stdlib_text(400_000)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        ix = torch.randint(0, len(data) - ctx - 1, (bs,), generator=g).tolist()
+        x = torch.stack([data[j : j + ctx] for j in ix])
+        y = torch.stack([data[j + 1 : j + 1 + ctx] for j in ix])
+        out.append((x, y))
+    return out, len(chars)
+
+
+def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[str, float]:
+    """Median step time of each variant / the unguarded one's, interleaved in rounds."""
+    init = make()
+    names = ["unguarded", "clip_grad_norm_", "Guard", "Guard sample=16"]
+    st: Dict[str, Dict[str, Any]] = {}
+    for name in names:
+        model = copy.deepcopy(init)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        st[name] = {"model": model, "opt": opt, "times": []}
+    for name, kw in (("Guard", {}), ("Guard sample=16", {"sample": 16})):
+        guard = Guard(st[name]["model"], st[name]["opt"], on_error="raise", **kw)
+        st[name]["guard"], st[name]["seen"] = guard, []
+        update = guard.monitor.update
+
+        def record(*a: Any, _u: Callable = update, _s: List = st[name]["seen"], **k: Any) -> Any:
+            _s.append({key: k.get(key) for key in SEEN})  # what the Monitor is given
+            return _u(*a, **k)
+
+        guard.monitor.update = record
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(name: str, i: int) -> float:
+        s = st[name]
+        model, opt = s["model"], s["opt"]
+        x, y = data[i % len(data)]
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = loss_fn(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        loss.backward()
+        if name == "clip_grad_norm_":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        elif "guard" in s:
+            s["guard"].observe(loss)
+        opt.step()
+        return time.perf_counter() - t0
+
+    for i in range(5):  # warm-up
+        for name in names:
+            step(name, i)
+    for r in range(steps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            st[name]["times"].append(step(name, 5 + r))
+    base = statistics.median(st["unguarded"]["times"])
+    out = {name: statistics.median(st[name]["times"]) / base for name in names}
+    out["unguarded ms"] = base * 1e3
+    # same init, same batches, no action taken: the two Guards saw the same steps
+    for key in SEEN:
+        pairs = [
+            (a[key], b[key])
+            for a, b in zip(st["Guard"]["seen"][10:], st["Guard sample=16"]["seen"][10:])
+            if a[key] and b[key] is not None
+        ]
+        if key == "processivity":
+            out[key] = max(abs(b - a) for a, b in pairs) if pairs else float("nan")
+        else:
+            out[key] = max(abs(b / a - 1.0) for a, b in pairs) if pairs else float("nan")
+    return out
+
+
+def mlp(h: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10))
+
+
+def ratio_table(steps: int, repeats: int) -> None:
+    lm_data, vocab = lm_batches(64)
+    digits = digits_batches(64)
+    cases: List[Tuple[str, Callable[[], nn.Module], List]] = [
+        ("LM (bench/overhead.py)", lambda: TinyLM(vocab, ctx=64), lm_data),
+        ("MLP H=512", lambda: mlp(512), digits),
+        ("MLP H=2048", lambda: mlp(2048), digits),
+    ]
+    print(
+        f"\nCPU step time / unguarded step, {torch.get_num_threads()} thread, AdamW, "
+        f"{steps} interleaved steps per variant, {repeats} repeats (median [min, max])"
+    )
+    cols = ("clip_grad_norm_", "Guard", "Guard sample=16")
+    acc: List[Tuple[str, Dict[str, float]]] = []
+    head = f"{'model':24s} {'params':>10s} {'unguarded ms':>13s}"
+    print(head + "".join(f"{c:>24s}" for c in cols))
+    for label, make, data in cases:
+        n_params = sum(p.numel() for p in make().parameters())
+        runs = [time_ratios(make, data, steps) for _ in range(repeats)]
+        cells = []
+        for key in cols:
+            v = sorted(r[key] for r in runs)
+            cells.append(f"{statistics.median(v):.3f} [{v[0]:.3f}, {v[-1]:.3f}]")
+        base = statistics.median(r["unguarded ms"] for r in runs)
+        print(f"{label:24s} {n_params:10,d} {base:13.2f}" + "".join(f"{c:>24s}" for c in cells))
+        acc.append((label, {k: max(r[k] for r in runs) for k in SEEN}))
+    print(
+        "\nGuard(sample=16) against the default Guard on the same steps (max over the steps"
+        " after the first 10 and the repeats): relative error of grad_norm, step_norm,"
+        " noise; absolute error of the step processivity"
+    )
+    for label, errs in acc:
+        print(f"{label:24s} " + "  ".join(f"{k} {v:.2%}" if k != "processivity" else
+                                          f"{k} {v:.3f}" for k, v in errs.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=60, help="timed steps per variant and repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a smoke run")
+    ap.add_argument("--skip-ops", action="store_true")
+    ap.add_argument("--skip-time", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}")
+    if not args.skip_ops:
+        ops_table()
+    if not args.skip_time:
+        ratio_table(8 if args.quick else args.steps, 1 if args.quick else args.repeats)
+
+
+if __name__ == "__main__":
+    main()
