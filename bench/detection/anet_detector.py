@@ -65,3 +65,41 @@ class AnetMonitorDeclared(AnetMonitor):
 
 DETECTORS = {"anet_monitor": AnetMonitor}
 DECLARED = {"anet_monitor_declared": AnetMonitorDeclared}
+
+
+class _Without(AnetMonitor):
+    """The Monitor with some detectors removed and/or some columns withheld (ablation)."""
+
+    drop_detectors: tuple = ()
+    drop_columns: tuple = ()
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.m.detectors = [d for d in self.m.detectors if d.name not in self.drop_detectors]
+
+    def update(self, rec: Dict[str, Any]) -> bool:
+        if self.drop_columns:
+            rec = {k: (None if k in self.drop_columns else v) for k, v in rec.items()}
+        return super().update(rec)
+
+
+def _ablation(name: str, detectors: tuple = (), columns: tuple = ()) -> type:
+    return type(name, (_Without,), {"name": name, "drop_detectors": detectors,
+                                     "drop_columns": columns})
+
+
+# python bench/detection/score.py --cache ... --split all --extra anet_detector:ABLATION
+ABLATION = {
+    c.name: c
+    for c in (
+        _ablation("no_detectors", ("loss_cusum", "loss_regression", "norm_growth")),
+        _ablation("no_loss_cusum", ("loss_cusum",)),
+        _ablation("no_loss_regression", ("loss_regression",)),
+        _ablation("no_norm_growth", ("norm_growth",)),
+        _ablation("no_noise_theta", columns=("noise",)),
+        _ablation("no_processivity", columns=("processivity",)),
+        _ablation("no_param_norm", columns=("param_norm",)),
+        _ablation("no_update_norm", columns=("update_norm",)),
+        _ablation("no_lr", columns=("lr",)),
+    )
+}
