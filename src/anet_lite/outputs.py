@@ -9,6 +9,7 @@ only ever appended); empty cells mean "not measured". JSONL lines are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -65,6 +66,30 @@ def json_safe(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [json_safe(x) for x in v]
     return v
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes], *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` all at once: a fresh temporary file in the same folder
+    (created with ``O_EXCL``: a planted file or symlink is never followed or overwritten),
+    flushed (and fsynced), then renamed over ``path`` (a link there is replaced, not
+    followed). A reader sees the old file or the new one, never a part. Returns ``path``."""
+    import tempfile
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return dest
 
 
 class RunLog:

@@ -112,7 +112,7 @@ def _f(v: Any) -> float:
         return math.nan
     try:
         return float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
 
 
@@ -145,17 +145,9 @@ class RunData:
         ev = snap.evidence
         st = snap.status
         self.statuses[st] = self.statuses.get(st, 0) + 1
-        loss = ev.get("loss")
-        g = ev.get("grad_norm")
+        loss = _f(ev.get("loss"))  # (a rebuilt snapshot may hold a string or a huge int)
         self._dec.push(
-            (
-                step,
-                math.nan if loss is None else loss,
-                math.nan if g is None else g,
-                snap.theta,
-                snap.f_total,
-                snap.zscore,
-            )
+            (step, loss, _f(ev.get("grad_norm")), _f(snap.theta), _f(snap.f_total), _f(snap.zscore))
         )
         if "event" in ev:
             self.n_events += 1
