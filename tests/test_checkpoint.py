@@ -20,7 +20,7 @@ def _state(seed: int, step: int):
 
 
 def test_load_refuses_a_swapped_checkpoint(tmp_path):
-    model, opt, good = _state(0, 100)
+    _, _, good = _state(0, 100)
     _, _, other = _state(1, 100)
     path = ck.save(good, tmp_path / "a")
     rogue = ck.save(other, tmp_path / "b")
