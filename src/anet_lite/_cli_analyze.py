@@ -248,9 +248,7 @@ def _fresh_out(out: Path) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from . import __version__
     from .monitor import Monitor
-    from .outputs import write_atomic
     from .readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
     from .report.html import RunData
 
@@ -323,7 +321,45 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except TypeError as e:  # Monitor's first-call type check
         _err(f"{src}: {e}")
         return EXIT_USAGE
+    except OSError as e:  # a full disk, a read error: what was written so far stays
+        _err(f"{e.filename or out}: {e.strerror or e}")
+        return EXIT_USAGE
     elapsed = time.perf_counter() - t0
+    try:
+        return _finish(args, src, out, log, data, mapping, writer, elapsed)
+    except OSError as e:
+        _err(f"{e.filename or out}: {e.strerror or e}")
+        return EXIT_USAGE
+
+
+def _tombstone_head(out: Path) -> Any:
+    """The run folder's tombstone chain as verified now (None without a tombstones.jsonl):
+    recorded in meta.json, so that ``report`` notices a tail cut off later."""
+    from .tombstone import verify
+
+    p = out / "tombstones.jsonl"
+    if not p.is_file():
+        return None
+    try:
+        res = verify(p)
+    except (TypeError, ValueError) as e:  # e.g. keyed records without a key
+        return {"ok": False, "reason": str(e)}
+    return {"ok": res.ok, "records": res.records, "head": res.head, "chain": res.chain}
+
+
+def _finish(
+    args: argparse.Namespace,
+    src: Path,
+    out: Path,
+    log: Any,
+    data: Any,
+    mapping: Dict[str, str],
+    writer: RunFolderWriter,
+    elapsed: float,
+) -> int:
+    """meta.json, report.html and what is printed, after the replay."""
+    from . import __version__
+    from .outputs import write_atomic
 
     meta: Dict[str, Any] = {
         "run_name": src.name if src.is_dir() else src.stem,
@@ -340,6 +376,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "anet_lite_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(elapsed, 3),
+        "tombstones": _tombstone_head(out),
     }
     write_atomic(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     paths = {

@@ -31,7 +31,7 @@ def _tombstone_file_and_key(args: argparse.Namespace) -> Optional[Tuple[Path, Op
     """FILE and the HMAC key from ``--key-env`` (None after printing a usage error)."""
     p = Path(args.file)
     if not p.is_file():
-        _err(f"{p}: no such file")
+        _err(f"{p}: {'not a regular file' if p.exists() else 'no such file'}")
         return None
     key = None
     if args.key_env:

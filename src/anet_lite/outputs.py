@@ -1,6 +1,7 @@
 """``RunLog``: every snapshot as one CSV and/or JSONL line, flushed per line, append-only.
 
-After ``kill -9`` mid-run every complete line parses (each line is written with one
+After ``kill -9`` mid-run every complete line parses, and a log reopened after one drops
+the torn last line first (so the next row starts on a fresh line) (each line is written with one
 ``write`` and flushed to the OS at once; pass ``fsync=True`` to survive a power cut too,
 at ~1 ms per step). CSV columns are ``COLUMNS`` in that order (stable; new columns are
 only ever appended); empty cells mean "not measured". JSONL lines are
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from array import array
@@ -92,6 +94,32 @@ def write_atomic(path: PathLike, data: Union[str, bytes], *, fsync: bool = True)
     return dest
 
 
+def _drop_torn_tail(p: Path) -> int:
+    """Cut a torn last line (a crash mid-write: no newline at the end) so that a reopened
+    log starts on a fresh line; returns the bytes dropped (logged as a warning)."""
+    with open(p, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        end, block = size, 1 << 16
+        while end > 0:  # back to the last newline, 64 KiB at a time
+            start = max(0, end - block)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        f.truncate(end)
+    logging.getLogger("anet_lite").warning(
+        "%s: dropped a torn last line of %d bytes (a crash mid-write)", p, size - end
+    )
+    return size - end
+
+
 class RunLog:
     """Append snapshots to ``csv`` and/or ``jsonl`` paths (parent folders are created)."""
 
@@ -114,6 +142,8 @@ class RunLog:
     def _open(path: PathLike, header: bool) -> Any:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_file():
+            _drop_torn_tail(p)
         new = not p.exists() or p.stat().st_size == 0
         f = open(p, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open for the run
         if header and new:

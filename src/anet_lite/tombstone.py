@@ -42,6 +42,7 @@ with "line N: not valid JSON (torn or edited line)" (``records`` counts the good
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -409,6 +410,7 @@ class VerifyResult:
     records: int
     head: Optional[str]
     skipped: Tuple[int, ...] = ()  # torn lines a later append chained over (crash artifacts)
+    chain: Optional[str] = None  # the first record's hash (the chain's identity), if it verified
 
     def __bool__(self) -> bool:
         return self.ok
@@ -506,14 +508,14 @@ def verify(
     with f:
         res = _verify_lines(_lines(f), head, chain, k)
     if res.ok and note:
-        return VerifyResult(True, None, res.reason + note, res.records, res.head, res.skipped)
+        return dataclasses.replace(res, reason=res.reason + note)
     return res
 
 
 def _verify_lines(
     lines: Iterator[Tuple[int, bytes]], head: Optional[str], chain: Optional[str], k: Any
 ) -> VerifyResult:
-    records, last, seen = 0, None, head is None
+    records, last, seen, first = 0, None, head is None, None
     torn: List[int] = []  # unparseable lines not yet chained over
     skipped: List[int] = []
     try:
@@ -540,6 +542,7 @@ def _verify_lines(
             skipped += torn
             torn = []
             records, last = records + 1, rec["hash"]
+            first = first or last
             seen = seen or last == head
     except _TooLong as exc:
         return VerifyResult(False, exc.line, str(exc), records, last)
@@ -559,7 +562,7 @@ def _verify_lines(
             f" (torn line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}"
             " skipped: a crash mid-write; the chain continues over it)"
         )
-    return VerifyResult(True, None, reason, records, last, tuple(skipped))
+    return VerifyResult(True, None, reason, records, last, tuple(skipped), first)
 
 
 def read(path: PathLike) -> List[Dict[str, Any]]:

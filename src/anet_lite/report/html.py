@@ -323,7 +323,7 @@ def write_report(run_dir: Any, out: Any = None, *, data: Optional[RunData] = Non
     if data is None:
         data = load_run(rd)
     series = data.finish_series()
-    tomb = _tombstones(rd)
+    tomb = _tombstones(rd, meta)
     plots, note = _plots_or_note(data, series, tomb)
     text = _render(data, meta, tomb, rd, plots, note)
     dest = Path(out) if out is not None else rd / "report.html"

@@ -7,6 +7,7 @@ snapshots of ``anet-lite analyze``'s events.jsonl in place of its notable rows.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -199,14 +200,28 @@ def load_run(run_dir: Any, lang: Optional[str] = None) -> RunData:
     return data
 
 
-def _tombstones(run_dir: Path) -> Dict[str, Any]:
+def _tombstones(run_dir: Path, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The folder's tombstones.jsonl: its rows and its chain, verified against the head
+    file beside it and against the head and chain identity meta.json recorded."""
     p = run_dir / "tombstones.jsonl"
     if not p.is_file():
         return {"present": False}
     from ..tombstone import verify
 
+    rec = (meta or {}).get("tombstones")
+    rec = rec if isinstance(rec, dict) else {}
+    head, chain = rec.get("head"), rec.get("chain")
     try:
         res = verify(p)
+        if res.ok and (isinstance(head, str) or isinstance(chain, str)):
+            res = verify(
+                p,
+                head=head if isinstance(head, str) else None,
+                chain=chain if isinstance(chain, str) else None,
+                head_file=False,
+            )
+            if not res.ok:
+                res = dataclasses.replace(res, reason=f"{res.reason} (as recorded in meta.json)")
         status = {"ok": res.ok, "line": res.line, "reason": res.reason, "records": res.records}
     except (TypeError, ValueError) as exc:
         status = {"ok": False, "line": None, "reason": str(exc), "records": 0}
