@@ -555,6 +555,7 @@ def test_analyze_records_the_head_of_a_tombstone_log_in_its_run_folder(tmp_path,
     log = TombstoneLog(out / "tombstones.jsonl")
     rec = log.append("stop", policy="nan", scope={"step": 5}, evidence={})
     code, _, _ = _run(["analyze", _csv(tmp_path / "t.csv"), "--out", out, "-q"], capsys)
+    assert code == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tombstones"] == {
         "ok": True, "records": 1, "head": rec["hash"], "chain": rec["hash"]
