@@ -560,3 +560,17 @@ def test_analyze_records_the_head_of_a_tombstone_log_in_its_run_folder(tmp_path,
     assert meta["tombstones"] == {
         "ok": True, "records": 1, "head": rec["hash"], "chain": rec["hash"]
     }
+
+
+def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
+    from anet_lite.outputs import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        p = write_atomic(tmp_path / "meta.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert p.read_text() == "{}\n"
+    if os.name == "posix":
+        assert p.stat().st_mode & 0o777 == 0o644
+    assert [q.name for q in tmp_path.iterdir()] == ["meta.json"]  # no temporary file left

@@ -70,6 +70,18 @@ def json_safe(v: Any) -> Any:
     return v
 
 
+_UMASK: List[int] = []
+
+
+def _umask() -> int:
+    """The process umask (read once: ``os.umask`` can only be read by setting it)."""
+    if not _UMASK:
+        old = os.umask(0o022)
+        os.umask(old)
+        _UMASK.append(old)
+    return _UMASK[0]
+
+
 def write_atomic(path: PathLike, data: Union[str, bytes], *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` all at once: a fresh temporary file in the same folder
     (created with ``O_EXCL``: a planted file or symlink is never followed or overwritten),
@@ -81,6 +93,8 @@ def write_atomic(path: PathLike, data: Union[str, bytes], *, fsync: bool = True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # mkstemp's 0600 -> what open() would have given
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()

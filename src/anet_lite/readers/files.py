@@ -58,7 +58,7 @@ def bounded_lines(f: IO[Any], path: Path, first_line: int = 1) -> Iterator[Any]:
         no += 1
         if len(line) >= limit:
             raise LogFormatError(
-                f"line longer than {MAX_LINE:,} characters (no newline: not a text log?)",
+                f"longer than {MAX_LINE:,} characters (no newline: not a text log?)",
                 file=path,
                 line=no,
             )
