@@ -18,25 +18,31 @@ Format: append-only JSONL (UTF-8), one JSON object per line, every line ending i
   ``"-inf"`` (so every line is strict JSON). Dict keys must be str. ``append`` returns the record
   exactly as written.
 
-``verify`` stops at the first problem (lines with ``NaN``/``Infinity`` literals count as invalid
-JSON). It names the first line that was edited (hash mismatch), removed or reordered (``prev``
-mismatch on the following line), or re-hashed (its own hash fits, the next line's ``prev`` does
-not). It cannot see: deletion of the last record(s) unless given a ``head`` hash kept elsewhere
-(ok iff that hash is in the chain, so later appends are fine); an empty file unless ``head`` is
-given; and, without a key, a rewrite of the whole chain (anyone can recompute plain SHA-256
-hashes). With a key, records that are unkeyed or made with another key fail. Clock errors in
-``time`` are not checked.
+``verify`` stops at the first problem (lines with ``NaN``/``Infinity`` literals or a duplicate
+key count as invalid). It names the first line that was edited (hash mismatch), removed or
+reordered (``prev`` mismatch on the following line), or re-hashed (its own hash fits, the next
+line's ``prev`` does not). Head and identity: ``TombstoneLog`` rewrites ``<path>.head``
+(``{"chain": first hash, "head": last hash}``, atomically, under the lock) after every append;
+``verify`` checks it when present, so deleting the last record(s) (``head mismatch``: ok iff
+that hash is in the chain, so later appends are fine) or putting another run's log in place
+(``chain identity mismatch``) is caught. It cannot see: a cut tail when the head file is gone
+too and no ``head`` is given; and, without a key, a rewrite of the whole chain (anyone can
+recompute plain SHA-256 hashes). With a key, records that are unkeyed or made with another key
+fail. Clock errors in ``time`` are not checked. Lines are read with a cap of
+``MAX_RECORD_BYTES``: memory stays bounded whatever the file.
 
 Durability: each append opens the file with ``O_APPEND``, takes an exclusive ``fcntl.flock``
 (Windows: ``msvcrt.locking`` on one byte far past the data; elsewhere no lock, so use one writer),
 re-reads only the tail to find ``prev`` (another process may have appended), writes the line
-with one ``os.write`` (no user-space buffer to flush) and calls ``os.fsync``. flock may not lock
-across machines on network file systems.
+with one ``os.write`` (no user-space buffer to flush) and calls ``os.fsync``; if the write or
+fsync fails (a full disk), the file is truncated back to its size before, so no partial line
+stays. flock may not lock across machines on network file systems.
 
 Torn lines: a crash mid-write can leave a last line without ``"\\n"``. ``verify`` then reports
 "line N: torn last line". A later append starts on a fresh line and chains to the last intact
-record, so the records before the torn line keep verifying; ``verify`` now stops at the torn line
-with "line N: not valid JSON (torn or edited line)" (``records`` counts the good ones before it).
+record; ``verify`` then accepts the torn line because the chain continues over it, and names it
+(``VerifyResult.skipped``). An unparseable line the chain does not continue over is reported as
+"line N: not valid JSON (torn or edited line)".
 """
 
 from __future__ import annotations
