@@ -7,6 +7,8 @@ returns a result and never raises, and never accepts a log whose records changed
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -17,6 +19,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from anet_lite.cli import main  # noqa: E402
 from anet_lite.readers import LogFormatError, MissingDependencyError, open_log  # noqa: E402
 from anet_lite.tombstone import TombstoneLog, read_lines, verify  # noqa: E402
 
@@ -181,6 +184,11 @@ def test_verify_never_raises_and_never_accepts_changed_records(data):
 def test_tombstone_log_opens_or_refuses_a_damaged_file(data):
     other = _BASE.with_name("u.jsonl")
     other.write_bytes(_mutate(data, _ORIG))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for cmd in (["tombstones", str(other)], ["tombstones", "--json", str(other)],
+                    ["verify", str(other)]):
+            assert main(cmd) in (0, 1), err.getvalue()
     try:
         log = TombstoneLog(other)
     except ValueError:
