@@ -594,7 +594,7 @@ def test_report_series_buffer_stays_bounded_on_a_long_run():
             block[12_345, 1] = 1e9  # a spike survives decimation
         dec.push_block(block)
         most = max(most, len(dec.pending))
-    x, lo_, hi = dec.result()
+    x, _, hi = dec.result()
     assert most <= 6 * 8192
     assert len(x) <= 2 * 1500 + 1 and x[0] == 0 and np.all(np.diff(x) > 0)
     assert hi[:, 0].max() == 1e9
