@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,12 @@ update_cos, ...) are recognised.
         default="auto",
         choices=("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow"),
         help="input format (default: auto, from the name and first line)",
+    )
+    a.add_argument(
+        "--allow-special",
+        action="store_true",
+        help="also read a FIFO or device as PATH (with --format); by default only regular "
+        "files and folders are read, since a pipe can block forever",
     )
     a.add_argument("--lang", default="en", choices=("en", "ja"), help="explanation language")
     a.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -150,15 +157,17 @@ class RunFolderWriter:
         self.data = data
         self.chunk = max(1, int(chunk))
         self.buf: List[Any] = []
-        outputs.RunLog(out / "metrics.csv").close()  # creates it with RunLog's header
         self._csv = self._open(out / "metrics.csv")
+        self._csv.write(",".join(outputs.COLUMNS) + "\n")  # RunLog's header
         self._events = self._open(out / "events.jsonl")
         self._jsonl = self._open(out / "metrics.jsonl") if jsonl else None
         self._encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
     @staticmethod
     def _open(p: Path) -> Any:
-        return open(p, "a", encoding="utf-8", newline="")
+        # "x": O_CREAT | O_EXCL, so a file or (dangling) symlink planted there is an error,
+        # never followed (``cmd_analyze`` removed this run's own old outputs first)
+        return open(p, "x", encoding="utf-8", newline="")
 
     def add(self, snap: Any) -> None:
         self.buf.append(snap)
@@ -203,8 +212,42 @@ class RunFolderWriter:
                     f.close()
 
 
+def _out_conflict(src: Path, out: Path) -> str:
+    """Why writing the run folder ``out`` would touch the input ``src`` ("" if it cannot):
+    ``out`` inside an input folder, or one of its files being the input (same inode: a
+    hard link or symlink counts). Checked before anything is removed or written."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: exists and is not a folder"
+    try:
+        src_r, out_r = src.resolve(), out.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        return f"--out {out}: {e}"
+    if src.is_dir():
+        if out_r == src_r or src_r in out_r.parents:
+            return f"--out {out}: inside the input folder {src}; choose another folder"
+        return ""
+    for name in _WRITES:
+        p = out / name
+        try:
+            same = p.exists() and os.path.samefile(p, src)
+        except OSError:
+            same = False
+        if same or (out_r / name) == src_r:
+            return f"--out {out}: {name} there is the input file {src}; choose another folder"
+    return ""
+
+
+def _fresh_out(out: Path) -> None:
+    """Create ``out`` and remove this run's previous outputs there (a fresh replay, not an
+    append): files and symlinks are unlinked (a link's target is never touched)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in _WRITES:
+        p = out / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from . import __version__
     from .monitor import Monitor
     from .readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
     from .report.html import RunData
@@ -216,7 +259,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         _err(str(e))
         return EXIT_USAGE
     try:
-        log = open_log(src, args.format, mapping)
+        log = open_log(src, args.format, mapping, bool(getattr(args, "allow_special", False)))
     except (LogFormatError, MissingDependencyError) as e:
         _err(str(e))
         return EXIT_USAGE
@@ -225,14 +268,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     out = Path(args.out) if args.out else default_out(src)
-    if out.exists() and not out.is_dir():
-        _err(f"--out {out}: exists and is not a folder")
+    why = _out_conflict(src, out)
+    if why:
+        _err(why)
         return EXIT_USAGE
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in _WRITES:
-            if (out / name).is_file():
-                (out / name).unlink()  # a fresh replay, not an append to an old one
+        _fresh_out(out)
     except OSError as e:
         _err(f"--out {out}: {e.strerror or e}")
         return EXIT_USAGE
@@ -280,7 +321,45 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except TypeError as e:  # Monitor's first-call type check
         _err(f"{src}: {e}")
         return EXIT_USAGE
+    except OSError as e:  # a full disk, a read error: what was written so far stays
+        _err(f"{e.filename or out}: {e.strerror or e}")
+        return EXIT_USAGE
     elapsed = time.perf_counter() - t0
+    try:
+        return _finish(args, src, out, log, data, mapping, writer, elapsed)
+    except OSError as e:
+        _err(f"{e.filename or out}: {e.strerror or e}")
+        return EXIT_USAGE
+
+
+def _tombstone_head(out: Path) -> Any:
+    """The run folder's tombstone chain as verified now (None without a tombstones.jsonl):
+    recorded in meta.json, so that ``report`` notices a tail cut off later."""
+    from .tombstone import verify
+
+    p = out / "tombstones.jsonl"
+    if not p.is_file():
+        return None
+    try:
+        res = verify(p)
+    except (TypeError, ValueError) as e:  # e.g. keyed records without a key
+        return {"ok": False, "reason": str(e)}
+    return {"ok": res.ok, "records": res.records, "head": res.head, "chain": res.chain}
+
+
+def _finish(
+    args: argparse.Namespace,
+    src: Path,
+    out: Path,
+    log: Any,
+    data: Any,
+    mapping: Dict[str, str],
+    writer: RunFolderWriter,
+    elapsed: float,
+) -> int:
+    """meta.json, report.html and what is printed, after the replay."""
+    from . import __version__
+    from .outputs import write_atomic
 
     meta: Dict[str, Any] = {
         "run_name": src.name if src.is_dir() else src.stem,
@@ -297,8 +376,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "anet_lite_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(elapsed, 3),
+        "tombstones": _tombstone_head(out),
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     paths = {
         "run_dir": str(out),
         "metrics_csv": str(out / "metrics.csv"),

@@ -31,7 +31,7 @@ def _tombstone_file_and_key(args: argparse.Namespace) -> Optional[Tuple[Path, Op
     """FILE and the HMAC key from ``--key-env`` (None after printing a usage error)."""
     p = Path(args.file)
     if not p.is_file():
-        _err(f"{p}: no such file")
+        _err(f"{p}: {'not a regular file' if p.exists() else 'no such file'}")
         return None
     key = None
     if args.key_env:
@@ -64,13 +64,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "line": res.line,
             "reason": res.reason,
         }
-        print(json.dumps(d, ensure_ascii=False))
+        _print(json.dumps(d, ensure_ascii=False))
     elif res.ok:
-        print(f"ok: {res.records} records, head {res.head}")
+        _print(f"ok: {res.records} records, head {res.head}")
     else:
         where = f"line {res.line}: " if res.line is not None and "line" not in res.reason else ""
-        print(f"BROKEN: {p}: {where}{res.reason}")
-        print(f"  {res.records} records verify before it; last good hash {res.head}")
+        _print(f"BROKEN: {p}: {where}{res.reason}")
+        _print(f"  {res.records} records verify before it; last good hash {res.head}")
     return code
 
 
@@ -114,19 +114,17 @@ def add_tombstones_parser(sub: Any, fmt: Any) -> None:
 
 def _read_tombstone_lines(p: Path) -> List[Dict[str, Any]]:
     """Every parseable record of ``p``; unreadable lines become placeholder rows."""
-    out: List[Dict[str, Any]] = []
-    with open(p, "rb") as f:
-        for no, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except ValueError:
-                rec = None
-            if not isinstance(rec, dict):
-                rec = {"event": f"(line {no}: unreadable)", "_line": no}
-            out.append(rec)
-    return out
+    from .tombstone import read_lines
+
+    return [
+        rec if rec is not None else {"event": f"(line {no}: unreadable)", "_line": no}
+        for no, rec in read_lines(p)
+    ]
+
+
+def _print(text: str) -> None:
+    """print() that survives lone surrogates from a damaged file (shown escaped)."""
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def cmd_tombstones(args: argparse.Namespace) -> int:
@@ -163,28 +161,28 @@ def cmd_tombstones(args: argparse.Namespace) -> int:
     if args.json:
         d = {"file": str(p), "total": len(recs), "shown": len(shown), "records": shown}
         d["chain"] = chain
-        print(json.dumps(d, ensure_ascii=False))
+        _print(json.dumps(d, ensure_ascii=False))
         return code
     ja = args.lang == "ja"
     if shown:
-        print(format_table(shown, lang=args.lang))
+        _print(format_table(shown, lang=args.lang))
     elif recs:
         total = len(recs)
-        print(f"(該当なし: 全 {total} 件)" if ja else f"(no matching records; {total} in all)")
+        _print(f"(該当なし: 全 {total} 件)" if ja else f"(no matching records; {total} in all)")
     else:
-        print("(記録なし)" if ja else "(no records)")
+        _print("(記録なし)" if ja else "(no records)")
     if ja:
         n = f"{len(shown)} / {len(recs)} 件を表示"
         status = f"チェーン: 正常 ({res.records} 件)" if res.ok else f"チェーン: 破損: {res.reason}"
     else:
         n = f"{len(shown)} of {len(recs)} records shown"
         status = f"chain: ok ({res.records} records)" if res.ok else f"chain: BROKEN: {res.reason}"
-    print(f"{n}\n{status}")
+    _print(f"{n}\n{status}")
     if not res.ok:
         if ja:
-            print(f"  {res.records} 件は正常、最後の正しいハッシュ {res.head}")
+            _print(f"  {res.records} 件は正常、最後の正しいハッシュ {res.head}")
         else:
-            print(f"  {res.records} records verify before it; last good hash {res.head}")
+            _print(f"  {res.records} records verify before it; last good hash {res.head}")
     return code
 
 

@@ -1,6 +1,7 @@
 """``RunLog``: every snapshot as one CSV and/or JSONL line, flushed per line, append-only.
 
-After ``kill -9`` mid-run every complete line parses (each line is written with one
+After ``kill -9`` mid-run every complete line parses, and a log reopened after one drops
+the torn last line first (so the next row starts on a fresh line) (each line is written with one
 ``write`` and flushed to the OS at once; pass ``fsync=True`` to survive a power cut too,
 at ~1 ms per step). CSV columns are ``COLUMNS`` in that order (stable; new columns are
 only ever appended); empty cells mean "not measured". JSONL lines are
@@ -9,7 +10,9 @@ only ever appended); empty cells mean "not measured". JSONL lines are
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 from array import array
@@ -67,6 +70,70 @@ def json_safe(v: Any) -> Any:
     return v
 
 
+_UMASK: List[int] = []
+
+
+def _umask() -> int:
+    """The process umask (read once: ``os.umask`` can only be read by setting it)."""
+    if not _UMASK:
+        old = os.umask(0o022)
+        os.umask(old)
+        _UMASK.append(old)
+    return _UMASK[0]
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes], *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` all at once: a fresh temporary file in the same folder
+    (created with ``O_EXCL``: a planted file or symlink is never followed or overwritten),
+    flushed (and fsynced), then renamed over ``path`` (a link there is replaced, not
+    followed). A reader sees the old file or the new one, never a part. Returns ``path``."""
+    import tempfile
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        if hasattr(os, "fchmod"):  # mkstemp's 0600 -> what open() would have given
+            os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def _drop_torn_tail(p: Path) -> int:
+    """Cut a torn last line (a crash mid-write: no newline at the end) so that a reopened
+    log starts on a fresh line; returns the bytes dropped (logged as a warning)."""
+    with open(p, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        end, block = size, 1 << 16
+        while end > 0:  # back to the last newline, 64 KiB at a time
+            start = max(0, end - block)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        f.truncate(end)
+    logging.getLogger("anet_lite").warning(
+        "%s: dropped a torn last line of %d bytes (a crash mid-write)", p, size - end
+    )
+    return size - end
+
+
 class RunLog:
     """Append snapshots to ``csv`` and/or ``jsonl`` paths (parent folders are created)."""
 
@@ -89,6 +156,8 @@ class RunLog:
     def _open(path: PathLike, header: bool) -> Any:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_file():
+            _drop_torn_tail(p)
         new = not p.exists() or p.stat().st_size == 0
         f = open(p, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open for the run
         if header and new:

@@ -18,33 +18,41 @@ Format: append-only JSONL (UTF-8), one JSON object per line, every line ending i
   ``"-inf"`` (so every line is strict JSON). Dict keys must be str. ``append`` returns the record
   exactly as written.
 
-``verify`` stops at the first problem (lines with ``NaN``/``Infinity`` literals count as invalid
-JSON). It names the first line that was edited (hash mismatch), removed or reordered (``prev``
-mismatch on the following line), or re-hashed (its own hash fits, the next line's ``prev`` does
-not). It cannot see: deletion of the last record(s) unless given a ``head`` hash kept elsewhere
-(ok iff that hash is in the chain, so later appends are fine); an empty file unless ``head`` is
-given; and, without a key, a rewrite of the whole chain (anyone can recompute plain SHA-256
-hashes). With a key, records that are unkeyed or made with another key fail. Clock errors in
-``time`` are not checked.
+``verify`` stops at the first problem (lines with ``NaN``/``Infinity`` literals or a duplicate
+key count as invalid). It names the first line that was edited (hash mismatch), removed or
+reordered (``prev`` mismatch on the following line), or re-hashed (its own hash fits, the next
+line's ``prev`` does not). Head and identity: ``TombstoneLog`` rewrites ``<path>.head``
+(``{"chain": first hash, "head": last hash}``, atomically, under the lock) after every append;
+``verify`` checks it when present, so deleting the last record(s) (``head mismatch``: ok iff
+that hash is in the chain, so later appends are fine) or putting another run's log in place
+(``chain identity mismatch``) is caught. It cannot see: a cut tail when the head file is gone
+too and no ``head`` is given; and, without a key, a rewrite of the whole chain (anyone can
+recompute plain SHA-256 hashes). With a key, records that are unkeyed or made with another key
+fail. Clock errors in ``time`` are not checked. Lines are read with a cap of
+``MAX_RECORD_BYTES``: memory stays bounded whatever the file.
 
 Durability: each append opens the file with ``O_APPEND``, takes an exclusive ``fcntl.flock``
 (Windows: ``msvcrt.locking`` on one byte far past the data; elsewhere no lock, so use one writer),
 re-reads only the tail to find ``prev`` (another process may have appended), writes the line
-with one ``os.write`` (no user-space buffer to flush) and calls ``os.fsync``. flock may not lock
-across machines on network file systems.
+with one ``os.write`` (no user-space buffer to flush) and calls ``os.fsync``; if the write or
+fsync fails (a full disk), the file is truncated back to its size before, so no partial line
+stays. flock may not lock across machines on network file systems.
 
 Torn lines: a crash mid-write can leave a last line without ``"\\n"``. ``verify`` then reports
 "line N: torn last line". A later append starts on a fresh line and chains to the last intact
-record, so the records before the torn line keep verifying; ``verify`` now stops at the torn line
-with "line N: not valid JSON (torn or edited line)" (``records`` counts the good ones before it).
+record; ``verify`` then accepts the torn line because the chain continues over it, and names it
+(``VerifyResult.skipped``). An unparseable line the chain does not continue over is reported as
+"line N: not valid JSON (torn or edited line)".
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import math
 import numbers
 import os
@@ -55,9 +63,22 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["FIELDS", "KEY_ENV", "TombstoneLog", "VerifyResult", "read", "verify"]
+__all__ = [
+    "FIELDS",
+    "KEY_ENV",
+    "MAX_RECORD_BYTES",
+    "TombstoneLog",
+    "VerifyResult",
+    "head_path",
+    "read",
+    "read_head",
+    "read_lines",
+    "verify",
+]
 
+_log = logging.getLogger("anet_lite")
 KEY_ENV = "ANET_TOMBSTONE_KEY"
+MAX_RECORD_BYTES = 8 * 1024 * 1024  # longest line read or written (bounded memory)
 FIELDS = ("event", "time", "policy", "scope", "evidence", "operator", "prev", "hash")
 _STR_FIELDS = ("event", "time", "policy", "operator", "hash")
 _WIN_LOCK_OFFSET = 0x7FFFFFFF
@@ -122,8 +143,61 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {dup!r}")
+    return d
+
+
 def _loads(raw: bytes) -> Any:
-    return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    """One line parsed (strict JSON, no duplicate keys); ValueError for anything else."""
+    try:
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_no_duplicates
+        )
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _lines(f: Any) -> Iterator[Tuple[int, bytes]]:
+    """(line number, raw line) of a binary file, each at most ``MAX_RECORD_BYTES`` long;
+    ValueError naming the line for a longer one (memory stays bounded)."""
+    no = 0
+    while True:
+        raw = f.readline(MAX_RECORD_BYTES + 1)
+        if not raw:
+            return
+        no += 1
+        if len(raw) > MAX_RECORD_BYTES:
+            raise _TooLong(no)
+        yield no, raw
+
+
+class _TooLong(ValueError):
+    def __init__(self, line: int) -> None:
+        why = f"longer than {MAX_RECORD_BYTES:,} bytes (not a tombstone log?)"
+        super().__init__(f"line {line}: {why}")
+        self.line = line
+
+
+def read_lines(path: PathLike) -> Iterator[Tuple[int, Optional[Dict[str, Any]]]]:
+    """(line number, record) for each non-blank line; record None if the line is not a JSON
+    object (torn, edited, too long: reading stops after a too-long line). No hash check."""
+    with open(path, "rb") as f:
+        try:
+            for no, raw in _lines(f):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = _loads(raw)
+                except ValueError:
+                    rec = None
+                yield no, rec if isinstance(rec, dict) else None
+        except _TooLong as exc:
+            yield exc.line, None
 
 
 def _read_at(fd: int, offset: int, n: int) -> bytes:
@@ -138,17 +212,51 @@ def _tail(fd: int) -> Tuple[Optional[Dict[str, Any]], bool]:
         return None, True
     ends_nl = _read_at(fd, size - 1, 1) == b"\n"
     block = 8192
-    while True:
+    while True:  # reads at most ~4 x MAX_RECORD_BYTES, whatever the file
         start = max(0, size - block)
         pieces = _read_at(fd, start, size - start).split(b"\n")
         for raw in reversed(pieces[1:] if start > 0 else pieces):  # pieces[0] may be partial
+            if len(raw) > MAX_RECORD_BYTES:
+                raise ValueError(
+                    f"a line near the end is longer than {MAX_RECORD_BYTES:,} bytes "
+                    "(not a tombstone log, or damaged)"
+                )
             with contextlib.suppress(ValueError):
                 rec = _loads(raw)
                 if isinstance(rec, dict) and isinstance(rec.get("hash"), str):
                     return rec, ends_nl
         if start == 0:
             return None, ends_nl
+        if len(pieces[0]) > MAX_RECORD_BYTES:
+            raise ValueError(
+                f"a line near the end is longer than {MAX_RECORD_BYTES:,} bytes "
+                "(not a tombstone log, or damaged)"
+            )
         block *= 4
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd``: one os.write in practice; a loop only on a short write."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _first_hash(fd: int) -> Optional[str]:
+    """The hash of the file's first line (the chain's identity), or None."""
+    n = 65536
+    while True:
+        raw = _read_at(fd, 0, n)
+        cut = raw.find(b"\n")
+        if cut >= 0 or len(raw) < n or n > MAX_RECORD_BYTES:
+            break
+        n *= 4
+    try:
+        rec = _loads(raw[: cut + 1] if cut >= 0 else raw)
+    except ValueError:
+        return None
+    h = rec.get("hash") if isinstance(rec, dict) else None
+    return h if isinstance(h, str) else None
 
 
 @contextlib.contextmanager
@@ -191,7 +299,11 @@ class TombstoneLog:
         self._key = _resolve_key(key)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._fd() as fd, _locked(fd):
-            last, _ = _tail(fd)
+            try:
+                last, _ = _tail(fd)
+            except ValueError as exc:
+                raise ValueError(f"{self._path}: {exc}") from None
+            self._chain = _first_hash(fd)
         self._check(last, full=True)
         self._head: Optional[str] = last["hash"] if last else None
 
@@ -202,6 +314,11 @@ class TombstoneLog:
     @property
     def head(self) -> Optional[str]:
         return self._head
+
+    @property
+    def chain(self) -> Optional[str]:
+        """The chain's identity: the hash of its first record (None while empty)."""
+        return self._chain
 
     @contextlib.contextmanager
     def _fd(self) -> Iterator[int]:
@@ -257,12 +374,35 @@ class TombstoneLog:
             rec["prev"] = last["hash"] if last else None
             rec["hash"] = _digest(rec, self._key)
             line = json.dumps(rec, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            data = memoryview((b"" if ends_nl else b"\n") + line.encode("utf-8") + b"\n")
-            while data:  # one os.write in practice; loop only on a short write
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        self._head = rec["hash"]
+            data = (b"" if ends_nl else b"\n") + line.encode("utf-8") + b"\n"
+            if len(data) > MAX_RECORD_BYTES:
+                raise ValueError(f"record is {len(data):,} bytes, over {MAX_RECORD_BYTES:,}")
+            size = os.fstat(fd).st_size
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError:  # e.g. ENOSPC: no partial line may stay (it would break the chain)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                raise
+            if rec["prev"] is None or self._chain is None:
+                self._chain = rec["hash"] if rec["prev"] is None else _first_hash(fd)
+            self._head = rec["hash"]
+            self._write_head()
         return rec
+
+    def _write_head(self) -> None:
+        """Record chain identity and head beside the log (``head_path``), still under the
+        lock; a failure is logged, not raised: the record itself is already durable, and
+        an older head stays valid (it is still in the chain)."""
+        from .outputs import write_atomic
+
+        body = json.dumps({"chain": self._chain, "head": self._head}) + "\n"
+        try:
+            write_atomic(head_path(self._path), body)
+        except OSError as exc:
+            _log.warning("%s: head not recorded (%s)", head_path(self._path), exc)
 
 
 @dataclass(frozen=True)
@@ -275,6 +415,8 @@ class VerifyResult:
     reason: str
     records: int
     head: Optional[str]
+    skipped: Tuple[int, ...] = ()  # torn lines a later append chained over (crash artifacts)
+    chain: Optional[str] = None  # the first record's hash (the chain's identity), if it verified
 
     def __bool__(self) -> bool:
         return self.ok
@@ -298,7 +440,12 @@ def _problem(rec: Any, prev: Optional[str], prev_line: int, key: Optional[bytes]
         return "record is unkeyed (sha256) but a key was given (unkeyed log, or forged without it)"
     if scheme not in ("sha256", "hmac-sha256"):
         return f"unknown hash scheme {scheme!r}"
-    if not hmac.compare_digest(h.encode("utf-8"), _digest(rec, key).encode("utf-8")):
+    try:
+        want = _digest(rec, key)
+        h.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a string that is not valid Unicode (a lone surrogate)"
+    if not hmac.compare_digest(h.encode("utf-8"), want.encode("utf-8")):
         return "HMAC mismatch (wrong key or edited)" if key else "hash mismatch (record edited)"
     if rec["prev"] != prev:
         if prev is None:
@@ -307,41 +454,128 @@ def _problem(rec: Any, prev: Optional[str], prev_line: int, key: Optional[bytes]
     return None
 
 
-def verify(path: PathLike, *, head: Optional[str] = None, key: KeyLike = None) -> VerifyResult:
-    """Check the whole chain; never raises for file problems (see the module docstring)."""
+def head_path(path: PathLike) -> Path:
+    """Where ``TombstoneLog`` records the chain's identity and head: ``<path>.head``."""
+    p = Path(path)
+    return p.with_name(p.name + ".head")
+
+
+def read_head(path: PathLike) -> Optional[Dict[str, Optional[str]]]:
+    """``{"chain": ..., "head": ...}`` from the log's head file; None if there is none;
+    ValueError if it is unreadable (a damaged head file is itself a finding)."""
+    hp = head_path(path)
+    try:
+        with open(hp, "rb") as f:
+            raw = f.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{hp}: cannot read ({exc.strerror or exc})") from None
+    try:
+        d = _loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{hp}: not valid JSON ({exc})") from None
+    ok = isinstance(d, dict) and all(
+        d.get(k) is None or isinstance(d.get(k), str) for k in ("chain", "head")
+    )
+    if not ok:
+        raise ValueError(f"{hp}: expected {{'chain': str, 'head': str}}")
+    return {"chain": d.get("chain"), "head": d.get("head")}
+
+
+def verify(
+    path: PathLike,
+    *,
+    head: Optional[str] = None,
+    key: KeyLike = None,
+    chain: Optional[str] = None,
+    head_file: bool = True,
+) -> VerifyResult:
+    """Check the whole chain; never raises for file problems (see the module docstring).
+
+    ``head``: a hash kept elsewhere that must be in the chain (a cut-off tail is caught);
+    ``chain``: the hash the log must start with (its identity: another run's log fails).
+    Both default to the log's head file (``head_path``) when ``head_file`` and present."""
     k = _resolve_key(key)
-    records, last, seen = 0, None, head is None
+    note = ""
+    if head is None and chain is None and head_file:
+        try:
+            got = read_head(path)
+        except ValueError as exc:
+            return VerifyResult(False, None, f"head file: {exc}", 0, None)
+        if got is not None:
+            head, chain = got["head"], got["chain"]
+            note = f" (head and chain identity from {head_path(path).name})"
     try:
         f = open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         why = "file not found" if isinstance(exc, FileNotFoundError) else "cannot open"
         return VerifyResult(False, None, f"{why}: {path} ({exc.strerror or exc})", 0, None)
     with f:
-        for no, raw in enumerate(f, 1):
+        res = _verify_lines(_lines(f), head, chain, k)
+    if res.ok and note:
+        return dataclasses.replace(res, reason=res.reason + note)
+    return res
+
+
+def _verify_lines(
+    lines: Iterator[Tuple[int, bytes]], head: Optional[str], chain: Optional[str], k: Any
+) -> VerifyResult:
+    records, last, seen, first = 0, None, head is None, None
+    torn: List[int] = []  # unparseable lines not yet chained over
+    skipped: List[int] = []
+    try:
+        for no, raw in lines:
             try:
                 rec = _loads(raw)
-            except ValueError:
-                why = "not valid JSON (torn or edited line)"
+            except ValueError as exc:
                 if not raw.endswith(b"\n"):
                     why = "torn last line (no trailing newline; crash mid-write?)"
-                return VerifyResult(False, no, f"line {no}: {why}", records, last)
+                    return VerifyResult(False, no, f"line {no}: {why}", records, last)
+                if "duplicate key" in str(exc):
+                    return VerifyResult(False, no, f"line {no}: {exc}", records, last)
+                torn.append(no)  # a torn line that a later append chained over, or damage
+                continue
             problem = _problem(rec, last, no - 1, k)
+            if problem and torn:  # the chain does not continue over the bad line(s)
+                why = "not valid JSON (torn or edited line)"
+                return VerifyResult(False, torn[0], f"line {torn[0]}: {why}", records, last)
             if problem:
                 return VerifyResult(False, no, f"line {no}: {problem}", records, last)
+            if records == 0 and chain is not None and rec["hash"] != chain:
+                why = f"chain identity mismatch: the log starts with {rec['hash']}, not {chain}"
+                return VerifyResult(False, no, f"line {no}: {why} (another run's log?)", 0, None)
+            skipped += torn
+            torn = []
             records, last = records + 1, rec["hash"]
+            first = first or last
             seen = seen or last == head
+    except _TooLong as exc:
+        return VerifyResult(False, exc.line, str(exc), records, last)
+    if torn:
+        why = "not valid JSON (torn or edited line)"
+        return VerifyResult(False, torn[0], f"line {torn[0]}: {why}", records, last)
     if not seen:
         where = f"ends at {last}" if last else "is empty"
         why = f"head mismatch: file {where} but expected {head} (truncated tail, or another log)"
         return VerifyResult(False, None, why, records, last)
-    return VerifyResult(True, None, f"ok: {records} records", records, last)
+    if records == 0 and chain is not None:
+        why = f"chain identity mismatch: the log is empty, expected one starting with {chain}"
+        return VerifyResult(False, None, why, 0, None)
+    reason = f"ok: {records} records"
+    if skipped:
+        reason += (
+            f" (torn line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}"
+            " skipped: a crash mid-write; the chain continues over it)"
+        )
+    return VerifyResult(True, None, reason, records, last, tuple(skipped), first)
 
 
 def read(path: PathLike) -> List[Dict[str, Any]]:
     """Parsed records, in file order (no hash check); ValueError naming file and line if bad."""
     out = []
     with open(path, "rb") as f:
-        for no, raw in enumerate(f, 1):
+        for no, raw in _lines(f):
             try:
                 rec = _loads(raw)
             except ValueError as exc:

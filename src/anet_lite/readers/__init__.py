@@ -9,7 +9,8 @@
 Every reader is a generator over the file: memory stays constant in the log length (the
 MLflow long format and the MLflow file store read each metric's rows in their own pass and
 merge them by step; TensorBoard scalars of different tags are joined by step in a bounded
-buffer). Bad input raises ``LogFormatError`` naming the file, line and column.
+buffer). Bad input raises ``LogFormatError`` naming the file, line and column. Lines are capped at
+``MAX_LINE`` characters; FIFOs and devices are refused unless ``allow_special=True``.
 
 Cells: empty, ``null``, ``None``, ``NA`` and ``-`` are *gaps* (not measured; counted).
 ``nan`` / ``inf`` are real values (a NaN loss is a collapse, not a gap) and counted too.
@@ -21,11 +22,13 @@ is stitched so that it keeps increasing, and each restart is counted.
 from .columns import ALIASES, FIELDS, FORMATS, parse_mapping, resolve_columns  # noqa: F401 - importable here, as before
 from .detect import detect_format
 from .errors import LogFormatError, MissingDependencyError, ReadStats, Record
+from .files import MAX_LINE
 from .reader import LogReader, open_log
 
 __all__ = [
     "FIELDS",
     "FORMATS",
+    "MAX_LINE",
     "LogFormatError",
     "LogReader",
     "MissingDependencyError",

@@ -8,6 +8,8 @@ from typing import Any, Optional
 from .columns import _GAP
 from .errors import LogFormatError, ReadStats
 
+MAX_STEP = 2**63 - 1  # steps are int64 everywhere downstream (arrays, the report)
+
 
 class _Clock:
     """Seconds that never go back: a restart of the clock is stitched on and counted."""
@@ -38,6 +40,8 @@ def _num(
     cell: str, field: str, stats: ReadStats, *, file: Any, line: int, col: int, name: str
 ) -> Optional[float]:
     try:
+        if "_" in cell:  # float() takes "1_000"; a log cell may not
+            raise ValueError(cell)
         v = float(cell)
     except ValueError:
         s = cell.strip()
@@ -64,9 +68,9 @@ def _num(
 def _step_of(v: Optional[float], *, file: Any, line: int, col: int, name: str) -> Optional[int]:
     if v is None:
         return None
-    if v != v or v in (math.inf, -math.inf) or not float(v).is_integer():
+    if v != v or v in (math.inf, -math.inf) or not float(v).is_integer() or abs(v) > MAX_STEP:
         raise LogFormatError(
-            f"step must be a whole number, got {v!r}",
+            f"step must be a whole number below 2**63, got {v!r}",
             file=file,
             line=line,
             column=col,

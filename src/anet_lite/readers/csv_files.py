@@ -4,63 +4,55 @@ from __future__ import annotations
 
 import csv
 from functools import partial
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
-from .cells import _Clock, _num, _step_of
+from .cells import MAX_STEP, _Clock, _num, _step_of
 from .columns import ALIASES, FIELDS, _time_scale, resolve_columns
 from .errors import LogFormatError, ReadStats, Record
-
-
-class _Text:
-    """A text file opened for the csv module; decode errors become LogFormatError."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by owner
-
-    def close(self) -> None:
-        self.f.close()
+from .files import bounded_lines
 
 
 def _csv_blocks(
     path: Path, stats: ReadStats, size: int = 512
 ) -> Iterator[Tuple[List[List[str]], List[int]]]:
     """(rows, their line numbers), ``size`` rows at a time (the first block: the header
-    alone); LogFormatError on decode / csv errors, after the rows read before the error."""
-    t = _Text(path)
-    try:
-        first = t.f.readline()
-        t.f.seek(0)
-        delim = "\t" if "\t" in first and "," not in first else ","
-        reader = csv.reader(t.f, delimiter=delim)
+    alone); LogFormatError on decode / csv errors and lines longer than ``MAX_LINE``,
+    after the rows read before the error. Reads a pipe too (no seek)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        lines = bounded_lines(f, path)
+        reader = None
         n = 1
         while True:
             rows: List[List[str]] = []
-            lines: List[int] = []
-            add_row, add_line = rows.append, lines.append
+            nums: List[int] = []
+            add_row, add_line = rows.append, nums.append
             error: Optional[LogFormatError] = None
             try:
+                if reader is None:
+                    first = next(lines, "")
+                    delim = "\t" if "\t" in first and "," not in first else ","
+                    reader = csv.reader(chain((first,), lines), delimiter=delim)
                 for row in islice(reader, n):
                     add_row(row)
                     add_line(reader.line_num)
             except UnicodeDecodeError:
-                error = LogFormatError(
-                    "not UTF-8 text (a binary file?)", file=path, line=reader.line_num + 1
-                )
+                line = (reader.line_num if reader is not None else 0) + 1
+                error = LogFormatError("not UTF-8 text (a binary file?)", file=path, line=line)
             except csv.Error as exc:
-                error = LogFormatError(f"malformed CSV ({exc})", file=path, line=reader.line_num)
+                line = reader.line_num if reader is not None else 1
+                error = LogFormatError(f"malformed CSV ({exc})", file=path, line=line)
+            except LogFormatError as exc:  # a line longer than MAX_LINE
+                error = exc
             if rows:
-                stats.lines = lines[-1]
-                yield rows, lines
+                stats.lines = nums[-1]
+                yield rows, nums
             if error is not None:
                 raise error
             if len(rows) < n:
                 return
             n = size
-    finally:
-        t.close()
 
 
 def _csv_rows(path: Path, stats: ReadStats) -> Iterator[Tuple[int, List[str]]]:
@@ -84,6 +76,16 @@ class _Block:
         cols = [c if c is not None else repeat(None, n) for c in self.cols]
         for r in zip(self.steps, *cols, self.lines):
             yield list(r)
+
+
+def _whole(cell: str) -> int:
+    """``int(cell)`` for a step cell in range; ValueError otherwise (``_num`` decides)."""
+    if "_" in cell:
+        raise ValueError(cell)
+    v = int(cell)
+    if not -MAX_STEP <= v <= MAX_STEP:
+        raise ValueError(cell)
+    return v
 
 
 def _uniform(steps: List[int]) -> bool:
@@ -168,8 +170,14 @@ class CsvReading:
             if si is None:
                 steps = list(range(row_no + 1, row_no + 1 + len(block)))
             else:
+                if "_" in "".join(cols[si]):  # int() takes "1_000"; a log cell may not
+                    return None
                 steps = list(map(int, cols[si]))
+                if steps and (max(steps) > MAX_STEP or min(steps) < -MAX_STEP):
+                    return None
             for k, i, field in present:
+                if "_" in "".join(cols[i]):
+                    return None
                 v = list(map(float, cols[i]))
                 total = sum(v)
                 if total - total != 0.0:  # a nan/inf somewhere (or an overflowing sum)
@@ -202,9 +210,16 @@ class CsvReading:
         for line, row in zip(lines, block):
             stats.lines = line  # (the block was read ahead: an error names its own line)
             row_no += 1
-            if len(row) < nf:
+            if len(row) != nf:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
+                if len(row) > nf:
+                    raise LogFormatError(
+                        f"row has {len(row)} cells, the header has {nf}",
+                        file=path,
+                        line=line,
+                        column=nf + 1,
+                    )
                 row = row + [""] * (nf - len(row))
             vals: list = [None] * (_NV + 2)  # FIELDS' values, then the line number
             if si is None:
@@ -212,7 +227,7 @@ class CsvReading:
             else:
                 cell = row[si]
                 try:
-                    vals[0] = int(cell)
+                    vals[0] = _whole(cell)
                 except ValueError:
                     v = _num(cell, "step", stats, file=path, line=line, col=si + 1, name=names[0])
                     if v is None:
@@ -222,6 +237,8 @@ class CsvReading:
             for k, i, field in present:
                 cell = row[i]
                 try:
+                    if "_" in cell:
+                        raise ValueError(cell)
                     v = vals[k] = float(cell)
                     if v - v != 0.0:
                         stats.non_finite[field] = stats.non_finite.get(field, 0) + 1

@@ -47,7 +47,7 @@ def detect_format(path: Any) -> str:
             line = head[: exc.start].count(b"\n") + 1
             raise LogFormatError("not UTF-8 text (a binary file?)", file=p, line=line) from None
         text = head[: exc.start].decode("utf-8")
-    first = text.lstrip("\ufeff").lstrip().split("\n", 1)[0].strip()
+    first = (text.lstrip("\ufeff").lstrip().splitlines() or [""])[0].strip()
     if first.startswith("{"):
         return "jsonl"
     ext = p.suffix.lower()
@@ -93,7 +93,10 @@ def _all_numbers(parts: List[str]) -> bool:
 
 def _split_header(first: str) -> List[str]:
     delim = "\t" if "\t" in first and "," not in first else ","
-    return next(csv.reader([first], delimiter=delim), [])
+    try:
+        return next(csv.reader([first], delimiter=delim), [])
+    except csv.Error:  # a quote or line break where none may be: not a header
+        return [first]
 
 
 def _walk_files(p: Path, limit: int = 100000) -> Iterator[Path]:

@@ -8,8 +8,30 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from .cells import _Clock, _num, _step_of
 from .columns import ALIASES, FIELDS, _flatten, _time_scale, resolve_columns
 from .errors import LogFormatError
+from .files import bounded_lines
 
 _NF = len(FIELDS)
+
+
+def _has_key(keys: Tuple[str, ...], col: str) -> bool:
+    low = col.strip().lower()
+    return col in keys or any(k.strip().lower() == low for k in keys)
+
+
+def _parse_line(raw: bytes, path: Any, line: int) -> Any:
+    """One JSONL line parsed; LogFormatError naming the line for anything unreadable."""
+    try:
+        return json.loads(raw.decode("utf-8-sig" if line == 1 else "utf-8"))
+    except UnicodeDecodeError:
+        raise LogFormatError("not UTF-8 text (a binary file?)", file=path, line=line) from None
+    except json.JSONDecodeError as exc:
+        raise LogFormatError(
+            f"not valid JSON ({exc.msg})", file=path, line=line, column=exc.colno
+        ) from None
+    except RecursionError:
+        raise LogFormatError("JSON nested too deeply", file=path, line=line) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise LogFormatError(f"not readable JSON ({exc})", file=path, line=line) from None
 
 
 class JsonlReading:
@@ -24,21 +46,13 @@ class JsonlReading:
         except OSError as exc:
             raise LogFormatError(f"cannot open ({exc.strerror})", file=path) from None
         row_no = -1
+        mapped: set = set()  # --map fields found in some line
         with f:
-            for line, raw in enumerate(f, 1):
+            for line, raw in enumerate(bounded_lines(f, path), 1):
                 stats.lines = line
                 if not raw.strip():
                     continue
-                try:
-                    obj = json.loads(raw.decode("utf-8-sig" if line == 1 else "utf-8"))
-                except UnicodeDecodeError:
-                    raise LogFormatError(
-                        "not UTF-8 text (a binary file?)", file=path, line=line
-                    ) from None
-                except json.JSONDecodeError as exc:
-                    raise LogFormatError(
-                        f"not valid JSON ({exc.msg})", file=path, line=line, column=exc.colno
-                    ) from None
+                obj = _parse_line(raw, path, line)
                 if not isinstance(obj, dict):
                     raise LogFormatError(
                         f"expected a JSON object per line, got {type(obj).__name__}",
@@ -51,10 +65,7 @@ class JsonlReading:
                 keys = tuple(obj)
                 cols = cache.get(keys)
                 if cols is None:
-                    try:
-                        cols = resolve_columns(list(keys), self.mapping, file=path, line=line)
-                    except LogFormatError:
-                        cols = resolve_columns(list(keys), {}, file=path, line=line)
+                    cols = self._jsonl_columns(keys, line, mapped)
                     if len(cache) < 1024:
                         cache[keys] = cols
                     for k, i in cols.items():
@@ -85,6 +96,13 @@ class JsonlReading:
                     vals[6] = clock(vals[6])
                 vals[-1] = line
                 yield vals
+        missing = [f for f in self.mapping if f not in mapped]
+        if missing:
+            raise LogFormatError(
+                f"--map {missing[0]}={self.mapping[missing[0]]}: no line has this key",
+                file=path,
+                column_name=self.mapping[missing[0]],
+            )
         if "loss" not in self.columns:
             raise LogFormatError(
                 "no loss key in any line (looked for "
@@ -95,6 +113,13 @@ class JsonlReading:
                 column_name="loss",
             )
 
+    def _jsonl_columns(self, keys: Tuple[str, ...], line: int, mapped: set) -> Dict[str, int]:
+        """Field -> index into ``keys``: the --map keys this line has, then the aliases
+        (lines may differ: an eval line need not hold the mapped training loss)."""
+        have = {f: c for f, c in self.mapping.items() if _has_key(keys, c)}
+        mapped.update(have)
+        return resolve_columns(list(keys), have, file=self.path, line=line)
+
     def _jnum(self, v: Any, field: str, line: int, key: str) -> Optional[float]:
         if v is None:
             self.stats.note_empty(field)
@@ -104,7 +129,15 @@ class JsonlReading:
                 f"expected a number, got {v!r}", file=self.path, line=line, column_name=key
             )
         if isinstance(v, (int, float)):
-            v = float(v)
+            try:
+                v = float(v)
+            except OverflowError:  # an integer of hundreds of digits
+                raise LogFormatError(
+                    f"number out of range ({len(str(v))} digits)",
+                    file=self.path,
+                    line=line,
+                    column_name=key,
+                ) from None
             if v - v != 0.0:
                 self.stats.non_finite[field] = self.stats.non_finite.get(field, 0) + 1
             return v

@@ -12,6 +12,7 @@ from .columns import ALIASES, FIELDS, _norm, _tag_field
 from .csv_files import _csv_rows
 from .detect import _sniff, _split_header, _walk_files
 from .errors import LogFormatError, ReadStats
+from .files import bounded_lines, check_regular
 
 _EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
 
@@ -83,6 +84,7 @@ class MlflowReading:
         want = {v: k for k, v in self.mapping.items()}
         out = []
         for f in _walk_files(root):
+            check_regular(f, self.allow_special)
             key = f.relative_to(root).as_posix()
             field = want.get(key) or _tag_field(key, self.mapping)
             if field is None or field in self.columns:
@@ -104,7 +106,7 @@ class MlflowReading:
         stats = self.stats
         with open(f, encoding="utf-8", errors="strict") as fh:
             try:
-                for line, raw in enumerate(fh, 1):
+                for line, raw in enumerate(bounded_lines(fh, f), 1):
                     parts = raw.split()
                     if not parts:
                         continue

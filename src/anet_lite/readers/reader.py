@@ -10,6 +10,7 @@ from .columns import FIELDS, FORMATS
 from .csv_files import CsvReading, _Block, _new_record, _uniform
 from .detect import detect_format
 from .errors import LogFormatError, ReadStats, Record
+from .files import check_regular, is_regular
 from .jsonl_files import JsonlReading
 from .mlflow_files import MlflowReading
 from .tensorboard_files import TensorBoardReading
@@ -26,12 +27,17 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
         path: Any,
         fmt: str = "auto",
         mapping: Optional[Dict[str, str]] = None,
+        allow_special: bool = False,
     ) -> None:
         self.path = Path(path)
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         if not self.path.exists():
             raise LogFormatError("no such file or folder", file=self.path)
+        check_regular(self.path, allow_special)
+        self.allow_special = bool(allow_special)
+        if fmt == "auto" and not self.path.is_dir() and not is_regular(self.path):
+            raise LogFormatError("not a regular file: name its format with --format", file=path)
         self.format = detect_format(self.path) if fmt == "auto" else fmt
         self.mapping = dict(mapping or {})
         self.columns: Dict[str, str] = {}
@@ -123,6 +129,14 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
         return _new_record(p[:_NF])
 
 
-def open_log(path: Any, fmt: str = "auto", mapping: Optional[Dict[str, str]] = None) -> LogReader:
-    """A ``LogReader`` over ``path`` (``fmt`` "auto" detects it from the name and first line)."""
-    return LogReader(path, fmt, mapping)
+def open_log(
+    path: Any,
+    fmt: str = "auto",
+    mapping: Optional[Dict[str, str]] = None,
+    allow_special: bool = False,
+) -> LogReader:
+    """A ``LogReader`` over ``path`` (``fmt`` "auto" detects it from the name and first line).
+
+    ``allow_special``: also read a FIFO / device (with an explicit ``fmt``); by default
+    only regular files and folders are read (a FIFO could block forever)."""
+    return LogReader(path, fmt, mapping, allow_special)

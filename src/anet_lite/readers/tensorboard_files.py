@@ -9,6 +9,8 @@ from .cells import _Clock
 from .columns import ALIASES, FIELDS, _tag_field
 from .detect import _walk_files
 from .errors import LogFormatError, MissingDependencyError
+from .files import check_regular
+from .tfrecord import tf_records
 
 _EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
 
@@ -18,16 +20,14 @@ class TensorBoardReading:
 
     def _read_tensorboard(self) -> Iterator[list]:
         try:
-            from tensorboard.backend.event_processing.event_file_loader import (
-                EventFileLoader,
-            )
+            from tensorboard.compat.proto.event_pb2 import Event
         except ImportError:
             raise MissingDependencyError(
                 "reading TensorBoard event files needs the tensorboard package: "
                 "pip install 'anet-lite[tensorboard]'"
             ) from None
         p = self.path
-        files = [p] if p.is_file() else [f for f in _walk_files(p) if "tfevents" in f.name]
+        files = [p] if not p.is_dir() else [f for f in _walk_files(p) if "tfevents" in f.name]
         if not files:
             raise LogFormatError("no TensorBoard event file (*tfevents*) in this folder", file=p)
         stats = self.stats
@@ -37,9 +37,10 @@ class TensorBoardReading:
         lookback = 256
         clock = _Clock(1.0, stats)
         for path in files:
+            if path is not p:
+                check_regular(path, self.allow_special)
             try:
-                events = EventFileLoader(str(path)).Load()
-                for n, ev in enumerate(events, 1):
+                for n, ev in enumerate(_events(path, Event), 1):
                     stats.lines += 1
                     summ = getattr(ev, "summary", None)
                     if summ is None or not summ.value:
@@ -94,6 +95,22 @@ class TensorBoardReading:
             self.columns.setdefault("time", "wall_time")
 
     # -- MLflow -----------------------------------------------------------------------------
+
+
+def _events(path: Any, event_cls: Any) -> Iterator[Any]:
+    """The Event protos of one file, every record's CRCs checked (damage is an error)."""
+    from google.protobuf.message import DecodeError
+
+    with open(path, "rb") as f:
+        for offset, data in tf_records(f, path):
+            try:
+                yield event_cls.FromString(data)
+            except (DecodeError, RecursionError):
+                raise LogFormatError(
+                    f"record at byte offset {offset} is not a TensorBoard event (valid CRC, "
+                    "but not an Event protobuf)",
+                    file=path,
+                ) from None
 
 
 def _tb_value(val: Any) -> Optional[float]:

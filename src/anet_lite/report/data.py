@@ -21,6 +21,7 @@ _MAX_EVENTS = 200
 _MAX_SPIKES = 2000
 _MAX_INCIDENT_TEXTS = 1000
 _NUMERIC_SKIP = {"cause", "event", "error"}
+_ROWS = 8192  # raw rows the decimator buffers before folding them into buckets
 
 
 def cause_words(cause: Optional[str]) -> str:
@@ -28,7 +29,8 @@ def cause_words(cause: Optional[str]) -> str:
 
 
 class _Decimator:
-    """Min/max envelopes of several columns over at most ~2 x target buckets (constant memory)."""
+    """Min/max envelopes of several columns over at most ~2 x target buckets (constant memory:
+    at most ``_ROWS`` raw rows are buffered, and the bucket being filled is kept reduced)."""
 
     def __init__(self, ncols: int, target: int = 1500) -> None:
         self.ncols = ncols
@@ -39,48 +41,66 @@ class _Decimator:
         self.lo: List[np.ndarray] = []
         self.hi: List[np.ndarray] = []
         self.nb = 0
+        # the bucket being filled: (first x, lo, hi) over ``part_n`` rows so far
+        self.part: Optional[Tuple[float, np.ndarray, np.ndarray]] = None
+        self.part_n = 0
 
     def push(self, row: Tuple[float, ...]) -> None:
         self.pending.extend(row)
-        if len(self.pending) >= self.ncols * self.width * 512:
+        if len(self.pending) >= self.ncols * _ROWS:
             self._reduce(final=False)
 
     def push_block(self, a: np.ndarray) -> None:
         """``push`` of each row of ``a`` (shape (rows, ncols)), same buckets, one copy per fill."""
         k, i, n = self.ncols, 0, len(a)
         while i < n:
-            take = min(n - i, self.width * 512 - len(self.pending) // k)
+            take = min(n - i, _ROWS - len(self.pending) // k)
             self.pending.frombytes(np.ascontiguousarray(a[i : i + take], dtype=float).tobytes())
             i += take
-            if len(self.pending) >= k * self.width * 512:
+            if len(self.pending) >= k * _ROWS:
                 self._reduce(final=False)
 
     def _reduce(self, final: bool) -> None:
-        k = self.ncols
-        a = np.frombuffer(self.pending, dtype=float).reshape(-1, k)
-        w = self.width
-        full = (len(a) // w) * w
-        take = len(a) if final else full
-        if take == 0:
-            return
-        head, rest = a[:full], a[full:take]
-        if len(head):
-            b = head.reshape(-1, w, k)
-            with np.errstate(all="ignore"):
+        """Fold the buffered rows into buckets of ``width`` rows: first the bucket being
+        filled, then whole buckets, then the start of the next one (kept reduced)."""
+        a = np.frombuffer(self.pending, dtype=float).reshape(-1, self.ncols)
+        self.pending = array("d")
+        w, i = self.width, 0
+        with np.errstate(all="ignore"):
+            if self.part is not None and len(a):
+                i = min(w - self.part_n, len(a))
+                x0, lo, hi = self.part
+                seg = a[:i, 1:]
+                lo = np.fmin(lo, np.fmin.reduce(seg, axis=0))
+                hi = np.fmax(hi, np.fmax.reduce(seg, axis=0))
+                self.part, self.part_n = (x0, lo, hi), self.part_n + i
+                if self.part_n >= w:
+                    self._emit_part()
+            full = ((len(a) - i) // w) * w
+            if full:
+                b = a[i : i + full].reshape(-1, w, self.ncols)
                 self.x.append(b[:, 0, 0].copy())
                 self.lo.append(np.fmin.reduce(b[:, :, 1:], axis=1))
                 self.hi.append(np.fmax.reduce(b[:, :, 1:], axis=1))
-            self.nb += len(b)
-        if final and len(rest):
-            self.x.append(rest[:1, 0].copy())
-            self.lo.append(np.fmin.reduce(rest[:, 1:], axis=0)[None, :])
-            self.hi.append(np.fmax.reduce(rest[:, 1:], axis=0)[None, :])
-            self.nb += 1
-            take = len(a)
-        left = a[take:].ravel().tolist()
-        self.pending = array("d", left)
+                self.nb += len(b)
+                i += full
+            if i < len(a):
+                rest = a[i:, 1:]
+                lo, hi = np.fmin.reduce(rest, axis=0), np.fmax.reduce(rest, axis=0)
+                self.part = (float(a[i, 0]), lo, hi)
+                self.part_n = len(a) - i
+        if final and self.part is not None:
+            self._emit_part()
         while self.nb > 2 * self.target:
             self._halve()
+
+    def _emit_part(self) -> None:
+        x0, lo, hi = self.part  # type: ignore[misc]
+        self.x.append(np.array([x0]))
+        self.lo.append(lo[None, :])
+        self.hi.append(hi[None, :])
+        self.nb += 1
+        self.part, self.part_n = None, 0
 
     def _halve(self) -> None:
         x = np.concatenate(self.x)
@@ -112,7 +132,7 @@ def _f(v: Any) -> float:
         return math.nan
     try:
         return float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
 
 
@@ -145,17 +165,9 @@ class RunData:
         ev = snap.evidence
         st = snap.status
         self.statuses[st] = self.statuses.get(st, 0) + 1
-        loss = ev.get("loss")
-        g = ev.get("grad_norm")
+        loss = _f(ev.get("loss"))  # (a rebuilt snapshot may hold a string or a huge int)
         self._dec.push(
-            (
-                step,
-                math.nan if loss is None else loss,
-                math.nan if g is None else g,
-                snap.theta,
-                snap.f_total,
-                snap.zscore,
-            )
+            (step, loss, _f(ev.get("grad_norm")), _f(snap.theta), _f(snap.f_total), _f(snap.zscore))
         )
         if "event" in ev:
             self.n_events += 1

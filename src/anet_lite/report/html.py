@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import io
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..outputs import write_atomic
 from .data import INCIDENT_GAP, RunData, cause_words
 from .runfolder import _read_meta, _tombstones, load_run
 
@@ -33,11 +33,28 @@ def plots_available() -> bool:
 
 def _action_steps(tomb: Dict[str, Any]) -> List[Tuple[int, str]]:
     out = []
-    for r in tomb.get("rows", ()):
+    for _, r in tomb.get("rows", ()):
+        if r is None:
+            continue
         scope = r.get("scope")
         if isinstance(scope, dict) and isinstance(scope.get("step"), int):
             out.append((scope["step"], str(r.get("event", "action"))))
     return out[:200]
+
+
+PLOT_LIMIT = 1e100  # plotted values are clipped to [-PLOT_LIMIT, PLOT_LIMIT]
+
+
+def _plots_or_note(data: RunData, series: Dict[str, Any], tomb: Dict[str, Any]) -> Tuple[str, str]:
+    """(svg, note): the plots, or why there are none; a plotting failure never loses the
+    report (the summary, alerts and tombstones are still written)."""
+    if not plots_available():
+        return "", "Plots need matplotlib: pip install 'anet-lite[report]'."
+    try:
+        plots = _svg_plots(data, series, _action_steps(tomb))
+    except (ArithmeticError, ValueError) as exc:
+        return "", f"No plots: matplotlib could not draw these values ({exc})."
+    return plots, "" if plots else "Nothing to plot."
 
 
 def _svg_plots(data: RunData, series: Dict[str, Any], actions: List[Tuple[int, str]]) -> str:
@@ -71,11 +88,15 @@ def _svg_plots(data: RunData, series: Dict[str, Any], actions: List[Tuple[int, s
             with np.errstate(all="ignore"):
                 ys = np.column_stack([lo, hi]).ravel()
                 ys = np.where(np.isfinite(ys), ys, np.nan)
+                # matplotlib's tickers overflow on spans near 1e308: a diverging run's
+                # values are drawn at the limit (the tables and files keep them exact)
+                ys = np.clip(ys, -PLOT_LIMIT, PLOT_LIMIT)
             ax.plot(xs, ys, color="#2563eb", lw=0.8)
             if key == "loss":
                 pos = ys[np.isfinite(ys)]
-                if len(pos) and pos.min() > 0 and pos.max() / pos.min() > 20:
+                if len(pos) and pos.min() > 0 and pos.max() > 20 * pos.min():
                     ax.set_yscale("log")
+                    ax.set_ylim(bottom=max(pos.min(), pos.max() / PLOT_LIMIT) / 2)
                 if data.spikes:
                     sx, sy = zip(*data.spikes)
                     ax.plot(sx, sy, "o", ms=3, color="#f59e0b", zorder=3)
@@ -257,9 +278,9 @@ def _render(
             "<table><tr><th>line</th><th>event</th><th>time</th><th>policy</th>"
             "<th>step</th><th>reason</th><th>hash</th></tr>"
         )
-        for r in tomb["rows"]:
-            if r.get("bad"):
-                out.append(f"<tr><td>{r['line']}</td><td colspan=6>(not valid JSON)</td></tr>")
+        for no, r in tomb["rows"]:
+            if r is None:
+                out.append(f"<tr><td>{no:d}</td><td colspan=6>(not a JSON object)</td></tr>")
                 continue
             scope = r.get("scope") if isinstance(r.get("scope"), dict) else {}
             evid = r.get("evidence") if isinstance(r.get("evidence"), dict) else {}
@@ -269,7 +290,7 @@ def _render(
                 + "".join(
                     f"<td>{_e(v)}</td>"
                     for v in (
-                        r["line"],
+                        no,
                         r.get("event", ""),
                         r.get("time", ""),
                         r.get("policy", ""),
@@ -302,18 +323,8 @@ def write_report(run_dir: Any, out: Any = None, *, data: Optional[RunData] = Non
     if data is None:
         data = load_run(rd)
     series = data.finish_series()
-    tomb = _tombstones(rd)
-    plots, note = "", ""
-    if plots_available():
-        plots = _svg_plots(data, series, _action_steps(tomb))
-        if not plots:
-            note = "Nothing to plot."
-    else:
-        note = "Plots need matplotlib: pip install 'anet-lite[report]'."
+    tomb = _tombstones(rd, meta)
+    plots, note = _plots_or_note(data, series, tomb)
     text = _render(data, meta, tomb, rd, plots, note)
     dest = Path(out) if out is not None else rd / "report.html"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, dest)
-    return dest
+    return write_atomic(dest, text, fsync=False)

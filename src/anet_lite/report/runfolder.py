@@ -7,12 +7,16 @@ snapshots of ``anet-lite analyze``'s events.jsonl in place of its notable rows.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..verdict import Snapshot
 from .data import _NUMERIC_SKIP, RunData, _f
+
+_MAX_META = 4 * 1024 * 1024  # bytes of meta.json read
+_MAX_STEP = 2**63 - 1
 
 
 def _unsafe_float(v: Any) -> Any:
@@ -24,7 +28,7 @@ def _unsafe_float(v: Any) -> Any:
 def _snap_from_json(d: Dict[str, Any]) -> Snapshot:
     ev = {
         k: (v if k in _NUMERIC_SKIP else _unsafe_float(v))
-        for k, v in (d.get("evidence") or {}).items()
+        for k, v in (d.get("evidence") if isinstance(d.get("evidence"), dict) else {}).items()
     }
     return Snapshot(
         theta=_f(_unsafe_float(d.get("theta", 1.0))),
@@ -33,11 +37,16 @@ def _snap_from_json(d: Dict[str, Any]) -> Snapshot:
         f_total=_f(_unsafe_float(d.get("f_total", 0.0))),
         precursor=bool(d.get("precursor", False)),
         zscore=_f(_unsafe_float(d.get("zscore", 0.0))),
-        step=d.get("step") if isinstance(d.get("step"), int) else None,
+        step=_int_step(d.get("step")),
         status=str(d.get("status", "healthy")),
         alert=bool(d.get("alert", False)),
         evidence=ev,
     )
+
+
+def _int_step(v: Any) -> Optional[int]:
+    ok = isinstance(v, int) and not isinstance(v, bool) and -_MAX_STEP <= v <= _MAX_STEP
+    return v if ok else None
 
 
 _CSV_EVIDENCE = (
@@ -72,7 +81,7 @@ def _snap_from_csv(r: Dict[str, str]) -> Snapshot:
         f_total=_f(r.get("f_total")),
         precursor=r.get("precursor") == "1",
         zscore=z,
-        step=int(step) if step.lstrip("-").isdigit() else None,
+        step=_int_step(int(step)) if step.lstrip("-").isdigit() and len(step) < 20 else None,
         status=r.get("status") or "healthy",
         alert=r.get("alert") == "1",
         evidence=ev,
@@ -94,36 +103,39 @@ def _events_jsonl(run_dir: Path) -> Iterator[Snapshot]:
     p = run_dir / "events.jsonl"
     if not p.is_file():
         return
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-            except ValueError:
-                return  # a torn or damaged line: the CSV rows are used from here on
-            if isinstance(d, dict):
-                yield _snap_from_json(d)
+    with open(p, "rb") as f:
+        try:
+            for line in _lines(f, p):
+                try:
+                    d = _loads(line)
+                except ValueError:
+                    return  # a torn or damaged line: the CSV rows are used from here on
+                if isinstance(d, dict):
+                    yield _snap_from_json(d)
+        except ValueError:  # a line too long
+            return
 
 
 def _iter_snapshots(run_dir: Path) -> Iterator[Snapshot]:
     j, c = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
     if j.is_file() and j.stat().st_size > 0:
-        with open(j, encoding="utf-8") as f:
-            for no, line in enumerate(f, 1):
+        with open(j, "rb") as f:
+            for no, line in enumerate(_lines(f, j), 1):
                 if not line.strip():
                     continue
                 try:
-                    d = json.loads(line)
-                except ValueError:
-                    if not line.endswith("\n"):
+                    d = _loads(line)
+                except ValueError as exc:
+                    if not line.endswith(b"\n"):
                         return  # a torn last line (the run was killed mid-write)
-                    raise ValueError(f"{j}: line {no}: not valid JSON") from None
+                    raise ValueError(f"{j}: line {no}: not valid JSON ({exc})") from None
                 if not isinstance(d, dict):
                     raise ValueError(f"{j}: line {no}: not a JSON object")
                 yield _snap_from_json(d)
         return
     if c.is_file() and c.stat().st_size > 0:
         with open(c, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(_lines(f, c))
             if not reader.fieldnames or "status" not in reader.fieldnames:
                 raise ValueError(f"{c}: line 1: not a RunLog CSV (no 'status' column)")
             full = _events_jsonl(run_dir)
@@ -138,12 +150,39 @@ def _iter_snapshots(run_dir: Path) -> Iterator[Snapshot]:
     raise ValueError(f"{run_dir}: no metrics.jsonl or metrics.csv (not a run folder)")
 
 
+def _lines(f: Any, path: Path) -> Iterator[Any]:
+    """Lines of ``f`` (bytes or str) capped at ``MAX_LINE``; ValueError naming the line."""
+    from ..readers.files import MAX_LINE
+
+    no = 0
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        no += 1
+        if len(line) > MAX_LINE:
+            raise ValueError(f"{path}: line {no}: longer than {MAX_LINE:,} characters")
+        yield line
+
+
+def _loads(line: Any) -> Any:
+    """json.loads; ValueError for anything unreadable (deep nesting, bad UTF-8 too)."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _read_meta(run_dir: Path) -> Dict[str, Any]:
     p = run_dir / "meta.json"
     if not p.is_file():
         return {}
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
+        with open(p, "rb") as f:
+            raw = f.read(_MAX_META + 1)
+        if len(raw) > _MAX_META:
+            return {"_error": f"meta.json is over {_MAX_META:,} bytes (not read)"}
+        d = _loads(raw)
     except (OSError, ValueError):
         return {"_error": "meta.json is not valid JSON"}
     return d if isinstance(d, dict) else {}
@@ -161,30 +200,45 @@ def load_run(run_dir: Any, lang: Optional[str] = None) -> RunData:
     return data
 
 
-def _tombstones(run_dir: Path) -> Dict[str, Any]:
+def _tombstones(run_dir: Path, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The folder's tombstones.jsonl: its rows and its chain, verified against the head
+    file beside it and against the head and chain identity meta.json recorded."""
     p = run_dir / "tombstones.jsonl"
     if not p.is_file():
         return {"present": False}
     from ..tombstone import verify
 
+    rec = (meta or {}).get("tombstones")
+    rec = rec if isinstance(rec, dict) else {}
+    head, chain = rec.get("head"), rec.get("chain")
     try:
         res = verify(p)
+        if res.ok and (isinstance(head, str) or isinstance(chain, str)):
+            res = verify(
+                p,
+                head=head if isinstance(head, str) else None,
+                chain=chain if isinstance(chain, str) else None,
+                head_file=False,
+            )
+            if not res.ok:
+                res = dataclasses.replace(res, reason=f"{res.reason} (as recorded in meta.json)")
         status = {"ok": res.ok, "line": res.line, "reason": res.reason, "records": res.records}
     except (TypeError, ValueError) as exc:
         status = {"ok": False, "line": None, "reason": str(exc), "records": 0}
-    rows: List[Dict[str, Any]] = []
-    with open(p, "rb") as f:
-        for no, raw in enumerate(f, 1):
-            if len(rows) >= 1000:
-                break
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except ValueError:
-                rows.append({"line": no, "bad": True})
-                continue
-            if isinstance(rec, dict):
-                rows.append({"line": no, **rec})
-    return {"present": True, "path": str(p), "status": status, "rows": rows}
+    return {"present": True, "path": str(p), "status": status, "rows": _tombstone_rows(p)}
+
+
+def _tombstone_rows(p: Path, limit: int = 1000) -> List[Tuple[int, Optional[Dict[str, Any]]]]:
+    """(line number, record or None if unreadable) for the first ``limit`` lines: the line
+    number is counted here, never taken from the file."""
+    from ..tombstone import read_lines
+
+    rows: List[Tuple[int, Optional[Dict[str, Any]]]] = []
+    for no, rec in read_lines(p):
+        if len(rows) >= limit:
+            break
+        rows.append((no, rec))
+    return rows
 
 
 # ---- rendering ----------------------------------------------------------------------------

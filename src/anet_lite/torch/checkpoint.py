@@ -3,12 +3,15 @@
 Restoring is bit-identical (tensors are copied, never re-computed). On disk a checkpoint
 is one ``torch.save`` file read back with ``torch.load(weights_only=True)`` — no pickled
 code is ever executed. ``digest`` is the SHA-256 of that serialised form, so a tombstone
-can name exactly which state a rollback restored.
+can name exactly which state a rollback restored; ``save`` keeps it beside the file and
+``load`` refuses a file that does not match it. A folder keeps the newest ``KEEP``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import io
 import random
 from dataclasses import dataclass, field
@@ -151,18 +154,78 @@ def digest(ckpt: Checkpoint) -> str:
     return "sha256:" + hashlib.sha256(_serialise(ckpt)).hexdigest()
 
 
-def save(ckpt: Checkpoint, folder: Path) -> Path:
-    """Write ``folder/anet-guard-<step>.pt`` (atomic rename); returns the path."""
+KEEP = 3
+"""Checkpoints ``save`` keeps in a folder by default (the newest; older ones are deleted)."""
+_SAVED: Dict[str, str] = {}  # resolved path -> digest, for files this process saved
+
+
+def digest_path(path: Path) -> Path:
+    """The digest file ``save`` writes beside a checkpoint: ``<name>.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def save(ckpt: Checkpoint, folder: Path, keep: Optional[int] = KEEP) -> Path:
+    """Write ``folder/anet-guard-<step>.pt`` and its digest file; returns the path.
+
+    Each file is written to a fresh temporary file in ``folder`` (``O_EXCL``: a planted
+    symlink is never followed) and renamed into place. The digest (``digest(ckpt)``) is
+    also kept in memory, and ``load`` refuses a file that does not match it. Only the
+    newest ``keep`` checkpoints of the folder stay (None: all)."""
+    from ..outputs import write_atomic
+
+    if keep is not None and int(keep) < 1:
+        raise ValueError(f"keep must be >= 1 or None, got {keep!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"anet-guard-{ckpt.step:09d}.pt"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(_serialise(ckpt))
-    tmp.replace(path)
+    data = _serialise(ckpt)
+    dig = "sha256:" + hashlib.sha256(data).hexdigest()
+    write_atomic(path, data)
+    write_atomic(digest_path(path), dig + "\n")
+    _SAVED[str(path.resolve())] = dig
+    if keep is not None:
+        _prune(folder, int(keep))
     return path
 
 
-def load(path: Path) -> Checkpoint:
-    """Read a checkpoint written by ``save`` with ``torch.load(weights_only=True)``."""
-    d = torch.load(Path(path), map_location="cpu", weights_only=True)
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (by step) and their digest files."""
+    old = sorted(folder.glob("anet-guard-*.pt"))[:-keep]
+    for p in old:
+        for q in (p, digest_path(p)):
+            with contextlib.suppress(FileNotFoundError):
+                q.unlink()
+        _SAVED.pop(str(p.resolve()), None)
+
+
+def load(path: Path, digest: Optional[str] = None) -> Checkpoint:
+    """Read a checkpoint written by ``save`` with ``torch.load(weights_only=True)``, after
+    checking its SHA-256 against ``digest``, else the one this process saved, else its
+    digest file; ValueError if none is known or it differs (a swapped or damaged file)."""
+    path = Path(path)
+    want = digest or _SAVED.get(str(path.resolve())) or _digest_file(path)
+    if want is None:
+        raise ValueError(f"{path}: no digest recorded ({digest_path(path).name} missing)")
+    with open(path, "rb") as f:  # hashed and loaded through one descriptor: one file
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+        got = "sha256:" + h.hexdigest()
+        if not hmac.compare_digest(got, want):
+            raise ValueError(
+                f"{path}: digest mismatch: the file is {got}, saved as {want} "
+                "(swapped or damaged checkpoint; not restored)"
+            )
+        f.seek(0)
+        d = torch.load(f, map_location="cpu", weights_only=True)
     return Checkpoint(d["step"], d["model"], d["optimizer"], d["scheduler"], d["rng"], d["extra"])
+
+
+def _digest_file(path: Path) -> Optional[str]:
+    try:
+        with open(digest_path(path), "rb") as f:
+            text = f.read(200).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+    return text if text.startswith("sha256:") else None
