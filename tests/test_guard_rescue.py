@@ -20,3 +20,34 @@ def test_a_declaring_loop_skips_through_a_shard_of_seven_bad_batches():
     assert kinds == [(351 + i, "skip_step") for i in range(7)], kinds
     assert _same_weights(w[350], w[357])
     assert g.step == 360
+
+
+def test_a_rollback_to_a_tampered_checkpoint_skips_the_step_and_says_why(tmp_path):
+    from test_guard import Scripted, _one_step, _state, batches, char_mlp
+
+    from anet_lite import Monitor, TombstoneLog
+    from anet_lite.torch import Guard
+
+    model = char_mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    log = TombstoneLog(tmp_path / "t.jsonl")
+    g = Guard(
+        model,
+        opt,
+        monitor=Monitor(policy=Scripted({7: "rollback"}), tombstones=log),
+        checkpoint_every=5,
+        checkpoint_dir=tmp_path / "ck",
+        tombstones=log,
+        on_error="raise",
+    )
+    data = list(batches(7))
+    for x, y in data[:6]:
+        _one_step(model, opt, g, x, y)
+    with open(g.checkpoint_path, "ab") as fh:  # the file on disk no longer matches its digest
+        fh.write(b"tampered")
+    before = _state(model, opt)
+    _one_step(model, opt, g, *data[6])  # step 7: the scripted rollback
+    after = _state(model, opt)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])  # skipped
+    text = (tmp_path / "t.jsonl").read_text()
+    assert '"event":"rollback"' in text and "checkpoint refused" in text, text[-500:]

@@ -728,7 +728,11 @@ class Guard:
             self.checkpoint = ck
 
     def _rollback(self) -> dict:
-        ck = self._healthy_checkpoint()
+        try:
+            ck = self._healthy_checkpoint()
+        except ValueError as exc:  # a swapped or damaged checkpoint file (digest mismatch)
+            self._skip()
+            return {"checkpoint": None, "note": f"checkpoint refused: {exc}; step skipped"}
         self._skip()
         if ck is None:
             return {"checkpoint": None, "note": "no healthy checkpoint yet: step skipped instead"}
