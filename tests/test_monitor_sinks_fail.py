@@ -71,3 +71,20 @@ def test_a_tombstone_that_cannot_be_written_is_kept_and_written_later(tmp_path, 
     m.decide(m.update(math.nan, step=151))
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"scope":{"step":150}' in lines[0]
+
+
+def test_the_monitor_state_is_strict_json_and_still_round_trips():
+    import json
+
+    m = Monitor()
+    for t in range(200):
+        m.update(2.3 * math.exp(-t / 50) + 0.1, step=t, grad_norm=1.0, lr=1e-3)
+    m.update(math.nan, step=200)
+    text = json.dumps(m.state_dict(), allow_nan=False)  # raised on NaN / Infinity before
+    twin = Monitor()
+    twin.load_state_dict(json.loads(text))
+    a = m.update(0.2, step=201, grad_norm=1.0, lr=1e-3)
+    b = twin.update(0.2, step=201, grad_norm=1.0, lr=1e-3)
+    assert a.to_dict() == b.to_dict() or json.dumps(a.to_dict(), default=str) == json.dumps(
+        b.to_dict(), default=str
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict
 
 import numpy as np
@@ -51,7 +52,36 @@ _SCALARS = (
 _PARTS = ("recent", "loss_base", "grad_recent", "grad_base", "upd_base", "cos_base", "proc", "fp")
 
 
+_TAG = "__nonfinite__"
+
+
+def _enc(v: Any) -> Any:
+    """Strict JSON: a non-finite float becomes {"__nonfinite__": "nan" | "inf" | "-inf"}."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return {_TAG: repr(v)}
+    if isinstance(v, dict):
+        return {k: _enc(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_enc(x) for x in v]
+    return v
+
+
+def _dec(v: Any) -> Any:
+    if isinstance(v, dict):
+        if len(v) == 1 and _TAG in v:
+            return float(v[_TAG])
+        return {k: _dec(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_dec(x) for x in v]
+    return v
+
+
 def dump(m: Any) -> Dict[str, Any]:
+    """The Monitor's state as strict JSON (no NaN / Infinity tokens)."""
+    return _enc(_dump(m))
+
+
+def _dump(m: Any) -> Dict[str, Any]:
     st: Dict[str, Any] = {"version": VERSION, "config": {"n": m.n, "window": m.window}}
     for k in _SCALARS:
         st[k] = getattr(m, k)
@@ -76,6 +106,7 @@ _NEW_IN_7 = ("gr_prev", "grow")
 
 
 def load(m: Any, st: Dict[str, Any]) -> None:
+    st = _dec(st) if isinstance(st, dict) else st
     version = st.get("version") if isinstance(st, dict) else None
     if version not in (3, 4, 5, 6, VERSION):
         raise ValueError(f"state must be a Monitor.state_dict() of version 3 to {VERSION}")
