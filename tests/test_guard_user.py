@@ -14,31 +14,16 @@ import pkgutil
 import pytest
 
 torch = pytest.importorskip("torch")
+from test_guard import Scripted  # noqa: E402  (one scripted policy for the Guard tests)
 from torch import nn  # noqa: E402
 from torch_fixtures import batches, char_mlp  # noqa: E402
 
 import anet_lite  # noqa: E402
-from anet_lite import Monitor, Policy, verify  # noqa: E402
+from anet_lite import Monitor, verify  # noqa: E402
 from anet_lite.policy import Action  # noqa: E402
 from anet_lite.torch import Guard, GuardStop  # noqa: E402
 
 pytestmark = pytest.mark.torch
-
-
-class Scripted(Policy):
-    """Returns the actions a test asks for, by call number (to exercise the Guard's hands)."""
-
-    def __init__(self, script):
-        super().__init__()
-        self.script = dict(script)
-        self.n = 0
-
-    def decide(self, snap):
-        self.n += 1
-        kind = self.script.get(self.n, "none")
-        return Action(
-            kind, 0.5 if kind == "slow_down" else 1.0, f"scripted {kind}", {}, "drift", snap.step
-        )
 
 
 def _step(model, opt, guard, x, y, scale=1.0, observe=True):
