@@ -51,3 +51,32 @@ def test_a_rollback_to_a_tampered_checkpoint_skips_the_step_and_says_why(tmp_pat
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])  # skipped
     text = (tmp_path / "t.jsonl").read_text()
     assert '"event":"rollback"' in text and "checkpoint refused" in text, text[-500:]
+
+
+def test_a_full_disk_under_the_run_log_never_lets_a_nan_into_the_weights():
+    import errno
+    import math
+
+    from test_guard import batches, char_mlp
+
+    from anet_lite import Monitor
+    from anet_lite.torch import Guard
+
+    class FullDisk:
+        def write(self, snap):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    torch.manual_seed(0)
+    model = char_mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    g = Guard(model, opt, monitor=Monitor(run_log=FullDisk()), on_error="raise")
+    for i, (x, y) in enumerate(batches(60)):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if 40 <= i < 45:
+            loss = loss * math.nan  # five NaN losses (and NaN gradients), steps 41-45
+        loss.backward()
+        g.observe(loss)
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [a.kind for a in g.actions] == ["skip_step"] * 5
