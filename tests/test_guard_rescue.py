@@ -80,3 +80,30 @@ def test_a_full_disk_under_the_run_log_never_lets_a_nan_into_the_weights():
         opt.zero_grad()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert [a.kind for a in g.actions] == ["skip_step"] * 5
+
+
+def test_the_guards_own_lr_changes_are_not_schedule_events():
+    # An lr x100 bug from step 200: the Guard slows down, then restores the lr step by
+    # step. Those are its own actions, not the schedule's: no lr_decay / lr_restart event
+    # (which would re-reference the Monitor and open a grace in the middle of an incident).
+    from test_guard import batches, char_mlp
+
+    from anet_lite.torch import Guard
+
+    torch.manual_seed(0)
+    model = char_mlp()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 100.0 if s >= 200 else 1.0)
+    g = Guard(model, opt, scheduler=sched, checkpoint_every=50, on_error="raise")
+    events, scales = [], set()
+    for x, y in batches(320):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        g.observe(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        events.append(g.last.evidence.get("event"))
+        scales.add(g.lr_scale)
+    assert g.actions and len(scales) > 2  # it slowed down and changed its scale again
+    assert not [e for e in events if e in ("lr_decay", "lr_restart")], events

@@ -565,7 +565,9 @@ class Guard:
             param_norm=param_norm if step_norm else None,
             processivity=proc,
             noise=noise,
-            lr=lr,
+            # the schedule's lr: the Guard's own slow-downs and recoveries are not schedule
+            # events (they would re-reference the Monitor and open a grace in an incident)
+            lr=lr / self.lr_scale if self.lr_scale > 0.0 else lr,
             time=t,
         )
         ev = snap.evidence
