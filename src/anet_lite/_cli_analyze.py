@@ -418,8 +418,16 @@ def _print_analysis(
     cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
     f.write(f"{src}: {data.steps:,} steps ({log.format}; {cols}) in {elapsed:.1f} s\n")
     f.write(f"{log.stats.summary()}\n")
-    if not data.incidents:
-        f.write(f"healthy: no alert in {data.steps:,} steps\n")
+    if not data.incidents and data.judged_steps == 0:
+        f.write(
+            f"not enough steps to judge: all {data.steps:,} steps were warm-up "
+            "(the Monitor learns the run's levels first); no alert\n"
+        )
+    elif not data.incidents:
+        f.write(
+            f"healthy: no alert in {data.steps:,} steps "
+            f"({data.judged_steps:,} judged after warm-up)\n"
+        )
     else:
         n = len(data.incidents)
         f.write(

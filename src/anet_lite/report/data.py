@@ -275,7 +275,15 @@ class RunData:
         if self.steps == 0:
             return "warn", "No steps in this run."
         if not self.incidents:
-            return "ok", f"Healthy — no alert in {self.steps:,} steps."
+            judged = self.judged_steps
+            if judged == 0:
+                return "warn", (
+                    f"Not enough steps to judge: all {self.steps:,} steps were warm-up "
+                    "(the Monitor learns the run's levels first); no alert."
+                )
+            return "ok", (
+                f"Healthy — no alert in {self.steps:,} steps ({judged:,} judged after warm-up)."
+            )
         first = self.incidents[0]
         n = len(self.incidents)
         kind = "bad" if any(i["status"] != "drifting" for i in self.incidents) else "warn"
@@ -288,10 +296,16 @@ class RunData:
             s = f"Collapsed at step {coll['first_step']}. " + s
         return kind, s
 
+    @property
+    def judged_steps(self) -> int:
+        """Steps the Monitor judged: every step but those it spent warming up."""
+        return self.steps - self.statuses.get("warming_up", 0)
+
     def summary(self) -> Dict[str, Any]:
         """JSON-ready summary (used by ``anet-lite analyze --json``)."""
         return {
             "steps": self.steps,
+            "judged_steps": self.judged_steps,
             "first_step": self.first_step,
             "last_step": self.last_step,
             "alerts": self.alerts,

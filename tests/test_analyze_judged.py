@@ -1,0 +1,39 @@
+"""`analyze` says how much of a log it could judge: a log that never left warm-up is not
+"healthy"."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from anet_lite.cli import main
+
+
+def _csv(path, n):
+    rows = ["step,loss"]
+    for t in range(n):
+        loss = 2.0 * math.exp(-t / 20) + 0.3
+        rows.append(f"{t},{loss * (2.0 if t >= 40 else 1.0)}")  # doubles at step 40
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_log_that_never_left_warm_up_is_not_enough_to_judge(tmp_path, capsys):
+    src = _csv(tmp_path / "short.csv", 60)
+    assert main(["analyze", str(src), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "not enough steps to judge: all 60 steps were warm-up" in out
+    assert "healthy" not in out
+    assert main(["analyze", str(src), "--no-report", "--json", "--out", str(tmp_path / "j")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["judged_steps"] == 0 and summary["steps"] == 60
+
+
+def test_a_long_healthy_log_says_how_many_steps_were_judged(tmp_path, capsys):
+    losses = [2.0 * math.exp(-t / 60) + 0.3 + 0.01 * (t % 3) for t in range(400)]
+    rows = ["step,loss"] + [f"{t},{v}" for t, v in enumerate(losses)]
+    src = tmp_path / "long.csv"
+    src.write_text("\n".join(rows) + "\n")
+    assert main(["analyze", str(src), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "healthy: no alert in 400 steps (" in out and "judged after warm-up)" in out
