@@ -120,7 +120,9 @@ class OldRecentWindow:
         if self.seconds is not None and t is not None:
             out: List[float] = []
             horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
-            while len(self.items) > 1 and (
+            # (the floor of n samples in a timed window is a later behaviour change, made
+            # in both: this reference keeps the pre-optimisation code otherwise verbatim)
+            while len(self.items) > self.n and (
                 t - self.items[0][1] >= horizon or len(self.items) > self.cap
             ):
                 out.append(self._pop())
