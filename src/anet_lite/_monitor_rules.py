@@ -300,6 +300,8 @@ class MonitorRules(CoherenceRules):
         if lr is not None and math.isfinite(lr) and lr > 0.0:
             ev["lr"] = lr
             prev = self.lr_prev
+            if self.own_lr:  # the Guard's own change: compare the next steps with this lr
+                prev, self.own_lr = 0.0, False
             if prev > 0.0:
                 ratio = lr / prev  # may underflow to 0 or overflow to inf
                 if ratio > 1.0 and lr > self.lr_jump * self.lr_max:

@@ -202,6 +202,7 @@ class Monitor(MonitorRules):
         self.lr_rising = False
         self.grace_until = 0
         self.pending_mark: Optional[str] = None
+        self.own_lr = False  # the next lr change is the Guard's own (own_lr_change)
         self.grad_ref: Optional[float] = None  # log grad-norm level when the reference was taken
         self.last_status = "warming_up"
         self.checked = False
@@ -214,6 +215,11 @@ class Monitor(MonitorRules):
     def mark(self, event: str) -> None:
         """Declare an intended change (e.g. "batch_size_change") at the next update."""
         self.pending_mark = str(event)
+
+    def own_lr_change(self) -> None:
+        """The lr of the next update was changed by whoever acts on this Monitor's verdicts
+        (the Guard's slow-down or recovery), not by the schedule: not a schedule event."""
+        self.own_lr = True
 
     def pin_reference(self) -> None:
         """Take the current fingerprint window as the healthy reference now, and freeze it."""

@@ -246,6 +246,7 @@ class Guard:
         self.checkpoint: Optional[ckpt_mod.Checkpoint] = None
         self.checkpoint_path: Optional[Path] = None
         self.lr_scale, self._healthy = 1.0, 0
+        self._scale_seen = 1.0  # the lr_scale the Monitor last saw
         self.lr_healthy_max = 0.0  # largest lr seen healthy at full scale
         self.lr_cap = math.inf  # 0.75x the lr at which the last incident began
         self._loss: Any = None
@@ -557,6 +558,11 @@ class Guard:
                 math.sqrt(prev_g),
                 step_norm,
             )
+        if self.lr_scale != self._scale_seen:
+            # the Guard's own slow-down or recovery: not a schedule event (it would
+            # re-reference the Monitor and open a grace in the middle of an incident)
+            self.monitor.own_lr_change()
+            self._scale_seen = self.lr_scale
         snap = self.monitor.update(
             v[_LOSS] / v[_LOSS + 1],
             step=step,
@@ -565,9 +571,7 @@ class Guard:
             param_norm=param_norm if step_norm else None,
             processivity=proc,
             noise=noise,
-            # the schedule's lr: the Guard's own slow-downs and recoveries are not schedule
-            # events (they would re-reference the Monitor and open a grace in an incident)
-            lr=lr / self.lr_scale if self.lr_scale > 0.0 else lr,
+            lr=lr,
             time=t,
         )
         ev = snap.evidence
