@@ -347,6 +347,25 @@ def _tombstone_head(out: Path) -> Any:
     return {"ok": res.ok, "records": res.records, "head": res.head, "chain": res.chain}
 
 
+def run_meta(src: Path, fmt: str, columns: Dict[str, str], lang: str, data: Any) -> Dict[str, Any]:
+    """What every run folder's meta.json says (``analyze`` and ``watch`` add their own)."""
+    from . import __version__
+
+    return {
+        "run_name": src.name if src.is_dir() else src.stem,
+        "source": str(src.resolve()),
+        "format": fmt,
+        "columns": columns,
+        "lang": lang,
+        "steps": data.steps,
+        "judged_steps": data.judged_steps,
+        "alerts": data.alerts,
+        "incidents": len(data.incidents),
+        "anet_lite_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def _finish(
     args: argparse.Namespace,
     src: Path,
@@ -358,26 +377,16 @@ def _finish(
     elapsed: float,
 ) -> int:
     """meta.json, report.html and what is printed, after the replay."""
-    from . import __version__
     from .outputs import write_atomic
 
-    meta: Dict[str, Any] = {
-        "run_name": src.name if src.is_dir() else src.stem,
-        "source": str(src.resolve()),
-        "format": log.format,
-        "columns": log.columns,
-        "mapping": mapping,
-        "gaps": log.stats.as_dict(),
-        "gaps_summary": log.stats.summary(),
-        "lang": args.lang,
-        "steps": data.steps,
-        "alerts": data.alerts,
-        "incidents": len(data.incidents),
-        "anet_lite_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(elapsed, 3),
-        "tombstones": _tombstone_head(out),
-    }
+    meta = run_meta(src, log.format, log.columns, args.lang, data)
+    meta.update(
+        mapping=mapping,
+        gaps=log.stats.as_dict(),
+        gaps_summary=log.stats.summary(),
+        seconds=round(elapsed, 3),
+        tombstones=_tombstone_head(out),
+    )
     write_atomic(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     paths = {
         "run_dir": str(out),

@@ -418,24 +418,12 @@ def _finish(
     """meta.json and report.html, as ``analyze`` writes them; a summary on stdout."""
     import json
 
-    from . import __version__
+    from ._cli_analyze import run_meta
+    from .outputs import write_atomic
 
-    meta: Dict[str, Any] = {
-        "run_name": src.name if src.is_dir() else src.stem,
-        "source": str(src.resolve()),
-        "format": follower.format,
-        "columns": follower.columns,
-        "lang": args.lang,
-        "steps": data.steps,
-        "alerts": data.alerts,
-        "incidents": len(data.incidents),
-        "watched": True,
-        "stopped_at_collapse": state.collapsed,
-        "last_step": state.last_step,
-        "anet_lite_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    meta = run_meta(src, follower.format, follower.columns, args.lang, data)
+    meta.update(watched=True, stopped_at_collapse=state.collapsed, last_step=state.last_step)
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     lines: List[str] = [f"{src}: watched {state.steps:,} steps ({follower.format})"]
     if state.collapsed:
         lines.append(f"COLLAPSED at step {state.last_step}: stopped watching")
