@@ -206,3 +206,18 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert "<svg" in dom and 'id="alerts"' in dom and 'class="alerts"' in dom
     assert 'id="tombstones"' in dom and "Chain verified" in dom
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+
+
+def test_the_report_says_when_a_signal_could_not_be_computed(tmp_path):
+    # 8 steps: the precursor window never has a baseline behind it (z reads 0) and no
+    # fingerprint reference is ever taken (θ stays 1): the page says so under the plots
+    from anet_lite.cli import main
+
+    pytest.importorskip("matplotlib")
+    src = tmp_path / "tiny.csv"
+    rows = "".join(f"{t},{2.0 * math.exp(-t / 5) + 0.3}\n" for t in range(8))
+    src.write_text("step,loss\n" + rows)
+    assert main(["analyze", str(src), "--out", str(tmp_path / "run"), "-q"]) == 0
+    text = (tmp_path / "run" / "report.html").read_text()
+    assert "The precursor z could not be computed on this run" in text
+    assert "θ stays 1.0 on every step" in text

@@ -176,6 +176,36 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+_FLAT_NOTES = {
+    "zscore": (
+        0.0,
+        "The precursor z could not be computed on this run (it reads 0 on every step): its "
+        "window never held 3 steps with a baseline behind them (a run that is too short, "
+        "or steps logged too far apart for the window).",
+    ),
+    "theta": (
+        1.0,
+        "θ stays 1.0 on every step: no healthy noise-fingerprint reference was taken (the "
+        "run never settled after warm-up, or it is too short), so θ says nothing here.",
+    ),
+}
+
+
+def _flat_signal_notes(data: RunData, series: Dict[str, Any]) -> List[str]:
+    """A sentence for each plotted signal that stayed at its 'not computed' value."""
+    notes = []
+    for key, (value, note) in _FLAT_NOTES.items():
+        if not data.has.get(key) or key not in series:
+            continue
+        lo, hi = series[key]
+        with np.errstate(all="ignore"):
+            vals = np.concatenate([np.asarray(lo, float), np.asarray(hi, float)])
+        vals = vals[np.isfinite(vals)]
+        if len(vals) and np.all(vals == value):
+            notes.append(note)
+    return notes
+
+
 def _render(
     data: RunData,
     meta: Dict[str, Any],
@@ -183,6 +213,7 @@ def _render(
     run_dir: Path,
     plots: str,
     plot_note: str,
+    signal_notes: Tuple[str, ...] = (),
 ) -> str:
     name = meta.get("run_name") or run_dir.name.removesuffix(".anet") or "run"
     kind, sentence = data.verdict()
@@ -234,6 +265,8 @@ def _render(
         missing = [k for k in ("grad_norm",) if not data.has.get(k)]
         if missing:
             out.append(f'<p class="muted">Not logged: {_e(", ".join(missing))}.</p>')
+        for note in signal_notes:
+            out.append(f'<p class="muted">{_e(note)}</p>')
     else:
         out.append(f'<p class="muted">{_e(plot_note)}</p>')
     out.append("</section>")
@@ -325,6 +358,7 @@ def write_report(run_dir: Any, out: Any = None, *, data: Optional[RunData] = Non
     series = data.finish_series()
     tomb = _tombstones(rd, meta)
     plots, note = _plots_or_note(data, series, tomb)
-    text = _render(data, meta, tomb, rd, plots, note)
+    notes = tuple(_flat_signal_notes(data, series))
+    text = _render(data, meta, tomb, rd, plots, note, notes)
     dest = Path(out) if out is not None else rd / "report.html"
     return write_atomic(dest, text, fsync=False)
