@@ -428,22 +428,7 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        x0 = math.nan
-        if self.loss0 is not None and self.loss_eps is not None:
-            x0 = math.log(self.loss0 + self.loss_eps) if self.log_space else self.loss0
-        lu = _log_or_nan(s.step_norm)
-        if s.lr is not None and lu == lu:
-            lu -= _log_or_nan(s.lr)
-        view = View(
-            self.t,
-            self.x_now,
-            x0,
-            self.log_space,
-            _log_or_nan(s.param_norm),
-            _log_or_nan(s.grad_norm),
-            lu,
-            restart,
-        )
+        view = View(self.x_now, self.log_space, _log_or_nan(s.param_norm), restart)
         found = None
         for det in self.detectors:
             f = det.update(view)

@@ -7,28 +7,23 @@ from typing import Any, Dict, NamedTuple, Optional
 
 
 class View(NamedTuple):
-    """One step's normalised signals (computed once per step by the Monitor).
+    """One step's signals as the detectors read them (made once per step by the Monitor).
 
-    t          updates seen (1, 2, ...)
     x          the loss in its reading scale: log(loss + loss_floor * first loss), or the
                raw loss for a loss that can be <= 0 (``log_space`` False); NaN when the
                loss is not finite
-    x0         x of the run's first finite loss (NaN before it)
     log_space  whether ``x`` is a log
     log_param  log ||θ|| (NaN when not given)
-    log_grad   log ||g|| (NaN when not given or 0)
-    log_update log(||Δθ|| / lr) (lr-normalised update; NaN when not given)
     restart    a declared change (``mark``) or an lr restart happened at this step:
                detectors re-reference
+
+    A detector that needs another signal adds its field here and the Monitor computes it
+    once per step (nothing is computed that no detector reads).
     """
 
-    t: int
     x: float
-    x0: float
     log_space: bool
     log_param: float
-    log_grad: float
-    log_update: float
     restart: bool
 
 
