@@ -175,7 +175,7 @@ def near_zero_stream(n: int = 400, seed: int = 3, floor: float = 0.002):
 
 
 class _CurrentStepGate(Monitor):
-    """The loss gate as it was before session 6: the current step's loss only."""
+    """The earlier loss gate: the current step's loss only (no look at the window)."""
 
     def loss_gate_open(self, loss):
         return loss is not None and loss >= self.loss_gate * self.loss0

@@ -74,7 +74,7 @@ def test_train_split_scores_with_declared_changes_do_not_regress():
         pass_benign=True,
     )
     row = res["rows"][0]
-    # Measured in session 8: 31 of 31 caught, 1 of 72 healthy runs alarmed (not a
+    # Measured when the rule was added: 31 of 31 caught, 1 of 72 healthy runs alarmed (not a
     # bad_batch; 2 before the fingerprint's stall margin became a window mean's noise),
     # no alarm before any fault's onset.
     assert row["caught"] == 31

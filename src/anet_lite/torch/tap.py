@@ -120,7 +120,7 @@ class GradNoiseTap(ChunkMeasure):
     the next step's theta_before (no second copy of the parameters per step), and the
     gradient buffer of ``measure_grads`` serves ``measure_update`` (so a gradient clipped
     in between is seen consistently). Several chunks re-make the masks and re-read both
-    per chunk and call (measured on an H100 at 100M parameters with session 2's code:
+    per chunk and call (measured on an H100 at 100M parameters with an earlier version of this code:
     Guard +10.5% of the step with 7 chunks, +4.6% with ``chunk_numel=2**27``, one chunk);
     re-read gradients are corrected for a clip factor passed to ``note_grad_scale`` (the
     ``Guard`` does).
