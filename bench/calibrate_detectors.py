@@ -17,40 +17,31 @@ construction).
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import json
 import math
 import os
 import sys
 from typing import Any, Dict, List, Optional
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "detection"))
+import score
+
 from anet_lite import Monitor
 from anet_lite.detectors import loss_cusum, loss_regression, norm_growth
 
 
-def _num(v: str) -> Optional[float]:
-    try:
-        return float(v) if v not in ("", None) else None
-    except ValueError:
-        return None
-
-
 def healthy_runs(cache: str) -> List[Dict[str, Any]]:
-    with open(os.path.join(cache, "manifest.json")) as fh:
-        man = json.load(fh)
+    """The healthy runs of a benchmark cache, rows read by the scorer (numbers or None)."""
+    man = score.load_manifest(cache)
     runs = man.get("runs", man)
     runs = list(runs.values()) if isinstance(runs, dict) else runs
-    out = []
-    for meta in runs:
-        if meta.get("kind") != "healthy":
-            continue
-        with gzip.open(os.path.join(cache, meta["file"]), "rt") as fh:
-            out.append({"id": meta["run_id"], "rows": list(csv.DictReader(fh))})
-    return out
+    return [
+        {"id": m["run_id"], "rows": score.load_run(os.path.join(cache, m["file"]))}
+        for m in runs
+        if m.get("kind") == "healthy"
+    ]
 
 
-def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
+def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     m = Monitor()
     cus = next(d for d in m.detectors if d.name == "loss_cusum")
     ng = next(d for d in m.detectors if d.name == "norm_growth")
@@ -58,12 +49,12 @@ def replay(rows: List[Dict[str, str]]) -> Dict[str, Any]:
     s_max, accel_max, far_max, alarms = 0.0, 0.0, 0, {}
     for r in rows:
         snap = m.update(
-            _num(r["loss"]) if _num(r["loss"]) is not None else math.nan,
-            step=int(r["step"]),
-            grad_norm=_num(r.get("grad_norm")),
-            step_norm=_num(r.get("update_norm")),
-            lr=_num(r.get("lr")),
-            param_norm=_num(r.get("param_norm")),
+            math.nan if r["loss"] is None else r["loss"],
+            step=r["step"],
+            grad_norm=r["grad_norm"],
+            step_norm=r["update_norm"],
+            lr=r["lr"],
+            param_norm=r["param_norm"],
         )
         s_max = max(s_max, cus.s)
         far_max = max(far_max, lr_.far)

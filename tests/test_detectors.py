@@ -149,3 +149,19 @@ def test_a_monitor_state_without_detectors_still_loads():
     m2 = Monitor()
     m2.load_state_dict(st_)
     assert m2.update(0.4).status in ("healthy", "warming_up", "drifting")
+
+
+def test_the_calibration_holds_on_the_committed_healthy_runs(capsys):
+    # bench/calibrate_detectors.py on the committed cache's 117 healthy runs: the
+    # thresholds in use keep every detector under one alarming run per 50,000 steps
+    import os
+    import sys
+
+    bench = os.path.join(os.path.dirname(__file__), "..", "bench")
+    sys.path.insert(0, os.path.abspath(bench))
+    import calibrate_detectors
+
+    assert calibrate_detectors.main([os.path.join(bench, "detection", "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "healthy runs: 117, steps: 49500" in out
+    assert "in use H = 42.0: 0 healthy run(s) reach it" in out
