@@ -46,7 +46,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     cus = next(d for d in m.detectors if d.name == "loss_cusum")
     ng = next(d for d in m.detectors if d.name == "norm_growth")
     lr_ = next(d for d in m.detectors if d.name == "loss_regression")
-    s_max, accel_max, far_max, alarms = 0.0, 0.0, 0, {}
+    s_max, accel_max, far_max, back_max, alarms = 0.0, 0.0, 0, 0, {}
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -58,6 +58,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         )
         s_max = max(s_max, cus.s)
         far_max = max(far_max, lr_.far)
+        back_max = max(back_max, lr_.back)
         h = ng.hist
         if ng.n > 2 * norm_growth.SPAN and len(h) == h.maxlen:
             rate = (h[-1] - h[0]) / norm_growth.SPAN
@@ -70,6 +71,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "s_max": s_max,
         "accel_max": accel_max,
         "far_max": far_max,
+        "back_max": back_max,
         "alarms": alarms,
         "steps": len(rows),
     }
@@ -100,6 +102,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"LossRegression: longest healthy streak far above the best = {far[0][1]['far_max']}"
           f" steps (HOLD_LONG in use: {loss_regression.HOLD_LONG})")
     print("  longest:", ", ".join(f"{i} {r['far_max']}" for i, r in far))
+    back = sorted(res, key=lambda x: -x[1]["back_max"])[:3]
+    print(f"LossRegression: longest healthy streak back at the first loss = "
+          f"{back[0][1]['back_max']} steps (HOLD in use: {loss_regression.HOLD})")
+    print("  longest:", ", ".join(f"{i} {r['back_max']}" for i, r in back))
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]

@@ -116,6 +116,21 @@ def test_a_run_that_learned_and_climbs_back_is_reported_within_bounded_steps():
     assert found[first].cause == "regression" and first < 200 + 120
 
 
+def test_a_run_back_where_it_started_is_reported_even_while_its_loss_falls():
+    # learned to ~0.1, then a blow-up that falls back slowly to the first loss (a dead
+    # network at chance): never 'rising', never 10x for 10 steps, still every bit of
+    # progress lost -- reported after HOLD steps at the first loss
+    down = [2.3 * math.exp(-t / 20) + 0.05 for t in range(150)]
+    blow = [30.0, 12.0, 6.0] + [2.9 - 0.004 * k for k in range(60)]
+    found = _feed(LossRegression(), down + blow)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert found[first].cause == "regression" and 150 + 19 <= first < 150 + 40
+    # a loss that comes back to within 25 % of its first value and then learns again
+    # (new data) is not "back where it started" for long enough
+    again = [1.8 * math.exp(-k / 4) + 0.1 for k in range(80)]
+    assert not any(_feed(LossRegression(), down + again))
+
+
 def test_an_early_jump_that_recovers_before_the_run_learned_is_not_a_regression():
     # the Muon runs of shared/data/real-logs-2: 6.9 -> 17 at step 2, back within ~20
     losses = [6.9, 17.0, 21.0, 15.0, 11.0, 9.0, 8.0, 7.2] + _noisy_decay(300, start=6.9, end=3.0)

@@ -266,3 +266,21 @@ def test_the_precursor_is_computed_on_a_real_log_with_slow_steps_and_stays_quiet
     snaps = [m.update(r["loss"], step=r["step"], time=r["time"]) for r in rows]
     assert not any(s.alert for s in snaps)
     assert sum(s.zscore != 0.0 for s in snaps) > 0.8 * len(snaps)
+
+
+def test_a_network_that_died_back_to_chance_is_flagged_from_its_loss_alone():
+    # Loss only (what `anet-lite analyze` reads from most logs): the loss jumps 2e6x,
+    # falls back to chance (ln 10) and stays. Every bit of progress is lost: flagged
+    # within HOLD (20) steps of the loss settling at its first value.
+    meta = score.load_manifest()["runs"]
+    meta = next(m for m in meta if m["run_id"] == "cnn_digits-dead_relu-s5001")
+    rows = score.load_run(os.path.join(score.CACHE, meta["file"]))
+    m = Monitor(on_error="raise")
+    alarms = []
+    for r in rows:
+        snap = m.update(r["loss"], step=r["step"])
+        if snap.alert:
+            alarms.append((r["step"], snap.evidence["cause"]))
+    assert alarms, "never flagged"
+    step, cause = alarms[0]
+    assert cause == "regression" and meta["collapse_step"] <= step <= meta["collapse_step"] + 40

@@ -11,6 +11,10 @@ Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, s
   (not below where it was ``BACK`` steps before), or for ``HOLD_LONG`` (60) steps
   whatever it does. Training that was undone (a run that never settles, a slow
   runaway) is reported within a bounded number of steps.
+* ``regression`` too: every bit of progress lost -- the smoothed loss back at or above
+  the first loss, after the run had learned, for ``HOLD`` steps (a dead network back at
+  chance, a loss that jumped and settled where it started), falling or not. The longest
+  such streak over the healthy calibration runs is 10 steps (a curriculum's new data).
 
 Ratios are of ``loss + loss_floor * first loss``, so a near-zero loss's harmless
 wiggles are not 10x jumps. The thresholds are round numbers checked against healthy runs
@@ -40,7 +44,7 @@ class LossRegression(Detector):
     """A sustained return far above the best level ("regression", "loss_blowup")."""
 
     name = "loss_regression"
-    STATE = ("n", "x_first", "sm", "best", "far", "blow", "hist")
+    STATE = ("n", "x_first", "sm", "best", "far", "blow", "back", "hist")
 
     def reset(self) -> None:
         self.n = 0
@@ -49,6 +53,7 @@ class LossRegression(Detector):
         self.best = math.inf
         self.far = 0  # steps in a row with the smoothed level >= FAR above best
         self.blow = 0  # steps in a row with the loss >= BLOWUP above best
+        self.back = 0  # steps in a row with the smoothed loss back at the first loss
         self.hist: Deque[float] = deque(maxlen=BACK + 1)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -82,10 +87,11 @@ class LossRegression(Detector):
         up = self.sm - self.best
         learned = self.best <= self.x_first - LEARNED
         self.far = self.far + 1 if up >= FAR and learned else 0
+        self.back = self.back + 1 if learned and self.sm >= self.x_first else 0
         ev = {"best_ratio": math.exp(min(x - self.best, 700.0)), "far_steps": self.far}
         if self.blow >= BLOWUP_STEPS:
             return Finding(self.name, "loss_blowup", "precursor", ev)
         rising = len(self.hist) == self.hist.maxlen and self.sm >= self.hist[0]
-        if self.far >= HOLD_LONG or (self.far >= HOLD and rising):
+        if self.far >= HOLD_LONG or (self.far >= HOLD and rising) or self.back >= HOLD:
             return Finding(self.name, "regression", "precursor", ev)
         return None
