@@ -109,3 +109,31 @@ def test_the_guards_own_lr_changes_are_not_schedule_events():
     raised = sum(b > a for a, b in zip(scales, scales[1:]))
     assert g.actions and raised >= 2  # it slowed down, then raised its lr again, twice or more
     assert "lr_restart" not in events, [(i, e) for i, e in enumerate(events) if e]
+
+
+def test_after_skipping_a_shard_the_monitor_says_recovering_then_healthy_never_warming_up():
+    # The Guard's own actions do not re-reference the Monitor: once the shard is skipped
+    # the status reads "recovering" while the loss window still holds the shard's losses,
+    # then "healthy" -- with the healthy fingerprint reference it had before the shard.
+    from anet_lite import Monitor
+
+    seen = []
+    update = Monitor.update
+
+    def spy(self, *a, **k):
+        snap = update(self, *a, **k)
+        seen.append((snap.step, snap.status))
+        return snap
+
+    Monitor.update = spy
+    try:
+        g, _ = _digits_with_a_shard(declared=True, k=7, steps=400)
+    finally:
+        Monitor.update = update
+    assert [a.kind for a in g.actions] == ["skip_step"] * 7
+    after = [s for step, s in seen if step > 357]
+    assert after[0] == "recovering" and "warming_up" not in after
+    first_healthy = after.index("healthy")
+    assert set(after[:first_healthy]) == {"recovering"}
+    assert set(after[first_healthy:]) == {"healthy"}
+    assert g.monitor.ref is not None

@@ -284,3 +284,28 @@ def test_a_network_that_died_back_to_chance_is_flagged_from_its_loss_alone():
     assert alarms, "never flagged"
     step, cause = alarms[0]
     assert cause == "regression" and meta["collapse_step"] <= step <= meta["collapse_step"] + 40
+
+
+def test_after_an_action_the_status_reads_recovering_until_the_loss_is_back():
+    # A real shard of bad batches (train split). A loop that acts on the first alert
+    # (Monitor.decide) is told "recovering" -- not "healthy" -- while the loss is still
+    # above its level before the incident, then "healthy" once it is back.
+    meta = _runs()["mlp_bcancer-corrupt_shard-s2903"]
+    rows = score.load_run(os.path.join(score.CACHE, meta["file"]))
+    m = Monitor(on_error="raise")
+    acted, seen = None, []
+    for r in score.detector_view(rows):
+        snap = m.update(r["loss"], step=r["step"], grad_norm=r["grad_norm"],
+                        step_norm=r["update_norm"], lr=r["lr"], param_norm=r["param_norm"])
+        if snap.alert and acted is None:
+            acted = (r["step"], m.decide(snap).kind)
+        elif acted is not None:
+            seen.append(snap)
+    assert acted[1] == "slow_down" and acted[0] >= meta["onset"]
+    statuses = [s.status for s in seen]
+    first_healthy = statuses.index("healthy")
+    assert first_healthy > 10 and set(statuses[:first_healthy]) == {"recovering"}
+    rec = seen[0]
+    assert not rec.alert and rec.evidence["loss_vs_before"] > 1.5
+    assert rec.explain().startswith("Recovering") and rec.explain("ja").startswith("回復中")
+    assert "recovering" not in statuses[first_healthy:]

@@ -73,7 +73,13 @@ def test_metric_names_and_status_codes():
     last = snapshot_metrics(snaps[-1])
     assert last["anet/status_code"] == 4 and last["anet/alert"] == 1.0
     assert "anet/cause" not in last  # strings are not scalars
-    assert list(STATUS_CODES) == ["warming_up", "healthy", "drifting", "precursor", "collapsed"]
+    from anet_lite.verdict import STATUSES
+
+    # every status has a code, in order of severity; "recovering" (1.5) sits between
+    # healthy and drifting so that the earlier codes stay what dashboards already plot
+    assert tuple(STATUS_CODES) == STATUSES
+    codes = list(STATUS_CODES.values())
+    assert codes == sorted(codes) and STATUS_CODES["recovering"] == 1.5
 
 
 def test_base_sink_writes_each_step_and_alert_text_once_per_episode():

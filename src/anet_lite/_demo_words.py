@@ -143,6 +143,7 @@ _STATUS = {
     "ja": {
         "warming_up": "ウォームアップ",
         "healthy": "健全",
+        "recovering": "回復中",
         "drifting": "ドリフト",
         "precursor": "前駆",
         "collapsed": "崩壊",

@@ -48,6 +48,9 @@ _SCALARS = (
     "climb",
     "climb_devs",
     "climb_ur",
+    "recover_t",
+    "recover_ref",
+    "recover_level",
 )
 _PARTS = ("recent", "loss_base", "grad_recent", "grad_base", "upd_base", "cos_base", "proc", "fp")
 

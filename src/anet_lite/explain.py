@@ -21,6 +21,12 @@ _WARMING = {
     "en": "Warming up: collecting the healthy reference (θ, baselines) — no verdict yet.",
     "ja": "ウォームアップ中：健全な参照（ϑ・基準値）を集めています。判定はまだです。",
 }
+_RECOVERING = {
+    "en": "Recovering: an action was taken on this run; the loss is {loss_vs_before:.3g}x its "
+    "level before the incident and coming back (healthy again once it is there).",
+    "ja": "回復中：この実行に対処しました。損失はインシデント前の水準の {loss_vs_before:.3g} 倍で、"
+    "戻りつつあります（戻れば健全に戻ります）。",
+}
 _DRIFTING = {
     "en": "Drifting: the training dynamics moved away from the healthy reference "
     "(θ={theta:.2f}); watched, not yet a failure.",
@@ -65,7 +71,8 @@ def explain(snap: Any, lang: str = "en") -> str:
         if snap.status == "drifting":
             text = (_SHIFT if ev.get("level_shift") else _DRIFTING)[lang].format_map(ev)
         else:
-            text = (_WARMING if snap.status == "warming_up" else _HEALTHY)[lang].format_map(ev)
+            words = {"warming_up": _WARMING, "recovering": _RECOVERING}.get(snap.status, _HEALTHY)
+            text = words[lang].format_map(ev)
         if ev.get("spike"):
             text += _SPIKE[lang].format_map(ev)
         if ev.get("event"):

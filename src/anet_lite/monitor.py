@@ -27,6 +27,9 @@ from .detectors import View
 from .metrics import Z_CAP
 from .verdict import Snapshot, make_snapshot
 
+RECOVER_SIGMAS = 2.0  # back within this many jitters of the pre-incident loss level
+RECOVER_MAX = 200  # steps after an action: then the verdict is the detectors' alone
+
 
 def _log_or_nan(x: Optional[float]) -> float:
     return math.log(x) if x is not None and 0.0 < x < _INF else _NAN
@@ -197,6 +200,9 @@ class Monitor(MonitorRules):
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
         self.ur_prev = self.gr_prev = math.inf  # last step's update / gradient ratio
         self.grow = 0  # steps in a row with both ratios above the step before
+        self.recover_t = None  # step count when an action was taken (recovering since)
+        self.recover_ref = None  # the loss level (reading scale) it must come back to
+        self.recover_level = None  # the loss level before the incident (reading scale)
         self.lr_prev = self.lr_max = 0.0
         self.lr_peak: Optional[float] = None  # the schedule's peak once its warm-up is over
         self.lr_rising = False
@@ -220,6 +226,18 @@ class Monitor(MonitorRules):
         """The lr of the next update was changed by whoever acts on this Monitor's verdicts
         (the Guard's slow-down or recovery), not by the schedule: not a schedule event."""
         self.own_lr = True
+
+    def start_recovery(self) -> None:
+        """An action was taken on this Monitor's verdict (a skipped step, a slow-down, a
+        rollback): until the loss is back at its level before the incident (or for at
+        most ``RECOVER_MAX`` steps) a step that would be "healthy" reads "recovering".
+        ``decide`` calls it for every action; the Guard calls it again after a rollback
+        has restored this Monitor's state from the checkpoint."""
+        base = self.loss_base
+        if not base.ready:
+            return
+        self.recover_t, self.recover_level = self.t, base.center
+        self.recover_ref = base.center + RECOVER_SIGMAS * max(base.scale, 1e-12)
 
     def pin_reference(self) -> None:
         """Take the current fingerprint window as the healthy reference now, and freeze it."""
@@ -398,6 +416,8 @@ class Monitor(MonitorRules):
             status = "healthy"
         restart = marked or event == "lr_restart"
         cause, status = self._detect(s, ev, cause, status, restart)
+        if self.recover_t is not None and status in ("healthy", "warming_up"):
+            status = self._recovery(ev, status)
         alert = bool(cause)
         if cause:
             ev["cause"] = cause
@@ -446,6 +466,18 @@ class Monitor(MonitorRules):
             ev["unsettled"] = True  # the reference never formed: judged without it
         return cause, status
 
+    def _recovery(self, ev: Dict[str, Any], status: str) -> str:
+        """"recovering" (not "healthy", nor "warming_up" while levels are learned again)
+        until the loss window is back at its pre-incident level."""
+        x = self.loss_win_x
+        if (x == x and x <= self.recover_ref) or self.t - self.recover_t > RECOVER_MAX:
+            self.recover_t = self.recover_ref = self.recover_level = None
+            return status
+        before = self._raw(self.recover_level)
+        if x == x and before > 0.0:
+            ev["loss_vs_before"] = self._raw(x) / before
+        return "recovering"
+
     # ---- decisions and persistence -------------------------------------------------------
 
     def decide(self, snap: Snapshot, *, scope: Optional[Dict[str, Any]] = None) -> Any:
@@ -454,6 +486,8 @@ class Monitor(MonitorRules):
         A tombstone that cannot be written (a full disk) is kept in memory and written
         before the next one; the action is returned either way."""
         action = self.policy.decide(snap)
+        if action.kind != "none":
+            self.start_recovery()
         if action.kind != "none" and self.tombstones is not None:
             self._unwritten.append(
                 (

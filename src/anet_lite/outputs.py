@@ -200,7 +200,9 @@ DERIVED = ("theta", "sdot", "proc", "f_total", "zscore", "grad_ratio", "update_r
 _DERIVED = frozenset(DERIVED)
 _EXACT = frozenset(("loss", "grad_norm", "step_norm", "lr"))
 _BOOLS = frozenset(("alert", "precursor"))
-_STATUSES = frozenset(("warming_up", "healthy", "drifting", "precursor", "collapsed"))
+_STATUSES = frozenset(
+    ("warming_up", "healthy", "recovering", "drifting", "precursor", "collapsed")
+)
 _FROM_EVIDENCE = tuple(c for c in COLUMNS if c not in _FROM_SNAP)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-STATUSES = ("warming_up", "healthy", "drifting", "precursor", "collapsed")
+STATUSES = ("warming_up", "healthy", "recovering", "drifting", "precursor", "collapsed")
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ Metric names (``prefix`` defaults to ``"anet/"``)::
     anet/theta  anet/f_total  anet/sdot  anet/proc  anet/zscore
     anet/precursor    0/1
     anet/alert        0/1
-    anet/status_code  STATUS_CODES: warming_up 0, healthy 1, drifting 2, precursor 3,
-                      collapsed 4 (unknown -1)
+    anet/status_code  STATUS_CODES: warming_up 0, healthy 1, recovering 1.5, drifting 2,
+                      precursor 3, collapsed 4 (unknown -1)
     anet/<key>        every numeric (or bool -> 0/1) evidence entry, e.g. anet/loss,
                       anet/grad_norm, anet/lr, anet/grad_ratio, anet/update_ratio, anet/gns
 
@@ -37,9 +37,10 @@ import time
 import warnings
 from typing import Any, Dict, Iterable, List, Optional
 
-STATUS_CODES: Dict[str, int] = {
+STATUS_CODES: Dict[str, float] = {
     "warming_up": 0,
     "healthy": 1,
+    "recovering": 1.5,
     "drifting": 2,
     "precursor": 3,
     "collapsed": 4,

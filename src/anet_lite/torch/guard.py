@@ -746,6 +746,7 @@ class Guard:
         policy_state = self.monitor.policy.state_dict()
         self.monitor.load_state_dict(ck.extra["monitor"])
         self.monitor.policy.load_state_dict(policy_state)
+        self.monitor.start_recovery()  # (the restored state predates the incident)
         old_scale = float(ck.extra.get("lr_scale", 1.0))
         if old_scale != self.lr_scale:
             self._scale_lr(self.lr_scale / old_scale)
