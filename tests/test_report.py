@@ -172,6 +172,9 @@ def test_add_many_equals_add_one_by_one(chunk):
         many.add_many(snaps[lo : lo + chunk])
     assert many.summary() == one.summary() and one.alerts > 0 and one.n_events > 0
     assert (many.events, many.spikes, many.statuses) == (one.events, one.spikes, one.statuses)
+    assert (many.collapse_step, many.last_status) == (one.collapse_step, one.last_status)
+    assert one.collapse_step is not None and len(one.zoom_rows) == 1 + 30 + 40
+    assert np.array_equal(np.array(many.zoom_rows), np.array(one.zoom_rows), equal_nan=True)
     a, b = one.finish_series(), many.finish_series()
     assert a.keys() == b.keys()
     for k in a:

@@ -158,7 +158,7 @@ class RunData:
         self.last_step: Optional[int] = None
         self.last_status: Optional[str] = None
         self.last_loss = math.nan
-        self.collapse_step: Optional[int] = None  # the first step whose loss is not finite
+        self.collapse_step: Optional[int] = None  # first step "collapsed": loss/grad not finite
         self.alerts = 0
         self.incidents: List[Dict[str, Any]] = []
         self.events: List[Tuple[int, str]] = []

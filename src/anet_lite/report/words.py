@@ -42,10 +42,10 @@ W: Dict[str, Dict[str, str]] = {
         "protected_stop": "Protected, then stopped: the Guard stopped the run at step {stop} "
         "after {inc} ({acts}): the cause persisted, a person has to fix it. The first alert at "
         "step {s}: {cause}.",
-        "collapsed": "Collapsed at step {c}: the loss is no longer a finite number. The first "
-        "alert came {k} before, at step {s}: {cause}.",
-        "collapsed_at_alert": "Collapsed at step {c}: the loss is no longer a finite number "
-        "({cause}).",
+        "collapsed": "Collapsed at step {c}: the loss or gradient is no longer a finite number. "
+        "The first alert came {k} before, at step {s}: {cause}.",
+        "collapsed_at_alert": "Collapsed at step {c}: the loss or gradient is no longer a finite "
+        "number ({cause}).",
         "ended_alert": "Failed: the run ended in an alert ({status} at step {last}). {alerts} "
         "in {inc}; the first at step {s}: {cause}.",
         "alerts_only": "{alerts} in {inc}; the first at step {s}: {cause}. The run ended {status}.",
@@ -59,7 +59,7 @@ W: Dict[str, Dict[str, str]] = {
         "r_incidents": "incidents",
         "r_first": "first alert step",
         "r_cause": "cause",
-        "r_collapse": "collapse step (loss not finite)",
+        "r_collapse": "collapse step (loss or gradient not finite)",
         "r_actions": "actions (Guard)",
         "r_events": "schedule events",
         "r_spikes": "one-step spikes (not alerts)",
@@ -133,9 +133,10 @@ W: Dict[str, Dict[str, str]] = {
         "protected_stop": "保護後に停止：ガードはステップ {stop} で学習を停止しました（{inc}、"
         "{acts}）。原因が消えなかったため、人が直す必要があります。最初の警報はステップ {s}："
         "{cause}。",
-        "collapsed": "ステップ {c} で崩壊：損失が有限の数ではなくなりました。最初の警報はその"
-        " {k}前、ステップ {s}：{cause}。",
-        "collapsed_at_alert": "ステップ {c} で崩壊：損失が有限の数ではなくなりました（{cause}）。",
+        "collapsed": "ステップ {c} で崩壊：損失または勾配が有限の数ではなくなりました。最初の"
+        "警報はその {k}前、ステップ {s}：{cause}。",
+        "collapsed_at_alert": "ステップ {c} で崩壊：損失または勾配が有限の数ではなくなりました"
+        "（{cause}）。",
         "ended_alert": "失敗：学習は警報の状態で終わりました（ステップ {last} で{status}）。"
         "{inc}に{alerts}。最初はステップ {s}：{cause}。",
         "alerts_only": "{inc}に{alerts}。最初はステップ {s}：{cause}。学習は「{status}」で"
@@ -150,7 +151,7 @@ W: Dict[str, Dict[str, str]] = {
         "r_incidents": "インシデント",
         "r_first": "最初の警報ステップ",
         "r_cause": "原因",
-        "r_collapse": "崩壊ステップ（損失が非有限）",
+        "r_collapse": "崩壊ステップ（損失または勾配が非有限）",
         "r_actions": "対処（ガード）",
         "r_events": "スケジュール上の変更",
         "r_spikes": "1 ステップのスパイク（警報ではない）",
