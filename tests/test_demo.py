@@ -36,10 +36,11 @@ def demo(out: Path, fault: str, *flags: str) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
+    unguarded = demo(tmp / "lr-noguard", "lr_jump", "--no-guard")  # first: the guarded run's twin
     return {
         "healthy": demo(tmp / "healthy", "none"),
-        "guarded": demo(tmp / "guarded", "lr_jump"),
-        "unguarded": demo(tmp / "unguarded", "lr_jump", "--no-guard"),
+        "guarded": demo(tmp / "lr", "lr_jump"),
+        "unguarded": unguarded,
     }
 
 
@@ -95,11 +96,16 @@ def test_same_seed_same_alerts_and_actions(runs, tmp_path):
     assert a == (g["out"] / "metrics.csv").read_bytes()
 
 
-def test_bad_batch_in_japanese(tmp_path, capsys):
-    out = tmp_path / "bb"
-    code = main(["demo", "bad_batch", "--steps", str(STEPS), "--out", str(out), "--lang", "ja"])
+def test_bad_batch_in_japanese(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["demo", "bad_batch", "--steps", str(STEPS), "--lang", "ja"])
     text = capsys.readouterr().out
     assert code == 0
+    # its own folder: the English demo's folder (anet-demo-bad_batch) is left alone
+    out = tmp_path / "anet-demo-bad_batch-ja"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    page = (out / "report.html").read_text("utf-8")
+    assert '<html lang="ja">' in page and "概要" in page and "保護済み" in page
     assert "まとめ" in text and "警報" in text and "対処" in text  # the demo's own words
     assert "バッチ" in text  # the library's explanation (Snapshot.explain("ja"))
     assert "summary:" not in text
@@ -123,8 +129,16 @@ def test_loss_scale_guarded_never_lets_the_loss_blow_up(tmp_path):
     assert g["final_loss_heldout"] < g["uniform_loss"]
     assert verify(g["out"] / "tombstones.jsonl").records == len(g["actions"]) >= 1
     # a persistent fault: skipping and rolling back cannot remove it, so the Guard may stop
+    page = (g["out"] / "report.html").read_text("utf-8")
+    header = page[page.index("<header") : page.index("</header>")]
     if g["stopped"] is not None:
         assert g["actions"][-1]["kind"] == "stop" and g["steps_run"] < STEPS
+        # not red (the Guard kept the weights finite), not "recovered" either
+        assert (
+            'class="warn"' in header and f"stopped the run at step {g['stopped']['step']}" in header
+        )
+    else:
+        assert 'class="protected"' in header
 
 
 def test_help_shows_flags_and_an_example(capsys):
@@ -160,3 +174,66 @@ def test_cli_passes_leading_flags_through(tmp_path):
     out = tmp_path / "flags"
     code = main(["demo", "--fault", "none", "--steps", "250", "--out", str(out), "--quiet"])
     assert code == 0 and (out / "report.html").is_file()
+
+
+def test_default_folders_per_fault_guard_and_language():
+    from anet_lite.demo import _parse
+
+    def out(*argv):
+        return _parse(list(argv))[0].out
+
+    assert out() == "anet-demo-lr_jump" and out("--no-guard") == "anet-demo-lr_jump-noguard"
+    assert out("--lang", "ja") == "anet-demo-lr_jump-ja"
+    assert out("bad_batch", "--no-guard", "--lang", "ja") == "anet-demo-bad_batch-noguard-ja"
+
+
+def test_one_collapse_step_for_the_unguarded_run(runs):
+    """meta.json, the printed summary and the report give the same collapse step: the first
+    step whose loss or gradient is not a finite number (after the first alert, and not
+    before the model loss passed a uniform guess)."""
+    from anet_lite.demo import _collapse_line
+
+    u = runs["unguarded"]
+    rows = (u["out"] / "metrics.csv").read_text("utf-8").splitlines()
+    head = rows[0].split(",")
+    cells = [dict(zip(head, r.split(","))) for r in rows[1:]]
+    nonfinite_steps = [
+        int(c["step"])
+        for c in cells
+        if any(c[k] and not math.isfinite(float(c[k])) for k in ("loss", "grad_norm"))
+    ]
+    c = u["collapsed_at"]
+    assert c == nonfinite_steps[0] and u["first_alert"]["step"] < c
+    assert u["blowup"]["step"] <= c
+    assert _collapse_line(u, "en").startswith(f"collapse         step {c}: the loss or gradient")
+    page = (u["out"] / "report.html").read_text("utf-8")
+    header = page[page.index("<header") : page.index("</header>")]
+    assert 'class="bad"' in header and f"Collapsed at step {c}:" in header
+    assert f"<th>collapse step (loss or gradient not finite)</th><td>{c}</td>" in page
+    assert runs["guarded"]["collapsed_at"] is None
+
+
+def test_guarded_report_is_protected_and_shows_the_unguarded_twin(runs):
+    from anet_lite.report._plots import TWIN_COLOUR
+
+    g, u = runs["guarded"], runs["unguarded"]
+    assert g["twin"] == {"path": "../lr-noguard", "guard": "watching"}
+    assert "twin" not in u and "twin" not in runs["healthy"]  # run before their twin / none
+    page = (g["out"] / "report.html").read_text("utf-8")
+    header = page[page.index("<header") : page.index("</header>")]
+    assert 'class="protected"' in header and "Protected: 1 incident, recovered." in header
+    assert "the same run without the Guard (--no-guard): ../lr-noguard" in page
+    assert page.count(f"stroke: {TWIN_COLOUR}") >= 4  # the legend and the curve, twice
+    assert 'id="zoom"' in page and "learning rate" not in header
+
+
+def test_fp32_demo_gives_no_loss_scale_advice(tmp_path, capsys):
+    # the unguarded lr jump ends in a non-finite loss, whose explanation (for fp16/AMP
+    # runs) says to check the loss scale: this fp32 model has none
+    out = tmp_path / "fp32"
+    assert main(["demo", "lr_jump", "--no-guard", "--steps", str(STEPS), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "no longer a finite number (numeric overflow)" in text
+    assert "loss scale" not in text and "mixed-precision" not in text
+    page = (out / "report.html").read_text("utf-8")
+    assert "loss scale" not in page and "precision</th><td>fp32" in page

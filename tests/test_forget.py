@@ -246,7 +246,7 @@ def test_example_forget_layers_runs(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "chain: ok: 1 records" in proc.stdout
+    assert "chain: ok: 1 record " in proc.stdout and "1 records" not in proc.stdout
     (rec,) = read(log)
     assert rec["policy"] == "compliance" and rec["scope"]["layers"] == ["out"]
     assert "theta" in rec["evidence"] and verify(log).ok

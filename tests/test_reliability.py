@@ -530,7 +530,7 @@ def test_report_checks_the_recorded_head(tmp_path, capsys):
     t = out / "tombstones.jsonl"
     TombstoneLog(t).append("stop", policy="nan", scope={"step": 5}, evidence={})
     _run(["report", out], capsys)
-    assert "Chain verified: 1 records" in (out / "report.html").read_text()
+    assert "Chain verified: 1 record, intact" in (out / "report.html").read_text()
     t.write_bytes(b"")  # the only record deleted
     _run(["report", out], capsys)
     page = (out / "report.html").read_text()

@@ -424,8 +424,10 @@ def _finish(
 def _print_analysis(
     f: TextIO, src: Path, log: Any, data: Any, paths: Dict[str, str], elapsed: float
 ) -> None:
+    from .report.words import count
+
     cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
-    f.write(f"{src}: {data.steps:,} steps ({log.format}; {cols}) in {elapsed:.1f} s\n")
+    f.write(f"{src}: {count(data.steps, 'step')} ({log.format}; {cols}) in {elapsed:.1f} s\n")
     f.write(f"{log.stats.summary()}\n")
     if not data.incidents and data.judged_steps == 0:
         f.write(
@@ -434,13 +436,13 @@ def _print_analysis(
         )
     elif not data.incidents:
         f.write(
-            f"healthy: no alert in {data.steps:,} steps "
+            f"healthy: no alert in {count(data.steps, 'step')} "
             f"({data.judged_steps:,} judged after warm-up)\n"
         )
     else:
         n = len(data.incidents)
         f.write(
-            f"ALERT: {data.alerts:,} alert steps in {n:,} incident{'s' if n != 1 else ''}"
+            f"ALERT: {count(data.alerts, 'alert_step')} in {count(n, 'incident')}"
             f" (alerts within 50 steps form one incident)\n"
         )
         for inc in data.incidents[:_MAX_PRINTED_INCIDENTS]:
@@ -451,7 +453,7 @@ def _print_analysis(
             )
             f.write(
                 f"\n  [{inc['status']}] {span}: {inc['cause']} "
-                f"({inc['alerts']:,} alert steps)\n    {inc['explanation']}\n"
+                f"({count(inc['alerts'], 'alert_step')})\n    {inc['explanation']}\n"
             )
         if n > _MAX_PRINTED_INCIDENTS:
             f.write(f"\n  ... and {n - _MAX_PRINTED_INCIDENTS:,} more incidents (see the report)\n")

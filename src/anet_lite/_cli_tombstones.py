@@ -43,6 +43,7 @@ def _tombstone_file_and_key(args: argparse.Namespace) -> Optional[Tuple[Path, Op
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .report.words import count
     from .tombstone import verify
 
     got = _tombstone_file_and_key(args)
@@ -66,11 +67,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         }
         _print(json.dumps(d, ensure_ascii=False))
     elif res.ok:
-        _print(f"ok: {res.records} records, head {res.head}")
+        _print(f"ok: {count(res.records, 'record')}, head {res.head}")
     else:
         where = f"line {res.line}: " if res.line is not None and "line" not in res.reason else ""
         _print(f"BROKEN: {p}: {where}{res.reason}")
-        _print(f"  {res.records} records verify before it; last good hash {res.head}")
+        _print(f"  {count(res.records, 'record')} verified before it; last good hash {res.head}")
     return code
 
 
@@ -129,6 +130,7 @@ def _print(text: str) -> None:
 
 def cmd_tombstones(args: argparse.Namespace) -> int:
     from .forgetting import format_table
+    from .report.words import count
     from .tombstone import verify
 
     got = _tombstone_file_and_key(args)
@@ -175,14 +177,20 @@ def cmd_tombstones(args: argparse.Namespace) -> int:
         n = f"{len(shown)} / {len(recs)} 件を表示"
         status = f"チェーン: 正常 ({res.records} 件)" if res.ok else f"チェーン: 破損: {res.reason}"
     else:
-        n = f"{len(shown)} of {len(recs)} records shown"
-        status = f"chain: ok ({res.records} records)" if res.ok else f"chain: BROKEN: {res.reason}"
+        n = f"{len(shown)} of {count(len(recs), 'record')} shown"
+        status = (
+            f"chain: ok ({count(res.records, 'record')})"
+            if res.ok
+            else f"chain: BROKEN: {res.reason}"
+        )
     _print(f"{n}\n{status}")
     if not res.ok:
         if ja:
             _print(f"  {res.records} 件は正常、最後の正しいハッシュ {res.head}")
         else:
-            _print(f"  {res.records} records verify before it; last good hash {res.head}")
+            _print(
+                f"  {count(res.records, 'record')} verified before it; last good hash {res.head}"
+            )
     return code
 
 

@@ -31,7 +31,7 @@ UI: Dict[str, Dict[str, str]] = {
         "out": "run folder",
         "inject": "step {s}: FAULT injected: {what}",
         "alert": "step {s}: ALERT [{status}] {cause}",
-        "collapse": "step {s}: COLLAPSE: the loss is no longer a finite number",
+        "collapse": "step {s}: COLLAPSE: the loss or gradient is no longer a finite number",
         "action": "step {s}: ACTION {what}",
         "rolled": "rolled back to the checkpoint of step {c} (steps {a}-{b} undone)",
         "stopped": "step {s}: the Guard STOPPED the run: skipping and rolling back did not"
@@ -44,12 +44,14 @@ UI: Dict[str, Dict[str, str]] = {
         "s_rel_at": "at the fault step itself, before its update was applied",
         "s_rel_before": "{k} steps BEFORE the fault (a false alarm)",
         "s_no_alert": "first alert      none",
-        "s_blowup": "blow-up          step {s}: the model loss went {how}; it was {pre}"
-        " before the fault",
-        "s_blowup_nf": "non-finite",
-        "s_blowup_big": "above a uniform guess (ln {v} = {u:.2f})",
-        "s_no_blowup": "blow-up          none: the model loss stayed finite and below a uniform"
-        " guess (ln {v} = {u:.2f})",
+        "s_collapse": "collapse         step {s}: the loss or gradient is no longer a finite"
+        " number{chance}; the model loss was {pre} before the fault",
+        "s_chance_at": "; the model loss was above a uniform guess (ln {v} = {u:.2f}) from"
+        " step {b}",
+        "s_no_collapse": "collapse         none: the loss stayed finite{chance}",
+        "s_below_chance": " and the model loss below a uniform guess (ln {v} = {u:.2f})",
+        "s_chance_only": ", but the model loss went above a uniform guess (ln {v} = {u:.2f}) at"
+        " step {b}",
         "s_actions": "actions          {n}: {list}",
         "s_no_actions": "actions          none",
         "s_watch_only": "actions          none (--no-guard: watching only)",
@@ -93,7 +95,7 @@ UI: Dict[str, Dict[str, str]] = {
         "out": "出力フォルダ",
         "inject": "ステップ {s}：故障を注入：{what}",
         "alert": "ステップ {s}：警報 [{status}] {cause}",
-        "collapse": "ステップ {s}：崩壊：損失が有限の数ではなくなりました",
+        "collapse": "ステップ {s}：崩壊：損失または勾配が有限の数ではなくなりました",
         "action": "ステップ {s}：対処 {what}",
         "rolled": "ステップ {c} のチェックポイントへロールバック（ステップ {a}〜{b} を取り消し）",
         "stopped": "ステップ {s}：ガードが学習を停止しました。スキップとロールバックでは原因が"
@@ -107,12 +109,14 @@ UI: Dict[str, Dict[str, str]] = {
         "s_rel_at": "故障したステップそのもの。その更新が適用される前",
         "s_rel_before": "故障の {k} ステップ前（誤警報）",
         "s_no_alert": "最初の警報      なし",
-        "s_blowup": "発散            ステップ {s}：モデル損失が{how}（故障前は {pre}）",
-        "s_blowup_nf": "有限の数ではなくなりました",
-        "s_blowup_big": "一様な当て推量（ln {v} = {u:.2f}）を超えました",
-        "s_no_blowup": "発散            なし：モデル損失は有限で、"
-        "一様な当て推量（ln {v} = {u:.2f}）"
-        "より低いままでした",
+        "s_collapse": "崩壊            ステップ {s}：損失または勾配が有限の数ではなくなりました"
+        "（故障前は {pre}）{chance}",
+        "s_chance_at": "。モデル損失はステップ {b} から一様な当て推量（ln {v} = {u:.2f}）を"
+        "超えていました",
+        "s_no_collapse": "崩壊            なし：損失は有限のままでした{chance}",
+        "s_below_chance": "。モデル損失も一様な当て推量（ln {v} = {u:.2f}）より低いままでした",
+        "s_chance_only": "が、モデル損失はステップ {b} で一様な当て推量（ln {v} = {u:.2f}）を"
+        "超えました",
         "s_actions": "対処            {n} 回：{list}",
         "s_no_actions": "対処            なし",
         "s_watch_only": "対処            なし（--no-guard：監視のみ）",

@@ -29,6 +29,7 @@ from ._demo_words import UI as _UI
 from ._demo_words import cause as _cause
 from ._demo_words import num as _num
 from ._demo_words import status as _status
+from .report.words import fit_precision
 
 FAULTS = ("lr_jump", "bad_batch", "loss_scale", "none")
 DEFAULT_STEPS = 500
@@ -44,6 +45,7 @@ LR_FACTOR = 100.0  # lr_jump: the schedule multiplies the lr by this from the fa
 BAD_WEIGHT = 1e4  # bad_batch: that one batch's per-example loss weights are garbage (1e4)
 LOSS_SCALE = 1e4  # loss_scale: the loss is multiplied by this from the fault step on
 EVAL_EXAMPLES, EVAL_SEED = 2048, 1234
+PRECISION = "fp32"  # no loss scaler: explanations carry no loss-scale advice
 TEXT_FILES = ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "shlex.py")
 
 _EPILOG = """examples:
@@ -58,8 +60,10 @@ faults (injected at --fault-step, default: half of --steps):
   loss_scale  the loss is multiplied by 1e4 from that step on (a loss-scale bug)
   none        a healthy run
 
-Writes DIR (default: ./anet-demo-<fault>, or ./anet-demo-<fault>-noguard) with
-metrics.csv, metrics.jsonl, tombstones.jsonl, meta.json and report.html.
+Writes DIR (default: ./anet-demo-<fault>, ./anet-demo-<fault>-noguard with --no-guard,
+and -ja appended with --lang ja) with metrics.csv, metrics.jsonl, tombstones.jsonl,
+meta.json and report.html. When the same run was made with the other --no-guard setting
+(DIR-noguard beside DIR), the report shows its loss curve too.
 
 exit codes:
   0  the demo ran (whatever the Guard did)
@@ -109,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         metavar="DIR",
-        help="run folder (default: ./anet-demo-<fault>[-noguard])",
+        help="run folder (default: ./anet-demo-<fault>[-noguard][-ja]); the files the demo "
+        "writes in it are replaced",
     )
     p.add_argument(
         "--quiet",
@@ -149,8 +154,9 @@ def _parse(argv: Sequence[str]) -> Tuple[Optional[argparse.Namespace], int]:
             f"a healthy reference after the {WARMUP}-step lr warm-up first (from step ~152)\n"
         )
         return None, 2
-    if args.out is None:
+    if args.out is None:  # one folder per fault, guard setting and language
         args.out = f"anet-demo-{args.fault}" + ("-noguard" if args.no_guard else "")
+        args.out += "" if args.lang == "en" else f"-{args.lang}"
     return args, 0
 
 
@@ -309,224 +315,289 @@ def run_demo(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace, out: Path, torch: Any) -> Dict[str, Any]:
-    from . import __version__
-    from .monitor import Monitor
-    from .outputs import RunLog
-    from .report.html import RunData
-    from .torch import Guard, GuardStop
-
-    lang, ui, say_out = args.lang, _UI[args.lang], sys.stdout
-    fault, at, steps = args.fault, args.fault_step, args.steps
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+def _seed(seed: int, torch: Any) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
     try:
         import numpy as np
 
-        np.random.seed(args.seed)
+        np.random.seed(seed)
     except ImportError:  # pragma: no cover - numpy is a dependency
         pass
-    data = _Data(torch, args.seed)
-    model = _model(torch, data.vocab)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    jump = LR_FACTOR if fault == "lr_jump" else 1.0
 
-    def schedule(epoch: int) -> float:  # epoch = optimizer steps taken so far
-        warm = min(1.0, (epoch + 1) / WARMUP)
-        return warm * (jump if epoch + 1 >= at else 1.0)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    run_log = RunLog(out / "metrics.csv", out / "metrics.jsonl")
-    guard = Guard(
-        model,
-        opt,
-        monitor=Monitor(),
-        scheduler=sched,
-        tombstones=out / "tombstones.jsonl",
-        run_log=run_log,
-        checkpoint_every=CHECKPOINT_EVERY,
-        act=not args.no_guard,
-    )
-    report = RunData(lang=lang)
-    params = sum(p.numel() for p in model.parameters())
-    what = (
-        ui["fault_none"]
-        if fault == "none"
-        else ui[f"fault_{fault}"].format(
-            s=at, x={"lr_jump": LR_FACTOR, "bad_batch": BAD_WEIGHT}.get(fault, LOSS_SCALE)
+class _Run:
+    """One demo run: ``setup`` (data, model, optimizer, Guard), ``step`` (train one step,
+    ``inject`` the fault), ``record`` (what the Monitor and the Guard said), ``result``."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, torch: Any) -> None:
+        self.args, self.out, self.torch = args, out, torch
+        self.lang, self.ui = args.lang, _UI[args.lang]
+        self.fault, self.at, self.steps = args.fault, args.fault_step, args.steps
+        self.ce_hist: List[float] = []
+        self.alerts: List[Dict[str, Any]] = []
+        self.actions: List[Dict[str, Any]] = []
+        self.causes_seen: set = set()
+        self.n_incidents = self.n_actions = self.n_rolled = 0
+        self.stopped: Optional[Dict[str, Any]] = None
+        self.setup()
+
+    def setup(self) -> None:
+        from .monitor import Monitor
+        from .outputs import RunLog
+        from .report.data import RunData
+        from .torch import Guard
+
+        torch, args, out = self.torch, self.args, self.out
+        _seed(args.seed, torch)
+        self.data = _Data(torch, args.seed)
+        self.model = _model(torch, self.data.vocab)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        jump, at = (LR_FACTOR if self.fault == "lr_jump" else 1.0), self.at
+
+        def schedule(epoch: int) -> float:  # epoch = optimizer steps taken so far
+            warm = min(1.0, (epoch + 1) / WARMUP)
+            return warm * (jump if epoch + 1 >= at else 1.0)
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
+        self.run_log = RunLog(out / "metrics.csv", out / "metrics.jsonl")
+        self.guard = Guard(
+            self.model,
+            self.opt,
+            monitor=Monitor(),
+            scheduler=self.sched,
+            tombstones=out / "tombstones.jsonl",
+            run_log=self.run_log,
+            checkpoint_every=CHECKPOINT_EVERY,
+            act=not args.no_guard,
         )
-    )
-    prog = _Progress(steps, say_out, args.quiet, max(1, steps // 10))
-    header = [
-        ui["title"],
-        f"  {ui['fault']}: {fault} — {what}",
-        f"  {ui['model']}: "
-        + ui["model_desc"].format(params=params, chars=data.chars, files=", ".join(data.files)),
-        f"  {ui['optim']}: "
-        + ui["optim_desc"].format(
-            m=MOMENTUM, lr=LR, w=WARMUP, b=BATCH, steps=steps, seed=args.seed
-        ),
-        f"  {ui['guard']}: "
-        + (ui["guard_off"] if args.no_guard else ui["guard_on"].format(k=CHECKPOINT_EVERY)),
-        f"  {ui['out']}: {out}",
-        "",
-    ]
-    for line in header:
-        prog.say(line)
+        self.report = RunData(lang=self.lang, precision=PRECISION)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        x = {"lr_jump": LR_FACTOR, "bad_batch": BAD_WEIGHT}.get(self.fault, LOSS_SCALE)
+        none = self.fault == "none"
+        self.what = (
+            self.ui["fault_none"] if none else self.ui[f"fault_{self.fault}"].format(s=at, x=x)
+        )
+        self.prog = _Progress(self.steps, sys.stdout, args.quiet, max(1, self.steps // 10))
 
-    ce_hist: List[float] = []
-    alerts: List[Dict[str, Any]] = []
-    actions: List[Dict[str, Any]] = []
-    causes_seen: set = set()
-    n_incidents, n_actions, n_rolled = 0, 0, 0
-    collapsed_at: Optional[int] = None
-    stopped: Optional[Dict[str, Any]] = None
-    t0 = time.perf_counter()
-    step = 0
-    try:
-        for step in range(1, steps + 1):
-            x, y = data.batch()
-            per = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
-            ce = per.mean()
-            loss = ce
-            if fault == "bad_batch" and step == at:
-                loss = (per * BAD_WEIGHT).mean()  # garbage per-example weights
-            elif fault == "loss_scale" and step >= at:
-                loss = ce * LOSS_SCALE
-            if step == at and fault != "none":
-                prog.say(ui["inject"].format(s=step, what=what))
-            loss.backward()
-            guard.observe(loss)
-            ce_hist.append(float(ce.detach()))
-            try:
-                opt.step()
-            except GuardStop as stop:
-                stopped = {"step": step, "reason": stop.action.reason}
-            snap = guard.last
-            if snap is not None and snap.step == step:
-                report.add(snap)
-                if snap.alert:
-                    cause = str(snap.evidence.get("cause") or snap.status)
-                    alerts.append({"step": step, "status": snap.status, "cause": cause})
-                    new_incident = len(report.incidents) > n_incidents
-                    n_incidents = len(report.incidents)
-                    if new_incident:
-                        causes_seen = set()
-                    if cause not in causes_seen and len(causes_seen) < 6:
-                        causes_seen.add(cause)
-                        prog.say(
-                            ui["alert"].format(
-                                s=step,
-                                status=_status(snap.status, lang),
-                                cause=_cause(cause, lang),
-                            )
-                        )
-                        prog.say("    " + snap.explain(lang))
-                if snap.status == "collapsed" and collapsed_at is None:
-                    collapsed_at = step
-                    prog.say(ui["collapse"].format(s=step))
-            for a in guard.actions[n_actions:]:
-                rec = {
-                    "step": a.step,
-                    "kind": a.kind,
-                    "factor": a.factor,
-                    "cause": str(a.evidence.get("cause", "")),
-                    "reason": a.reason,
-                }
-                prog.say(ui["action"].format(s=a.step, what=_action_words(a, lang)))
-                if a.kind == "rollback" and len(guard.rolled_back) > n_rolled:
-                    first, last = guard.rolled_back[-1]
-                    rec["checkpoint_step"] = first - 1
-                    prog.say("    " + ui["rolled"].format(c=first - 1, a=first, b=last))
-                n_rolled = len(guard.rolled_back)
-                actions.append(rec)
-            n_actions = len(guard.actions)
-            if stopped is not None:
-                prog.say(ui["stopped"].format(s=step))
+    def header(self) -> None:
+        ui, args, data = self.ui, self.args, self.data
+        guard = ui["guard_off"] if args.no_guard else ui["guard_on"].format(k=CHECKPOINT_EVERY)
+        files = ", ".join(data.files)
+        optim = dict(m=MOMENTUM, lr=LR, w=WARMUP, b=BATCH, steps=self.steps, seed=args.seed)
+        for line in (
+            ui["title"],
+            f"  {ui['fault']}: {self.fault} — {self.what}",
+            f"  {ui['model']}: "
+            + ui["model_desc"].format(params=self.params, chars=data.chars, files=files),
+            f"  {ui['optim']}: " + ui["optim_desc"].format(**optim),
+            f"  {ui['guard']}: {guard}",
+            f"  {ui['out']}: {self.out}",
+            "",
+        ):
+            self.prog.say(line)
+
+    def inject(self, step: int, per: Any, ce: Any) -> Any:
+        """The loss the training loop backpropagates at ``step``, with the fault in it."""
+        if self.fault == "bad_batch" and step == self.at:
+            return (per * BAD_WEIGHT).mean()  # garbage per-example weights
+        if self.fault == "loss_scale" and step >= self.at:
+            return ce * LOSS_SCALE
+        return ce
+
+    def step(self, step: int) -> bool:
+        """Train one step; False when the Guard stopped the run."""
+        from .torch import GuardStop
+
+        torch, guard = self.torch, self.guard
+        x, y = self.data.batch()
+        per = torch.nn.functional.cross_entropy(self.model(x), y, reduction="none")
+        ce = per.mean()
+        loss = self.inject(step, per, ce)
+        if step == self.at and self.fault != "none":
+            self.prog.say(self.ui["inject"].format(s=step, what=self.what))
+        loss.backward()
+        guard.observe(loss)
+        self.ce_hist.append(float(ce.detach()))
+        try:
+            self.opt.step()
+        except GuardStop as stop:
+            self.stopped = {"step": step, "reason": stop.action.reason}
+        snap = guard.last
+        fresh = snap is not None and snap.step == step
+        if fresh:
+            self.record(step, snap)
+        self.record_actions()
+        if self.stopped is not None:
+            self.prog.say(self.ui["stopped"].format(s=step))
+            return False
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if snap is not None:
+            self.live(step, snap)
+        return True
+
+    def record(self, step: int, snap: Any) -> None:
+        """The snapshot into the report; a new incident's causes printed with their words."""
+        report, lang, ui = self.report, self.lang, self.ui
+        before = report.collapse_step
+        report.add(snap)
+        if snap.alert:
+            cause = str(snap.evidence.get("cause") or snap.status)
+            self.alerts.append({"step": step, "status": snap.status, "cause": cause})
+            if len(report.incidents) > self.n_incidents:
+                self.causes_seen = set()
+            self.n_incidents = len(report.incidents)
+            if cause not in self.causes_seen and len(self.causes_seen) < 6:
+                self.causes_seen.add(cause)
+                status = _status(snap.status, lang)
+                self.prog.say(ui["alert"].format(s=step, status=status, cause=_cause(cause, lang)))
+                self.prog.say("    " + fit_precision(snap.explain(lang), lang, PRECISION))
+        if before is None and report.collapse_step is not None:
+            self.prog.say(ui["collapse"].format(s=report.collapse_step))
+
+    def record_actions(self) -> None:
+        guard = self.guard
+        for a in guard.actions[self.n_actions :]:
+            rec = {
+                "step": a.step,
+                "kind": a.kind,
+                "factor": a.factor,
+                "cause": str(a.evidence.get("cause", "")),
+                "reason": a.reason,
+            }
+            self.prog.say(self.ui["action"].format(s=a.step, what=_action_words(a, self.lang)))
+            if a.kind == "rollback" and len(guard.rolled_back) > self.n_rolled:
+                first, last = guard.rolled_back[-1]
+                rec["checkpoint_step"] = first - 1
+                self.prog.say("    " + self.ui["rolled"].format(c=first - 1, a=first, b=last))
+            self.n_rolled = len(guard.rolled_back)
+            self.actions.append(rec)
+        self.n_actions = len(guard.actions)
+
+    def live(self, step: int, snap: Any) -> None:
+        self.prog.step(
+            step,
+            self.ui["live"].format(
+                s=step,
+                n=self.steps,
+                loss=_num(float(snap.evidence.get("loss", math.nan))),
+                theta=snap.theta,
+                f=snap.f_total,
+                z=snap.zscore,
+                status=_status(snap.status, self.lang),
+            ),
+        )
+
+    def train(self) -> Tuple[int, float]:
+        """All steps (until the Guard stops the run): (steps run, seconds)."""
+        self.header()
+        t0 = time.perf_counter()
+        step = 0
+        try:
+            for step in range(1, self.steps + 1):
+                if not self.step(step):
+                    break
+        finally:
+            self.prog.close()
+            self.guard.close()
+            self.run_log.close()
+        return step, time.perf_counter() - t0
+
+    def result(self, steps_run: int, seconds: float) -> Dict[str, Any]:
+        from . import __version__
+
+        torch, data, at, ce_hist = self.torch, self.data, self.at, self.ce_hist
+        with torch.no_grad():
+            held = float(torch.nn.functional.cross_entropy(self.model(data.eval_x), data.eval_y))
+        pre = ce_hist[max(0, at - 21) : at - 1]
+        uniform = math.log(data.vocab)
+        blowup = None
+        for i, v in enumerate(ce_hist[at - 1 :], start=at):
+            if not math.isfinite(v) or v > uniform:
+                blowup = {"step": i, "non_finite": not math.isfinite(v)}
                 break
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if snap is not None:
-                prog.step(
-                    step,
-                    ui["live"].format(
-                        s=step,
-                        n=steps,
-                        loss=_num(float(snap.evidence.get("loss", math.nan))),
-                        theta=snap.theta,
-                        f=snap.f_total,
-                        z=snap.zscore,
-                        status=_status(snap.status, lang),
-                    ),
-                )
-    finally:
-        prog.close()
-        guard.close()
-        run_log.close()
-    elapsed = time.perf_counter() - t0
-
-    with torch.no_grad():
-        held = float(torch.nn.functional.cross_entropy(model(data.eval_x), data.eval_y))
-    pre = ce_hist[max(0, at - 21) : at - 1]
-    pre_level = sum(pre) / len(pre) if pre else math.nan
-    uniform = math.log(data.vocab)
-    blowup = None
-    for i, v in enumerate(ce_hist[at - 1 :], start=at):
-        if not math.isfinite(v) or v > uniform:
-            blowup = {"step": i, "non_finite": not math.isfinite(v)}
-            break
-    tail = ce_hist[-20:]
-    first = alerts[0] if alerts else None
-    if stopped is not None and actions:
-        rb = [a for a in actions if "checkpoint_step" in a]
-        if rb:
+        tail = ce_hist[-20:]
+        first = self.alerts[0] if self.alerts else None
+        stopped = self.stopped
+        rb = [a for a in self.actions if "checkpoint_step" in a]
+        if stopped is not None and rb:
             stopped["checkpoint_step"] = rb[-1]["checkpoint_step"]
-    return {
-        "version": __version__,
-        "fault": fault,
-        "fault_step": at,
-        "what": what,
-        "steps": steps,
-        "steps_run": step,
-        "seed": args.seed,
-        "guard": "watching" if args.no_guard else "acting",
-        "params": params,
-        "vocab": data.vocab,
-        "chars": data.chars,
-        "files": data.files,
-        "pre_fault_loss": pre_level,
-        "first_alert": first,
-        "first_alert_loss": ce_hist[first["step"] - 1] if first else None,
-        "alert_steps": len(alerts),
-        "incidents": len(report.incidents),
-        "collapsed_at": collapsed_at,
-        "blowup": blowup,
-        "uniform_loss": uniform,
-        "actions": actions,
-        "stopped": stopped,
-        "final_loss_heldout": held,
-        "final_loss_train": sum(tail) / len(tail) if tail else math.nan,
-        "seconds": elapsed,
-        "report_data": report,
-    }
+        return {
+            "version": __version__,
+            "fault": self.fault,
+            "fault_step": at,
+            "what": self.what,
+            "steps": self.steps,
+            "steps_run": steps_run,
+            "seed": self.args.seed,
+            "guard": "watching" if self.args.no_guard else "acting",
+            "precision": PRECISION,
+            "params": self.params,
+            "vocab": data.vocab,
+            "chars": data.chars,
+            "files": data.files,
+            "pre_fault_loss": sum(pre) / len(pre) if pre else math.nan,
+            "first_alert": first,
+            "first_alert_loss": ce_hist[first["step"] - 1] if first else None,
+            "alert_steps": len(self.alerts),
+            "incidents": len(self.report.incidents),
+            "collapsed_at": self.report.collapse_step,
+            "blowup": blowup,
+            "uniform_loss": uniform,
+            "actions": self.actions,
+            "stopped": stopped,
+            "final_loss_heldout": held,
+            "final_loss_train": sum(tail) / len(tail) if tail else math.nan,
+            "seconds": seconds,
+            "report_data": self.report,
+        }
 
 
-def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
+def _train(args: argparse.Namespace, out: Path, torch: Any) -> Dict[str, Any]:
+    run = _Run(args, out, torch)
+    return run.result(*run.train())
+
+
+# ---- the run folder and the summary ---------------------------------------------------------
+
+
+def _twin(args: argparse.Namespace, out: Path) -> Optional[Dict[str, str]]:
+    """The same run with the other --no-guard setting, when it was made (its folder is
+    ``OUT-noguard`` beside a guarded run's ``OUT``, and the other way round, with the same
+    fault, fault step, steps and seed in its meta.json): ``{"path", "guard"}`` for meta.json."""
+    base, tail = out.name, ""
+    if base.endswith("-ja"):
+        base, tail = base[:-3], "-ja"
+    if args.no_guard:
+        if not base.endswith("-noguard"):
+            return None
+        name, guard = base[: -len("-noguard")] + tail, "acting"
+    else:
+        name, guard = base + "-noguard" + tail, "watching"
+    other = out.parent / name
+    try:
+        meta = json.loads((other / "meta.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = ("fault", "fault_step", "steps", "seed")
+    if not isinstance(meta, dict) or meta.get("guard") != guard:
+        return None
+    if any(meta.get(k) != getattr(args, k) for k in same):
+        return None
+    if not (other / "metrics.csv").is_file():
+        return None
+    return {"path": os.path.join("..", name), "guard": guard}
+
+
+def _write_meta(args: argparse.Namespace, out: Path, r: Dict[str, Any], res: Any) -> None:
     from .outputs import json_safe
-    from .report.html import write_report
-    from .tombstone import verify
 
-    lang, ui = args.lang, _UI[args.lang]
-    tomb_path = out / "tombstones.jsonl"
-    if not tomb_path.exists():
-        tomb_path.touch()  # an empty chain (no action taken) is a valid one
-    res = verify(tomb_path)
-    report = r.pop("report_data")
     meta = {
         "run_name": out.name,
         "source": "anet-lite demo " + " ".join(_cmdline(args)),
         "format": "demo",
-        "lang": lang,
+        "lang": args.lang,
         "model": f"char-MLP ctx={CONTEXT} emb={EMBED} hidden={HIDDEN}",
         "optimizer": f"SGD lr={LR} momentum={MOMENTUM} warmup={WARMUP} batch={BATCH}",
         **{k: v for k, v in r.items() if k != "seconds"},
@@ -535,42 +606,78 @@ def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(r["seconds"], 3),
     }
+    twin = _twin(args, out)
+    if twin is not None:
+        meta["twin"] = twin
     meta.pop("version", None)
     (out / "meta.json").write_text(
         json.dumps(json_safe(meta), indent=2, ensure_ascii=False) + "\n", "utf-8"
     )
-    report_path = write_report(out, data=report)
 
-    w = sys.stdout.write
-    first = r["first_alert"]
-    lines = ["", f"{ui['summary']}:"]
-    fault_at = "none" if r["fault"] == "none" else f"{r['fault']} @ step {r['fault_step']}"
-    lines.append("  " + ui["s_fault"].format(what=fault_at))
+
+def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
+    """Write meta.json and report.html, then print the summary."""
+    from .report.html import write_report
+    from .tombstone import verify
+
+    tomb_path = out / "tombstones.jsonl"
+    if not tomb_path.exists():
+        tomb_path.touch()  # an empty chain (no action taken) is a valid one
+    res = verify(tomb_path)
+    report = r.pop("report_data")
+    _write_meta(args, out, r, res)
+    report_path = write_report(out, data=report)
+    lines = _summary(args, r, res)
+    lines.append(f"{_UI[args.lang]['files']}:")
+    for p in ("metrics.csv", "metrics.jsonl", "tombstones.jsonl", "meta.json"):
+        lines.append(f"  {out / p}")
+    lines.append(f"  {report_path}")
+    lines.append(_hint(args))
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def _hint(args: argparse.Namespace) -> str:
+    ui = _UI[args.lang]
+    if args.fault == "none":
+        return ui["hint_none"]
+    return ui["hint_noguard"] if args.no_guard else ui["hint_guard"]
+
+
+def _first_alert_line(r: Dict[str, Any], lang: str) -> str:
+    ui, first = _UI[lang], r["first_alert"]
     if first is None:
-        lines.append("  " + ui["s_no_alert"])
+        return ui["s_no_alert"]
+    k = first["step"] - r["fault_step"]
+    if k == 0:
+        rel = ui["s_rel_at"]
     else:
-        k = first["step"] - r["fault_step"]
-        rel = (
-            ui["s_rel_at"]
-            if k == 0
-            else (ui["s_rel_after"].format(k=k) if k > 0 else ui["s_rel_before"].format(k=-k))
-        )
-        lines.append(
-            "  "
-            + ui["s_first"].format(s=first["step"], cause=_cause(first["cause"], lang), rel=rel)
-        )
-    bu = r["blowup"]
-    if bu is None:
-        lines.append("  " + ui["s_no_blowup"].format(v=r["vocab"], u=r["uniform_loss"]))
-    else:
-        how = (
-            ui["s_blowup_nf"]
-            if bu["non_finite"]
-            else ui["s_blowup_big"].format(v=r["vocab"], u=r["uniform_loss"])
-        )
-        lines.append(
-            "  " + ui["s_blowup"].format(s=bu["step"], how=how, pre=_num(r["pre_fault_loss"]))
-        )
+        rel = ui["s_rel_after"].format(k=k) if k > 0 else ui["s_rel_before"].format(k=-k)
+    return ui["s_first"].format(s=first["step"], cause=_cause(first["cause"], lang), rel=rel)
+
+
+def _collapse_line(r: Dict[str, Any], lang: str) -> str:
+    """The collapse step (the first step whose loss or gradient is not finite: the one the
+    report and meta.json's ``collapsed_at`` give too), and when the model loss passed a
+    uniform guess."""
+    ui, bu, c = _UI[lang], r["blowup"], r["collapsed_at"]
+    vu = {"v": r["vocab"], "u": r["uniform_loss"]}
+    if c is None:
+        if bu is None:
+            return ui["s_no_collapse"].format(chance=ui["s_below_chance"].format(**vu))
+        return ui["s_no_collapse"].format(chance=ui["s_chance_only"].format(b=bu["step"], **vu))
+    chance = ""
+    if bu is not None and bu["step"] < c:
+        chance = ui["s_chance_at"].format(b=bu["step"], **vu)
+    return ui["s_collapse"].format(s=c, chance=chance, pre=_num(r["pre_fault_loss"]))
+
+
+def _summary(args: argparse.Namespace, r: Dict[str, Any], res: Any) -> List[str]:
+    lang, ui = args.lang, _UI[args.lang]
+    fault_at = "none" if r["fault"] == "none" else f"{r['fault']} @ step {r['fault_step']}"
+    lines = ["", f"{ui['summary']}:", "  " + ui["s_fault"].format(what=fault_at)]
+    lines.append("  " + _first_alert_line(r, lang))
+    lines.append("  " + _collapse_line(r, lang))
     acts = r["actions"]
     if acts:
         listed = ", ".join(
@@ -584,26 +691,13 @@ def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
     st = r["stopped"]
     if st is not None:
         lines.append("  " + ui["s_stopped"].format(s=st["step"], c=st.get("checkpoint_step", "?")))
-    lines.append(
-        "  "
-        + ui["s_final"].format(
-            held=_num(r["final_loss_heldout"]), train=_num(r["final_loss_train"])
-        )
-    )
+    held, train = _num(r["final_loss_heldout"]), _num(r["final_loss_train"])
+    lines.append("  " + ui["s_final"].format(held=held, train=train))
     ok = ui["s_tomb_ok"] if res.ok else ui["s_tomb_bad"].format(why=res.reason)
     pl = ("" if res.records == 1 else "s") if lang == "en" else ""
     lines.append("  " + ui["s_tomb"].format(n=res.records, pl=pl, ok=ok))
     lines.append("  " + ui["s_time"].format(sec=r["seconds"], n=r["steps_run"]))
-    lines.append(f"{ui['files']}:")
-    for p in ("metrics.csv", "metrics.jsonl", "tombstones.jsonl", "meta.json"):
-        lines.append(f"  {out / p}")
-    lines.append(f"  {report_path}")
-    if args.fault == "none":
-        lines.append(ui["hint_none"])
-    else:
-        lines.append(ui["hint_noguard"] if args.no_guard else ui["hint_guard"])
-    w("\n".join(lines) + "\n")
-    sys.stdout.flush()
+    return lines
 
 
 def _cmdline(args: argparse.Namespace) -> List[str]:

@@ -562,7 +562,7 @@ def _verify_lines(
     if records == 0 and chain is not None:
         why = f"chain identity mismatch: the log is empty, expected one starting with {chain}"
         return VerifyResult(False, None, why, 0, None)
-    reason = f"ok: {records} records"
+    reason = f"ok: {records} record{'' if records == 1 else 's'}"
     if skipped:
         reason += (
             f" (torn line{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))}"

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple
+from collections import Counter, deque
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..explain import CAUSE_WORDS
+from .words import ACTION_KINDS, action_word, count, fit_precision, status_word, words
 
 INCIDENT_GAP = 50  # alerts at most this many steps apart belong to one incident
-_SERIES = ("loss", "grad_norm", "theta", "f_total", "zscore")
+_SERIES = ("loss", "grad_norm", "lr", "theta", "f_total", "zscore")
+ZOOM_BEFORE, ZOOM_AFTER = 30, 40  # raw rows kept before / after the first alert (zoom plot)
 _MAX_EVENTS = 200
 _MAX_SPIKES = 2000
 _MAX_INCIDENT_TEXTS = 1000
@@ -24,8 +26,10 @@ _NUMERIC_SKIP = {"cause", "event", "error"}
 _ROWS = 8192  # raw rows the decimator buffers before folding them into buckets
 
 
-def cause_words(cause: Optional[str]) -> str:
-    return CAUSE_WORDS["en"].get(str(cause or ""), str(cause or "unknown cause"))
+def cause_words(cause: Optional[str], lang: str = "en") -> str:
+    """A cause's short name in ``lang`` (the name itself for a cause the registry lacks)."""
+    table = CAUSE_WORDS.get(lang, CAUSE_WORDS["en"])
+    return table.get(str(cause or ""), str(cause or "unknown cause"))
 
 
 class _Decimator:
@@ -137,14 +141,24 @@ def _f(v: Any) -> float:
 
 
 class RunData:
-    """What a report shows, collected one snapshot at a time: ``add(snap)``."""
+    """What a report shows, collected one snapshot at a time: ``add(snap)``.
 
-    def __init__(self, lang: str = "en", incident_gap: int = INCIDENT_GAP) -> None:
+    ``precision`` ("fp32", "fp16", "bf16", or None when unknown) fits the explanations to
+    the run: an fp32 run gets no loss-scale advice (``words.fit_precision``).
+    """
+
+    def __init__(
+        self, lang: str = "en", incident_gap: int = INCIDENT_GAP, precision: Optional[str] = None
+    ) -> None:
         self.lang = lang
         self.incident_gap = int(incident_gap)
+        self.precision = precision
         self.steps = 0
         self.first_step: Optional[int] = None
         self.last_step: Optional[int] = None
+        self.last_status: Optional[str] = None
+        self.last_loss = math.nan
+        self.collapse_step: Optional[int] = None  # first step "collapsed": loss/grad not finite
         self.alerts = 0
         self.incidents: List[Dict[str, Any]] = []
         self.events: List[Tuple[int, str]] = []
@@ -154,6 +168,10 @@ class RunData:
         self.statuses: Dict[str, int] = {}
         self.has: Dict[str, bool] = dict.fromkeys(_SERIES, False)
         self._dec = _Decimator(1 + len(_SERIES))
+        # raw rows (step, *_SERIES) around the first alert, for the zoomed plot
+        self._recent: Deque[Tuple[float, ...]] = deque(maxlen=ZOOM_BEFORE)
+        self.zoom_rows: List[Tuple[float, ...]] = []
+        self._zoom_left = -1  # -1: no alert yet; > 0: rows still to keep after it; 0: done
 
     def add(self, snap: Any) -> None:
         """One snapshot (a ``Snapshot`` or anything with its fields)."""
@@ -165,10 +183,15 @@ class RunData:
         ev = snap.evidence
         st = snap.status
         self.statuses[st] = self.statuses.get(st, 0) + 1
+        self.last_status = st
+        if st == "collapsed" and self.collapse_step is None:
+            self.collapse_step = step
         loss = _f(ev.get("loss"))  # (a rebuilt snapshot may hold a string or a huge int)
-        self._dec.push(
-            (step, loss, _f(ev.get("grad_norm")), _f(snap.theta), _f(snap.f_total), _f(snap.zscore))
-        )
+        self.last_loss = loss
+        row = (float(step), loss, _f(ev.get("grad_norm")), _f(ev.get("lr")), _f(snap.theta))
+        row += (_f(snap.f_total), _f(snap.zscore))
+        self._dec.push(row)
+        self._zoom_push(row, bool(snap.alert))
         if "event" in ev:
             self.n_events += 1
             if len(self.events) < _MAX_EVENTS:
@@ -179,6 +202,38 @@ class RunData:
                 self.spikes.append((step, _f(loss)))
         if snap.alert:
             self._alert(snap, step)
+
+    def _zoom_push(self, row: Tuple[float, ...], alert: bool) -> None:
+        """Keep ``ZOOM_BEFORE`` rows before the first alert and ``ZOOM_AFTER`` after it."""
+        if self._zoom_left == 0:
+            return
+        if self._zoom_left < 0:
+            if not alert:
+                self._recent.append(row)
+                return
+            self.zoom_rows = [*self._recent, row]
+            self._zoom_left = ZOOM_AFTER
+            return
+        self.zoom_rows.append(row)
+        self._zoom_left -= 1
+
+    def _zoom_block(self, block: np.ndarray, alerts: Sequence[Any]) -> None:
+        """``_zoom_push`` of each row of ``block`` (same rows kept)."""
+        if self._zoom_left == 0:
+            return
+        i = 0
+        if self._zoom_left < 0:
+            first = next((j for j, a in enumerate(alerts) if a), None)
+            if first is None:
+                self._recent.extend(map(tuple, block[-ZOOM_BEFORE:].tolist()))
+                return
+            self._recent.extend(map(tuple, block[max(0, first - ZOOM_BEFORE) : first].tolist()))
+            self.zoom_rows = [*self._recent, tuple(block[first].tolist())]
+            self._zoom_left = ZOOM_AFTER
+            i = first + 1
+        take = block[i : i + self._zoom_left].tolist()
+        self.zoom_rows.extend(map(tuple, take))
+        self._zoom_left -= len(take)
 
     def add_many(self, snaps: Any, cols: Optional[Dict[str, List[Any]]] = None) -> None:
         """``add`` of each snapshot in order (the same result), from their columns.
@@ -204,10 +259,26 @@ class RunData:
         st0 = status[0]
         for st, c in ((st0, k),) if status.count(st0) == k else Counter(status).items():
             counts[st] = counts.get(st, 0) + c
+        self.last_status = status[-1]
+        if self.collapse_step is None and "collapsed" in status:
+            self.collapse_step = steps[status.index("collapsed")]
         block = np.empty((k, 1 + len(_SERIES)))
-        for j, name in enumerate(("step", "loss", "grad_norm", "theta", "f_total", "zscore")):
+        block[:, 0] = steps
+        for j, name in enumerate(_SERIES, start=1):
             block[:, j] = cols[name]  # None -> nan
+        self.last_loss = _f(cols["loss"][-1])
         self._dec.push_block(block)
+        self._zoom_block(block, cols["alert"])
+        self._add_marks(steps, cols)
+        alerts = cols["alert"]
+        if any(alerts):
+            for i, al in enumerate(alerts):
+                if al:
+                    self._alert(snaps[i], steps[i])
+
+    def _add_marks(self, steps: List[Any], cols: Dict[str, List[Any]]) -> None:
+        """The schedule events and one-step spikes of a block of rows."""
+        k = len(steps)
         events = cols["event"]
         if events.count(None) != k:
             for i, e in enumerate(events):
@@ -223,11 +294,6 @@ class RunData:
                     self.n_spikes += 1
                     if len(self.spikes) < _MAX_SPIKES:
                         self.spikes.append((steps[i], _f(loss[i])))
-        alerts = cols["alert"]
-        if any(alerts):
-            for i, al in enumerate(alerts):
-                if al:
-                    self._alert(snaps[i], steps[i])
 
     def _alert(self, snap: Any, step: int) -> None:
         self.alerts += 1
@@ -243,9 +309,9 @@ class RunData:
         text = ""
         if len(self.incidents) < _MAX_INCIDENT_TEXTS:
             try:
-                text = snap.explain(self.lang)
+                text = fit_precision(snap.explain(self.lang), self.lang, self.precision)
             except Exception as exc:  # a snapshot rebuilt from a damaged line
-                text = f"(no explanation: {exc})"
+                text = words(self.lang)["no_explanation"].format(exc=exc)
         self.incidents.append(
             {
                 "first_step": step,
@@ -270,31 +336,65 @@ class RunData:
             self.has[name] = bool(np.isfinite(hi_i).any() or np.isfinite(lo_i).any())
         return out
 
-    def verdict(self) -> Tuple[str, str]:
-        """(css class, sentence)."""
+    def zoom(self) -> Dict[str, Any]:
+        """The raw rows around the first alert as ``{"x": steps, name: values}`` (empty
+        arrays when the run had no alert)."""
+        a = np.array(self.zoom_rows, dtype=float).reshape(-1, 1 + len(_SERIES))
+        out: Dict[str, Any] = {"x": a[:, 0]}
+        for i, name in enumerate(_SERIES, start=1):
+            out[name] = a[:, i]
+        return out
+
+    def verdict(self, actions: Sequence[Tuple[int, str]] = ()) -> Tuple[str, str]:
+        """(css class, sentence) in the report's language; ``actions`` are the Guard's
+        (step, kind) from the tombstone log.
+
+        "bad" (red) only when the run failed: its loss stopped being finite and nothing
+        acted, or it ended in an alert (precursor / collapsed). "protected" when the Guard
+        acted and the run ended healthy; "warn" for a run the Guard stopped, alerts that
+        ended healthy without an action, or a run too short to judge; "ok" when healthy.
+        """
+        w, lang = words(self.lang), self.lang
         if self.steps == 0:
-            return "warn", "No steps in this run."
+            return "warn", w["no_steps"]
         if not self.incidents:
             judged = self.judged_steps
             if judged == 0:
-                return "warn", (
-                    f"Not enough steps to judge: all {self.steps:,} steps were warm-up "
-                    "(the Monitor learns the run's levels first); no alert."
-                )
-            return "ok", (
-                f"Healthy — no alert in {self.steps:,} steps ({judged:,} judged after warm-up)."
+                return "warn", w["not_judged"].format(n=count(self.steps, "step", lang))
+            return "ok", w["healthy"].format(
+                n=count(self.steps, "step", lang), judged=count(judged, "step", lang)
             )
         first = self.incidents[0]
-        n = len(self.incidents)
-        kind = "bad" if any(i["status"] != "drifting" for i in self.incidents) else "warn"
-        coll = next((i for i in self.incidents if i["collapsed"]), None)
-        s = (
-            f"{self.alerts:,} alert steps in {n:,} incident{'s' if n != 1 else ''}; "
-            f"the first at step {first['first_step']}: {cause_words(first['cause'])}."
-        )
-        if coll is not None:
-            s = f"Collapsed at step {coll['first_step']}. " + s
-        return kind, s
+        acts = [(s, k) for s, k in actions if k in ACTION_KINDS]
+        f = {
+            "s": first["first_step"],
+            "cause": cause_words(first["cause"], lang),
+            "inc": count(len(self.incidents), "incident", lang),
+            "alerts": count(self.alerts, "alert_step", lang),
+            "last": self.last_step,
+            "status": status_word(str(self.last_status), lang),
+        }
+        stop = next((s for s, k in acts if k == "stop"), None)
+        if stop is not None:
+            return "warn", w["protected_stop"].format(stop=stop, acts=self._acts(acts), **f)
+        if self.collapse_step is not None and (not acts or self.last_status == "collapsed"):
+            k = self.collapse_step - first["first_step"]
+            if k <= 0:
+                return "bad", w["collapsed_at_alert"].format(c=self.collapse_step, **f)
+            return "bad", w["collapsed"].format(c=self.collapse_step, k=count(k, "step", lang), **f)
+        if self.last_status in ("precursor", "collapsed") or not math.isfinite(self.last_loss):
+            return "bad", w["ended_alert"].format(**f)
+        if acts:
+            return "protected", w["protected"].format(acts=self._acts(acts), a=acts[0][0], **f)
+        return "warn", w["alerts_only"].format(**f)
+
+    def _acts(self, acts: Sequence[Tuple[int, str]]) -> str:
+        """ "slow down" for one action; "3 actions: skip ×2, roll back ×1" for more."""
+        if len(acts) == 1:
+            return action_word(acts[0][1], self.lang)
+        kinds = Counter(k for _, k in acts)
+        parts = [f"{action_word(k, self.lang)} ×{n}" for k, n in kinds.items()]
+        return count(len(acts), "action", self.lang) + ": " + ", ".join(parts)
 
     @property
     def judged_steps(self) -> int:

@@ -2,25 +2,26 @@
 
 ``write_report(run_dir)`` renders a ``RunData`` (report/data.py; ``load_run`` in
 report/runfolder.py fills one from a run folder) with the folder's meta.json and
-tombstones.jsonl (verified with ``tombstone.verify``). Everything shown is escaped.
+tombstones.jsonl (verified with ``tombstone.verify``), in the run's language (``RunData.lang``,
+"en" or "ja"; report/words.py). Everything shown is escaped.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import html
-import io
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..outputs import write_atomic
+from ._plots import PLOT_LIMIT, svg_plots, svg_zoom
 from .data import INCIDENT_GAP, RunData, cause_words
-from .runfolder import _read_meta, _tombstones, load_run
+from .runfolder import _read_meta, _tombstones, load_run, read_twin
+from .words import ACTION_KINDS, count, status_word, words
 
-__all__ = ["INCIDENT_GAP", "RunData", "load_run", "plots_available", "write_report"]
+__all__ = ["INCIDENT_GAP", "PLOT_LIMIT", "RunData", "load_run", "plots_available", "write_report"]
 
 
 def plots_available() -> bool:
@@ -32,6 +33,7 @@ def plots_available() -> bool:
 
 
 def _action_steps(tomb: Dict[str, Any]) -> List[Tuple[int, str]]:
+    """(step, event) of the tombstone log's records that name a step (first 200)."""
     out = []
     for _, r in tomb.get("rows", ()):
         if r is None:
@@ -42,126 +44,47 @@ def _action_steps(tomb: Dict[str, Any]) -> List[Tuple[int, str]]:
     return out[:200]
 
 
-PLOT_LIMIT = 1e100  # plotted values are clipped to [-PLOT_LIMIT, PLOT_LIMIT]
-
-
-def _plots_or_note(data: RunData, series: Dict[str, Any], tomb: Dict[str, Any]) -> Tuple[str, str]:
-    """(svg, note): the plots, or why there are none; a plotting failure never loses the
-    report (the summary, alerts and tombstones are still written)."""
+def _plots_or_note(
+    data: RunData,
+    series: Dict[str, Any],
+    actions: List[Tuple[int, str]],
+    twin: Optional[Dict[str, Any]] = None,
+) -> Tuple[str, str, str]:
+    """(overview svg, zoom svg, note): the plots, or why there are none; a plotting failure
+    never loses the report (the summary, alerts and tombstones are still written)."""
+    w = words(data.lang)
     if not plots_available():
-        return "", "Plots need matplotlib: pip install 'anet-lite[report]'."
+        return "", "", w["need_mpl"]
     try:
-        plots = _svg_plots(data, series, _action_steps(tomb))
+        plots = svg_plots(data, series, actions, twin)
+        zoom = svg_zoom(data, actions, twin) if plots else ""
     except (ArithmeticError, ValueError) as exc:
-        return "", f"No plots: matplotlib could not draw these values ({exc})."
-    return plots, "" if plots else "Nothing to plot."
+        return "", "", w["no_plots"].format(exc=exc)
+    return plots, zoom, "" if plots else w["nothing"]
 
 
-def _svg_plots(data: RunData, series: Dict[str, Any], actions: List[Tuple[int, str]]) -> str:
-    from matplotlib import rc_context
-    from matplotlib.backends.backend_svg import FigureCanvasSVG
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    x = series["x"]
-    panels = [
-        ("loss", "loss"),
-        ("grad_norm", "gradient norm"),
-        ("theta", "θ (noise-fingerprint similarity)"),
-        ("f_total", "F_Total"),
-        ("zscore", "precursor z"),
-    ]
-    panels = [(k, t) for k, t in panels if data.has[k]]
-    if not panels or len(x) == 0:
-        return ""
-    spans = [(i["first_step"], i["last_step"], i["collapsed"]) for i in data.incidents[:300]]
-    with rc_context(
-        {"svg.fonttype": "path", "svg.hashsalt": "anet-lite", "font.size": 9, "axes.grid": True}
-    ):
-        fig = Figure(figsize=(11, 1.9 * len(panels) + 0.6))
-        FigureCanvasSVG(fig)
-        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-        xs = np.repeat(x, 2)
-        for ax, (key, title) in zip(axes, panels):
-            lo, hi = series[key]
-            with np.errstate(all="ignore"):
-                ys = np.column_stack([lo, hi]).ravel()
-                ys = np.where(np.isfinite(ys), ys, np.nan)
-                # matplotlib's tickers overflow on spans near 1e308: a diverging run's
-                # values are drawn at the limit (the tables and files keep them exact)
-                ys = np.clip(ys, -PLOT_LIMIT, PLOT_LIMIT)
-            ax.plot(xs, ys, color="#2563eb", lw=0.8)
-            if key == "loss":
-                pos = ys[np.isfinite(ys)]
-                if len(pos) and pos.min() > 0 and pos.max() > 20 * pos.min():
-                    ax.set_yscale("log")
-                    ax.set_ylim(bottom=max(pos.min(), pos.max() / PLOT_LIMIT) / 2)
-                if data.spikes:
-                    sx, sy = zip(*data.spikes)
-                    ax.plot(sx, sy, "o", ms=3, color="#f59e0b", zorder=3)
-            if key == "theta":
-                ax.axhline(0.6, color="#9ca3af", lw=0.8, ls=":")
-            if key == "zscore":
-                ax.axhline(2.5, color="#9ca3af", lw=0.8, ls=":")
-                fin = ys[np.isfinite(ys)]
-                if len(fin) and np.abs(fin).max() > 50:
-                    ax.set_yscale("symlog", linthresh=10)
-            for a, b, coll in spans:
-                ax.axvspan(
-                    a - 0.5, b + 0.5, color="#dc2626" if coll else "#ef4444", alpha=0.18, lw=0
-                )
-            for s, _ in data.events[:100]:
-                ax.axvline(s, color="#6b7280", lw=0.7, ls="--")
-            for s, _ in actions:
-                ax.axvline(s, color="#7c3aed", lw=1.0)
-            ax.set_ylabel(title, fontsize=8)
-        axes[-1].set_xlabel("step")
-        handles = [Line2D([], [], color="#2563eb", lw=1, label="value (min/max per bucket)")]
-        if spans:
-            handles.append(Patch(color="#ef4444", alpha=0.3, label="alert incident"))
-        if data.events:
-            handles.append(Line2D([], [], color="#6b7280", ls="--", label="schedule event"))
-        if data.spikes:
-            handles.append(
-                Line2D([], [], color="#f59e0b", marker="o", ls="", label="one-step spike")
-            )
-        if actions:
-            handles.append(Line2D([], [], color="#7c3aed", label="action (tombstone)"))
-        fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
-        h = fig.get_figheight()  # fixed margins (in inches): tight_layout costs ~0.25 s
-        fig.subplots_adjust(
-            left=0.075, right=0.985, bottom=0.45 / h, top=1.0 - 0.4 / h, hspace=0.12
-        )
-        buf = io.StringIO()
-        fig.savefig(
-            buf,
-            format="svg",
-            metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
-        )
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg") :]
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    return svg.replace(
-        "<svg ", '<svg role="img" aria-label="loss, gradient norm, θ, F_Total and z" ', 1
-    )
-
+_FONTS = {
+    "en": 'system-ui,-apple-system,"Segoe UI",Roboto,sans-serif',
+    "ja": '"Hiragino Sans","Hiragino Kaku Gothic ProN","Yu Gothic UI","Yu Gothic",Meiryo,'
+    '"Noto Sans CJK JP","Noto Sans JP","Source Han Sans JP","IPAexGothic",system-ui,sans-serif',
+}
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
-color:#111827;background:#f9fafb}
+body{font:14px/1.45 %(font)s;margin:0;color:#111827;background:#f9fafb}
 main{max-width:1180px;margin:0 auto;padding:16px 24px 48px}
 header{padding:18px 24px;color:#fff}
 header.ok{background:#15803d}header.warn{background:#b45309}header.bad{background:#b91c1c}
+header.protected{background:#0f766e}
 header h1{margin:0 0 4px;font-size:22px}header p{margin:0;font-size:16px}
 section{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:12px 16px;
 margin:16px 0}
 h2{font-size:17px;margin:4px 0 10px}
-table{border-collapse:collapse;width:100%}
+table{border-collapse:collapse;width:100%%}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #f3f4f6;vertical-align:top}
 th{color:#374151;font-weight:600;white-space:nowrap}
 td.num{font-variant-numeric:tabular-nums}
-.plots svg{width:100%;height:auto}
+.plots svg{width:100%%;height:auto}
+.plots svg text{font-family:%(font)s}
 .muted{color:#6b7280}
 ol.alerts li{margin:0 0 10px}
 .tag{display:inline-block;border-radius:4px;padding:0 6px;font-size:12px;color:#fff;
@@ -176,25 +99,13 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-_FLAT_NOTES = {
-    "zscore": (
-        0.0,
-        "The precursor z could not be computed on this run (it reads 0 on every step): its "
-        "window never held 3 steps with a baseline behind them (a run that is too short, "
-        "or steps logged too far apart for the window).",
-    ),
-    "theta": (
-        1.0,
-        "θ stays 1.0 on every step: no healthy noise-fingerprint reference was taken (the "
-        "run never settled after warm-up, or it is too short), so θ says nothing here.",
-    ),
-}
+_FLAT_NOTES = {"zscore": (0.0, "z_flat"), "theta": (1.0, "theta_flat")}
 
 
 def _flat_signal_notes(data: RunData, series: Dict[str, Any]) -> List[str]:
     """A sentence for each plotted signal that stayed at its 'not computed' value."""
     notes = []
-    for key, (value, note) in _FLAT_NOTES.items():
+    for key, (value, word) in _FLAT_NOTES.items():
         if not data.has.get(key) or key not in series:
             continue
         lo, hi = series[key]
@@ -202,147 +113,207 @@ def _flat_signal_notes(data: RunData, series: Dict[str, Any]) -> List[str]:
             vals = np.concatenate([np.asarray(lo, float), np.asarray(hi, float)])
         vals = vals[np.isfinite(vals)]
         if len(vals) and np.all(vals == value):
-            notes.append(note)
+            notes.append(words(data.lang)[word])
     return notes
 
 
-def _render(
-    data: RunData,
-    meta: Dict[str, Any],
-    tomb: Dict[str, Any],
-    run_dir: Path,
-    plots: str,
-    plot_note: str,
-    signal_notes: Tuple[str, ...] = (),
-) -> str:
-    name = meta.get("run_name") or run_dir.name.removesuffix(".anet") or "run"
-    kind, sentence = data.verdict()
-    first = data.incidents[0] if data.incidents else None
-    rows: List[Tuple[str, str]] = [
-        (
-            "steps",
-            f"{data.steps:,}" + (f" ({data.first_step} – {data.last_step})" if data.steps else ""),
-        ),
-        ("alert steps", f"{data.alerts:,}"),
-        ("incidents", f"{len(data.incidents):,}"),
-        ("first alert step", str(first["first_step"]) if first else "—"),
-        ("cause", cause_words(first["cause"]) + f" ({first['cause']})" if first else "—"),
-        ("schedule events", f"{data.n_events:,}"),
-        ("one-step spikes (not alerts)", f"{data.n_spikes:,}"),
-    ]
-    if meta.get("source"):
-        rows.append(("source", str(meta["source"])))
-    if meta.get("format"):
-        rows.append(("format", str(meta["format"])))
-    if isinstance(meta.get("columns"), dict) and meta["columns"]:
-        rows.append(("columns used", ", ".join(f"{k} ← {v}" for k, v in meta["columns"].items())))
-    if meta.get("gaps_summary"):
-        rows.append(("input", str(meta["gaps_summary"])))
-    if tomb.get("present"):
-        st = tomb["status"]
-        rows.append(
+class _Page:
+    """Everything one report shows; ``html()`` renders it, one method per section."""
+
+    def __init__(
+        self,
+        data: RunData,
+        meta: Dict[str, Any],
+        tomb: Dict[str, Any],
+        run_dir: Path,
+        plots: Tuple[str, str, str],
+        signal_notes: Tuple[str, ...] = (),
+        twin: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.data, self.meta, self.tomb, self.run_dir = data, meta, tomb, run_dir
+        self.svg, self.zoom, self.plot_note = plots
+        self.signal_notes, self.twin = signal_notes, twin
+        self.lang = data.lang if data.lang in _FONTS else "en"
+        self.w = words(self.lang)
+        self.actions = _action_steps(tomb)
+
+    def html(self) -> str:
+        name = self.meta.get("run_name") or self.run_dir.name.removesuffix(".anet") or "run"
+        out = self.head(str(name))
+        out += self.summary()
+        out += self.plots()
+        out += self.alerts()
+        out += self.tombstones()
+        out += self.footer()
+        return "\n".join(out) + "\n"
+
+    def head(self, name: str) -> List[str]:
+        kind, sentence = self.data.verdict(self.actions)
+        title = self.w["title"].format(name=name)
+        return [
+            "<!DOCTYPE html>",
+            f'<html lang="{self.lang}"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_CSS % {'font': _FONTS[self.lang]}}</style></head><body>",
+            f'<header class="{kind}" id="verdict"><h1>{_e(title)}</h1>',
+            f"<p>{_e(sentence)}</p></header><main>",
+        ]
+
+    def summary_rows(self) -> List[Tuple[str, str]]:
+        d, w, lang, meta = self.data, self.w, self.lang, self.meta
+        first = d.incidents[0] if d.incidents else None
+        span = f" ({d.first_step} – {d.last_step})" if d.steps else ""
+        acts = [a for a in self.actions if a[1] in ACTION_KINDS]
+        rows = [
+            (w["r_steps"], f"{d.steps:,}{span}"),
+            (w["r_alerts"], f"{d.alerts:,}"),
+            (w["r_incidents"], f"{len(d.incidents):,}"),
+            (w["r_first"], str(first["first_step"]) if first else "—"),
             (
-                "tombstone chain",
-                f"ok ({st['records']} records)" if st["ok"] else f"BROKEN: {st['reason']}",
+                w["r_cause"],
+                f"{cause_words(first['cause'], lang)} ({first['cause']})" if first else "—",
+            ),
+            (w["r_collapse"], "—" if d.collapse_step is None else str(d.collapse_step)),
+        ]
+        if acts:
+            rows.append((w["r_actions"], ", ".join(f"{k} @ {s}" for s, k in acts[:20])))
+        rows += [(w["r_events"], f"{d.n_events:,}"), (w["r_spikes"], f"{d.n_spikes:,}")]
+        for key, word in (
+            ("source", "r_source"),
+            ("format", "r_format"),
+            ("precision", "r_precision"),
+        ):
+            if meta.get(key):
+                rows.append((w[word], str(meta[key])))
+        if isinstance(meta.get("columns"), dict) and meta["columns"]:
+            used = ", ".join(f"{k} ← {v}" for k, v in meta["columns"].items())
+            rows.append((w["r_columns"], used))
+        if meta.get("gaps_summary"):
+            rows.append((w["r_input"], str(meta["gaps_summary"])))
+        if self.twin is not None:
+            text = w[f"twin_{self.twin['guard']}"].format(path=self.twin["path"])
+            if self.twin.get("error"):
+                text += " " + w["twin_missing"].format(why=self.twin["error"])
+            rows.append((w["r_twin"], text))
+        if self.tomb.get("present"):
+            st = self.tomb["status"]
+            n = count(st["records"], "record", lang)
+            ok = (
+                w["chain_ok"].format(n=n)
+                if st["ok"]
+                else w["chain_bad"].format(reason=st["reason"])
             )
-        )
-    out: List[str] = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>anet-lite report: {_e(name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f'<header class="{kind}" id="verdict"><h1>anet-lite report: {_e(name)}</h1>',
-        f"<p>{_e(sentence)}</p></header><main>",
-        '<section id="summary"><h2>Summary</h2><table>',
-    ]
-    for k, v in rows:
-        out.append(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>")
-    out.append("</table></section>")
-    out.append('<section id="plots" class="plots"><h2>Signals over steps</h2>')
-    if plots:
-        out.append(plots)
-        missing = [k for k in ("grad_norm",) if not data.has.get(k)]
-        if missing:
-            out.append(f'<p class="muted">Not logged: {_e(", ".join(missing))}.</p>')
-        for note in signal_notes:
+            rows.append((w["r_chain"], ok))
+        return rows
+
+    def summary(self) -> List[str]:
+        out = [f'<section id="summary"><h2>{_e(self.w["h_summary"])}</h2><table>']
+        for k, v in self.summary_rows():
+            out.append(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>")
+        out.append("</table></section>")
+        return out
+
+    def plots(self) -> List[str]:
+        w = self.w
+        out = [f'<section id="plots" class="plots"><h2>{_e(w["h_plots"])}</h2>']
+        if not self.svg:
+            out.append(f'<p class="muted">{_e(self.plot_note)}</p></section>')
+            return out
+        out.append(self.svg)
+        if not self.data.has.get("grad_norm"):
+            out.append(f'<p class="muted">{_e(w["not_logged"].format(what="grad_norm"))}</p>')
+        for note in self.signal_notes:
             out.append(f'<p class="muted">{_e(note)}</p>')
-    else:
-        out.append(f'<p class="muted">{_e(plot_note)}</p>')
-    out.append("</section>")
-    out.append('<section id="alerts"><h2>Alerts</h2>')
-    if not data.incidents:
-        out.append('<p class="ok-text">No alerts.</p>')
-    else:
-        out.append(
-            f'<p class="muted">{data.alerts:,} alert steps grouped into '
-            f"{len(data.incidents):,} incident{'s' if len(data.incidents) != 1 else ''} "
-            f"(alerts at most {data.incident_gap} steps "
-            "apart form one incident); the first alert of each is explained.</p>"
-        )
-        out.append('<ol class="alerts">')
-        for inc in data.incidents[:500]:
-            span = (
-                f"step {inc['first_step']}"
-                if inc["first_step"] == inc["last_step"]
-                else f"steps {inc['first_step']} – {inc['last_step']}"
-            )
-            causes = ", ".join(f"{c} ×{n}" for c, n in inc["causes"].items())
+        out.append("</section>")
+        if self.zoom:
+            rows = self.data.zoom_rows
+            a, b = int(rows[0][0]), int(rows[-1][0])
+            n = count(len(rows), "step", self.lang)
             out.append(
-                f'<li><span class="tag {_e(inc["status"])}">{_e(inc["status"])}</span> '
-                f"<b>{_e(span)}</b> · {inc['alerts']:,} alert steps · {_e(causes)}"
-                f"<br>{_e(inc['explanation'])}</li>"
+                f'<section id="zoom" class="plots"><h2>{_e(w["h_zoom"].format(a=a, b=b))}</h2>'
+            )
+            out.append(self.zoom)
+            out.append(f'<p class="muted">{_e(w["zoom_note"].format(n=n))}</p></section>')
+        return out
+
+    def alerts(self) -> List[str]:
+        d, w, lang = self.data, self.w, self.lang
+        out = [f'<section id="alerts"><h2>{_e(w["h_alerts"])}</h2>']
+        if not d.incidents:
+            out.append(f'<p class="ok-text">{_e(w["no_alerts"])}</p></section>')
+            return out
+        intro = w["alerts_intro"].format(
+            alerts=count(d.alerts, "alert_step", lang),
+            inc=count(len(d.incidents), "incident", lang),
+            gap=d.incident_gap,
+        )
+        out.append(f'<p class="muted">{_e(intro)}</p>')
+        out.append('<ol class="alerts">')
+        for inc in d.incidents[:500]:
+            a, b = inc["first_step"], inc["last_step"]
+            span = w["span_one"].format(a=a) if a == b else w["span_many"].format(a=a, b=b)
+            causes = ", ".join(f"{c} ×{n}" for c, n in inc["causes"].items())
+            tag = status_word(inc["status"], lang)
+            out.append(
+                f'<li><span class="tag {_e(inc["status"])}">{_e(tag)}</span> '
+                f"<b>{_e(span)}</b> · {_e(count(inc['alerts'], 'alert_step', lang))} · "
+                f"{_e(causes)}<br>{_e(inc['explanation'])}</li>"
             )
         out.append("</ol>")
-        if len(data.incidents) > 500:
-            out.append(f'<p class="muted">… and {len(data.incidents) - 500:,} more.</p>')
-    out.append("</section>")
-    out.append('<section id="tombstones"><h2>Actions (tombstone log)</h2>')
-    if not tomb.get("present"):
-        out.append('<p class="muted">No tombstones.jsonl in this run folder.</p>')
-    else:
+        if len(d.incidents) > 500:
+            more = w["more"].format(n=f"{len(d.incidents) - 500:,}")
+            out.append(f'<p class="muted">{_e(more)}</p>')
+        out.append("</section>")
+        return out
+
+    def tombstones(self) -> List[str]:
+        w, tomb = self.w, self.tomb
+        out = [f'<section id="tombstones"><h2>{_e(w["h_tomb"])}</h2>']
+        if not tomb.get("present"):
+            out.append(f'<p class="muted">{_e(w["no_tomb"])}</p></section>')
+            return out
         st = tomb["status"]
         if st["ok"]:
-            out.append(f'<p class="ok-text">Chain verified: {st["records"]} records, intact.</p>')
+            ok = w["tomb_ok"].format(n=count(st["records"], "record", self.lang))
+            out.append(f'<p class="ok-text">{_e(ok)}</p>')
         else:
             line = f"line {st['line']}: " if st["line"] and "line" not in st["reason"] else ""
-            out.append(f'<p class="bad-text">Chain broken: {_e(line + st["reason"])}</p>')
-        out.append(
-            "<table><tr><th>line</th><th>event</th><th>time</th><th>policy</th>"
-            "<th>step</th><th>reason</th><th>hash</th></tr>"
-        )
+            bad = w["tomb_bad"].format(why=line + st["reason"])
+            out.append(f'<p class="bad-text">{_e(bad)}</p>')
+        heads = ("t_line", "t_event", "t_time", "t_policy", "t_step", "t_reason", "t_hash")
+        out.append("<table><tr>" + "".join(f"<th>{_e(w[h])}</th>" for h in heads) + "</tr>")
         for no, r in tomb["rows"]:
-            if r is None:
-                out.append(f"<tr><td>{no:d}</td><td colspan=6>(not a JSON object)</td></tr>")
-                continue
-            scope = r.get("scope") if isinstance(r.get("scope"), dict) else {}
-            evid = r.get("evidence") if isinstance(r.get("evidence"), dict) else {}
-            h = str(r.get("hash", ""))
-            out.append(
-                "<tr>"
-                + "".join(
-                    f"<td>{_e(v)}</td>"
-                    for v in (
-                        no,
-                        r.get("event", ""),
-                        r.get("time", ""),
-                        r.get("policy", ""),
-                        scope.get("step", ""),
-                        evid.get("reason", ""),
-                    )
-                )
-                + f"<td><code>{_e(h[:24])}…</code></td></tr>"
-            )
-        out.append("</table>")
-    out.append("</section>")
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    from .. import __version__
+            out.append(self.tomb_row(no, r))
+        out.append("</table></section>")
+        return out
 
-    out.append(
-        f'<p class="muted">Generated by anet-lite {_e(__version__)} on {_e(now)} from '
-        f"{_e(run_dir)}.</p></main></body></html>"
-    )
-    return "\n".join(out) + "\n"
+    def tomb_row(self, no: int, r: Optional[Dict[str, Any]]) -> str:
+        if r is None:
+            return f"<tr><td>{no:d}</td><td colspan=6>{_e(self.w['not_json'])}</td></tr>"
+        scope = r.get("scope") if isinstance(r.get("scope"), dict) else {}
+        evid = r.get("evidence") if isinstance(r.get("evidence"), dict) else {}
+        h = str(r.get("hash", ""))
+        cells = (
+            no,
+            r.get("event", ""),
+            r.get("time", ""),
+            r.get("policy", ""),
+            scope.get("step", ""),
+            evid.get("reason", ""),
+        )
+        return (
+            "<tr>"
+            + "".join(f"<td>{_e(v)}</td>" for v in cells)
+            + f"<td><code>{_e(h[:24])}…</code></td></tr>"
+        )
+
+    def footer(self) -> List[str]:
+        from .. import __version__
+
+        now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        text = self.w["footer"].format(v=__version__, now=now, src=self.run_dir)
+        return [f'<p class="muted">{_e(text)}</p></main></body></html>']
 
 
 def write_report(run_dir: Any, out: Any = None, *, data: Optional[RunData] = None) -> Path:
@@ -357,8 +328,9 @@ def write_report(run_dir: Any, out: Any = None, *, data: Optional[RunData] = Non
         data = load_run(rd)
     series = data.finish_series()
     tomb = _tombstones(rd, meta)
-    plots, note = _plots_or_note(data, series, tomb)
+    twin = read_twin(rd, meta)
+    plots = _plots_or_note(data, series, _action_steps(tomb), twin)
     notes = tuple(_flat_signal_notes(data, series))
-    text = _render(data, meta, tomb, rd, plots, note, notes)
+    text = _Page(data, meta, tomb, rd, plots, notes, twin).html()
     dest = Path(out) if out is not None else rd / "report.html"
     return write_atomic(dest, text, fsync=False)

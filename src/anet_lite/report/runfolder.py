@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
+
 from ..verdict import Snapshot
-from .data import _NUMERIC_SKIP, RunData, _f
+from .data import _NUMERIC_SKIP, RunData, _Decimator, _f
 
 _MAX_META = 4 * 1024 * 1024  # bytes of meta.json read
 _MAX_STEP = 2**63 - 1
@@ -194,7 +196,8 @@ def load_run(run_dir: Any, lang: Optional[str] = None) -> RunData:
     if not rd.is_dir():
         raise ValueError(f"{rd}: not a folder")
     meta = _read_meta(rd)
-    data = RunData(lang=lang or str(meta.get("lang") or "en"))
+    precision = meta.get("precision") if isinstance(meta.get("precision"), str) else None
+    data = RunData(lang=lang or str(meta.get("lang") or "en"), precision=precision)
     for snap in _iter_snapshots(rd):
         data.add(snap)
     return data
@@ -239,6 +242,44 @@ def _tombstone_rows(p: Path, limit: int = 1000) -> List[Tuple[int, Optional[Dict
             break
         rows.append((no, rec))
     return rows
+
+
+_MAX_TWIN_ROWS = 1_000_000
+
+
+def read_twin(run_dir: Path, meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The loss curve of the run meta.json names as this run's twin (``meta["twin"]``:
+    ``{"path": folder, relative to this one or absolute, "guard": "watching" | "acting"}``,
+    written by ``anet-lite demo`` when the same run was made with the other ``--no-guard``
+    setting): ``{"path", "guard", "x", "loss"}`` decimated to min/max buckets, with
+    ``"error"`` (and no points) when its metrics.csv cannot be read; None without a twin."""
+    t = meta.get("twin")
+    if not isinstance(t, dict) or not isinstance(t.get("path"), str):
+        return None
+    guard = t.get("guard") if t.get("guard") in ("watching", "acting") else "watching"
+    out: Dict[str, Any] = {"path": t["path"], "guard": guard, "x": (), "loss": ()}
+    p = run_dir / t["path"] / "metrics.csv"
+    dec = _Decimator(2)
+    try:
+        if not p.is_file():
+            raise ValueError(f"{p}: not a file")
+        with open(p, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(_lines(f, p))
+            if not reader.fieldnames or "loss" not in reader.fieldnames:
+                raise ValueError(f"{p}: no 'loss' column")
+            for no, r in enumerate(reader):
+                if no >= _MAX_TWIN_ROWS:
+                    break
+                step = r.get("step") or ""
+                if step.lstrip("-").isdigit() and len(step) < 16:
+                    dec.push((float(step), _f(r.get("loss"))))
+    except (OSError, ValueError, csv.Error) as exc:
+        out["error"] = str(exc)
+        return out
+    x, lo, hi = dec.result()
+    out["x"] = np.repeat(x, 2)
+    out["loss"] = np.column_stack([lo[:, 0], hi[:, 0]]).ravel()
+    return out
 
 
 # ---- rendering ----------------------------------------------------------------------------
