@@ -578,7 +578,7 @@ def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
 
 def test_report_series_buffer_stays_bounded_on_a_long_run():
     """The min/max decimator buffers a constant number of raw rows, however long the run
-    (it used to buffer 512 buckets' worth: a sixth of all rows at the worst moment)."""
+    (not 512 buckets' worth: a sixth of all rows at the worst moment)."""
     import numpy as np
 
     from anet_lite.report.data import _Decimator
