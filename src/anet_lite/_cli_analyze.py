@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, TextIO
 
+from .readers.registry import FORMATS
+
 EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
 CHUNK = 512  # steps formatted and written at once (small enough to still be in the CPU cache)
 _MAX_PRINTED_INCIDENTS = 20
@@ -78,7 +80,7 @@ update_cos, ...) are recognised.
     a.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow"),
+        choices=FORMATS,
         help="input format (default: auto, from the name and first line)",
     )
     a.add_argument(

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, RunFolderWriter, _err, default_out
+from .readers.registry import FORMATS
 
 _TEXT = ("csv", "wandb", "jsonl")
 _SPIN = "|/-\\"
@@ -77,7 +78,7 @@ exit codes:
     w.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow"),
+        choices=FORMATS,
     )
     w.add_argument("--interval", type=float, default=2.0, help="seconds between polls (2)")
     w.add_argument(
