@@ -66,10 +66,10 @@ def profile(path: Path, out: Path) -> None:
     """
     import gc
 
-    from anet_lite import outputs
-    from anet_lite._cli_analyze import CHUNK
     from anet_lite.readers import open_log
+    from anet_lite.records import outputs
     from anet_lite.report.html import RunData, write_report
+    from anet_lite.report.runfolder import CHUNK
 
     pc = time.perf_counter
     tm: dict = dict.fromkeys(

@@ -15,8 +15,8 @@ import pytest
 
 from anet_lite import Monitor
 from anet_lite.cli import main
-from anet_lite.outputs import COLUMNS, DERIVED, RunLog
-from anet_lite.tombstone import TombstoneLog
+from anet_lite.records.outputs import COLUMNS, DERIVED, RunLog
+from anet_lite.records.tombstone import TombstoneLog
 
 # shared/ lies beside the checkout (here and in CI): public healthy training logs.
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-logs"

@@ -12,8 +12,8 @@ import pytest
 
 from anet_lite import Monitor, Snapshot
 from anet_lite.cli import main
-from anet_lite.forgetting import forget_dataset, format_table
-from anet_lite.tombstone import FIELDS, KEY_ENV, TombstoneLog, read, verify
+from anet_lite.records.forgetting import forget_dataset, format_table
+from anet_lite.records.tombstone import FIELDS, KEY_ENV, TombstoneLog, read, verify
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

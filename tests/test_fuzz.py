@@ -21,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from anet_lite.cli import main  # noqa: E402
 from anet_lite.readers import LogFormatError, MissingDependencyError, open_log  # noqa: E402
-from anet_lite.tombstone import TombstoneLog, read_lines, verify  # noqa: E402
+from anet_lite.records.tombstone import TombstoneLog, read_lines, verify  # noqa: E402
 
 _SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -17,7 +17,7 @@ from torch_fixtures import batches, char_mlp  # noqa: E402
 
 from anet_lite import Monitor, Policy, verify  # noqa: E402
 from anet_lite.integrations.lightning import AnetCallback  # noqa: E402
-from anet_lite.tombstone import read  # noqa: E402
+from anet_lite.records.tombstone import read  # noqa: E402
 
 pytestmark = [
     pytest.mark.torch,

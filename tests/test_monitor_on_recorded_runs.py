@@ -221,7 +221,7 @@ def test_a_sign_bug_whose_loss_wobbles_is_an_ascent_from_its_gradient_and_update
 def test_a_sign_bug_under_adam_is_a_divergence_once_gradient_and_update_grow_4_steps(
     monkeypatch,
 ):
-    # Train-split run (in the pool; the rule was checked on fresh seeds, docs/benchmarks.md):
+    # Train-split run (in the pool; the rule was checked on fresh seeds, CHANGELOG.md 0.1.0):
     # Adam's normalised update grows slowly and its cos barely lifts (no ascent, and
     # grad_growth stays gated on coherence) while gradient and update each grow step
     # after step from the onset; at the 5th such step the gradient is 8x its level.

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from anet_lite import Monitor, RunLog
-from anet_lite.outputs import COLUMNS
+from anet_lite.records.outputs import COLUMNS
 
 
 def test_csv_and_jsonl_lines(tmp_path):
@@ -80,7 +80,7 @@ for i in itertools.count():
 
 def _reference_row(snap) -> str:
     """RunLog's cells, with the DERIVED columns as %.6g (the documented difference)."""
-    from anet_lite.outputs import _FROM_SNAP, DERIVED, _cell, _cell6
+    from anet_lite.records.outputs import _FROM_SNAP, DERIVED, _cell, _cell6
 
     ev = snap.evidence
     cells = []
@@ -136,7 +136,7 @@ def _odd_snapshots(rng):
 def test_csv_chunk_matches_cell_by_cell(size):
     import random
 
-    from anet_lite.outputs import csv_chunk, snapshot_columns
+    from anet_lite.records.outputs import csv_chunk, snapshot_columns
 
     snaps = _odd_snapshots(random.Random(size))
     for lo in range(0, len(snaps), size):
@@ -151,7 +151,7 @@ def test_csv_chunk_equals_runlog_outside_derived_columns(tmp_path):
     """Everything but the DERIVED statistics is exactly RunLog's cell (inputs: full repr)."""
     import random
 
-    from anet_lite.outputs import DERIVED, csv_chunk, snapshot_columns
+    from anet_lite.records.outputs import DERIVED, csv_chunk, snapshot_columns
 
     snaps = _odd_snapshots(random.Random(1))
     with RunLog(tmp_path / "m.csv") as rl:

@@ -660,7 +660,7 @@ def test_csv_fast_path_matches_row_by_row(tmp_path, monkeypatch):
         p = tmp_path / f"{name}.csv"
         p.write_text(text)
         fast[name] = _read_all(p)
-    monkeypatch.setattr(readers.LogReader, "_fast_block", lambda self, *a: None)
+    monkeypatch.setattr(readers.csv_files.CsvReader, "_fast_block", lambda self, *a: None)
     for name, _ in cases:
         slow = _read_all(tmp_path / f"{name}.csv")
         assert fast[name] == slow, name
@@ -681,3 +681,34 @@ def test_csv_fast_path_matches_row_by_row(tmp_path, monkeypatch):
     joins, restart, nonf = (json.loads(fast[k][2]) for k in ("joins", "restart", "nonfinite"))
     assert joins["records"] == 1500 and restart["step_regressions"] == 1
     assert list(nonf["non_finite"]) == ["grad_norm", "loss"]
+
+
+def test_a_format_is_one_reader_class_in_the_registry(tmp_path, monkeypatch):
+    """Every --format name maps to its FormatReader class, and a new format needs nothing
+    but a FormatReader subclass and its registry entry."""
+    from anet_lite import readers
+    from anet_lite.readers.base import FormatReader
+
+    assert ("auto",) + tuple(readers.READERS) == readers.FORMATS
+    for name, cls in readers.READERS.items():
+        assert issubclass(cls, FormatReader) and name in cls.formats, name
+
+    class SpaceSeparated(FormatReader):  # "step loss" per line
+        formats = ("ssv",)
+
+        def rows(self):
+            self.columns["loss"] = "column 2"
+            with open(self.path) as f:
+                for n, line in enumerate(f, 1):
+                    step, loss = line.split()
+                    yield [int(step), float(loss)] + [None] * 7 + [n]
+
+    p = tmp_path / "run.ssv"
+    p.write_text("0 2.5\n1 2.0\n1 1.9\n3 1.5\n")
+    with pytest.raises(ValueError, match="ssv"):
+        readers.open_log(p, "ssv")
+    monkeypatch.setitem(readers.READERS, "ssv", SpaceSeparated)
+    log = readers.open_log(p, "ssv")
+    recs = list(log)
+    assert [(r.step, r.loss) for r in recs] == [(0, 2.5), (1, 1.9), (3, 1.5)]  # joined by step
+    assert log.columns == {"loss": "column 2"} and log.stats.records == 3

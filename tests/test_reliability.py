@@ -15,7 +15,7 @@ import pytest
 
 from anet_lite.cli import main
 from anet_lite.readers import LogFormatError, open_log
-from anet_lite.tombstone import TombstoneLog, verify
+from anet_lite.records.tombstone import TombstoneLog, verify
 
 
 def _csv(path: Path, n: int = 120) -> Path:
@@ -332,7 +332,7 @@ def test_a_line_longer_than_the_cap_is_an_error_not_a_memory_blowup(tmp_path, ca
 
 
 def test_verify_and_tombstone_log_bound_a_line_without_newline(tmp_path, capsys):
-    from anet_lite.tombstone import MAX_RECORD_BYTES
+    from anet_lite.records.tombstone import MAX_RECORD_BYTES
 
     t = tmp_path / "t.jsonl"
     TombstoneLog(t).append("skip", policy="nan", scope={"step": 1}, evidence={})
@@ -412,7 +412,7 @@ def test_duplicate_keys_fail_verify(tmp_path):
 
 def test_runlog_reopened_after_a_crash_starts_on_a_fresh_line(tmp_path, capsys):
     from anet_lite import Monitor
-    from anet_lite.outputs import COLUMNS, RunLog
+    from anet_lite.records.outputs import COLUMNS, RunLog
 
     run = tmp_path / "run"
     m = Monitor()
@@ -447,7 +447,7 @@ def _failing_write(monkeypatch, tomb_mod):
 
 
 def test_failed_tombstone_append_leaves_no_partial_line(tmp_path, monkeypatch):
-    from anet_lite import tombstone as tomb_mod
+    from anet_lite.records import tombstone as tomb_mod
 
     t = tmp_path / "t.jsonl"
     log = TombstoneLog(t)
@@ -563,7 +563,7 @@ def test_analyze_records_the_head_of_a_tombstone_log_in_its_run_folder(tmp_path,
 
 
 def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
-    from anet_lite.outputs import write_atomic
+    from anet_lite.records.outputs import write_atomic
 
     old = os.umask(0o022)
     try:
@@ -578,7 +578,7 @@ def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
 
 def test_report_series_buffer_stays_bounded_on_a_long_run():
     """The min/max decimator buffers a constant number of raw rows, however long the run
-    (it used to buffer 512 buckets' worth: a sixth of all rows at the worst moment)."""
+    (not 512 buckets' worth: a sixth of all rows at the worst moment)."""
     import numpy as np
 
     from anet_lite.report.data import _Decimator

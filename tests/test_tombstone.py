@@ -1,4 +1,4 @@
-"""Tests for anet_lite.tombstone: the hash-chained, append-only tombstone log."""
+"""Tests for anet_lite.records.tombstone: the hash-chained, append-only tombstone log."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anet_lite.tombstone import KEY_ENV, TombstoneLog, VerifyResult, read, verify
+from anet_lite.records.tombstone import KEY_ENV, TombstoneLog, VerifyResult, read, verify
 
 SEED_FIELDS = ["event", "time", "policy", "scope", "evidence", "operator"]
 EVIDENCE = {"theta": 0.42, "f_total": -0.8, "precursor_z": 3.1}

@@ -17,10 +17,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, TextIO
+from typing import Any, Dict, TextIO
+
+from .readers.registry import FORMATS
+from .report.runfolder import CHUNK, RunFolderWriter
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
-CHUNK = 512  # steps formatted and written at once (small enough to still be in the CPU cache)
 _MAX_PRINTED_INCIDENTS = 20
 _BAR_MIN_BYTES = 2_000_000  # show a progress bar for inputs larger than this (on a TTY)
 # The replay allocates millions of short-lived, acyclic objects (snapshots, their dicts):
@@ -78,7 +80,7 @@ update_cos, ...) are recognised.
     a.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow"),
+        choices=FORMATS,
         help="input format (default: auto, from the name and first line)",
     )
     a.add_argument(
@@ -139,77 +141,6 @@ def _input_size(p: Path) -> int:
 def default_out(p: Path) -> Path:
     stem = p.name if p.is_dir() else p.stem
     return p.resolve().parent / f"{stem}.anet"
-
-
-class RunFolderWriter:
-    """metrics.csv (every step), events.jsonl (notable steps), metrics.jsonl (optional).
-
-    ``add(snap)`` collects; every ``chunk`` snapshots (and at ``close``) the chunk is
-    written with one ``write`` per file and flushed, and passed to ``data.add_many``.
-    The CSV header and the JSONL lines are ``RunLog``'s; see ``outputs.csv_chunk`` for the
-    cells. Append-only: after a crash every finished chunk is on disk.
-    """
-
-    def __init__(self, out: Path, data: Any, *, jsonl: bool = False, chunk: int = CHUNK) -> None:
-        from . import outputs
-
-        self._o = outputs
-        self.data = data
-        self.chunk = max(1, int(chunk))
-        self.buf: List[Any] = []
-        self._csv = self._open(out / "metrics.csv")
-        self._csv.write(",".join(outputs.COLUMNS) + "\n")  # RunLog's header
-        self._events = self._open(out / "events.jsonl")
-        self._jsonl = self._open(out / "metrics.jsonl") if jsonl else None
-        self._encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
-
-    @staticmethod
-    def _open(p: Path) -> Any:
-        # "x": O_CREAT | O_EXCL, so a file or (dangling) symlink planted there is an error,
-        # never followed (``cmd_analyze`` removed this run's own old outputs first)
-        return open(p, "x", encoding="utf-8", newline="")
-
-    def add(self, snap: Any) -> None:
-        self.buf.append(snap)
-        if len(self.buf) >= self.chunk:
-            self.flush()
-
-    def flush(self) -> None:
-        snaps = self.buf
-        k = len(snaps)
-        if not k:
-            return
-        o = self._o
-        cols = o.snapshot_columns(snaps)
-        self._csv.write(o.csv_chunk(cols, k))
-        self._csv.flush()
-        st, al, ev, sp = cols["status"], cols["alert"], cols["event"], cols["spike"]
-        if any(al) or any(ev) or any(sp) or st.count("healthy") + st.count("warming_up") != k:
-            lines = [
-                o.json_line(snaps[i]) for i in range(k) if o.is_notable(st[i], al[i], ev[i], sp[i])
-            ]
-            self._events.write("".join(lines))
-            self._events.flush()
-        if self._jsonl is not None:
-            self._jsonl.write("".join([self._json(s) for s in snaps]))
-            self._jsonl.flush()
-        self.buf = []
-        self.data.add_many(snaps, cols)
-
-    def _json(self, snap: Any) -> str:
-        d = snap.to_dict()
-        try:
-            return self._encode(d) + "\n"
-        except ValueError:  # a non-finite float: RunLog writes it as "nan"/"inf"/"-inf"
-            return self._encode(self._o.json_safe(d)) + "\n"
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            for f in (self._csv, self._events, self._jsonl):
-                if f is not None and not f.closed:
-                    f.close()
 
 
 def _out_conflict(src: Path, out: Path) -> str:
@@ -283,7 +214,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     bar = _Bar(tty and not args.quiet and _input_size(src) > _BAR_MIN_BYTES, src.name)
     t0 = time.perf_counter()
     monitor = Monitor()
-    writer = RunFolderWriter(out, data, jsonl=bool(getattr(args, "jsonl", False)))
+    writer = RunFolderWriter(out, data, jsonl=bool(getattr(args, "jsonl", False)), chunk=CHUNK)
     update, buf, chunk = monitor.update, writer.buf, writer.chunk
     gc_on = gc.isenabled()
     gc.disable()  # see _GC_SLACK
@@ -335,7 +266,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _tombstone_head(out: Path) -> Any:
     """The run folder's tombstone chain as verified now (None without a tombstones.jsonl):
     recorded in meta.json, so that ``report`` notices a tail cut off later."""
-    from .tombstone import verify
+    from .records.tombstone import verify
 
     p = out / "tombstones.jsonl"
     if not p.is_file():
@@ -377,7 +308,7 @@ def _finish(
     elapsed: float,
 ) -> int:
     """meta.json, report.html and what is printed, after the replay."""
-    from .outputs import write_atomic
+    from .records.outputs import write_atomic
 
     meta = run_meta(src, log.format, log.columns, args.lang, data)
     meta.update(
@@ -393,8 +324,8 @@ def _finish(
         "metrics_csv": str(out / "metrics.csv"),
         "events_jsonl": str(out / "events.jsonl"),
     }
-    if writer._jsonl is not None:
-        paths["metrics_jsonl"] = str(out / "metrics.jsonl")
+    if writer.jsonl_path is not None:
+        paths["metrics_jsonl"] = str(writer.jsonl_path)
     paths["meta"] = str(out / "meta.json")
     report_note = ""
     if not args.no_report:
@@ -405,7 +336,7 @@ def _finish(
             report_note = "report.html has no plots: pip install 'anet-lite[report]'"
     code = EXIT_ALERT if data.alerts else EXIT_OK
     if args.json:
-        from .outputs import json_safe
+        from .records.outputs import json_safe
 
         summary = {"source": str(src), "format": log.format, "exit_code": code}
         summary.update(data.summary())

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, _err
-from .outputs import json_safe as _json_safe
+from .records.outputs import json_safe as _json_safe
 
 # ---- sig-check ----------------------------------------------------------------------------
 

@@ -43,8 +43,8 @@ def _tombstone_file_and_key(args: argparse.Namespace) -> Optional[Tuple[Path, Op
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .records.tombstone import verify
     from .report.words import count
-    from .tombstone import verify
 
     got = _tombstone_file_and_key(args)
     if got is None:
@@ -115,7 +115,7 @@ def add_tombstones_parser(sub: Any, fmt: Any) -> None:
 
 def _read_tombstone_lines(p: Path) -> List[Dict[str, Any]]:
     """Every parseable record of ``p``; unreadable lines become placeholder rows."""
-    from .tombstone import read_lines
+    from .records.tombstone import read_lines
 
     return [
         rec if rec is not None else {"event": f"(line {no}: unreadable)", "_line": no}
@@ -129,9 +129,9 @@ def _print(text: str) -> None:
 
 
 def cmd_tombstones(args: argparse.Namespace) -> int:
-    from .forgetting import format_table
+    from .records.forgetting import format_table
+    from .records.tombstone import verify
     from .report.words import count
-    from .tombstone import verify
 
     got = _tombstone_file_and_key(args)
     if got is None:

@@ -39,7 +39,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, RunFolderWriter, _err, default_out
+from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, _err, default_out
+from .readers.registry import FORMATS
+from .report.runfolder import RunFolderWriter
 
 _TEXT = ("csv", "wandb", "jsonl")
 _SPIN = "|/-\\"
@@ -77,7 +79,7 @@ exit codes:
     w.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow"),
+        choices=FORMATS,
     )
     w.add_argument("--interval", type=float, default=2.0, help="seconds between polls (2)")
     w.add_argument(
@@ -419,7 +421,7 @@ def _finish(
     import json
 
     from ._cli_analyze import run_meta
-    from .outputs import write_atomic
+    from .records.outputs import write_atomic
 
     meta = run_meta(src, follower.format, follower.columns, args.lang, data)
     meta.update(watched=True, stopped_at_collapse=state.collapsed, last_step=state.last_step)

@@ -344,7 +344,7 @@ class _Run:
 
     def setup(self) -> None:
         from .monitor import Monitor
-        from .outputs import RunLog
+        from .records.outputs import RunLog
         from .report.data import RunData
         from .torch import Guard
 
@@ -591,7 +591,7 @@ def _twin(args: argparse.Namespace, out: Path) -> Optional[Dict[str, str]]:
 
 
 def _write_meta(args: argparse.Namespace, out: Path, r: Dict[str, Any], res: Any) -> None:
-    from .outputs import json_safe
+    from .records.outputs import json_safe
 
     meta = {
         "run_name": out.name,
@@ -617,8 +617,8 @@ def _write_meta(args: argparse.Namespace, out: Path, r: Dict[str, Any], res: Any
 
 def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
     """Write meta.json and report.html, then print the summary."""
+    from .records.tombstone import verify
     from .report.html import write_report
-    from .tombstone import verify
 
     tomb_path = out / "tombstones.jsonl"
     if not tomb_path.exists():

@@ -124,7 +124,7 @@ def format_comparison(rows: Sequence[Dict[str, Any]], lang: str = "en") -> str:
         )
         for r in rows
     ]
-    from .forgetting import _pad, _width  # display width: CJK characters count 2
+    from .records.forgetting import _pad, _width  # display width: CJK characters count 2
 
     widths = [max(_width(c[i]) for c in [head, *cells]) for i in range(3)]
     out = ["  ".join(_pad(c[i], widths[i]) for i in range(3)) + "  " + c[3] for c in [head, *cells]]

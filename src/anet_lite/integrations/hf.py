@@ -64,7 +64,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..monitor import Monitor
 from ..policy import ACTIONS, Action
-from ..tombstone import TombstoneLog
+from ..records.tombstone import TombstoneLog
 from ..torch.guard import Guard, GuardStop, _LazyTombstones, _words
 from ..verdict import Snapshot
 from .sinks import _alert_text, snapshot_metrics

@@ -80,7 +80,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 
 from ..monitor import Monitor
 from ..policy import ACTIONS
-from ..tombstone import TombstoneLog
+from ..records.tombstone import TombstoneLog
 from ..torch.guard import Guard, GuardStop
 from .sinks import _alert_text, snapshot_metrics
 

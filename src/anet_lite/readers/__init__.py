@@ -6,6 +6,10 @@
         snap = monitor.update(rec.loss, step=rec.step, grad_norm=rec.grad_norm, ...)
     log.stats.as_dict()  # gaps, non-finite cells, time resets, ...
 
+One ``FormatReader`` per format (``csv_files``, ``jsonl_files``, ``tensorboard_files``,
+``mlflow_files``), registered by name in ``READERS`` (``registry.py``); ``LogReader`` joins
+their rows by step, counts gaps and yields ``Record``s.
+
 Every reader is a generator over the file: memory stays constant in the log length (the
 MLflow long format and the MLflow file store read each metric's rows in their own pass and
 merge them by step; TensorBoard scalars of different tags are joined by step in a bounded
@@ -19,16 +23,20 @@ and MLflow timestamps (epoch ms) are divided by 1000; a clock that restarts (goe
 is stitched so that it keeps increasing, and each restart is counted.
 """
 
-from .columns import ALIASES, FIELDS, FORMATS, parse_mapping, resolve_columns  # noqa: F401 - importable here, as before
+from .base import FormatReader
+from .columns import ALIASES, FIELDS, parse_mapping, resolve_columns  # noqa: F401 - importable here, as before
 from .detect import detect_format
 from .errors import LogFormatError, MissingDependencyError, ReadStats, Record
 from .files import MAX_LINE
 from .reader import LogReader, open_log
+from .registry import FORMATS, READERS
 
 __all__ = [
     "FIELDS",
     "FORMATS",
     "MAX_LINE",
+    "READERS",
+    "FormatReader",
     "LogFormatError",
     "LogReader",
     "MissingDependencyError",

@@ -18,7 +18,6 @@ FIELDS = (
     "param_norm",
     "processivity",
 )
-FORMATS = ("auto", "csv", "jsonl", "tensorboard", "wandb", "mlflow")
 
 # Known names per field, in priority order (compared lower-cased, after the W&B "run - "
 # prefix and MLflow's "metrics." prefix are removed).

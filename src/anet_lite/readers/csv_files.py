@@ -8,6 +8,7 @@ from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
+from .base import FormatReader
 from .cells import MAX_STEP, _Clock, _num, _step_of
 from .columns import ALIASES, FIELDS, _time_scale, resolve_columns
 from .errors import LogFormatError, ReadStats, Record
@@ -62,7 +63,7 @@ def _csv_rows(path: Path, stats: ReadStats) -> Iterator[Tuple[int, List[str]]]:
 
 
 class _Block:
-    """Consecutive CSV rows already converted column-wise (``LogReader._fast_block``): steps,
+    """Consecutive CSV rows already converted column-wise (``CsvReader._fast_block``): steps,
     the value columns (FIELDS[1:]; None = not in the log) and the rows' line numbers."""
 
     __slots__ = ("cols", "lines", "steps")
@@ -104,10 +105,15 @@ _new_record = partial(tuple.__new__, Record)  # Record(*nine) without the Python
 _NV = len(FIELDS) - 1  # value columns: FIELDS[1:]
 
 
-class CsvReading:
-    """``LogReader``'s CSV methods (a mixin: ``path``, ``stats``, ``mapping``, ``columns``)."""
+class CsvReader(FormatReader):
+    """CSV / TSV logs, W&B CSV exports included: the header names the columns."""
 
-    def _read_csv(self) -> Iterator[list]:
+    formats = ("csv", "wandb")
+
+    def rows(self) -> Iterator[Any]:
+        return self._read_csv()
+
+    def _read_csv(self) -> Iterator[Any]:
         path, stats = self.path, self.stats
         blocks = _csv_blocks(path, stats)
         try:

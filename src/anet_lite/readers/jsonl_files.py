@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+from .base import FormatReader
 from .cells import _Clock, _num, _step_of
 from .columns import ALIASES, FIELDS, _flatten, _time_scale, resolve_columns
 from .errors import LogFormatError
@@ -34,10 +35,12 @@ def _parse_line(raw: bytes, path: Any, line: int) -> Any:
         raise LogFormatError(f"not readable JSON ({exc})", file=path, line=line) from None
 
 
-class JsonlReading:
-    """``LogReader``'s JSONL methods (a mixin)."""
+class JsonlReader(FormatReader):
+    """JSONL logs: one JSON object per line, nested objects flattened with ``/``."""
 
-    def _read_jsonl(self) -> Iterator[list]:
+    formats = ("jsonl",)
+
+    def rows(self) -> Iterator[list]:
         path, stats = self.path, self.stats
         cache: Dict[Tuple[str, ...], Dict[str, int]] = {}
         clock: Optional[_Clock] = None

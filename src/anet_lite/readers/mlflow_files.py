@@ -9,7 +9,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 from .cells import _Clock, _num, _step_of
 from .columns import ALIASES, FIELDS, _norm, _tag_field
-from .csv_files import _csv_rows
+from .csv_files import CsvReader, _csv_rows
 from .detect import _sniff, _split_header, _walk_files
 from .errors import LogFormatError, ReadStats
 from .files import bounded_lines, check_regular
@@ -17,10 +17,13 @@ from .files import bounded_lines, check_regular
 _EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
 
 
-class MlflowReading:
-    """``LogReader``'s MLflow methods (a mixin)."""
+class MlflowReader(CsvReader):
+    """MLflow logs: a file-store run folder, a long export (key, value, step) or a wide CSV
+    (``metrics.*`` columns, read as a CSV)."""
 
-    def _read_mlflow(self) -> Iterator[list]:
+    formats = ("mlflow",)
+
+    def rows(self) -> Iterator[Any]:
         p = self.path
         if p.is_dir():
             return self._merge(self._mlflow_store_sources(p))
@@ -37,8 +40,7 @@ class MlflowReading:
                 self.columns[field] = f"{p.stem}:value"
                 return self._merge([(field, self._long_rows(p, None))])
             return self._merge(self._long_sources(p, cells.index(keycol)))
-        self.format = "mlflow"  # wide table: a CSV with metrics.* columns
-        return self._read_csv()
+        return self._read_csv()  # wide table: a CSV with metrics.* columns
 
     def _long_sources(self, p: Path, kcol: int) -> List[Tuple[str, Iterator[list]]]:
         keys: OrderedDict[str, None] = OrderedDict()

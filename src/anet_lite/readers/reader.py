@@ -6,21 +6,23 @@ from itertools import islice, repeat
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, Optional
 
-from .columns import FIELDS, FORMATS
-from .csv_files import CsvReading, _Block, _new_record, _uniform
+from .base import FormatReader
+from .columns import FIELDS
+from .csv_files import _Block, _new_record, _uniform
 from .detect import detect_format
 from .errors import LogFormatError, ReadStats, Record
 from .files import check_regular, is_regular
-from .jsonl_files import JsonlReading
-from .mlflow_files import MlflowReading
-from .tensorboard_files import TensorBoardReading
+from .registry import reader_class
 
 _NF = len(FIELDS)  # a row list: FIELDS' values, then the line number
 
 
-class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
+class LogReader:
     """Iterable over ``Record``s of one log; ``format``, ``columns`` (field -> source column),
-    ``stats`` (``ReadStats``) and ``path`` describe it. Iterate once."""
+    ``stats`` (``ReadStats``) and ``path`` describe it. Iterate once.
+
+    The format's own reading is done by its ``FormatReader`` (``registry.READERS``); this
+    class joins rows of the same step, counts gaps and makes the ``Record``s."""
 
     def __init__(
         self,
@@ -30,8 +32,8 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
         allow_special: bool = False,
     ) -> None:
         self.path = Path(path)
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if fmt != "auto":
+            reader_class(fmt)  # ValueError naming the formats for an unknown one
         if not self.path.exists():
             raise LogFormatError("no such file or folder", file=self.path)
         check_regular(self.path, allow_special)
@@ -40,12 +42,19 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
             raise LogFormatError("not a regular file: name its format with --format", file=path)
         self.format = detect_format(self.path) if fmt == "auto" else fmt
         self.mapping = dict(mapping or {})
-        self.columns: Dict[str, str] = {}
         self.stats = ReadStats()
+        cls = reader_class(self.format)
+        self.source: FormatReader = cls(
+            self.path, self.format, self.mapping, self.allow_special, self.stats
+        )
         self._it: Optional[Iterator[Record]] = None
-        fmt_text = self.format in ("csv", "wandb", "jsonl", "mlflow")
-        if fmt_text and self.path.is_file() and self.path.stat().st_size == 0:
+        if cls.text and self.path.is_file() and self.path.stat().st_size == 0:
             raise LogFormatError("empty file", file=self.path, line=1)
+
+    @property
+    def columns(self) -> Dict[str, str]:
+        """Field -> the source column it was read from (filled while reading)."""
+        return self.source.columns
 
     def __iter__(self) -> Iterator[Record]:
         if self._it is None:
@@ -53,16 +62,7 @@ class LogReader(CsvReading, JsonlReading, TensorBoardReading, MlflowReading):
         return self._it
 
     def _records(self) -> Iterator[Record]:
-        f = self.format
-        if f in ("csv", "wandb"):
-            raw = self._read_csv()
-        elif f == "jsonl":
-            raw = self._read_jsonl()
-        elif f == "tensorboard":
-            raw = self._read_tensorboard()
-        else:
-            raw = self._read_mlflow()
-        return self._finish(raw)
+        return self._finish(self.source.rows())
 
     # -- post-processing shared by all formats: join same-step rows, count gaps ---------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Dict, Iterator, Optional
 
+from .base import FormatReader
 from .cells import _Clock
 from .columns import ALIASES, FIELDS, _tag_field
 from .detect import _walk_files
@@ -15,10 +16,13 @@ from .tfrecord import tf_records
 _EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
 
 
-class TensorBoardReading:
-    """``LogReader``'s TensorBoard method (a mixin)."""
+class TensorBoardReader(FormatReader):
+    """TensorBoard event files (a file or a folder of them): scalars by tag, joined by step."""
 
-    def _read_tensorboard(self) -> Iterator[list]:
+    formats = ("tensorboard",)
+    text = False
+
+    def rows(self) -> Iterator[list]:
         try:
             from tensorboard.compat.proto.event_pb2 import Event
         except ImportError:

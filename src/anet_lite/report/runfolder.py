@@ -1,7 +1,10 @@
-"""A run folder read back for the report: snapshots, meta.json and the tombstone chain.
+"""A run folder, written and read back: ``RunFolderWriter`` and ``load_run``.
 
-Snapshots come from metrics.jsonl (``RunLog``), else from metrics.csv with the full
-snapshots of ``anet-lite analyze``'s events.jsonl in place of its notable rows.
+``RunFolderWriter`` writes what ``anet-lite analyze`` / ``watch`` produce, chunk by chunk:
+metrics.csv (``RunLog``'s columns), events.jsonl (the full snapshots of the notable steps)
+and optionally metrics.jsonl. ``load_run`` reads a folder back for the report: snapshots
+from metrics.jsonl (``RunLog``), else from metrics.csv with events.jsonl's full snapshots
+in place of its notable rows, meta.json and the tombstone chain.
 """
 
 from __future__ import annotations
@@ -14,11 +17,90 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..records import outputs
 from ..verdict import Snapshot
 from .data import _NUMERIC_SKIP, RunData, _Decimator, _f
 
 _MAX_META = 4 * 1024 * 1024  # bytes of meta.json read
 _MAX_STEP = 2**63 - 1
+CHUNK = 512  # steps formatted and written at once (small enough to still be in the CPU cache)
+
+
+class RunFolderWriter:
+    """Writes a run folder: metrics.csv (every step), events.jsonl (notable steps),
+    metrics.jsonl (optional); ``anet-lite analyze`` and ``watch`` write with it,
+    ``load_run`` reads it back.
+
+    ``add(snap)`` collects; every ``chunk`` snapshots (and at ``close``) the chunk is
+    written with one ``write`` per file and flushed, and passed to ``data.add_many``.
+    The CSV header and the JSONL lines are ``RunLog``'s; see ``outputs.csv_chunk`` for the
+    cells. Append-only: after a crash every finished chunk is on disk.
+    """
+
+    def __init__(self, out: Path, data: Any, *, jsonl: bool = False, chunk: int = CHUNK) -> None:
+        self._o = outputs
+        self.data = data
+        self.chunk = max(1, int(chunk))
+        self.buf: List[Any] = []  # the snapshots of the chunk being collected
+        self.csv_path = out / "metrics.csv"
+        self.events_path = out / "events.jsonl"
+        #: metrics.jsonl, or None when it is not written (``jsonl=False``)
+        self.jsonl_path: Optional[Path] = out / "metrics.jsonl" if jsonl else None
+        self._csv = self._open(self.csv_path)
+        self._csv.write(",".join(outputs.COLUMNS) + "\n")  # RunLog's header
+        self._events = self._open(self.events_path)
+        self._jsonl = self._open(self.jsonl_path) if self.jsonl_path is not None else None
+        self._encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+    @staticmethod
+    def _open(p: Path) -> Any:
+        # "x": O_CREAT | O_EXCL, so a file or (dangling) symlink planted there is an error,
+        # never followed (the caller removed this run's own old outputs first)
+        return open(p, "x", encoding="utf-8", newline="")
+
+    def add(self, snap: Any) -> None:
+        self.buf.append(snap)
+        if len(self.buf) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        snaps = self.buf
+        k = len(snaps)
+        if not k:
+            return
+        o = self._o
+        cols = o.snapshot_columns(snaps)
+        self._csv.write(o.csv_chunk(cols, k))
+        self._csv.flush()
+        st, al, ev, sp = cols["status"], cols["alert"], cols["event"], cols["spike"]
+        if any(al) or any(ev) or any(sp) or st.count("healthy") + st.count("warming_up") != k:
+            lines = [
+                o.json_line(snaps[i]) for i in range(k) if o.is_notable(st[i], al[i], ev[i], sp[i])
+            ]
+            self._events.write("".join(lines))
+            self._events.flush()
+        if self._jsonl is not None:
+            self._jsonl.write("".join([self._json(s) for s in snaps]))
+            self._jsonl.flush()
+        self.buf = []
+        self.data.add_many(snaps, cols)
+
+    def _json(self, snap: Any) -> str:
+        d = snap.to_dict()
+        try:
+            return self._encode(d) + "\n"
+        except ValueError:  # a non-finite float: RunLog writes it as "nan"/"inf"/"-inf"
+            return self._encode(self._o.json_safe(d)) + "\n"
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            for f in (self._csv, self._events, self._jsonl):
+                if f is not None and not f.closed:
+                    f.close()
+
+
 
 
 def _unsafe_float(v: Any) -> Any:
@@ -209,7 +291,7 @@ def _tombstones(run_dir: Path, meta: Optional[Dict[str, Any]] = None) -> Dict[st
     p = run_dir / "tombstones.jsonl"
     if not p.is_file():
         return {"present": False}
-    from ..tombstone import verify
+    from ..records.tombstone import verify
 
     rec = (meta or {}).get("tombstones")
     rec = rec if isinstance(rec, dict) else {}
@@ -234,7 +316,7 @@ def _tombstones(run_dir: Path, meta: Optional[Dict[str, Any]] = None) -> Dict[st
 def _tombstone_rows(p: Path, limit: int = 1000) -> List[Tuple[int, Optional[Dict[str, Any]]]]:
     """(line number, record or None if unreadable) for the first ``limit`` lines: the line
     number is counted here, never taken from the file."""
-    from ..tombstone import read_lines
+    from ..records.tombstone import read_lines
 
     rows: List[Tuple[int, Optional[Dict[str, Any]]]] = []
     for no, rec in read_lines(p):

@@ -1,14 +1,14 @@
 """Explainable forgetting: tombstones for removed data, and a readable view of a tombstone log.
 
 ``forget_dataset`` records that datasets were removed (by which policy, why, on what evidence)
-as one ``"forget"`` record in a hash-chained :class:`~anet_lite.tombstone.TombstoneLog`. It
+as one ``"forget"`` record in a hash-chained :class:`~anet_lite.records.tombstone.TombstoneLog`. It
 removes nothing itself: deleting the data is the caller's job, the record is the receipt.
 Layer forgetting (which needs PyTorch) is :func:`anet_lite.torch.forget.forget_layers`; both
 write records with exactly the seed's fields (``event``, ``time``, ``policy``, ``scope``,
 ``evidence``, ``operator``) plus the chain's ``prev`` and ``hash``.
 
 ``format_table`` renders records as the ``anet-lite tombstones`` table (EN or JA headers).
-This module uses the standard library only (``anet_lite.tombstone`` itself needs NumPy).
+This module uses the standard library only (``tombstone`` itself needs NumPy).
 """
 
 from __future__ import annotations
