@@ -237,3 +237,20 @@ def test_fp32_demo_gives_no_loss_scale_advice(tmp_path, capsys):
     assert "loss scale" not in text and "mixed-precision" not in text
     page = (out / "report.html").read_text("utf-8")
     assert "loss scale" not in page and "precision</th><td>fp32" in page
+
+
+def test_actions_are_printed_once(tmp_path, capsys, caplog):
+    # the demo prints each action with its reason; the Guard's own log line per action
+    # (logger "anet_lite", WARNING) would repeat it on stderr
+    import logging
+
+    log = logging.getLogger("anet_lite")
+    before = log.level
+    out = tmp_path / "once"
+    assert main(["demo", "bad_batch", "--steps", str(STEPS), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.count("ACTION skip this update") == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "anet_lite"]
+    assert not any("skip this update [skip_step" in m for m in logged), logged
+    assert "skip this update [skip_step" not in cap.err
+    assert log.level == before

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import random
@@ -490,8 +491,14 @@ class _Run:
         )
 
     def train(self) -> Tuple[int, float]:
-        """All steps (until the Guard stops the run): (steps run, seconds)."""
+        """All steps (until the Guard stops the run): (steps run, seconds).
+
+        The demo prints each action with its reason itself (not with --quiet), so the
+        Guard's own WARNING line per action is held back while it runs; errors still show."""
         self.header()
+        log = logging.getLogger("anet_lite")
+        level = log.level
+        log.setLevel(logging.ERROR)
         t0 = time.perf_counter()
         step = 0
         try:
@@ -499,6 +506,7 @@ class _Run:
                 if not self.step(step):
                     break
         finally:
+            log.setLevel(level)
             self.prog.close()
             self.guard.close()
             self.run_log.close()
@@ -674,7 +682,8 @@ def _collapse_line(r: Dict[str, Any], lang: str) -> str:
 
 def _summary(args: argparse.Namespace, r: Dict[str, Any], res: Any) -> List[str]:
     lang, ui = args.lang, _UI[args.lang]
-    fault_at = "none" if r["fault"] == "none" else f"{r['fault']} @ step {r['fault_step']}"
+    at = ui["at_step"].format(s=r["fault_step"])
+    fault_at = ui["fault_none"] if r["fault"] == "none" else f"{r['fault']} @ {at}"
     lines = ["", f"{ui['summary']}:", "  " + ui["s_fault"].format(what=fault_at)]
     lines.append("  " + _first_alert_line(r, lang))
     lines.append("  " + _collapse_line(r, lang))

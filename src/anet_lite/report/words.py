@@ -250,10 +250,12 @@ def words(lang: str) -> Dict[str, str]:
 
 
 def status_word(status: str, lang: str) -> str:
+    """A Monitor status in ``lang`` (e.g. "precursor" -> "前駆"); unknown ones unchanged."""
     return STATUS_WORDS.get(lang, {}).get(status, status)
 
 
 def action_word(kind: str, lang: str) -> str:
+    """A Guard action kind in ``lang`` (e.g. "skip_step" -> "skip"); unknown ones unchanged."""
     return ACTION_WORDS.get(lang, ACTION_WORDS["en"]).get(kind, kind)
 
 
