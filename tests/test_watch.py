@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from anet_lite._cli_watch import _Follower
 from anet_lite.cli import main
+from anet_lite.cli.watch import _Follower
 from anet_lite.readers import LogFormatError
 
 pytest.importorskip("sklearn")

@@ -310,11 +310,11 @@ def run_demo(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _train(args: argparse.Namespace, out: Path, torch: Any) -> Dict[str, Any]:
-    from . import __version__
-    from .monitor import Monitor
-    from .records.outputs import RunLog
-    from .report.html import RunData
-    from .torch import Guard, GuardStop
+    from .. import __version__
+    from ..monitor import Monitor
+    from ..records.outputs import RunLog
+    from ..report.html import RunData
+    from ..torch import Guard, GuardStop
 
     lang, ui, say_out = args.lang, _UI[args.lang], sys.stdout
     fault, at, steps = args.fault, args.fault_step, args.steps
@@ -512,9 +512,9 @@ def _train(args: argparse.Namespace, out: Path, torch: Any) -> Dict[str, Any]:
 
 
 def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
-    from .records.outputs import json_safe
-    from .records.tombstone import verify
-    from .report.html import write_report
+    from ..records.outputs import json_safe
+    from ..records.tombstone import verify
+    from ..report.html import write_report
 
     lang, ui = args.lang, _UI[args.lang]
     tomb_path = out / "tombstones.jsonl"
