@@ -38,6 +38,21 @@ from typing import Optional
 
 import numpy as np
 
+__all__ = [
+    "BAND_EDGES",
+    "HOP",
+    "MIN_LENGTH",
+    "N_BANDS",
+    "SEGMENT",
+    "StreamingFingerprint",
+    "band_powers",
+    "normalise",
+    "segment_band_powers",
+    "series_fingerprint",
+    "similarity",
+    "similarity_of_powers",
+]
+
 SEGMENT = 16
 HOP = 8
 MIN_LENGTH = SEGMENT

@@ -287,8 +287,8 @@ def format_comparison(rows: Sequence[Dict[str, Any]], lang: str = "en") -> str:
         )
         for r in rows
     ]
-    from .records.forgetting import _pad, _width  # display width: CJK characters count 2
+    from ._text import pad, width  # display width: CJK characters count 2
 
-    widths = [max(_width(c[i]) for c in [head, *cells]) for i in range(3)]
-    out = ["  ".join(_pad(c[i], widths[i]) for i in range(3)) + "  " + c[3] for c in [head, *cells]]
+    widths = [max(width(c[i]) for c in [head, *cells]) for i in range(3)]
+    out = ["  ".join(pad(c[i], widths[i]) for i in range(3)) + "  " + c[3] for c in [head, *cells]]
     return "\n".join(out)

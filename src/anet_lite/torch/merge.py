@@ -1,7 +1,7 @@
 """The merge scan moved to ``anet_lite.merge`` and its digits fixtures to
 ``anet_lite.torch.digits``; these names stay importable here."""
 
-from ..merge import (  # noqa: F401
+from ..merge import (
     DEFAULT_ALPHAS,
     DEFAULT_MARGIN,
     DEFAULT_THETA_MIN,
@@ -11,4 +11,20 @@ from ..merge import (  # noqa: F401
     merge_state,
     scan,
 )
-from .digits import DIGITS_BATCH, DIGITS_EVAL, digits_batches, digits_mlp, digits_pairs  # noqa: F401
+from .digits import DIGITS_BATCH, DIGITS_EVAL, digits_batches, digits_mlp, digits_pairs
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "DEFAULT_MARGIN",
+    "DEFAULT_THETA_MIN",
+    "DIGITS_BATCH",
+    "DIGITS_EVAL",
+    "METHODS",
+    "MergeScan",
+    "check_compatible",
+    "digits_batches",
+    "digits_mlp",
+    "digits_pairs",
+    "merge_state",
+    "scan",
+]
