@@ -151,9 +151,8 @@ def test_moved_modules_keep_their_old_import_paths():
     from anet_lite import _moved
 
     for old, new in _moved.MOVED.items():
-        if new == "anet_lite.cli.demo":
-            continue  # imports torch when its functions run, not on import; covered elsewhere
         assert importlib.import_module(old) is importlib.import_module(new), old
+        assert importlib.import_module(new).__spec__.name == new  # its own spec, not the alias
     assert anet_lite.tombstone is importlib.import_module("anet_lite.records.tombstone")
     with pytest.raises(AttributeError):
         anet_lite.no_such_module  # noqa: B018
