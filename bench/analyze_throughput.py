@@ -120,7 +120,7 @@ def profile(path: Path, out: Path) -> None:
         tm["jsonl"] += t5 - t4
 
     gc.collect()
-    gc.disable()  # as analyze's loop does (see _cli_analyze._GC_SLACK)
+    gc.disable()  # as analyze's loop does (see anet_lite.cli.analyze._GC_SLACK)
     with (
         open(d / "metrics.csv", "w", encoding="utf-8", newline="") as f_csv,
         open(d / "events.jsonl", "w", encoding="utf-8", newline="") as f_ev,

@@ -17,7 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from anet_lite.image import compare_upscalers
-from anet_lite.torch.merge import digits_batches, digits_pairs, scan
+from anet_lite.merge import scan
+from anet_lite.torch.digits import digits_batches, digits_pairs
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "img")
 

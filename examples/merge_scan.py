@@ -5,7 +5,8 @@ python examples/merge_scan.py [OUT_DIR]    # also writes OUT_DIR/merge_<pair>.ht
 
 import sys
 
-from anet_lite.torch.merge import digits_batches, digits_pairs, scan
+from anet_lite.merge import scan
+from anet_lite.torch.digits import digits_batches, digits_pairs
 
 batches = digits_batches()  # 400 held-out digits images, 50 batches of 8
 for name, (model_a, model_b) in digits_pairs().items():

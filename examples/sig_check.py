@@ -12,8 +12,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from anet_lite.fingerprint import signature_consistency
-from anet_lite.image import compare_upscalers, format_comparison, sample_images, upscale, verdict
+from anet_lite.image import (
+    compare_upscalers,
+    format_comparison,
+    sample_images,
+    signature_consistency,
+    upscale,
+    verdict,
+)
 
 print(format_comparison(compare_upscalers()))
 for name, img in sample_images():

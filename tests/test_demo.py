@@ -14,9 +14,10 @@ import pytest
 
 pytest.importorskip("torch")
 
+from anet_lite.demo import run_demo
+
 from anet_lite import verify
 from anet_lite.cli import main
-from anet_lite.demo import run_demo
 
 pytestmark = pytest.mark.torch
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anet_lite.cli import main
-from anet_lite.fingerprint import image_fingerprint, signature_consistency
+from anet_lite.image import image_fingerprint, signature_consistency
 
 Image = pytest.importorskip("PIL.Image")
 ImageFilter = pytest.importorskip("PIL.ImageFilter")
@@ -27,6 +27,15 @@ def test_fingerprint_is_a_distribution_and_self_theta_is_one(china):
     assert fp.shape == (8,) and np.all(fp >= 0) and abs(fp.sum() - 1) < 1e-12
     assert signature_consistency(china, china) == 1.0
     assert image_fingerprint(np.full((40, 40), 7.0)) is None  # no noise at all
+
+
+def test_image_names_stay_importable_from_fingerprint():
+    from anet_lite import fingerprint, image
+
+    assert fingerprint.signature_consistency is image.signature_consistency
+    assert fingerprint.image_fingerprint is image.image_fingerprint
+    with pytest.raises(AttributeError):
+        fingerprint.no_such_name  # noqa: B018
 
 
 def test_brightness_scaling_invariance(china):

@@ -1,4 +1,4 @@
-"""Model-merge danger boundaries (anet_lite.torch.merge and `anet-lite merge-scan`)."""
+"""Model-merge danger boundaries (anet_lite.merge and `anet-lite merge-scan`)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,21 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from anet_lite import merge as M  # noqa: E402, N812
 from anet_lite.cli import main  # noqa: E402
-from anet_lite.torch import merge as M  # noqa: E402, N812
+from anet_lite.torch import digits as D  # noqa: E402, N812
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def pairs():
-    return M.digits_pairs()
+    return D.digits_pairs()
 
 
 @pytest.fixture(scope="module")
 def batches():
-    return M.digits_batches()
+    return D.digits_batches()
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_task_arithmetic_from_a_equals_linear(pairs, batches):
     task = M.scan(a, b, batches, alphas=[0.0, 0.5, 1.0], method="task", base=a)
     assert task.losses == pytest.approx(lin.losses, rel=1e-5)
     # from a real base, α = 0.5 is the plain average of A and B
-    base = M._init(7)
+    base = D._init(7)
     sd = M.merge_state(a.state_dict(), b.state_dict(), 0.5, method="task", base=base.state_dict())
     avg = M.merge_state(a.state_dict(), b.state_dict(), 0.5)
     for k in sd:

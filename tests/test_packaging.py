@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -50,4 +51,14 @@ def test_anet_lite_torch_exports_the_api_only():
     for name in at.__all__:
         assert getattr(at, name) is not None
         assert not name.isupper() and not name.startswith("digits_"), name
-    assert {"Guard", "GuardStop", "GradNoiseTap", "forget_layers", "scan"} <= set(at.__all__)
+    assert {"Guard", "GuardStop", "GradNoiseTap", "forget_layers"} <= set(at.__all__)
+
+
+def test_the_merge_scan_is_anet_lite_merge_and_imports_torch_only_when_called():
+    code = (
+        "import sys; import anet_lite.merge as m; "
+        "assert 'scan' in m.__all__ and callable(m.scan); "
+        "assert 'torch' not in sys.modules, 'imported torch'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

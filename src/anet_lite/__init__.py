@@ -7,8 +7,7 @@ formats), ``report`` (the HTML report and its run folder), ``cli``, ``torch`` (t
 and the extras import their frameworks lazily.
 """
 
-import sys as _sys
-
+from . import _moved
 from .metrics import (
     entropy_rate,
     f_total,
@@ -19,20 +18,9 @@ from .metrics import (
 )
 from .monitor import Monitor
 from .policy import Action, Policy
-from .records import forgetting as _forgetting
-from .records import outputs as _outputs
-from .records import tombstone as _tombstone
 from .records.outputs import RunLog
 from .records.tombstone import TombstoneLog, verify
 from .verdict import Snapshot
-
-# The records modules stay importable under their earlier names (anet_lite.tombstone,
-# anet_lite.outputs, anet_lite.forgetting): the very same module objects.
-for _module in (_tombstone, _outputs, _forgetting):
-    _name = _module.__name__.rsplit(".", 1)[1]
-    _sys.modules[f"{__name__}.{_name}"] = _module
-    globals()[_name] = _module
-del _name, _module
 
 __version__ = "0.1.0"
 
@@ -52,3 +40,11 @@ __all__ = [
     "two_second_precursor",
     "verify",
 ]
+
+# Modules that moved (anet_lite.tombstone -> anet_lite.records.tombstone, ...) stay
+# importable under their old names, lazily: see ``_moved.MOVED``.
+_moved.install()
+
+
+def __getattr__(name: str) -> object:
+    return _moved.moved_attribute(__name__, name)

@@ -37,6 +37,16 @@ import time
 import warnings
 from typing import Any, Dict, Iterable, List, Optional
 
+__all__ = [
+    "STATUS_CODES",
+    "MLflowSink",
+    "MultiSink",
+    "Sink",
+    "TensorBoardSink",
+    "WandbSink",
+    "snapshot_metrics",
+]
+
 STATUS_CODES: Dict[str, float] = {
     "warming_up": 0,
     "healthy": 1,

@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterator, Tuple
 
 from .errors import ReadStats
 
+__all__ = ["FormatReader"]
+
 
 class FormatReader:
     """One log format. Subclasses set ``formats`` and implement ``rows()``.

@@ -8,6 +8,8 @@ from typing import Any, Optional
 from .columns import _GAP
 from .errors import LogFormatError, ReadStats
 
+__all__ = ["MAX_STEP"]
+
 MAX_STEP = 2**63 - 1  # steps are int64 everywhere downstream (arrays, the report)
 
 

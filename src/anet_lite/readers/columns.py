@@ -6,6 +6,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import LogFormatError
 
+__all__ = ["ALIASES", "FIELDS", "parse_mapping", "resolve_columns"]
+
 # (param_norm, then processivity, last: a Record's first positions keep their places)
 FIELDS = (
     "step",

@@ -14,6 +14,8 @@ from .columns import ALIASES, FIELDS, _time_scale, resolve_columns
 from .errors import LogFormatError, ReadStats, Record
 from .files import bounded_lines
 
+__all__ = ["CsvReader"]
+
 
 def _csv_blocks(
     path: Path, stats: ReadStats, size: int = 512

@@ -10,6 +10,8 @@ from typing import Any, Iterator, List
 from .columns import _BINARY_MARKERS, _norm
 from .errors import LogFormatError
 
+__all__ = ["detect_format"]
+
 
 def _sniff(path: Path) -> bytes:
     with open(path, "rb") as f:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Optional
 
+__all__ = ["LogFormatError", "MissingDependencyError", "ReadStats", "Record"]
+
 
 class LogFormatError(ValueError):
     """A log file that cannot be read: ``file``, ``line`` (1-based), ``column`` (1-based index

@@ -15,6 +15,8 @@ from typing import IO, Any, Iterator
 
 from .errors import LogFormatError
 
+__all__ = ["MAX_LINE", "bounded_lines", "check_regular", "is_regular"]
+
 MAX_LINE = 8 * 1024 * 1024
 """Longest line a text reader accepts (characters for text, bytes for binary reads)."""
 

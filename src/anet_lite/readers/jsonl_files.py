@@ -11,6 +11,8 @@ from .columns import ALIASES, FIELDS, _flatten, _time_scale, resolve_columns
 from .errors import LogFormatError
 from .files import bounded_lines
 
+__all__ = ["JsonlReader"]
+
 _NF = len(FIELDS)
 
 

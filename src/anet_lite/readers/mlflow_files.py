@@ -14,6 +14,8 @@ from .detect import _sniff, _split_header, _walk_files
 from .errors import LogFormatError, ReadStats
 from .files import bounded_lines, check_regular
 
+__all__ = ["MlflowReader"]
+
 _EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
 
 

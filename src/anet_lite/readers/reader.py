@@ -14,6 +14,8 @@ from .errors import LogFormatError, ReadStats, Record
 from .files import check_regular, is_regular
 from .registry import reader_class
 
+__all__ = ["LogReader", "open_log"]
+
 _NF = len(FIELDS)  # a row list: FIELDS' values, then the line number
 
 

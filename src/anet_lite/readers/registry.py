@@ -14,6 +14,8 @@ from .jsonl_files import JsonlReader
 from .mlflow_files import MlflowReader
 from .tensorboard_files import TensorBoardReader
 
+__all__ = ["FORMATS", "READERS", "reader_class"]
+
 READERS: Dict[str, Type[FormatReader]] = {
     "csv": CsvReader,
     "jsonl": JsonlReader,

@@ -13,6 +13,8 @@ from .errors import LogFormatError, MissingDependencyError
 from .files import check_regular
 from .tfrecord import tf_records
 
+__all__ = ["TensorBoardReader"]
+
 _EMPTY = (None,) * (len(FIELDS) - 1)  # a joined row's values, FIELDS[1:]
 
 

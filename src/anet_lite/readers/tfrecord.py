@@ -15,6 +15,8 @@ from typing import IO, Any, Iterator, Tuple
 
 from .errors import LogFormatError
 
+__all__ = ["MAX_RECORD", "tf_records"]
+
 MAX_RECORD = 64 * 1024 * 1024  # bytes; a scalar event is ~50 bytes, an image a few MB
 
 

@@ -14,10 +14,10 @@ This module uses the standard library only (``tombstone`` itself needs NumPy).
 from __future__ import annotations
 
 import json
-import unicodedata
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+from .._text import pad, width
 from .tombstone import PathLike, TombstoneLog
 
 __all__ = ["evidence_summary", "forget_dataset", "format_table", "open_log", "scope_summary"]
@@ -163,14 +163,6 @@ def short_hash(h: Any) -> str:
     return f"{scheme}:{hexd[:12]}"
 
 
-def _width(s: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
-
-
-def _pad(s: str, w: int) -> str:
-    return s + " " * (w - _width(s))
-
-
 def row(rec: Mapping[str, Any]) -> List[str]:
     """The table cells of one record."""
     return [
@@ -188,7 +180,7 @@ def format_table(records: Iterable[Mapping[str, Any]], lang: str = "en") -> str:
     if lang not in _HEADERS:
         raise ValueError(f"lang must be 'en' or 'ja', got {lang!r}")
     rows = [list(_HEADERS[lang])] + [row(r) for r in records]
-    widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(_pad(c, w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(pad(c, w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

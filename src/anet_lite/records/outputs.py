@@ -20,6 +20,19 @@ from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+__all__ = [
+    "COLUMNS",
+    "DERIVED",
+    "PathLike",
+    "RunLog",
+    "csv_chunk",
+    "is_notable",
+    "json_line",
+    "json_safe",
+    "snapshot_columns",
+    "write_atomic",
+]
+
 COLUMNS = (
     "step",
     "status",

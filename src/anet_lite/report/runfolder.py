@@ -21,6 +21,8 @@ from ..records import outputs
 from ..verdict import Snapshot
 from .data import _NUMERIC_SKIP, RunData, _Decimator, _f
 
+__all__ = ["CHUNK", "RunFolderWriter", "load_run"]
+
 _MAX_META = 4 * 1024 * 1024  # bytes of meta.json read
 _MAX_STEP = 2**63 - 1
 CHUNK = 512  # steps formatted and written at once (small enough to still be in the CPU cache)
@@ -99,8 +101,6 @@ class RunFolderWriter:
             for f in (self._csv, self._events, self._jsonl):
                 if f is not None and not f.closed:
                     f.close()
-
-
 
 
 def _unsafe_float(v: Any) -> Any:

@@ -14,23 +14,21 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
         "(on CPU machines: pip install torch==2.13.0 first)"
     ) from exc
 
+from ..merge import MergeScan, merge_state, scan  # noqa: F401 - importable here too; see anet_lite.merge
 from .forget import forget_layers, weights_hash
 from .guard import Guard, GuardStop
-from .merge import MergeScan, merge_state, scan
 from .stepstats import *  # noqa: F403 - the stats slots stay importable here; not the API
 from .stepstats import StepStats
 from .tap import GradNoiseTap
 
 # The public API only. The stats slots (GRAD_SQ, N_SLOTS, ...) and their helpers live in
-# ``anet_lite.torch.stepstats``; the merge demo's digits fixtures in ``anet_lite.torch.merge``.
+# ``anet_lite.torch.stepstats``; the merge scan in ``anet_lite.merge``; the digits MLPs of
+# the merge demo in ``anet_lite.torch.digits``.
 __all__ = [
     "GradNoiseTap",
     "Guard",
     "GuardStop",
-    "MergeScan",
     "StepStats",
     "forget_layers",
-    "merge_state",
-    "scan",
     "weights_hash",
 ]

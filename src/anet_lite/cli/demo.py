@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from ..report.words import fit_precision
 from ._demo_words import UI as _UI
 from ._demo_words import cause as _cause
 from ._demo_words import num as _num
 from ._demo_words import status as _status
-from .report.words import fit_precision
 
 FAULTS = ("lr_jump", "bad_batch", "loss_scale", "none")
 DEFAULT_STEPS = 500
@@ -344,10 +344,10 @@ class _Run:
         self.setup()
 
     def setup(self) -> None:
-        from .monitor import Monitor
-        from .records.outputs import RunLog
-        from .report.data import RunData
-        from .torch import Guard
+        from ..monitor import Monitor
+        from ..records.outputs import RunLog
+        from ..report.data import RunData
+        from ..torch import Guard
 
         torch, args, out = self.torch, self.args, self.out
         _seed(args.seed, torch)
@@ -408,7 +408,7 @@ class _Run:
 
     def step(self, step: int) -> bool:
         """Train one step; False when the Guard stopped the run."""
-        from .torch import GuardStop
+        from ..torch import GuardStop
 
         torch, guard = self.torch, self.guard
         x, y = self.data.batch()
@@ -513,7 +513,7 @@ class _Run:
         return step, time.perf_counter() - t0
 
     def result(self, steps_run: int, seconds: float) -> Dict[str, Any]:
-        from . import __version__
+        from .. import __version__
 
         torch, data, at, ce_hist = self.torch, self.data, self.at, self.ce_hist
         with torch.no_grad():
@@ -599,7 +599,7 @@ def _twin(args: argparse.Namespace, out: Path) -> Optional[Dict[str, str]]:
 
 
 def _write_meta(args: argparse.Namespace, out: Path, r: Dict[str, Any], res: Any) -> None:
-    from .records.outputs import json_safe
+    from ..records.outputs import json_safe
 
     meta = {
         "run_name": out.name,
@@ -625,8 +625,8 @@ def _write_meta(args: argparse.Namespace, out: Path, r: Dict[str, Any], res: Any
 
 def _finish(args: argparse.Namespace, out: Path, r: Dict[str, Any]) -> None:
     """Write meta.json and report.html, then print the summary."""
-    from .records.tombstone import verify
-    from .report.html import write_report
+    from ..records.tombstone import verify
+    from ..report.html import write_report
 
     tomb_path = out / "tombstones.jsonl"
     if not tomb_path.exists():

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, _err
+from ._common import EXIT_ALERT, EXIT_OK, EXIT_USAGE
+from ._common import err as _err
 
 _VERIFY_EPILOG = """examples:
   anet-lite verify run.anet/tombstones.jsonl
@@ -43,8 +44,8 @@ def _tombstone_file_and_key(args: argparse.Namespace) -> Optional[Tuple[Path, Op
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .records.tombstone import verify
-    from .report.words import count
+    from ..records.tombstone import verify
+    from ..report.words import count
 
     got = _tombstone_file_and_key(args)
     if got is None:
@@ -115,7 +116,7 @@ def add_tombstones_parser(sub: Any, fmt: Any) -> None:
 
 def _read_tombstone_lines(p: Path) -> List[Dict[str, Any]]:
     """Every parseable record of ``p``; unreadable lines become placeholder rows."""
-    from .records.tombstone import read_lines
+    from ..records.tombstone import read_lines
 
     return [
         rec if rec is not None else {"event": f"(line {no}: unreadable)", "_line": no}
@@ -129,9 +130,9 @@ def _print(text: str) -> None:
 
 
 def cmd_tombstones(args: argparse.Namespace) -> int:
-    from .records.forgetting import format_table
-    from .records.tombstone import verify
-    from .report.words import count
+    from ..records.forgetting import format_table
+    from ..records.tombstone import verify
+    from ..report.words import count
 
     got = _tombstone_file_and_key(args)
     if got is None:

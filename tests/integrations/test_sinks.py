@@ -15,11 +15,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+import repo_paths
 
 from anet_lite import Monitor
 from anet_lite.integrations import STATUS_CODES, MultiSink, Sink, snapshot_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = repo_paths.ROOT
 N = 151  # steps 0..150: warm-up, healthy, a precursor from ~122, NaN (collapsed) at 150
 
 

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, _err
-from .records.outputs import json_safe as _json_safe
+from ..records.outputs import json_safe as _json_safe
+from ._common import EXIT_ALERT, EXIT_OK, EXIT_USAGE
+from ._common import err as _err
 
 # ---- sig-check ----------------------------------------------------------------------------
 
@@ -51,8 +52,13 @@ def add_sig_check_parser(sub: Any, fmt: Any) -> None:
 
 def cmd_sig_check(args: argparse.Namespace) -> int:
     try:
-        from .fingerprint import signature_consistency
-        from .image import compare_upscalers, format_comparison, load_image, verdict
+        from ..image import (
+            compare_upscalers,
+            format_comparison,
+            load_image,
+            signature_consistency,
+            verdict,
+        )
 
         if args.compare:
             if args.original or args.upscaled:
@@ -132,7 +138,7 @@ def add_merge_scan_parser(sub: Any, fmt: Any) -> None:
 
 
 def _merge_factory(spec: Optional[str]) -> Any:
-    from .torch.merge import digits_mlp
+    from ..torch.digits import digits_mlp
 
     if not spec:
         return digits_mlp
@@ -182,7 +188,8 @@ def cmd_merge_scan(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
 
-        from .torch.merge import digits_batches, digits_pairs, scan
+        from ..merge import scan
+        from ..torch.digits import digits_batches, digits_pairs
     except ImportError as e:
         _err(f"merge-scan needs PyTorch: pip install 'anet-lite[torch]' ({e})")
         return EXIT_USAGE

@@ -12,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
+import repo_paths  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_fixtures import batches, char_mlp  # noqa: E402
 
@@ -27,7 +28,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is a multiple of the batch size:UserWarning"),
 ]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(repo_paths.ROOT)
 STEPS, ONSET = 300, 200
 
 

@@ -18,9 +18,11 @@ from anet_lite.records.tombstone import FIELDS, KEY_ENV, TombstoneLog, read, ver
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+import repo_paths  # noqa: E402
+
 from anet_lite.torch.forget import forget_layers, weights_hash  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(repo_paths.ROOT)
 
 
 @pytest.fixture(autouse=True)

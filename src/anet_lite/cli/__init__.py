@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
-from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, _err, add_analyze_parser, cmd_analyze
-from ._cli_models import add_merge_scan_parser, add_sig_check_parser
-from ._cli_tombstones import add_tombstones_parser, add_verify_parser
-from ._cli_watch import add_watch_parser, cmd_watch
+from ._common import EXIT_ALERT, EXIT_OK, EXIT_USAGE
+from ._common import err as _err
+from .analyze import add_analyze_parser, cmd_analyze
+from .models import add_merge_scan_parser, add_sig_check_parser
+from .tombstones import add_tombstones_parser, add_verify_parser
+from .watch import add_watch_parser, cmd_watch
 
 __all__ = ["EXIT_ALERT", "EXIT_OK", "EXIT_USAGE", "build_parser", "cmd_analyze", "main"]
 
@@ -72,7 +74,7 @@ class _ExitError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(
@@ -143,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.html import plots_available, write_report
+    from ..report.html import plots_available, write_report
 
     rd = Path(args.run_dir)
     if not rd.is_dir():

@@ -6,15 +6,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import sys
 from typing import ClassVar
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "detection")
-sys.path.insert(0, os.path.abspath(BENCH))
-
-import score  # noqa: E402
+# (bench/detection is on sys.path: tests/conftest.py)
+import score
 
 COLS = ["step", "time", "lr", "loss", "grad_norm", "update_norm", "param_norm"]
 COLS += ["processivity", "noise", "max_abs_grad", "event"]

@@ -4,20 +4,15 @@ the committed cache: train split to fit or tune on, test split to report on."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 from functools import partial
 
+# (bench/detection is on sys.path: tests/conftest.py)
+import anet_detector
+import baselines
+import matched
 import pytest
-
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "detection")
-sys.path.insert(0, os.path.abspath(BENCH))
-
-import anet_detector  # noqa: E402
-import baselines  # noqa: E402
-import matched  # noqa: E402
-import score  # noqa: E402
-import separability  # noqa: E402
+import score
+import separability
 
 TRAIN, TEST = f"{score.CACHE}:train", f"{score.CACHE}:test"
 

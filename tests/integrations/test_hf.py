@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 
 import torch
+from repo_paths import ROOT
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -166,7 +167,7 @@ def test_skip_and_rollback_inside_the_trainer(tmp_path):
 def test_example_runs():
     import subprocess
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(ROOT)
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", os.path.join(root, "examples", "hf_callback.py")],
         capture_output=True,

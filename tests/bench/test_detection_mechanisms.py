@@ -12,17 +12,15 @@ import gzip
 import json
 import math
 import os
-import sys
 
+import collapse
+import generate
+import mechanisms
 import numpy as np
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "detection")
-sys.path.insert(0, os.path.abspath(BENCH))
-
-import collapse  # noqa: E402
-import generate  # noqa: E402
-import mechanisms  # noqa: E402
+# (bench/detection is on sys.path: tests/conftest.py)
+from repo_paths import BENCH_DETECTION
 
 torch = pytest.importorskip("torch")
 import models  # noqa: E402
@@ -288,7 +286,7 @@ def test_every_mechanism_trains_records_its_onset_and_is_labelled_by_the_rule(ki
 
 
 def test_the_committed_mech_cache_matches_its_plan_and_the_collapse_rule():
-    folder = os.path.join(BENCH, "cache_mech")
+    folder = os.path.join(BENCH_DETECTION, "cache_mech")
     if not os.path.isfile(os.path.join(folder, "manifest.json")):
         pytest.skip("cache_mech not generated")
     with open(os.path.join(folder, "manifest.json")) as fh:

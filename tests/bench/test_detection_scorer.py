@@ -6,19 +6,14 @@ Hand-made runs only: no torch, no cached data needed.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
+# (bench/detection is on sys.path: tests/conftest.py)
+import baselines
+import collapse
+import matched
 import pytest
-
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "detection")
-sys.path.insert(0, os.path.abspath(BENCH))
-
-import baselines  # noqa: E402
-import collapse  # noqa: E402
-import matched  # noqa: E402
-import score  # noqa: E402
-import separability  # noqa: E402
+import score
+import separability
 
 NAN = float("nan")
 

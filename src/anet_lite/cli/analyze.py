@@ -1,6 +1,6 @@
 """``anet-lite analyze``: replay a log through a Monitor and write a run folder, streaming.
 
-Split from cli.py. The loop keeps memory constant in the log's length: snapshots are
+The loop keeps memory constant in the log's length: snapshots are
 collected in chunks of ``CHUNK`` steps; each chunk is turned into columns once
 (``outputs.snapshot_columns``), written to metrics.csv with one formatting call
 (``outputs.csv_chunk``), its notable steps to events.jsonl, and handed to the report's
@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, TextIO
 
-from .readers.registry import FORMATS
-from .report.runfolder import CHUNK, RunFolderWriter
+from ..readers.registry import FORMATS
+from ..report.runfolder import CHUNK, RunFolderWriter
+from ._common import EXIT_ALERT, EXIT_OK, EXIT_USAGE
+from ._common import err as _err
 
-EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
 _MAX_PRINTED_INCIDENTS = 20
 _BAR_MIN_BYTES = 2_000_000  # show a progress bar for inputs larger than this (on a TTY)
 # The replay allocates millions of short-lived, acyclic objects (snapshots, their dicts):
@@ -102,10 +103,6 @@ update_cos, ...) are recognised.
     a.set_defaults(func=func)
 
 
-def _err(msg: str) -> None:
-    sys.stderr.write(f"anet-lite: error: {msg}\n")
-
-
 class _Bar:
     """tqdm on stderr when it is a TTY and the input is large; otherwise nothing."""
 
@@ -179,9 +176,9 @@ def _fresh_out(out: Path) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .monitor import Monitor
-    from .readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
-    from .report.html import RunData
+    from ..monitor import Monitor
+    from ..readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
+    from ..report.html import RunData
 
     src = Path(args.path)
     try:
@@ -266,7 +263,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _tombstone_head(out: Path) -> Any:
     """The run folder's tombstone chain as verified now (None without a tombstones.jsonl):
     recorded in meta.json, so that ``report`` notices a tail cut off later."""
-    from .records.tombstone import verify
+    from ..records.tombstone import verify
 
     p = out / "tombstones.jsonl"
     if not p.is_file():
@@ -280,7 +277,7 @@ def _tombstone_head(out: Path) -> Any:
 
 def run_meta(src: Path, fmt: str, columns: Dict[str, str], lang: str, data: Any) -> Dict[str, Any]:
     """What every run folder's meta.json says (``analyze`` and ``watch`` add their own)."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "run_name": src.name if src.is_dir() else src.stem,
@@ -308,7 +305,7 @@ def _finish(
     elapsed: float,
 ) -> int:
     """meta.json, report.html and what is printed, after the replay."""
-    from .records.outputs import write_atomic
+    from ..records.outputs import write_atomic
 
     meta = run_meta(src, log.format, log.columns, args.lang, data)
     meta.update(
@@ -329,14 +326,14 @@ def _finish(
     paths["meta"] = str(out / "meta.json")
     report_note = ""
     if not args.no_report:
-        from .report.html import plots_available, write_report
+        from ..report.html import plots_available, write_report
 
         paths["report"] = str(write_report(out, data=data))
         if not plots_available():
             report_note = "report.html has no plots: pip install 'anet-lite[report]'"
     code = EXIT_ALERT if data.alerts else EXIT_OK
     if args.json:
-        from .records.outputs import json_safe
+        from ..records.outputs import json_safe
 
         summary = {"source": str(src), "format": log.format, "exit_code": code}
         summary.update(data.summary())

@@ -39,9 +39,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ._cli_analyze import EXIT_ALERT, EXIT_OK, EXIT_USAGE, _err, default_out
-from .readers.registry import FORMATS
-from .report.runfolder import RunFolderWriter
+from ..readers.registry import FORMATS
+from ..report.runfolder import RunFolderWriter
+from ._common import EXIT_ALERT, EXIT_OK, EXIT_USAGE
+from ._common import err as _err
+from .analyze import default_out
 
 _TEXT = ("csv", "wandb", "jsonl")
 _SPIN = "|/-\\"
@@ -104,7 +106,7 @@ class _Follower:
     """New ``Record``s of a log since the last poll (see the module docstring)."""
 
     def __init__(self, path: Path, fmt: str, mapping: Dict[str, str]) -> None:
-        from .readers import detect_format
+        from ..readers import detect_format
 
         self.path, self.mapping = path, mapping
         self.format = detect_format(path) if fmt == "auto" else fmt
@@ -153,7 +155,7 @@ class _Follower:
         yield from self._read(tmp, self.format, base - (1 if head else 0))
 
     def _read(self, path: Path, fmt: str, line_offset: int) -> Iterator[Any]:
-        from .readers import LogFormatError, open_log
+        from ..readers import LogFormatError, open_log
 
         log = open_log(path, fmt, self.mapping)
         try:
@@ -265,7 +267,7 @@ class _Status:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Follow ``args.path``; see the module docstring. Returns the exit code."""
-    from .readers import LogFormatError, MissingDependencyError, parse_mapping
+    from ..readers import LogFormatError, MissingDependencyError, parse_mapping
 
     src = Path(args.path)
     if args.interval <= 0 or args.idle_timeout < 0 or args.exec_timeout <= 0:
@@ -322,8 +324,8 @@ def _fresh_out(out: Path) -> None:
 
 
 def _watch(args: argparse.Namespace, src: Path, follower: _Follower, out: Path) -> int:
-    from .monitor import Monitor
-    from .report.html import RunData
+    from ..monitor import Monitor
+    from ..report.html import RunData
 
     data = RunData(lang=args.lang)
     writer = RunFolderWriter(out, data)
@@ -359,7 +361,7 @@ class _Loop:
 
     def run(self, follower: _Follower, interval: float, idle: float) -> Optional[Exception]:
         """Poll until idle / collapse; returns the input error that ended it, if any."""
-        from .readers import LogFormatError, MissingDependencyError
+        from ..readers import LogFormatError, MissingDependencyError
 
         quiet_since = time.monotonic()
         while True:
@@ -420,8 +422,8 @@ def _finish(
     """meta.json and report.html, as ``analyze`` writes them; a summary on stdout."""
     import json
 
-    from ._cli_analyze import run_meta
-    from .records.outputs import write_atomic
+    from ..records.outputs import write_atomic
+    from .analyze import run_meta
 
     meta = run_meta(src, follower.format, follower.columns, args.lang, data)
     meta.update(watched=True, stopped_at_collapse=state.collapsed, last_step=state.last_step)
@@ -434,7 +436,7 @@ def _finish(
     lines.append(f"alerts: {state.alerts.count:,} steps in {len(data.incidents):,} incidents")
     lines.append(f"run dir: {out}")
     if not args.no_report and data.steps:
-        from .report.html import write_report
+        from ..report.html import write_report
 
         lines.append(f"report: {write_report(out, data=data)}")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -12,12 +12,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from repo_paths import SRC
 
-from anet_lite._cli_watch import _Follower
 from anet_lite.cli import main
+from anet_lite.cli.watch import _Follower
 from anet_lite.readers import LogFormatError
 
 pytest.importorskip("sklearn")
@@ -86,7 +86,7 @@ _EXEC = textwrap.dedent(
 
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(SRC)
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

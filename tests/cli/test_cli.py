@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_paths import BENCH_DETECTION, REAL_LOGS_DIR
 
 from anet_lite import Monitor
 from anet_lite.cli import main
 from anet_lite.records.outputs import COLUMNS, DERIVED, RunLog
 from anet_lite.records.tombstone import TombstoneLog
 
-# shared/ lies beside the checkout (here and in CI): public healthy training logs.
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-logs"
+REAL = REAL_LOGS_DIR
 REAL_LOGS = sorted(REAL.glob("*.csv")) if REAL.is_dir() else []
 
 
@@ -213,9 +213,7 @@ def test_analyze_bad_param_norm_cell_names_line_and_column(tmp_path, capsys):
 
 
 GRAD_SIGN_RUN = (
-    Path(__file__).resolve().parents[1]
-    / "bench"
-    / "detection"
+    BENCH_DETECTION
     / "cache"
     / "cnn_digits-grad_sign-s4800.csv.gz"
 )
