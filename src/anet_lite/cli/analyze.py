@@ -352,7 +352,7 @@ def _finish(
 def _print_analysis(
     f: TextIO, src: Path, log: Any, data: Any, paths: Dict[str, str], elapsed: float
 ) -> None:
-    from .report.words import count
+    from ..report.words import count
 
     cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
     f.write(f"{src}: {count(data.steps, 'step')} ({log.format}; {cols}) in {elapsed:.1f} s\n")

@@ -5,6 +5,19 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+__all__ = [
+    "ACTION_KINDS",
+    "ACTION_WORDS",
+    "LANGS",
+    "STATUS_WORDS",
+    "W",
+    "action_word",
+    "count",
+    "fit_precision",
+    "status_word",
+    "words",
+]
+
 LANGS = ("en", "ja")
 ACTION_KINDS = ("slow_down", "skip_step", "rollback", "stop")
 
