@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "det
 import score
 
 from anet_lite import Monitor
-from anet_lite.detectors import loss_cusum, loss_regression, norm_growth
+from anet_lite.monitor.detectors import loss_cusum, loss_regression, norm_growth
 
 
 def healthy_runs(cache: str) -> List[Dict[str, Any]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from anet_lite import Policy, Snapshot
-from anet_lite.causes import CAUSES, FIRST_ACTIONS, STATUSES
-from anet_lite.explain import CAUSE_WORDS, explain
+from anet_lite.monitor.causes import CAUSES, FIRST_ACTIONS, STATUSES
+from anet_lite.monitor.explain import CAUSE_WORDS, explain
 
 REAL = [c for c in CAUSES.values() if c.variant_of is None]
 

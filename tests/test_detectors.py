@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anet_lite import Monitor
-from anet_lite.causes import CAUSES
-from anet_lite.detectors import DEFAULT, LossCusum, LossRegression, NormGrowth, View
+from anet_lite.monitor.causes import CAUSES
+from anet_lite.monitor.detectors import DEFAULT, LossCusum, LossRegression, NormGrowth, View
 
 NAN = math.nan
 

@@ -111,7 +111,7 @@ class Scripted(Policy):
         self.n = 0
 
     def decide(self, snap):
-        from anet_lite.policy import Action
+        from anet_lite.monitor.policy import Action
 
         self.n += 1
         kind = self.script.get(self.n, "none")

@@ -20,7 +20,7 @@ from torch_fixtures import batches, char_mlp  # noqa: E402
 
 import anet_lite  # noqa: E402
 from anet_lite import Monitor, verify  # noqa: E402
-from anet_lite.policy import Action  # noqa: E402
+from anet_lite.monitor.policy import Action  # noqa: E402
 from anet_lite.torch import Guard, GuardStop  # noqa: E402
 
 pytestmark = pytest.mark.torch

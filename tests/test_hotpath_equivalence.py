@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from anet_lite import Monitor
-from anet_lite import _stream as new_stream
 from anet_lite import fingerprint as new_fp
 from anet_lite.fingerprint import HOP, N_BANDS, SEGMENT, normalise, segment_band_powers
+from anet_lite.monitor import _stream as new_stream
 
 _MAD_TO_SIGMA = 1.4826
 _NONE: List[float] = []
@@ -389,7 +389,7 @@ def test_monitor_with_new_parts_matches_old_parts(monkeypatch):
 def test_make_snapshot_is_the_dataclass():
     """verdict.make_snapshot (the Monitor's fast constructor) == Snapshot(...), field order
     included; read_inputs gives the same Signals as before (all seven fields)."""
-    from anet_lite._signals import read_inputs
+    from anet_lite.monitor._signals import read_inputs
     from anet_lite.verdict import Snapshot, make_snapshot
 
     args = (0.5, -0.1, 0.2, 0.3, True, 2.5, 7, "precursor", True, {"loss": 1.0})

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import anet_lite._monitor_coherence as _coherence
-import anet_lite._monitor_rules as _rules
+import anet_lite.monitor._coherence as _coherence
+import anet_lite.monitor._rules as _rules
 from anet_lite import Monitor, Snapshot
 from anet_lite.verdict import STATUSES
 

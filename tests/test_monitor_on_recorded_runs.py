@@ -21,8 +21,8 @@ import anet_detector  # noqa: E402
 import score  # noqa: E402
 
 from anet_lite import Monitor  # noqa: E402
-from anet_lite import _monitor_coherence as _coherence  # noqa: E402
-from anet_lite import _monitor_rules as _rules  # noqa: E402
+from anet_lite.monitor import _coherence as _coherence  # noqa: E402
+from anet_lite.monitor import _rules as _rules  # noqa: E402
 
 
 def _runs(split="train"):

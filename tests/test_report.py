@@ -374,7 +374,7 @@ def test_a_one_step_incident_is_drawn_wider_than_a_sliver():
 
 
 def test_fp32_runs_get_no_loss_scale_advice():
-    from anet_lite.causes import CAUSES
+    from anet_lite.monitor.causes import CAUSES
     from anet_lite.report.words import FP16_ONLY, fit_precision
 
     texts = {lang: [" ".join(getattr(c, lang)) for c in CAUSES.values()] for lang in ("en", "ja")}

@@ -17,7 +17,7 @@ from .metrics import (
     two_second_precursor,
 )
 from .monitor import Monitor
-from .policy import Action, Policy
+from .monitor.policy import Action, Policy
 from .records.outputs import RunLog
 from .records.tombstone import TombstoneLog, verify
 from .verdict import Snapshot

@@ -20,6 +20,10 @@ MOVED: Dict[str, str] = {
     "anet_lite.outputs": "anet_lite.records.outputs",
     "anet_lite.forgetting": "anet_lite.records.forgetting",
     "anet_lite.demo": "anet_lite.cli.demo",
+    "anet_lite.policy": "anet_lite.monitor.policy",
+    "anet_lite.explain": "anet_lite.monitor.explain",
+    "anet_lite.causes": "anet_lite.monitor.causes",
+    "anet_lite.detectors": "anet_lite.monitor.detectors",
 }
 
 

@@ -75,6 +75,13 @@ def entropy_rate(values: Sequence[float], window: int = 32) -> float:
     return _entropy_rate_core(x[-2 * w : -w], x[-w:], _entropy_bins(w))
 
 
+def entropy_rate_of_windows(prev: np.ndarray, last: np.ndarray) -> float:
+    """Ṡ of two equal-length windows of finite float64 values, in [-1, 1]: what
+    ``entropy_rate`` computes after its checks (the Monitor's per-step path, which holds
+    its windows already checked)."""
+    return _entropy_rate_core(prev, last, _entropy_bins(len(prev)))
+
+
 @functools.lru_cache(maxsize=32)
 def _centred_time(n: int) -> Tuple[np.ndarray, float]:
     """Centred sample index 0..n-1 and its squared norm (cached: the Monitor asks for the
@@ -299,6 +306,7 @@ def _snapshot(
 __all__ = [
     "Z_CAP",
     "entropy_rate",
+    "entropy_rate_of_windows",
     "f_total",
     "processivity",
     "snapshot",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+__all__ = ["STATUSES", "Snapshot", "make_snapshot"]
+
 STATUSES = ("warming_up", "healthy", "recovering", "drifting", "precursor", "collapsed")
 
 
@@ -37,7 +39,7 @@ class Snapshot:
 
     def explain(self, lang: str = "en") -> str:
         """One or two sentences: likely cause, the numbers, the advice ("en" or "ja")."""
-        from .explain import explain
+        from .monitor.explain import explain
 
         return explain(self, lang=lang)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Dict
 
-from ..explain import CAUSE_WORDS
+from ..monitor.explain import CAUSE_WORDS
 
 # ---- words ----------------------------------------------------------------------------------
 

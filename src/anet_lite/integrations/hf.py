@@ -63,7 +63,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..monitor import Monitor
-from ..policy import ACTIONS, Action
+from ..monitor.policy import ACTIONS, Action
 from ..records.tombstone import TombstoneLog
 from ..torch.guard import Guard, GuardStop, _LazyTombstones, _words
 from ..verdict import Snapshot

@@ -79,7 +79,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
         ) from exc
 
 from ..monitor import Monitor
-from ..policy import ACTIONS
+from ..monitor.policy import ACTIONS
 from ..records.tombstone import TombstoneLog
 from ..torch.guard import Guard, GuardStop
 from .sinks import _alert_text, snapshot_metrics

@@ -13,7 +13,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..explain import CAUSE_WORDS
+from ..monitor.explain import CAUSE_WORDS
 from .words import ACTION_KINDS, action_word, count, fit_precision, status_word, words
 
 INCIDENT_GAP = 50  # alerts at most this many steps apart belong to one incident

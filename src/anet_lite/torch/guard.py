@@ -64,7 +64,7 @@ from typing import Any, List, Optional, Union
 import torch
 
 from ..monitor import Monitor
-from ..policy import Action
+from ..monitor.policy import Action
 from ..tombstone import TombstoneLog
 from ..verdict import Snapshot
 from . import checkpoint as ckpt_mod

@@ -27,6 +27,8 @@ from typing import Any, Dict, Optional
 from .._stream import RobustLevel
 from ._base import Detector, Finding, View, finite
 
+__all__ = ["H", "LossCusum"]
+
 LAMBDA = 0.02  # reference EWMA weight per step (a ~35-step half-life)
 SMOOTH = 0.2  # the smoothed level used for the episode's peak (a ~3-step half-life)
 K = 1.0  # allowance: drifts slower than K sigmas per step above mu are not accumulated

@@ -21,6 +21,8 @@ from typing import Any, Deque, Dict, Optional
 
 from ._base import Detector, Finding, View, finite
 
+__all__ = ["NormGrowth"]
+
 SPAN = 25
 RATE = math.log(1.008)
 ACCEL = 42.0

@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 
 from .causes import CAUSES
 
+__all__ = ["ACTIONS", "Action", "Policy"]
+
 ACTIONS = ("none", "slow_down", "skip_step", "rollback", "stop")
 _LADDER = ("slow_down", "skip_step", "rollback", "stop")
 # causes whose incident starts by skipping the update act at once, without a cool-down

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Dict, NamedTuple, Optional, Tuple
 
+__all__ = ["CAUSES", "FIRST_ACTIONS", "STATUSES", "Cause", "cause"]
+
 STATUSES = ("precursor", "collapsed", "drifting")
 FIRST_ACTIONS = ("slow_down", "skip_step", "rollback")
 

@@ -12,10 +12,10 @@ from typing import Any, Dict
 
 import numpy as np
 
-from . import fingerprint as _fp
-from ._monitor_coherence import CoherenceRules
+from .. import fingerprint as _fp
+from ..metrics import Z_CAP, entropy_rate_of_windows
+from ._coherence import CoherenceRules
 from ._signals import Signals
-from .metrics import Z_CAP, _entropy_bins, _entropy_rate_core
 
 DEAD = math.log(100.0)  # a gradient 100x below its healthy level: units stopped learning
 # Gradient growth (window) and explosion (one step) must also beat the run's own jitter,
@@ -143,7 +143,7 @@ class MonitorRules(CoherenceRules):
         if self.t % max(16, self.window // 2) == 0 and len(self.losses) >= self.window:
             h = self.window // 2
             arr = np.asarray(self.losses)
-            self.sdot = _entropy_rate_core(arr[:h], arr[h:], _entropy_bins(h))
+            self.sdot = entropy_rate_of_windows(arr[:h], arr[h:])
         return pz
 
     def _grad_signals(self, s: Signals, ev: Dict[str, Any]) -> bool:

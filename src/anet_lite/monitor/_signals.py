@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from ._validate import as_number
+from .._validate import as_number
 
 
 class Signals:

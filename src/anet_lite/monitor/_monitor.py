@@ -16,16 +16,16 @@ from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
 
-from . import fingerprint as _fp
-from ._monitor_coherence import CLIMB_STEPS, COS_RECENT
-from ._monitor_rules import RISE_PZ, MonitorRules
+from .. import fingerprint as _fp
+from .._validate import positive
+from ..metrics import Z_CAP
+from ..verdict import Snapshot, make_snapshot
+from ._coherence import CLIMB_STEPS, COS_RECENT
+from ._rules import RISE_PZ, MonitorRules
 from ._signals import Signals, read_inputs
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
-from ._validate import positive
 from .detectors import DEFAULT as _DEFAULT_DETECTORS
 from .detectors import View
-from .metrics import Z_CAP
-from .verdict import Snapshot, make_snapshot
 
 RECOVER_SIGMAS = 2.0  # back within this many jitters of the pre-incident loss level
 RECOVER_MAX = 200  # steps after an action: then the verdict is the detectors' alone
@@ -521,11 +521,11 @@ class Monitor(MonitorRules):
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue exactly where this monitor is (JSON-serialisable)."""
-        from ._monitor_state import dump
+        from ._state import dump
 
         return dump(self)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        from ._monitor_state import load
+        from ._state import load
 
         load(self, state)

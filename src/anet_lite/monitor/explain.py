@@ -48,6 +48,8 @@ _EVENT = {
 }
 
 
+__all__ = ["CAUSE_WORDS", "explain"]
+
 CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
     "en": {c.name: c.short[0] for c in CAUSES.values() if c.variant_of is None},
     "ja": {c.name: c.short[1] for c in CAUSES.values() if c.variant_of is None},

@@ -29,6 +29,8 @@ from typing import Any, Deque, Dict, Optional
 
 from ._base import Detector, Finding, View, finite
 
+__all__ = ["LossRegression"]
+
 SMOOTH = 0.2  # smoothed level (EWMA weight per step)
 FAR = math.log(2.0)
 HOLD = 20
