@@ -9,7 +9,7 @@ and prints per detector: the largest value of its statistic over the healthy run
 healthy runs and steps on which it would alarm, and (for ``LossCusum``) the threshold
 the rule "largest healthy S x 1.1" gives, and how many healthy runs per 50,000 steps
 reach the threshold in use (the target is at most one). The thresholds in
-``src/anet_lite/detectors/*.py`` are set from this output; a threshold chosen this way
+``src/anet_lite/monitor/detectors/*.py`` are set from this output; a threshold chosen this way
 holds every failure mechanism out of its choice (leave-one-mechanism-out by
 construction).
 """

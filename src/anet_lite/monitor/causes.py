@@ -5,7 +5,7 @@ Each ``Cause`` carries what every consumer needs: the ``status`` it implies, the
 name for summaries and reports, and the sentence and advice ``explain`` gives, in
 English and Japanese (``{key}`` placeholders are evidence numbers; ``{nums}`` the
 snapshot's θ, F_Total, z and step). Policy, explain, report and sinks read it; a
-contract test runs every entry through each of them (tests/test_causes.py).
+contract test runs every entry through each of them (tests/monitor/test_causes.py).
 
 Adding a cause = one entry here. Entries with ``variant_of`` are alternative wordings
 of another cause that ``explain`` picks from the evidence (e.g. ``compounding`` for a

@@ -8,7 +8,7 @@ restart re-reference them: a new regime, watched again from its own level.
 
 Adding a detector = one module here + one entry in ``DEFAULT`` (+ its cause in
 ``anet_lite.causes`` if it names a new one). Every detector in ``DEFAULT`` goes through
-the same contract tests (tests/test_detectors.py).
+the same contract tests (tests/monitor/test_detectors.py).
 """
 
 from __future__ import annotations

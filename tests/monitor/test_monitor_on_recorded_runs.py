@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "detection")
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "detection")
 sys.path.insert(0, os.path.abspath(BENCH))
 
 import anet_detector  # noqa: E402

@@ -372,7 +372,7 @@ def test_monitor_with_new_parts_matches_old_parts(monkeypatch):
     monkeypatch.setattr(new_stream, "RobustLevel", OldRobustLevel)
     monkeypatch.setattr(new_stream, "RecentWindow", OldRecentWindow)
     monkeypatch.setattr(new_fp, "StreamingFingerprint", OldStreamingFingerprint)
-    import anet_lite.monitor as mon
+    from anet_lite.monitor import _monitor as mon
 
     monkeypatch.setattr(mon, "RobustLevel", OldRobustLevel)
     monkeypatch.setattr(mon, "RecentWindow", OldRecentWindow)

@@ -172,7 +172,7 @@ def test_the_calibration_holds_on_the_committed_healthy_runs(capsys):
     import os
     import sys
 
-    bench = os.path.join(os.path.dirname(__file__), "..", "bench")
+    bench = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
     sys.path.insert(0, os.path.abspath(bench))
     import calibrate_detectors
 
