@@ -32,8 +32,9 @@ def plots_available() -> bool:
     return True
 
 
-def _action_steps(tomb: Dict[str, Any]) -> List[Tuple[int, str]]:
-    """(step, event) of the tombstone log's records that name a step (first 200)."""
+def _action_steps(tomb: Dict[str, Any], limit: int = 200) -> List[Tuple[int, str]]:
+    """(step, event) of the tombstone log's records that name a step (the first ``limit``
+    of the rows read)."""
     out = []
     for _, r in tomb.get("rows", ()):
         if r is None:
@@ -41,7 +42,7 @@ def _action_steps(tomb: Dict[str, Any]) -> List[Tuple[int, str]]:
         scope = r.get("scope")
         if isinstance(scope, dict) and isinstance(scope.get("step"), int):
             out.append((scope["step"], str(r.get("event", "action"))))
-    return out[:200]
+    return out[:limit]
 
 
 def _plots_or_note(
@@ -135,7 +136,7 @@ class _Page:
         self.signal_notes, self.twin = signal_notes, twin
         self.lang = data.lang if data.lang in _FONTS else "en"
         self.w = words(self.lang)
-        self.actions = _action_steps(tomb)
+        self.actions = _action_steps(tomb, limit=1000)  # all rows read: a late "stop" counts
 
     def html(self) -> str:
         name = self.meta.get("run_name") or self.run_dir.name.removesuffix(".anet") or "run"
