@@ -19,7 +19,7 @@ from ..outputs import write_atomic
 from ._plots import PLOT_LIMIT, svg_plots, svg_zoom
 from .data import INCIDENT_GAP, RunData, cause_words
 from .runfolder import _read_meta, _tombstones, load_run, read_twin
-from .words import ACTION_KINDS, count, status_word, words
+from .words import ACTION_KINDS, action_word, count, status_word, words
 
 __all__ = ["INCIDENT_GAP", "PLOT_LIMIT", "RunData", "load_run", "plots_available", "write_report"]
 
@@ -178,7 +178,9 @@ class _Page:
             (w["r_collapse"], "—" if d.collapse_step is None else str(d.collapse_step)),
         ]
         if acts:
-            rows.append((w["r_actions"], ", ".join(f"{k} @ {s}" for s, k in acts[:20])))
+            rows.append(
+                (w["r_actions"], ", ".join(f"{action_word(k, lang)} @ {s}" for s, k in acts[:20]))
+            )
         rows += [(w["r_events"], f"{d.n_events:,}"), (w["r_spikes"], f"{d.n_spikes:,}")]
         for key, word in (
             ("source", "r_source"),
