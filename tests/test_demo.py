@@ -255,3 +255,33 @@ def test_actions_are_printed_once(tmp_path, capsys, caplog):
     assert not any("skip this update [skip_step" in m for m in logged), logged
     assert "skip this update [skip_step" not in cap.err
     assert log.level == before
+
+
+def test_twin_folders_are_matched_by_name_and_run(tmp_path):
+    import argparse
+
+    from anet_lite.demo import _twin
+
+    def args(no_guard, seed=0, lang="en"):
+        return argparse.Namespace(
+            fault="lr_jump", fault_step=250, steps=500, seed=seed, no_guard=no_guard, lang=lang
+        )
+
+    def made(name, guard, seed=0):
+        d = tmp_path / name
+        d.mkdir()
+        meta = {"fault": "lr_jump", "fault_step": 250, "steps": 500, "seed": seed, "guard": guard}
+        (d / "meta.json").write_text(json.dumps(meta))
+        (d / "metrics.csv").write_text("step,loss\n")
+
+    made("run", "acting")
+    made("run-noguard-ja", "watching")
+    # a --no-guard run finds the guarded one; a guarded run finds no twin without one
+    assert _twin(args(True), tmp_path / "run-noguard") == {"path": "../run", "guard": "acting"}
+    assert _twin(args(False), tmp_path / "run") is None
+    assert _twin(args(False, lang="ja"), tmp_path / "run-ja") == {
+        "path": "../run-noguard-ja",
+        "guard": "watching",
+    }
+    assert _twin(args(True, seed=1), tmp_path / "run-noguard") is None  # another seed
+    assert _twin(args(True), tmp_path / "custom") is None  # not a -noguard name

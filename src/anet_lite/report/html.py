@@ -19,7 +19,7 @@ from ..outputs import write_atomic
 from ._plots import PLOT_LIMIT, svg_plots, svg_zoom
 from .data import INCIDENT_GAP, RunData, cause_words
 from .runfolder import _read_meta, _tombstones, load_run, read_twin
-from .words import ACTION_KINDS, count, status_word, words
+from .words import ACTION_KINDS, action_word, count, status_word, words
 
 __all__ = ["INCIDENT_GAP", "PLOT_LIMIT", "RunData", "load_run", "plots_available", "write_report"]
 
@@ -32,8 +32,9 @@ def plots_available() -> bool:
     return True
 
 
-def _action_steps(tomb: Dict[str, Any]) -> List[Tuple[int, str]]:
-    """(step, event) of the tombstone log's records that name a step (first 200)."""
+def _action_steps(tomb: Dict[str, Any], limit: int = 200) -> List[Tuple[int, str]]:
+    """(step, event) of the tombstone log's records that name a step (the first ``limit``
+    of the rows read)."""
     out = []
     for _, r in tomb.get("rows", ()):
         if r is None:
@@ -41,7 +42,7 @@ def _action_steps(tomb: Dict[str, Any]) -> List[Tuple[int, str]]:
         scope = r.get("scope")
         if isinstance(scope, dict) and isinstance(scope.get("step"), int):
             out.append((scope["step"], str(r.get("event", "action"))))
-    return out[:200]
+    return out[:limit]
 
 
 def _plots_or_note(
@@ -135,7 +136,7 @@ class _Page:
         self.signal_notes, self.twin = signal_notes, twin
         self.lang = data.lang if data.lang in _FONTS else "en"
         self.w = words(self.lang)
-        self.actions = _action_steps(tomb)
+        self.actions = _action_steps(tomb, limit=1000)  # all rows read: a late "stop" counts
 
     def html(self) -> str:
         name = self.meta.get("run_name") or self.run_dir.name.removesuffix(".anet") or "run"
@@ -177,7 +178,9 @@ class _Page:
             (w["r_collapse"], "—" if d.collapse_step is None else str(d.collapse_step)),
         ]
         if acts:
-            rows.append((w["r_actions"], ", ".join(f"{k} @ {s}" for s, k in acts[:20])))
+            rows.append(
+                (w["r_actions"], ", ".join(f"{action_word(k, lang)} @ {s}" for s, k in acts[:20]))
+            )
         rows += [(w["r_events"], f"{d.n_events:,}"), (w["r_spikes"], f"{d.n_spikes:,}")]
         for key, word in (
             ("source", "r_source"),
