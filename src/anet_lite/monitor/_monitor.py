@@ -343,6 +343,8 @@ class Monitor(MonitorRules):
             self._sink_failed = True
 
     def _update(self, s: Signals) -> Snapshot:
+        """One step: measure every signal, climb the rule ladder, run the detectors, and
+        make the snapshot."""
         self.t += 1
         ev: Dict[str, Any] = {"loss": s.loss}
         if s.grad_norm is not None:
@@ -352,94 +354,89 @@ class Monitor(MonitorRules):
         marked = self.pending_mark is not None
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
-        finite_loss = math.isfinite(s.loss)
-        self.x_now = math.nan
-        if finite_loss:
-            pz = self._loss_signals(s, ev)
-        else:  # (no loss level to compare this step's jumps with)
-            pz, self.jump_ref, self.loss_win_x = Z_CAP, None, math.nan
-        finite_grad = self._grad_signals(s, ev)
-        G = s.grad_norm
-        v = s.noise if s.noise is not None else G
-        if v is None and finite_loss:
-            v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
-        if v is not None and math.isfinite(v) and self.fp.push(v) is not None:
-            self._refresh_theta(grace)
-        proc = self.proc.value()
-        ft = self.w_s * self.sdot + self.w_p * proc
-        ready = self.loss_base.ready and self.t > min(self.warmup, 2 * self._base_len)
-        cause, status = ev.pop("severe", ""), "precursor"
-        shifted = self.shift_x is not None
-        # A rise that leaves the loss far below where the run started is not a collapse
-        # precursor (a near-perfect classifier's rare hard batches): the loss-window rules
-        # need the loss, and the window's level, above loss_gate x the first loss. One-step
-        # gradient/update blow-ups are not gated: they must beat the run's own jitter
-        # (SEVERE_Z), which is what tells a hard batch from a loss-scale bug. lr rules and
-        # non-finite values neither.
-        gate = self.loss_gate_open(s.loss)
-        if not finite_loss or not finite_grad:
-            status, cause = "collapsed", "non_finite"
-        elif cause:
-            pass
-        elif "lr_ramp" in ev:
-            cause = "lr_ramp"
-        elif "first_loss_ratio" in ev:
-            cause = "bad_batch"  # (declared=True: an undeclared level shift, far up)
-        elif shifted:
-            status = "drifting"  # a level shift that is not (yet) climbing further
-        elif ready and not grace and self.climb >= CLIMB_STEPS:
-            cause = "ascent"
-        elif ready and not grace and ev.get("compounding"):
-            cause = "divergence"  # (checked the loss gate itself)
-        elif (
-            ready
-            and not grace
-            and max(self.grad_hot, self.co_hot) >= self.persist
-            and self.coherent
-        ):
-            cause = "grad_growth"  # sustained, so not gated by the loss level
-        elif not gate:
-            status = "healthy" if ready and self.ref is not None else "warming_up"
-        elif ready and not grace and self.pz_hot >= self.persist:
-            cause = "oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"
-        elif ready and not grace and self.rise >= self.persist and pz >= RISE_PZ:
-            cause = "divergence"
-        elif ready and self.dead >= self.n and pz > -1.0:
-            status, cause = "drifting", "stagnation"
-        elif self.theta_low >= 2 and not grace:
-            status = "drifting"
-            if self.theta_low >= self.drift_persist and self.drift_stalled:
-                cause = "fingerprint_shift"  # the dynamics changed AND progress stalled
-        elif not ready or self.ref is None:
-            status = "warming_up"
-        else:
-            status = "healthy"
+        pz, finite_grad = self._measure(s, ev, grace)
+        cause, status = self._ladder(s, ev, pz, grace, finite_grad)
         restart = marked or event == "lr_restart"
         cause, status = self._detect(s, ev, cause, status, restart)
         if self.recover_t is not None and status in ("healthy", "warming_up"):
             status = self._recovery(ev, status)
-        alert = bool(cause)
         if cause:
             ev["cause"] = cause
         if event:
             ev["event"] = event
         if grace:
             ev["grace"] = True
+        proc = self.proc.value()
+        ft = self.w_s * self.sdot + self.w_p * proc
         ev.update(theta=self.theta, sdot=self.sdot, proc=proc, f_total=ft, precursor_z=pz)
         self.last_status = status
         step = s.step if s.step is not None else self.t
+        precursor = status in ("precursor", "collapsed")
         return make_snapshot(
-            self.theta,
-            self.sdot,
-            proc,
-            ft,
-            status in ("precursor", "collapsed"),
-            pz,
-            step,
-            status,
-            alert,
-            ev,
+            self.theta, self.sdot, proc, ft, precursor, pz, step, status, bool(cause), ev
         )
+
+    def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
+        """Loss, gradient and update levels, and the noise fingerprint; returns (the
+        precursor z, whether the gradient norm was finite)."""
+        self.x_now = math.nan
+        if math.isfinite(s.loss):
+            pz = self._loss_signals(s, ev)
+        else:  # (no loss level to compare this step's jumps with)
+            pz, self.jump_ref, self.loss_win_x = Z_CAP, None, math.nan
+        finite_grad = self._grad_signals(s, ev)
+        v = s.noise if s.noise is not None else s.grad_norm
+        if v is None and math.isfinite(s.loss):
+            v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
+        if v is not None and math.isfinite(v) and self.fp.push(v) is not None:
+            self._refresh_theta(grace)
+        return pz, finite_grad
+
+    def _ladder(
+        self, s: Signals, ev: Dict[str, Any], pz: float, grace: bool, finite_grad: bool
+    ) -> Any:
+        """The rules in order of precedence; returns (cause or "", status). The first rung
+        that holds decides; the detectors (``_detect``) speak only where none alarmed."""
+        ready = self.loss_base.ready and self.t > min(self.warmup, 2 * self._base_len)
+        judge = ready and not grace
+        cause = ev.pop("severe", "")
+        if not math.isfinite(s.loss) or not finite_grad:
+            return "non_finite", "collapsed"
+        if cause:
+            return cause, "precursor"
+        if "lr_ramp" in ev:
+            return "lr_ramp", "precursor"
+        if "first_loss_ratio" in ev:
+            return "bad_batch", "precursor"  # (declared=True: an undeclared level shift)
+        if self.shift_x is not None:
+            return "", "drifting"  # a level shift that is not (yet) climbing further
+        if judge and self.climb >= CLIMB_STEPS:
+            return "ascent", "precursor"
+        if judge and ev.get("compounding"):
+            return "divergence", "precursor"  # (checked the loss gate itself)
+        if judge and max(self.grad_hot, self.co_hot) >= self.persist and self.coherent:
+            return "grad_growth", "precursor"  # sustained, so not gated by the loss level
+        # A rise that leaves the loss far below where the run started is not a collapse
+        # precursor (a near-perfect classifier's rare hard batches): the loss-window rules
+        # need the loss, and the window's level, above loss_gate x the first loss. One-step
+        # gradient/update blow-ups are not gated: they must beat the run's own jitter
+        # (SEVERE_Z), which is what tells a hard batch from a loss-scale bug. lr rules and
+        # non-finite values neither.
+        if not self.loss_gate_open(s.loss):
+            return "", "healthy" if ready and self.ref is not None else "warming_up"
+        if judge and self.pz_hot >= self.persist:
+            return ("oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"), (
+                "precursor"
+            )
+        if judge and self.rise >= self.persist and pz >= RISE_PZ:
+            return "divergence", "precursor"
+        if ready and self.dead >= self.n and pz > -1.0:
+            return "stagnation", "drifting"
+        if self.theta_low >= 2 and not grace:
+            stalled = self.theta_low >= self.drift_persist and self.drift_stalled
+            # the dynamics changed AND progress stalled
+            return ("fingerprint_shift" if stalled else ""), "drifting"
+        return "", "warming_up" if not ready or self.ref is None else "healthy"
 
     def _detect(
         self, s: Signals, ev: Dict[str, Any], cause: str, status: str, restart: bool
