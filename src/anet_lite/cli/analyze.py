@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, TextIO
+from typing import Any, Dict, Optional, TextIO
 
 from ..readers.registry import FORMATS
 from ..report.runfolder import CHUNK, RunFolderWriter
@@ -176,9 +176,32 @@ def _fresh_out(out: Path) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from ..monitor import Monitor
-    from ..readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
+    """``anet-lite analyze``: open the inputs, replay the log through a Monitor into the
+    run folder, then write meta.json and the summary. Exit 0, or 2 with one error line."""
+    opened = _open_inputs(args)
+    if isinstance(opened, int):
+        return opened
+    src, out, log, mapping = opened
     from ..report.html import RunData
+
+    data = RunData(lang=args.lang)
+    writer = RunFolderWriter(out, data, jsonl=bool(getattr(args, "jsonl", False)), chunk=CHUNK)
+    t0 = time.perf_counter()
+    failed = _replay(args, src, out, log, writer)
+    if failed is not None:
+        return failed
+    elapsed = time.perf_counter() - t0
+    try:
+        return _finish(args, src, out, log, data, mapping, writer, elapsed)
+    except OSError as e:
+        _err(f"{e.filename or out}: {e.strerror or e}")
+        return EXIT_USAGE
+
+
+def _open_inputs(args: argparse.Namespace) -> Any:
+    """(source, run folder, log reader, column mapping), or the exit code of a usage error
+    (already reported)."""
+    from ..readers import LogFormatError, MissingDependencyError, open_log, parse_mapping
 
     src = Path(args.path)
     try:
@@ -194,7 +217,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except OSError as e:
         _err(f"{src}: {e.strerror or e}")
         return EXIT_USAGE
-
     out = Path(args.out) if args.out else default_out(src)
     why = _out_conflict(src, out)
     if why:
@@ -205,31 +227,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except OSError as e:
         _err(f"--out {out}: {e.strerror or e}")
         return EXIT_USAGE
+    return src, out, log, mapping
 
-    data = RunData(lang=args.lang)
+
+def _replay(
+    args: argparse.Namespace, src: Path, out: Path, log: Any, writer: RunFolderWriter
+) -> Optional[int]:
+    """Every record of ``log`` through one Monitor, written in chunks; None, or the exit
+    code of an error (already reported; what was written so far stays)."""
+    from ..monitor import Monitor
+    from ..readers import LogFormatError, MissingDependencyError
+
     tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     bar = _Bar(tty and not args.quiet and _input_size(src) > _BAR_MIN_BYTES, src.name)
-    t0 = time.perf_counter()
-    monitor = Monitor()
-    writer = RunFolderWriter(out, data, jsonl=bool(getattr(args, "jsonl", False)), chunk=CHUNK)
-    update, buf, chunk = monitor.update, writer.buf, writer.chunk
+    update, buf, chunk = Monitor().update, writer.buf, writer.chunk
     gc_on = gc.isenabled()
     gc.disable()  # see _GC_SLACK
     try:
         try:
             for step, loss, g, sn, noise, lr, t, pn, proc in log:
                 buf.append(
-                    update(
-                        loss,
-                        step=step,
-                        grad_norm=g,
-                        step_norm=sn,
-                        noise=noise,
-                        lr=lr,
-                        time=t,
-                        param_norm=pn,
-                        processivity=proc,
-                    )
+                    update(loss, step=step, grad_norm=g, step_norm=sn, noise=noise, lr=lr,
+                           time=t, param_norm=pn, processivity=proc)
                 )
                 if len(buf) >= chunk:
                     writer.flush()
@@ -252,12 +271,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except OSError as e:  # a full disk, a read error: what was written so far stays
         _err(f"{e.filename or out}: {e.strerror or e}")
         return EXIT_USAGE
-    elapsed = time.perf_counter() - t0
-    try:
-        return _finish(args, src, out, log, data, mapping, writer, elapsed)
-    except OSError as e:
-        _err(f"{e.filename or out}: {e.strerror or e}")
-        return EXIT_USAGE
+    return None
 
 
 def _tombstone_head(out: Path) -> Any:
