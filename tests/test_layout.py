@@ -22,13 +22,6 @@ PRIVATE_IMPORTS_ALLOWED = {
     ("anet_lite.integrations.hf", "anet_lite.torch.guard", "_words"),
 }
 NO_ALL_YET = {
-    # renamed into cli/ without other edits; the commands' modules
-    "anet_lite.cli.analyze",
-    "anet_lite.cli.demo",
-    "anet_lite.cli.models",
-    "anet_lite.cli.tombstones",
-    "anet_lite.cli.watch",
-    "anet_lite.report.data",
     "anet_lite.torch.checkpoint",
     "anet_lite.torch.dist",
     "anet_lite.torch.ema",

@@ -33,6 +33,15 @@ _BAR_MIN_BYTES = 2_000_000  # show a progress bar for inputs larger than this (o
 _GC_SLACK = 500_000
 _WRITES = ("metrics.csv", "metrics.jsonl", "events.jsonl", "meta.json", "report.html")
 
+__all__ = [
+    "ANALYZE_FILES",
+    "add_analyze_parser",
+    "cmd_analyze",
+    "default_out",
+    "run_meta",
+]
+
+
 ANALYZE_FILES = """Writes DIR (default: <input stem>.anet/ next to the input):
   metrics.csv    every step, RunLog's columns (Monitor statistics to 6 significant digits)
   events.jsonl   the full snapshot (all evidence) of every notable step: alerts, statuses

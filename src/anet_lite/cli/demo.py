@@ -32,6 +32,14 @@ from ._demo_words import cause as _cause
 from ._demo_words import num as _num
 from ._demo_words import status as _status
 
+__all__ = [
+    "FAULTS",
+    "build_parser",
+    "load_text",
+    "run_demo",
+]
+
+
 FAULTS = ("lr_jump", "bad_batch", "loss_scale", "none")
 DEFAULT_STEPS = 500
 MIN_STEPS = 250

@@ -11,6 +11,14 @@ from ..records.outputs import json_safe as _json_safe
 from ._common import EXIT_ALERT, EXIT_OK, EXIT_USAGE
 from ._common import err as _err
 
+__all__ = [
+    "add_merge_scan_parser",
+    "add_sig_check_parser",
+    "cmd_merge_scan",
+    "cmd_sig_check",
+]
+
+
 # ---- sig-check ----------------------------------------------------------------------------
 
 _SIG_CHECK_EPILOG = """examples:

@@ -28,6 +28,14 @@ exit codes:
 # ---- verify -------------------------------------------------------------------------------
 
 
+__all__ = [
+    "add_tombstones_parser",
+    "add_verify_parser",
+    "cmd_tombstones",
+    "cmd_verify",
+]
+
+
 def _tombstone_file_and_key(args: argparse.Namespace) -> Optional[Tuple[Path, Optional[str]]]:
     """FILE and the HMAC key from ``--key-env`` (None after printing a usage error)."""
     p = Path(args.file)

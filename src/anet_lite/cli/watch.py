@@ -50,6 +50,12 @@ _SPIN = "|/-\\"
 _NO_LOSS = "no step with a loss value"
 
 
+__all__ = [
+    "add_watch_parser",
+    "cmd_watch",
+]
+
+
 def add_watch_parser(sub: Any, fmt: Any, func: Any) -> None:
     """Register ``watch`` on the ``anet-lite`` subparsers."""
     epilog = """examples:

@@ -16,6 +16,13 @@ import numpy as np
 from ..monitor.explain import CAUSE_WORDS
 from .words import ACTION_KINDS, action_word, count, fit_precision, status_word, words
 
+__all__ = [
+    "INCIDENT_GAP",
+    "RunData",
+    "cause_words",
+]
+
+
 INCIDENT_GAP = 50  # alerts at most this many steps apart belong to one incident
 _SERIES = ("loss", "grad_norm", "lr", "theta", "f_total", "zscore")
 ZOOM_BEFORE, ZOOM_AFTER = 30, 40  # raw rows kept before / after the first alert (zoom plot)
