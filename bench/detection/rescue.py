@@ -621,6 +621,27 @@ def _actions_text(acts: List[Dict[str, Any]], limit: int = 8) -> str:
     return ", ".join(parts) + (" ..." if len(out) > limit else "")
 
 
+WRONG_KINDS = (
+    ("acted before the onset", "acted before the fault's onset (a false alarm)"),
+    ("stopped a survivable", "stopped a survivable (transient or lr) run"),
+    ("not the pre-onset", "a stop left a model worse than the pre-onset one"),
+    ("a persistent bug ran", "a persistent bug ran to the end, worse than its twin"),
+    ("a survivable fault ran", "a survivable fault ran to the end, worse than its twin"),
+    ("made it worse", "the unprotected run was rescued, the Guard's was not"),
+    ("without any action", "its last rollback was followed by steps without any action"),
+    ("no action at all", "not rescued, and no action at all"),
+)
+
+
+def wrong_counts(results: List[Dict[str, Any]]) -> str:
+    """How many runs each kind of Guard mistake was seen on (a run can have several)."""
+    lines = ["| what the Guard did wrong | runs |", "|---|---|"]
+    for key, words in WRONG_KINDS:
+        n = sum(any(key in w for w in r.get("guard_verdict", {}).get("wrong", [])) for r in results)
+        lines.append(f"| {words} | {n} |")
+    return "\n".join(lines)
+
+
 def guard_notes(results: List[Dict[str, Any]]) -> str:
     """One line per run the Guard did not get right: its actions and what went wrong."""
     lines = [
@@ -650,11 +671,14 @@ def _load_jsonl(path: str) -> List[Dict[str, Any]]:
 
 
 def write_markdown(results: List[Dict[str, Any]], path: str, command: str) -> None:
-    """The results file: the command, the rules, the table and the Guard's mistakes."""
+    """The results file: the commands, the rules, the table and the Guard's mistakes."""
+    made_by = sorted({str(r.get("command", "(not recorded)")) for r in results})
     doc = [
         "# Rescue benchmark: does a protection save a faulty run?",
         "",
-        f"Made by: `{command}` (from the repository root; rules in "
+        "Runs made by: "
+        + ", ".join(f"`{c}`" for c in made_by)
+        + f"; this file by `{command}` (from the repository root; rules in "
         "`bench/detection/rescue.py`'s docstring).",
         "",
         f"Rescued = final clean loss <= twin + max({REL_TOL:.0%} of the twin's, {ABS_TOL} nats) "
@@ -665,6 +689,10 @@ def write_markdown(results: List[Dict[str, Any]], path: str, command: str) -> No
         "cached run's collapse label.",
         "",
         table(results),
+        "",
+        "## What the Guard did wrong",
+        "",
+        wrong_counts(results),
         "",
         "## Runs the Guard did not get right",
         "",
@@ -737,6 +765,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         t0 = time.time()
         for i, s in enumerate(todo):
             r = rescue_one(s, arms)
+            r["command"] = command
             with open(a.jsonl, "a") as fh:
                 fh.write(json.dumps(r) + "\n")
             ok = " ".join(f"{k}={'Y' if v['rescued'] else 'n'}" for k, v in r["arms"].items())
