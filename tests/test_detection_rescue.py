@@ -187,3 +187,9 @@ def test_the_command_line_reports_bad_input_and_writes_the_table(tmp_path, capsy
     res = rescue.rescue_one(_short_sign_bug(), arms=("none", "clip"))
     md = rescue.table([res])
     assert "| grad_sign | persistent | 1 |" in md and "| 0/1 |" in md
+    res["command"] = "made here"
+    out = tmp_path / "r.md"
+    rescue.write_markdown([res], str(out), "report")
+    text = out.read_text()
+    assert "`made here`" in text and "## What the Guard did wrong" in text
+    assert "persistent: none 0/1, guard 0/0, clip 0/1" in text  # the strict line

@@ -491,11 +491,11 @@ def guard_verdict(res: Dict[str, Any]) -> Dict[str, Any]:
     if rb and not g["rescued"]:
         a, b = rb[-1]
         left = (g["stopped_at"] if stopped else res["n_steps"]) - b - 1
-        later = [x for x in acts if x["t"] > b]
-        wrong.append(
-            f"its last rollback (t{b}, back to the state before t{a}) was followed by "
-            f"{left} steps " + ("with more actions" if later else "without any action")
-        )
+        if left > 0 and not [x for x in acts if x["t"] > b]:
+            wrong.append(
+                f"its last rollback (t{b}, back to the state before t{a}) was followed by "
+                f"{left} steps without any action"
+            )
     if not acts and not g["rescued"]:
         wrong.append("no action at all")
     return {"outcome": outcome, "first_action_t": first, "wrong": wrong}
@@ -670,6 +670,34 @@ def _load_jsonl(path: str) -> List[Dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def below_twin(results: List[Dict[str, Any]]) -> str:
+    """Per arm: how many final losses are below half the twin's, and how many are 0."""
+    parts = []
+    for arm in ARMS:
+        fin = [(r["arms"][arm]["final"], r["twin_final"]) for r in results if arm in r["arms"]]
+        low = sum(math.isfinite(f) and f < 0.5 * t for f, t in fin)
+        zero = sum(f == 0.0 for f, _ in fin)
+        parts.append(f"{arm} {low} ({zero} at exactly 0)")
+    return ", ".join(parts)
+
+
+def strict_shares(results: List[Dict[str, Any]]) -> str:
+    """Per arm and class group: the share rescued under the relative 5 % alone."""
+    groups = [
+        ("survivable", [r for r in results if r["class"] != "persistent"]),
+        ("persistent", [r for r in results if r["class"] == "persistent"]),
+    ]
+    parts = []
+    for label, rows in groups:
+        cells = []
+        for arm in ARMS:
+            ok = [r for r in rows if arm in r["arms"]]
+            k = sum(within(r["arms"][arm]["final"], r["twin_final"], REL_TOL, 0.0) for r in ok)
+            cells.append(f"{arm} {k}/{len(ok)}")
+        parts.append(f"{label}: " + ", ".join(cells))
+    return "; ".join(parts)
+
+
 def write_markdown(results: List[Dict[str, Any]], path: str, command: str) -> None:
     """The results file: the commands, the rules, the table and the Guard's mistakes."""
     made_by = sorted({str(r.get("command", "(not recorded)")) for r in results})
@@ -687,6 +715,15 @@ def write_markdown(results: List[Dict[str, Any]], path: str, command: str) -> No
         "25 warm-up steps. Guard stops: (kept healthy) = the model left is within the same "
         "tolerance of the twin's model at the onset step. 'collapse unprotected' = the "
         "cached run's collapse label.",
+        "",
+        "Final losses below half the twin's (all counted rescued): " + below_twin(results) + ". "
+        "On the tabular and image sets the judge is the clean *training* loss: a higher "
+        "effective lr fits it better than the twin, and weights grown by a bug can drive it to "
+        "0 in float32 while every training example stays classified right.",
+        "",
+        f"Rescued under the relative {REL_TOL:.0%} alone (no {ABS_TOL}-nat floor; most twins "
+        "of the digits and breast-cancer runs end below 0.05 nats, where the floor lets a "
+        "model left near its onset level pass): " + strict_shares(results) + ".",
         "",
         table(results),
         "",
