@@ -32,7 +32,8 @@ tolerance of the twin's model at the onset step (the last healthy model).
 
 Usage (from the repository root)::
 
-    python bench/detection/rescue.py --set all --max-per-setup 1 --out results/rescue.md
+    python bench/detection/rescue.py --set all --max-per-setup 1 --cheap-all  # committed results
+    python bench/detection/rescue.py --report-only   # rebuild results/rescue.md from the JSONL
     python bench/detection/rescue.py --only corrupt_shard --setups mlp_digits --limit 2
     python bench/detection/rescue.py --check RUN_ID     # the hooks reproduce the cache
 """
