@@ -339,7 +339,18 @@ def _fmt(v) -> str:
     return format(float(v), ".6g")
 
 
-def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
+def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict[str, Any]:
+    """Train one run of the benchmark, write its trace to ``out_dir`` and return its meta.
+
+    ``arm`` (None for the benchmark's own runs, which it leaves unchanged): an object whose
+    hooks ``bench/detection/rescue.py`` uses to rerun a run under a protection --
+    ``setup(model, opt, params)`` once the optimizer exists; ``lr_scale() -> float``
+    multiplies the hand-set lr of every step; ``before_step(t, loss, params, grad_norm)``
+    once the gradients are final, before ``optimizer.step()``; ``step(t, opt) -> bool``
+    runs the step (False: the run was stopped; the loop ends); ``done(t, params_finite)
+    -> bool`` replaces the early stop of failed faults (an arm run goes on to the planned
+    last step unless it says it is done).
+    """
     import models
     import torch
     from torch.nn import functional as F  # noqa: N812
@@ -422,6 +433,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
         opt = torch.optim.AdamW(params, lr=lr0, weight_decay=mag.get("weight_decay", 0.01))
     else:
         opt = torch.optim.SGD(params, lr=lr0, momentum=0.9)
+    if arm is not None:
+        arm.setup(model, opt, params)
 
     def lr_at(t: int) -> float:
         lr = lr0
@@ -511,6 +524,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
             inj.before_step(t, model, opt, xb)
         # ---- step
         lr = lr_at(t)
+        if arm is not None:
+            lr *= arm.lr_scale()  # a Guard's slow-down applies to the hand-set schedule
         if inj is not None:
             lr = inj.lr(t, lr)
             for i, g in enumerate(opt.param_groups):
@@ -550,8 +565,13 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
                 mag["clip"] = clip
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip)
+        if arm is not None:
+            arm.before_step(t, loss, params, grad_norm)
         before = flat([p.detach() for p in params]).clone()
-        opt.step()
+        if arm is None:
+            opt.step()
+        elif not arm.step(t, opt):
+            break
         if inj is not None:
             inj.after_step(t, params, lr)
         after = flat([p.detach() for p in params])
@@ -588,9 +608,13 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
             ]
         )
         losses.append(loss_v)
-        # ---- early stop for faults that clearly failed
         if not math.isfinite(loss_v) and first_nf is None:
             first_nf = t
+        if arm is not None:
+            if arm.done(t, bool(torch.isfinite(after).all())):
+                break
+            continue
+        # ---- early stop for faults that clearly failed
         if first_nf is not None and t >= first_nf + 3:
             break
         if kind != "healthy" and t % 25 == 24:
@@ -637,7 +661,7 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE) -> Dict[str, Any]:
         first_nonfinite=first_nf,
         chance_loss=round(chance, 6),
         never_learned=bool(never_learned),
-        final_loss=_fmt(losses[-1]),
+        final_loss=_fmt(losses[-1] if losses else math.nan),
         split=spec["split"],
         file=os.path.basename(path),
         wall_s=round(time.perf_counter() - t0, 2),
