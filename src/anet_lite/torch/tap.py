@@ -524,20 +524,28 @@ class GradNoiseTap(ChunkMeasure):
         self._sk_theta.clear()
         self._scratch.tags.clear()
 
-    def undo_ema(self) -> None:
+    def undo_ema(self, where: Optional[Tensor] = None) -> None:
         """Take the gradient of the latest ``measure_grads`` back out of the EMA (for a
-        dropped step). Call before the gradients are cleared; no sync."""
+        dropped step). Call before the gradients are cleared; no sync.
+
+        ``where``: a 0-d device flag (1.0: undo, 0.0: keep), for a step dropped on the
+        device (``GradGate``); only the sketched EMA (``noise="sketch"``) is undone so,
+        and a later call with ``1 - where`` completes it."""
         st = self._grad_state
         if st is None or self.ema is None or st.get("undone"):
             return
-        st["undone"] = True
+        if where is not None and self.noise != "sketch":
+            return  # the exact EMA keeps a step dropped on the device (one more pass)
+        if where is None:
+            st["undone"] = True
         ema = self.ema
         with torch.no_grad():
             for c, part in zip(st["chunks"], st["parts"]):
                 if self.noise == "sketch":
                     skm = self._sk_m.get(c.index)
                     if skm is not None and "sk_diff" in part:
-                        skm.sub_(part["sk_diff"], alpha=1.0 - ema)
+                        d = part["sk_diff"]
+                        skm.sub_(d if where is None else d * where.to(d.dtype), alpha=1.0 - ema)
                     continue
                 g = self._measured_grad(c, part)
                 w = torch.where(part["ok"], 1.0 - ema, 0.0).to(c.wdtype)
@@ -678,8 +686,14 @@ class GradGate:
         self._set: Optional[torch.optim.Optimizer] = None
         self._had: Any = None
 
-    def __call__(self, optimizer: torch.optim.Optimizer, grad_sq: Tensor) -> Tensor:
-        """Gate this step (see the class docstring); returns the flag (1.0: gated)."""
+    def __call__(
+        self, optimizer: torch.optim.Optimizer, grad_sq: Tensor, applied: Optional[Tensor] = None
+    ) -> Tensor:
+        """Gate this step (see the class docstring); returns the flag (1.0: gated).
+
+        ``grad_sq``: the step's sum of g**2 (0-d, on the device) as measured;
+        ``applied``: a factor already applied to the gradients since (0-d, e.g. a clip's),
+        so that a spike is scaled to ``factor`` x its level, not below."""
         norm = grad_sq.sqrt()
         if self.level is None or self.level.device != norm.device:
             self.level = torch.zeros_like(norm)
@@ -701,7 +715,8 @@ class GradGate:
             grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
             grads = [g for g in grads if g is not None]
             if grads:
-                scale = torch.where(bad, limit / norm, 1.0).clamp_(max=1.0)
+                now = norm if applied is None else norm * applied.to(norm.dtype)
+                scale = torch.where(bad, limit / now, 1.0).clamp_(max=1.0)
                 if scale.dtype != grads[0].dtype:
                     scale = scale.to(grads[0].dtype)
                 torch._foreach_mul_(grads, scale)
