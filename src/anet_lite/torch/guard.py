@@ -379,10 +379,16 @@ class Guard:
                 self._undo_ema()  # the optimizer drops this step (the scaler's overflow)
             self._feed_and_act(vals, self.step)
             return
-        pack = self._pack(as_row(g), dev, loss, found_inf)
+        # one process, no clip: the gate reads this step's own sum (no reduction to wait
+        # for) and its flag goes into the pack's one stack
+        early = gating and self.world_size == 1 and self.clip_grad_norm is None
+        if early:
+            self._flag = self._gate_step(g[GRAD_SQ], None)
+        pack = self._pack(g, dev, loss, found_inf)
         clipped = self._clip(pack) if self.clip_grad_norm is not None else None
-        if gating:
-            self._flag = self._gate_step(pack, clipped)
+        if gating and not early:
+            self._flag = self._gate_step(self._grad_sq(pack), clipped)
+            pack.select(0, _GATED).copy_(self._flag)
         if lagged:
             got = self._lagged(pack)  # the previous step's numbers: no sync on this one
             if got is not None:
@@ -392,20 +398,47 @@ class Guard:
         if gating and not self._skipped:
             self._gate_lr()
 
-    def _pack(self, g: torch.Tensor, dev: torch.device, loss: Any, found_inf: Any) -> torch.Tensor:
+    def _pack(self, g: Row, dev: torch.device, loss: Any, found_inf: Any) -> torch.Tensor:
         """This step's gradient slots, the previous step's row and the tail (``_LOSS``
-        on) in ONE tensor, summed across ranks in one collective. No sync."""
-        zeros, zero, one = self._constants(dev, g.dtype)
-        # one cat (it promotes dtypes): each device op costs, see stepstats
+        on) in ONE tensor, summed across ranks in one collective. No sync. Rows of 0-d
+        parts (one chunk) and a 0-d tail are stacked in ONE op; else one cat."""
+        prev = self._prev
+        rows = (g, *prev) if prev is not None else (g,)
+        flag = self._flag
+        if (
+            self.world_size == 1
+            and all(isinstance(r, tuple) for r in rows)
+            and (not isinstance(loss, torch.Tensor) or (loss.dim() == 0 and loss.device == dev))
+            and found_inf is None
+        ):
+            zero, one = self._constants(dev, g[0].dtype)[3:]
+            if isinstance(loss, torch.Tensor):
+                tail = (loss, one, zero, zero)
+            else:
+                seen = one if loss is not None else zero
+                tail = (zero if loss is None else zero + float(loss), seen, zero, zero)
+            head = [x for r in rows for x in r]
+            if prev is None:
+                head += [zero] * N_SLOTS
+            return torch.stack((*head, *tail, zero if flag is None else flag))
+        return self._pack_cat(tuple(as_row(r) for r in rows), dev, loss, found_inf, flag)
+
+    def _pack_cat(
+        self, rows: tuple, dev: torch.device, loss: Any, found_inf: Any, flag: Any
+    ) -> torch.Tensor:
+        """``_pack`` from 1-d rows: one cat (it promotes dtypes), then the collective."""
+        g = rows[0]
+        zeros, zero, one = self._constants(dev, g.dtype)[:3]
         gns = self.gns.take(dev).reshape(1) if self.gns is not None else zero
         inf = zero if found_inf is None else found_inf.reshape(1).to(dev, non_blocking=True)
+        gated = zero if flag is None else flag.reshape(1)
         if isinstance(loss, torch.Tensor):
             loss_t = loss.reshape(1) if loss.device == dev else loss.reshape(1).to(dev)
-            tail = (loss_t, one, gns, inf, zero)
+            tail = (loss_t, one, gns, inf, gated)
         else:
             seen = one if loss is not None else zero
-            tail = (zero if loss is None else zero + float(loss), seen, gns, inf, zero)
-        prev = tuple(as_row(r) for r in self._prev) if self._prev is not None else (zeros,)
+            tail = (zero if loss is None else zero + float(loss), seen, gns, inf, gated)
+        prev = rows[1:] if len(rows) > 1 else (zeros,)
         pack = torch.cat((g, *prev, *tail))
         if self.world_size > 1:
             all_reduce_sum(pack, self.group)
@@ -487,16 +520,15 @@ class Guard:
 
     # ---- same step (no host sync) ----------------------------------------------------------
 
-    def _gate_step(self, pack: torch.Tensor, clipped: Optional[torch.Tensor]) -> torch.Tensor:
+    def _gate_step(self, grad_sq: torch.Tensor, clipped: Optional[torch.Tensor]) -> torch.Tensor:
         """The device verdict on this step's gradient (``GradGate``): a non-finite gradient
         or one above its factor x its running level is skipped in a fused optimizer's
-        kernel (``found_inf``), else scaled to that level; its flag rides in the pack, the
-        sketched noise EMA forgets it. No sync."""
+        kernel (``found_inf``), else scaled to that level; the sketched noise EMA forgets
+        it. Returns the 0-d flag, which rides in the pack. No sync."""
         if self.grad_gate is None:
             self.grad_gate = GradGate()
-        flag = self.grad_gate(self.optimizer, self._grad_sq(pack), clipped)
+        flag = self.grad_gate(self.optimizer, grad_sq, clipped)
         self.tap.undo_ema(where=flag)
-        pack.select(0, _GATED).copy_(flag)
         return flag
 
     def _gate_lr(self) -> None:
@@ -600,12 +632,13 @@ class Guard:
         warnings.warn(msg, RuntimeWarning, stacklevel=6)
 
     def _constants(self, dev: torch.device, dt: torch.dtype) -> tuple:
-        """(zeros(N_SLOTS): a previous step with nothing measured, zeros(1), ones(1))"""
+        """(zeros(N_SLOTS): a previous step with nothing measured, zeros(1), ones(1), and
+        0-d zero and one)"""
         c = self._consts
         if c is None or c[0] != dev or c[1] != dt:
             zeros = torch.zeros(N_SLOTS, dtype=dt, device=dev)
             one = torch.ones(1, dtype=dt, device=dev)
-            c = self._consts = (dev, dt, zeros, zeros[:1], one)
+            c = self._consts = (dev, dt, zeros, zeros[:1], one, zeros[0], one[0])
         return c[2:]
 
     def _lagged(self, pack: torch.Tensor) -> Optional[tuple]:
