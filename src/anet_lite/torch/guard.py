@@ -51,6 +51,16 @@ same step. An internal error never stops training (``on_error="warn"``), and a
 Guard reads as a skipped step (it also unscales such an optimizer's gradients itself
 before measuring them). Pass ``clip_grad_norm`` to clip inside the Guard: the norm is
 recorded BEFORE clipping (clipping yourself before ``step()`` records the clipped norm).
+
+Same step (``gate``; on by default where the pack is read one step late, i.e. CUDA or
+``lag=True``): before the update, on the device and with no sync, a ``GradGate`` flags a
+gradient that is not finite or above 10x its running level; a fused optimizer then skips
+the step in its kernel (``found_inf``), another has its gradients scaled down to that
+level. The host checks the lr (a host number): above the Monitor's ``lr_jump`` x the
+largest earlier lr, at a value the Monitor has not judged yet, the update is dropped.
+The flag rides in the pack; when the host reads it the action is recorded (policy
+"gate") and the Monitor's verdict on that step escalates as usual, without dropping the
+next (clean) step again. docs/guard.md says what this costs.
 """
 
 from __future__ import annotations
