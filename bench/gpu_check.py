@@ -20,7 +20,8 @@
    ``set_sync_debug_mode("error")``: a bad batch (its loss x1e4, then one with a NaN loss)
    must be skipped in the optimizer's kernel at its own step (weights unchanged, bit for
    bit) and an lr x100 must not move the weights by more than ~3x a healthy step at the
-   faulty step; the gate's cost is the ``guard`` / ``guard_nogate`` pair in the timings.
+   faulty step (faults injected once the Monitor has left its warm-up); the gate's cost
+   is the ``guard`` / ``guard_nogate`` pair in the timings.
 6. ``--profile-out F``: torch.profiler tables of 3 steps per variant, by GPU time, and the
    host time spent inside observe + step by op (where the hooks' host time goes).
 Prints one JSON line at the end. Needs CUDA; exits 2 without it (``--cpu-smoke`` runs the
@@ -135,24 +136,24 @@ def sample_error(args: Any, dev: torch.device, batch: Any, loss_fn: Any, cuda: b
 
 def same_step(args: Any, dev: torch.device, batch: Any, loss_fn: Any, cuda: bool) -> Dict:
     """Bad batches and an lr x100 acted on at the faulty step, without a host sync (see the
-    module docstring, 5). Returns what happened at each faulty step."""
+    module docstring, 5). The faults come once the Monitor has left its warm-up (it acts
+    on an lr jump from then on, on CPU as on CUDA). Returns what happened at each."""
     torch.manual_seed(0)
     m = LM(args.d, args.layers, args.ctx).to(dev)
     o = torch.optim.AdamW(m.parameters(), 3e-4, fused=True)
     g = Guard(m, o, checkpoint_every=0, on_error="raise", lag=True)
     params = list(m.parameters())
-    spoil = {30: 1e4, 32: float("nan")}  # (after the Monitor's warm-up)
-    lr_bug = 34
     moved: List[float] = []
     same: Dict[str, bool] = {}
     sync_ok = "ok"
-    for i in range(37):
+
+    def one(spoil: float = 1.0, lr_x: float = 1.0) -> None:
+        nonlocal sync_ok
         x, y = batch()
         before = [p.detach().clone() for p in params]
-        if i == lr_bug:
-            for grp in o.param_groups:
-                grp["lr"] *= 100.0
-        loss = loss_fn(m(x).flatten(0, 1), y.flatten()) * spoil.get(i, 1.0)
+        for grp in o.param_groups:
+            grp["lr"] *= lr_x
+        loss = loss_fn(m(x).flatten(0, 1), y.flatten()) * spoil
         loss.backward()
         if cuda:
             torch.cuda.synchronize()
@@ -168,15 +169,26 @@ def same_step(args: Any, dev: torch.device, batch: Any, loss_fn: Any, cuda: bool
         o.zero_grad(set_to_none=True)
         d = torch.stack([(p.detach() - b).float().norm() for p, b in zip(params, before)])
         moved.append(float(d.norm()))
-        if i in spoil:
-            same[f"step {i + 1} ({spoil[i]:g} x loss)"] = all(
+        if spoil != 1.0:
+            same[f"step {g.step} ({spoil:g} x loss)"] = all(
                 torch.equal(p, b) for p, b in zip(params, before)
             )
-    healthy = statistics.median(moved[20:30])
+
+    while g.step < 300 and (g.step < 20 or g.last.status == "warming_up"):
+        one()
+    warm = g.step
+    healthy = statistics.median(moved[-8:])
+    one(lr_x=100.0)
+    lr_move = moved[-1] / healthy
+    for _ in range(20):  # (the lr incident closes; the bad batches are a new one)
+        one()
+    for spoil in (1e4, 1.0, float("nan"), 1.0):
+        one(spoil)
     return {
+        "steps_before_faults": warm,
         "sync_debug": sync_ok,
         "bad_batch_skipped_at_its_step": same,
-        "lr_x100_step_move_over_healthy": round(moved[lr_bug] / healthy, 3),
+        "lr_x100_step_move_over_healthy": round(lr_move, 3),
         "actions": [(a.step, a.kind, a.policy, a.evidence.get("cause")) for a in g.actions],
     }
 
