@@ -282,7 +282,7 @@ class Guard:
         self.grad_gate: Optional[GradGate] = None  # made on the first gated step
         self._flag: Optional[torch.Tensor] = None  # this step's gate flag (0-d, device)
         self._undone = 0
-        # (device, dtype, zeros(N_SLOTS), zeros(1), ones(1))
+        # (device, dtype, zeros(N_SLOTS), zeros(1), ones(1), 0-d zero, 0-d one)
         self._consts: Optional[tuple] = None
         self._hooks = (
             optimizer.register_step_pre_hook(self._pre_hook),
