@@ -672,8 +672,9 @@ class GradGate:
       (zeroing it would take an op per tensor): the host's verdict, one step later on a
       GPU, handles those.
 
-    Everything stays on the device (6 ops per call with a fused optimizer, 10 otherwise,
-    whatever the number of tensors); the host learns what happened with the step's stats.
+    Everything stays on the device (after the warm-up, 6 ops per call with a fused
+    optimizer and 10 otherwise, whatever the number of tensors); the host learns what
+    happened with the step's stats.
     """
 
     def __init__(self, factor: float = 10.0, decay: float = 0.9, warmup: int = 5) -> None:
