@@ -15,7 +15,14 @@
    ``--big-batch`` sequences per step (4x the tokens).
 4. The sampled estimates against the full tap on one model (``sample_error``), and the
    cost of one healthy checkpoint (``checkpoint_every``; pinned CPU memory) in ms.
-5. ``--profile-out F``: torch.profiler tables of 3 steps per variant, by GPU time, and the
+5. Same-step actions (``same_step``), on the same model with a fused AdamW and the default
+   Guard (reads one step late, same-step gate on), every step under
+   ``set_sync_debug_mode("error")``: a bad batch (its loss x1e4, then one with a NaN loss)
+   must be skipped in the optimizer's kernel at its own step (weights unchanged, bit for
+   bit) and an lr x100 must not move the weights by more than ~3x a healthy step at the
+   faulty step (faults injected once the Monitor has left its warm-up); the gate's cost
+   is the ``guard`` / ``guard_nogate`` pair in the timings.
+6. ``--profile-out F``: torch.profiler tables of 3 steps per variant, by GPU time, and the
    host time spent inside observe + step by op (where the hooks' host time goes).
 Prints one JSON line at the end. Needs CUDA; exits 2 without it (``--cpu-smoke`` runs the
 code paths on a tiny model on CPU, timings meaningless).
@@ -71,7 +78,7 @@ def guard_variants(sample_ok: bool) -> Dict[str, Any]:
     def guard(**kw: Any) -> Callable[[nn.Module, Any], Any]:
         return lambda m, o: Guard(m, o, **{"checkpoint_every": 0, "on_error": "raise", **kw})
 
-    v: Dict[str, Any] = {"plain": None, "guard": guard()}
+    v: Dict[str, Any] = {"plain": None, "guard": guard(), "guard_nogate": guard(gate=False)}
     if sample_ok:  # the default is sample="auto" (16 here); these measure every element
         v["guard_sample1"] = guard(sample=1)
         v["guard_1chunk"] = lambda m, o: Guard(
@@ -125,6 +132,65 @@ def sample_error(args: Any, dev: torch.device, batch: Any, loss_fn: Any, cuda: b
     res["segments"] = {r: sum(len(c.segs) for c in t._chunks) for r, t in taps.items()}
     del m, o, full, taps
     return res
+
+
+def same_step(args: Any, dev: torch.device, batch: Any, loss_fn: Any, cuda: bool) -> Dict:
+    """Bad batches and an lr x100 acted on at the faulty step, without a host sync (see the
+    module docstring, 5). The faults come once the Monitor has left its warm-up (it acts
+    on an lr jump from then on, on CPU as on CUDA). Returns what happened at each."""
+    torch.manual_seed(0)
+    m = LM(args.d, args.layers, args.ctx).to(dev)
+    o = torch.optim.AdamW(m.parameters(), 3e-4, fused=True)
+    g = Guard(m, o, checkpoint_every=0, on_error="raise", lag=True)
+    params = list(m.parameters())
+    moved: List[float] = []
+    same: Dict[str, bool] = {}
+    sync_ok = "ok"
+
+    def one(spoil: float = 1.0, lr_x: float = 1.0) -> None:
+        nonlocal sync_ok
+        x, y = batch()
+        before = [p.detach().clone() for p in params]
+        for grp in o.param_groups:
+            grp["lr"] *= lr_x
+        loss = loss_fn(m(x).flatten(0, 1), y.flatten()) * spoil
+        loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            g.observe(loss)
+            o.step()
+        except RuntimeError as exc:
+            sync_ok = str(exc)[:300]
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+        o.zero_grad(set_to_none=True)
+        d = torch.stack([(p.detach() - b).float().norm() for p, b in zip(params, before)])
+        moved.append(float(d.norm()))
+        if spoil != 1.0:
+            same[f"step {g.step} ({spoil:g} x loss)"] = all(
+                torch.equal(p, b) for p, b in zip(params, before)
+            )
+
+    while g.step < 300 and (g.step < 20 or g.last.status == "warming_up"):
+        one()
+    warm = g.step
+    healthy = statistics.median(moved[-8:])
+    one(lr_x=100.0)
+    lr_move = moved[-1] / healthy
+    for _ in range(20):  # (the lr incident closes; the bad batches are a new one)
+        one()
+    for spoil in (1e4, 1.0, float("nan"), 1.0):
+        one(spoil)
+    return {
+        "steps_before_faults": warm,
+        "sync_debug": sync_ok,
+        "bad_batch_skipped_at_its_step": same,
+        "lr_x100_step_move_over_healthy": round(lr_move, 3),
+        "actions": [(a.step, a.kind, a.policy, a.evidence.get("cause")) for a in g.actions],
+    }
 
 
 def host_table(events: Any, marker: str, rows: int = 30) -> str:
@@ -289,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out["fp32"] = timed_loop(runs, bf16=False)
     print(json.dumps({"fp32": out["fp32"]}), flush=True)
     if not args.no_bf16:
-        keep = ["plain", "guard", "guard_sample1", "guard_1chunk", "guard_sample32"]
+        keep = ["plain", "guard", "guard_nogate", "guard_sample1", "guard_1chunk", "guard_sample32"]
         keep = [k for k in keep if k in runs]
         out["bf16_autocast"] = timed_loop({k: runs[k] for k in keep}, bf16=True)
         print(json.dumps({"bf16": out["bf16_autocast"]}), flush=True)
@@ -303,6 +369,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if sample_ok:
         out["sample_error"] = sample_error(args, dev, batch, loss_fn, cuda)
         print(json.dumps({"sample_error": out["sample_error"]}), flush=True)
+    out["same_step"] = same_step(args, dev, batch, loss_fn, cuda)
+    print(json.dumps({"same_step": out["same_step"]}), flush=True)
     # 4. one healthy checkpoint into CPU memory
     g = runs["guard"]["guard"] if "guard" in runs else None
     if g is not None:
@@ -338,7 +406,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(out, f, indent=1)
-    return 0 if all(v == "ok" for v in sync_res.values()) else 1
+    ok = all(v == "ok" for v in sync_res.values()) and out["same_step"]["sync_debug"] == "ok"
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

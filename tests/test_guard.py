@@ -359,7 +359,12 @@ def test_mark_declares_a_change_at_this_step():
 
 
 def _digits_with_a_shard(
-    declared: bool, onset: int = 350, k: int = 2, steps: int = 380, device: str = "cpu"
+    declared: bool,
+    onset: int = 350,
+    k: int = 2,
+    steps: int = 380,
+    device: str = "cpu",
+    **guard_kw,
 ):
     """An MLP on sklearn's digits (AdamW); labels permuted within the batch for ``k``
     steps from ``onset``. Returns the Guard and the weights at the start of every step
@@ -372,7 +377,7 @@ def _digits_with_a_shard(
     torch.manual_seed(0)
     model = digits_mlp().to(device)
     opt = torch.optim.AdamW(model.parameters(), 5e-3)
-    g = Guard(model, opt, monitor=Monitor(declared=declared), on_error="raise")
+    g = Guard(model, opt, monitor=Monitor(declared=declared), on_error="raise", **guard_kw)
     gen = torch.Generator().manual_seed(0)
     weights = {}
     for t in range(steps):
@@ -412,13 +417,22 @@ def test_a_declaring_loop_skips_every_batch_of_a_corrupted_shard():
     assert not _same_weights(w[350], w[352])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_a_declaring_loop_skips_a_shard_one_step_late():
-    # On CUDA the Guard reads each step's numbers at the next step (no host sync), so the
-    # first shuffled batch's update goes through, and the skip for the second shard
-    # step's numbers lands on the clean batch after it: the weights stop at the state
-    # after the first shard batch, for two steps.
-    g, w = _digits_with_a_shard(declared=True, device="cuda")
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ],
+)
+def test_without_the_gate_a_lagged_read_skips_a_shard_one_step_late(device):
+    # On CUDA (and with lag=True on a CPU: the same code) the Guard reads each step's
+    # numbers at the next step (no host sync). Without the same-step gate the first
+    # shuffled batch's update goes through, and the skip for the second shard step's
+    # numbers lands on the clean batch after it: the weights stop at the state after the
+    # first shard batch, for two steps (tests/test_guard_samestep.py: with the gate).
+    g, w = _digits_with_a_shard(declared=True, device=device, lag=True, gate=False)
     assert [(a.step, a.kind, a.evidence["cause"]) for a in g.actions] == [
         (351, "skip_step", "bad_batch"),
         (352, "skip_step", "bad_batch"),

@@ -59,7 +59,7 @@ def deep_mlp(tensors: int, seed: int = 0) -> nn.Module:
     return model
 
 
-def step_ops(model: nn.Module, guard_kw: Optional[Dict[str, Any]], steps: int = 4) -> Counter:
+def step_ops(model: nn.Module, guard_kw: Optional[Dict[str, Any]], steps: int = 8) -> Counter:
     """Ops of the last of ``steps`` steps' ``observe + optimizer.step()`` (no Guard: None)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     guard = Guard(model, opt, **guard_kw) if guard_kw is not None else None
@@ -94,6 +94,7 @@ VARIANTS = {
     "sample=1": {"sample": 1},
     "memory=low": {"memory": "low"},  # chunks of 2**20 elements: 5 at 1,000 tensors
     "clip inside": {"clip_grad_norm": 1.0},  # the packed (GPU-shaped) path on CPU
+    "lag + gate": {"lag": True},  # the CUDA path: read one step late, same-step gate
 }
 # The Guard that clips does a clip's work too: its budget is one clip more.
 EXTRA_CLIPS = {"clip inside": 1}
@@ -102,7 +103,10 @@ EXTRA_CLIPS = {"clip inside": 1}
 # memory=low 32 / 32 / 204, clip inside 35 / 35 / 35.
 NOT_YET = {
     "memory=low": "a sample of at most 2**20 elements, but its gradients are copied in "
-    "batches of 2**20 elements: ~3 ops per 2**20 elements of model (47 at 4.7M)",
+    "batches of 2**20 elements: ~3 ops per 2**20 elements of model (47 at 4.7M). Taking "
+    "the sample straight from the gradients needs a view of each gradient per step "
+    "(they are new tensors every step), i.e. ops per tensor; a model-sized buffer is "
+    "what the default uses instead",
 }
 
 

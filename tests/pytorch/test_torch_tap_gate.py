@@ -194,3 +194,22 @@ def test_cuda_gate_skips_without_a_sync():
             torch.cuda.set_sync_debug_mode("default")
         if i == 8:
             assert same(before, state(model, opt))
+
+
+def test_a_spike_already_clipped_is_scaled_to_the_level_not_below():
+    # The Guard clips inside (clip_grad_norm) before its gate: the gate is told the factor
+    # the clip applied, so a spike ends at factor x level, not at clip x that.
+    w = nn.Parameter(torch.zeros(100))
+    opt = torch.optim.SGD([w], 0.1)
+    gate = GradGate(factor=10.0, warmup=1)
+    for _ in range(3):  # healthy steps: level 1.0
+        w.grad = torch.full((100,), 0.1)
+        assert float(gate(opt, (w.grad.double() ** 2).sum())) == 0.0
+    w.grad = torch.full((100,), 100.0)  # norm 1,000
+    measured = (w.grad.double() ** 2).sum()
+    applied = torch.tensor(0.05)  # a clip to 50 happened after the measurement
+    w.grad.mul_(applied)
+    assert float(gate(opt, measured, applied)) == 1.0
+    assert float(w.grad.norm()) == pytest.approx(10.0, rel=1e-5)  # 10 x the level of 1.0
+    w.grad = torch.full((100,), math.nan)  # non-finite: flagged, even in warm-up
+    assert float(GradGate(warmup=5)(opt, (w.grad.double() ** 2).sum())) == 1.0

@@ -51,6 +51,16 @@ same step. An internal error never stops training (``on_error="warn"``), and a
 Guard reads as a skipped step (it also unscales such an optimizer's gradients itself
 before measuring them). Pass ``clip_grad_norm`` to clip inside the Guard: the norm is
 recorded BEFORE clipping (clipping yourself before ``step()`` records the clipped norm).
+
+Same step (``gate``; on by default where the pack is read one step late, i.e. CUDA or
+``lag=True``): before the update, on the device and with no sync, a ``GradGate`` flags a
+gradient that is not finite or above 10x its running level; a fused optimizer then skips
+the step in its kernel (``found_inf``), another has its gradients scaled down to that
+level. The host checks the lr (a host number): above the Monitor's ``lr_jump`` x the
+largest earlier lr, at a value the Monitor has not judged yet, the update is dropped.
+The flag rides in the pack; when the host reads it the action is recorded (policy
+"gate") and the Monitor's verdict on that step escalates as usual, without dropping the
+next (clean) step again. docs/guard.md says what this costs.
 """
 
 from __future__ import annotations
@@ -84,16 +94,18 @@ from .stepstats import (
     cos_neg_grad_update,
     update_sq,
 )
-from .tap import GradNoiseTap
+from .tap import GradGate, GradNoiseTap
 
 # pack layout (``stepstats`` slots): this step's gradient slots | the previous step's
 # full stats row | loss sum, number of ranks that observed a loss, local (pre-all-reduce)
-# grad sq, a GradScaler's found_inf for a fused optimizer. The update of step t is
-# measured after its decision, so it rides along with step t + 1's collective.
+# grad sq, a GradScaler's found_inf for a fused optimizer, the same-step gate's flag. The
+# update of step t is measured after its decision, so it rides along with step t + 1's
+# collective.
 _PREV = N_GRAD_SLOTS
 _LOSS = N_GRAD_SLOTS + N_SLOTS
 _FOUND_INF = _LOSS + 3
-_PACK = _LOSS + 4
+_GATED = _LOSS + 4  # 1.0: the same-step gate acted on this step on the device
+_PACK = _LOSS + 5
 _NOTHING = (0.0,) * N_SLOTS  # the previous step's row when nothing was measured
 _CLIP_STEPS = 20  # steps at one gradient norm (to 1e-4 relative) that say "clipped before"
 _STATE_VERSION = 1
@@ -175,6 +187,11 @@ class Guard:
     batch_size             per-rank batch size, for the gradient noise scale under DDP
     use_time               True: the precursor's "two seconds" are wall-clock seconds;
                            default False: rate_hz x window_sec steps (deterministic runs)
+    lag                    True: the host reads each step's numbers at the next step, with no
+                           sync (the CUDA path, also on a CPU); default None: on CUDA only
+    gate                   same-step protection on the device (``GradGate``; see "Same step"
+                           in the module docstring). Default None: on where the host reads one
+                           step late (CUDA); True / False: always / never (needs ``act``)
     """
 
     def __init__(
@@ -201,6 +218,8 @@ class Guard:
         use_time: bool = False,
         process_group: Any = None,
         on_error: str = "warn",
+        lag: Optional[bool] = None,
+        gate: Optional[bool] = None,
     ) -> None:
         if on_error not in ("warn", "raise"):
             raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
@@ -258,8 +277,12 @@ class Guard:
         self._clip_run: List[float] = []  # the last gradient norms while they stay equal
         self.clipped_at: Optional[float] = None  # the norm the user's clip pinned, once seen
         self._host: Optional[torch.Tensor] = None
+        self._held: Optional[tuple] = None  # lag on a CPU: (the last pack, its step)
+        self.lag, self.gate = lag, gate
+        self.grad_gate: Optional[GradGate] = None  # made on the first gated step
+        self._flag: Optional[torch.Tensor] = None  # this step's gate flag (0-d, device)
         self._undone = 0
-        # (device, dtype, zeros(N_SLOTS), zeros(1), ones(1))
+        # (device, dtype, zeros(N_SLOTS), zeros(1), ones(1), 0-d zero, 0-d one)
         self._consts: Optional[tuple] = None
         self._hooks = (
             optimizer.register_step_pre_hook(self._pre_hook),
@@ -343,6 +366,7 @@ class Guard:
     def _before_step(self) -> None:
         self.step += 1
         self._skipped = False
+        self._flag = None
         found_inf = self._unscale_for_fused()
         tap = self.tap
         tap.measure_grads()
@@ -350,48 +374,99 @@ class Guard:
         dev = row_device(g)
         loss = self._loss
         self._loss = None
+        lagged = self.lag if self.lag is not None else dev.type == "cuda"
+        gating = self.act and (self.gate if self.gate is not None else lagged)
         if (
             dev.type == "cpu"
+            and not (lagged or gating)
             and self.world_size == 1
             and self.clip_grad_norm is None
             and (not isinstance(loss, torch.Tensor) or loss.device.type == "cpu")
         ):
             vals = self._host_values(g, loss)
-            vals.append(0.0 if found_inf is None else float(found_inf))
+            vals += (0.0 if found_inf is None else float(found_inf), 0.0)
             if vals[_FOUND_INF]:
                 self._undo_ema()  # the optimizer drops this step (the scaler's overflow)
             self._feed_and_act(vals, self.step)
             return
-        g = as_row(g)
-        zeros, zero, one = self._constants(dev, g.dtype)
-        # one cat (it promotes dtypes): each device op costs, see stepstats
+        # one process, no clip: the gate reads this step's own sum (no reduction to wait
+        # for) and its flag goes into the pack's one stack
+        early = gating and self.world_size == 1 and self.clip_grad_norm is None
+        if early:
+            self._flag = self._gate_step(g[GRAD_SQ], None)
+        pack = self._pack(g, dev, loss, found_inf)
+        clipped = self._clip(pack) if self.clip_grad_norm is not None else None
+        if gating and not early:
+            self._flag = self._gate_step(self._grad_sq(pack), clipped)
+            pack.select(0, _GATED).copy_(self._flag)
+        if lagged:
+            got = self._lagged(pack)  # the previous step's numbers: no sync on this one
+            if got is not None:
+                self._feed_and_act(*got)
+        else:
+            self._feed_and_act(pack.tolist(), self.step)  # CPU: reading is free
+        if gating and not self._skipped:
+            self._gate_lr()
+
+    def _pack(self, g: Row, dev: torch.device, loss: Any, found_inf: Any) -> torch.Tensor:
+        """This step's gradient slots, the previous step's row and the tail (``_LOSS``
+        on) in ONE tensor, summed across ranks in one collective. No sync. Rows of 0-d
+        parts (one chunk) and a 0-d tail are stacked in ONE op; else one cat."""
+        prev = self._prev
+        rows = (g, *prev) if prev is not None else (g,)
+        flag = self._flag
+        if (
+            self.world_size == 1
+            and all(isinstance(r, tuple) for r in rows)
+            and (not isinstance(loss, torch.Tensor) or (loss.dim() == 0 and loss.device == dev))
+            and found_inf is None
+        ):
+            zero, one = self._constants(dev, g[0].dtype)[3:]
+            if isinstance(loss, torch.Tensor):
+                tail = (loss, one, zero, zero)
+            else:
+                seen = one if loss is not None else zero
+                tail = (zero if loss is None else zero + float(loss), seen, zero, zero)
+            head = [x for r in rows for x in r]
+            if prev is None:
+                head += [zero] * N_SLOTS
+            return torch.stack((*head, *tail, zero if flag is None else flag))
+        return self._pack_cat(tuple(as_row(r) for r in rows), dev, loss, found_inf, flag)
+
+    def _pack_cat(
+        self, rows: tuple, dev: torch.device, loss: Any, found_inf: Any, flag: Any
+    ) -> torch.Tensor:
+        """``_pack`` from 1-d rows: one cat (it promotes dtypes), then the collective."""
+        g = rows[0]
+        zeros, zero, one = self._constants(dev, g.dtype)[:3]
         gns = self.gns.take(dev).reshape(1) if self.gns is not None else zero
         inf = zero if found_inf is None else found_inf.reshape(1).to(dev, non_blocking=True)
+        gated = zero if flag is None else flag.reshape(1)
         if isinstance(loss, torch.Tensor):
             loss_t = loss.reshape(1) if loss.device == dev else loss.reshape(1).to(dev)
-            tail = (loss_t, one, gns, inf)
+            tail = (loss_t, one, gns, inf, gated)
         else:
             seen = one if loss is not None else zero
-            tail = (zero if loss is None else zero + float(loss), seen, gns, inf)
-        prev = tuple(as_row(r) for r in self._prev) if self._prev is not None else (zeros,)
+            tail = (zero if loss is None else zero + float(loss), seen, gns, inf, gated)
+        prev = rows[1:] if len(rows) > 1 else (zeros,)
         pack = torch.cat((g, *prev, *tail))
         if self.world_size > 1:
             all_reduce_sum(pack, self.group)
-        if self.clip_grad_norm is not None:
-            params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
-            total = pack[GRAD_SQ].sqrt() if self.sharded else (pack[GRAD_SQ] / pack[RANKS]).sqrt()
-            torch.nn.utils.clip_grads_with_norm_(params, self.clip_grad_norm, total.float())
-            # the factor clip_grads_with_norm_ applied, so the tap's update stats stay those
-            # of the measured gradient (no sync)
-            tap.note_grad_scale((self.clip_grad_norm / (total.float() + 1e-6)).clamp(max=1.0))
-        if dev.type == "cuda":
-            got = self._lagged(pack)  # the previous step's numbers: no sync on this one
-            if got is None:
-                return
-            vals, step = got
-        else:
-            vals, step = pack.tolist(), self.step  # CPU: reading is free
-        self._feed_and_act(vals, step)
+        return pack
+
+    def _grad_sq(self, pack: torch.Tensor) -> torch.Tensor:
+        """The global sum of g**2 (0-d, on the device) from the reduced pack."""
+        return pack[GRAD_SQ] if self.sharded else pack[GRAD_SQ] / pack[RANKS]
+
+    def _clip(self, pack: torch.Tensor) -> torch.Tensor:
+        """Clip to ``clip_grad_norm`` with the measured norm; returns the factor applied
+        (0-d), which the tap's update stats are corrected for. No sync."""
+        params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
+        total = self._grad_sq(pack).sqrt().float()
+        torch.nn.utils.clip_grads_with_norm_(params, self.clip_grad_norm, total)
+        factor = (self.clip_grad_norm / (total + 1e-6)).clamp(max=1.0)
+        self.tap.note_grad_scale(factor)
+        return factor
 
     def _host_values(self, g: Row, loss: Any) -> List[float]:
         """The pack's numbers without building it (CPU, one process, no clipping: nothing
@@ -439,14 +514,81 @@ class Guard:
         snap = self._feed(vals, step)
         self.seen += 1
         self._check_clipped(snap)
+        gated = vals[_GATED] > 0
+        if gated:
+            self._record_gate(snap, step)
         if self.act:
             action = self.monitor.decide(snap)
-            if action.kind == "none":
+            if gated and action.kind == "skip_step" and step != self.step:
+                pass  # done on the device at its own step: this (later) step is not dropped
+            elif action.kind == "none":
                 self._log_alert(snap, action)
             else:
                 self._carry_out(action, snap)
         else:
             self._log_alert(snap, None)
+
+    # ---- same step (no host sync) ----------------------------------------------------------
+
+    def _gate_step(self, grad_sq: torch.Tensor, clipped: Optional[torch.Tensor]) -> torch.Tensor:
+        """The device verdict on this step's gradient (``GradGate``): a non-finite gradient
+        or one above its factor x its running level is skipped in a fused optimizer's
+        kernel (``found_inf``), else scaled to that level; the sketched noise EMA forgets
+        it. Returns the 0-d flag, which rides in the pack. No sync."""
+        if self.grad_gate is None:
+            self.grad_gate = GradGate()
+        flag = self.grad_gate(self.optimizer, grad_sq, clipped)
+        self.tap.undo_ema(where=flag)
+        return flag
+
+    def _gate_lr(self) -> None:
+        """The lr is a host number: an lr above the Monitor's ``lr_jump`` x the largest
+        earlier lr, at a value the Monitor has not judged yet (its verdict is a step
+        behind), drops this update at once. Once judged, the Monitor's policy decides."""
+        mon = self.monitor
+        lr = self.optimizer.param_groups[0]["lr"]
+        top = getattr(mon, "lr_max", 0.0)
+        if isinstance(lr, torch.Tensor) or not top > 0.0:
+            return  # (a tensor lr would be read with a sync)
+        if lr <= mon.lr_jump * top or lr == getattr(mon, "lr_prev", None):
+            return
+        self._skip()
+        ratio = lr / top
+        reason = (
+            f"same-step gate: lr {lr:.3g} is {ratio:.3g}x the largest earlier lr; this "
+            "update was dropped before it was applied"
+        )
+        ev = {"cause": "lr_jump", "lr": lr, "lr_jump": ratio}
+        self._record("skip_step", reason, ev, self.step)
+
+    def _record_gate(self, snap: Snapshot, step: int) -> None:
+        """The host learns (one step late on CUDA) that the device gate acted on ``step``."""
+        gate = self.grad_gate
+        factor = gate.factor if gate is not None else float("nan")
+        fused = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        g = snap.evidence.get("grad_norm")
+        what = (
+            "the update was skipped in the optimizer's kernel"
+            if fused
+            else f"the gradients were scaled down to {factor:g}x that level"
+        )
+        reason = (
+            f"same-step gate: gradient norm {g:.3g} not finite or above {factor:g}x its "
+            f"running level; {what}, on the device, at its own step"
+        )
+        kind = "skip_step" if fused else "scale_step"
+        self._record(kind, reason, {"cause": "grad_spike", "grad_norm": g}, step)
+
+    def _record(self, kind: str, reason: str, evidence: dict, step: int) -> None:
+        """An action of the same-step gate: ``actions``, a WARNING, a tombstone."""
+        action = Action(kind, 1.0, reason, evidence, "gate", step)
+        self.actions.append(action)
+        log.warning("anet_lite: step %s: %s", step, reason)
+        if self.tombstones is not None:
+            scope = {"step": step, "param_groups": list(range(len(self.optimizer.param_groups)))}
+            self.tombstones.append(
+                kind, policy="gate", scope=scope, evidence={**_plain(evidence), "reason": reason}
+            )
 
     def _warn_no_observe(self, step: int) -> None:
         """Once per Guard: a step ran and no loss was given (the Guard watches nothing)."""
@@ -500,21 +642,25 @@ class Guard:
         warnings.warn(msg, RuntimeWarning, stacklevel=6)
 
     def _constants(self, dev: torch.device, dt: torch.dtype) -> tuple:
-        """(zeros(N_SLOTS): a previous step with nothing measured, zeros(1), ones(1))"""
+        """(zeros(N_SLOTS): a previous step with nothing measured, zeros(1), ones(1), and
+        0-d zero and one)"""
         c = self._consts
         if c is None or c[0] != dev or c[1] != dt:
             zeros = torch.zeros(N_SLOTS, dtype=dt, device=dev)
             one = torch.ones(1, dtype=dt, device=dev)
-            c = self._consts = (dev, dt, zeros, zeros[:1], one)
+            c = self._consts = (dev, dt, zeros, zeros[:1], one, zeros[0], one[0])
         return c[2:]
 
     def _lagged(self, pack: torch.Tensor) -> Optional[tuple]:
         """GPU: start this step's one non-blocking copy; return the last landed one's values.
 
-        Decisions therefore act one step late on GPU (a non-finite step is then handled by
-        rollback rather than skip); the copy of the previous step has normally landed
-        long before, and ``Event.query`` never blocks.
+        Decisions therefore act one step late on GPU (the same-step gate acts on the step
+        itself); the copy of the previous step has normally landed long before, and
+        ``Event.query`` never blocks. Off CUDA (``lag=True``) the pack itself is kept.
         """
+        if pack.device.type != "cuda":
+            held, self._held = self._held, (pack, self.step)
+            return None if held is None else (held[0].tolist(), held[1])
         if self._host is None:
             self._host = torch.empty((2, _PACK), dtype=pack.dtype, pin_memory=True)
             self._events: List[Any] = [None, None]
@@ -588,6 +734,8 @@ class Guard:
         return snap
 
     def _after_step(self) -> None:
+        if self.grad_gate is not None:
+            self.grad_gate.release()  # the optimizer's own found_inf, as it was
         if self._skipped:
             self._prev = None
         else:
@@ -651,6 +799,8 @@ class Guard:
         """Before a stop: put back the last healthy checkpoint, so the run ends on a healthy
         model (model, optimizer, scheduler, RNG); this step's update is dropped."""
         self._skip()
+        if self.grad_gate is not None:
+            self.grad_gate.release()  # no step follows: put the optimizer back now
         ck = self._healthy_checkpoint()
         if ck is None:
             return {
@@ -688,7 +838,9 @@ class Guard:
         if self._undone == self.step:
             return
         self._undone = self.step
-        self.tap.undo_ema()
+        flag = self._flag  # what the device gate already took out, if anything
+        sketched = flag is not None and self.tap.noise == "sketch"
+        self.tap.undo_ema(where=1.0 - flag if sketched else None)
 
     def _scale_lr(self, factor: float) -> None:
         for grp in self.optimizer.param_groups:

@@ -524,20 +524,31 @@ class GradNoiseTap(ChunkMeasure):
         self._sk_theta.clear()
         self._scratch.tags.clear()
 
-    def undo_ema(self) -> None:
+    def undo_ema(self, where: Optional[Tensor] = None) -> None:
         """Take the gradient of the latest ``measure_grads`` back out of the EMA (for a
-        dropped step). Call before the gradients are cleared; no sync."""
+        dropped step). Call before the gradients are cleared; no sync.
+
+        ``where``: a 0-d device flag (1.0: undo, 0.0: keep), for a step dropped on the
+        device (``GradGate``); only the sketched EMA (``noise="sketch"``) is undone so,
+        and a later call with ``1 - where`` completes it."""
         st = self._grad_state
         if st is None or self.ema is None or st.get("undone"):
             return
-        st["undone"] = True
+        if where is not None and self.noise != "sketch":
+            return  # the exact EMA keeps a step dropped on the device (one more pass)
+        if where is None:
+            st["undone"] = True
         ema = self.ema
         with torch.no_grad():
             for c, part in zip(st["chunks"], st["parts"]):
                 if self.noise == "sketch":
                     skm = self._sk_m.get(c.index)
                     if skm is not None and "sk_diff" in part:
-                        skm.sub_(part["sk_diff"], alpha=1.0 - ema)
+                        d = part["sk_diff"]
+                        if where is None:
+                            skm.sub_(d, alpha=1.0 - ema)
+                        else:
+                            skm.addcmul_(d, where, value=ema - 1.0)
                     continue
                 g = self._measured_grad(c, part)
                 w = torch.where(part["ok"], 1.0 - ema, 0.0).to(c.wdtype)
@@ -647,9 +658,9 @@ class GradGate:
 
     ``GradGate(factor=10.0, decay=0.9, warmup=5)``. From the step's exact sum of g**2 (a
     0-d device tensor, ``GRAD_SQ`` of the tap's row) the gate forms, on the device, the
-    flag *bad*: the gradient is not finite, or (after ``warmup`` accepted steps) its norm
-    is above ``factor`` x its running level (an EMA, ``decay``, of the norms of accepted
-    steps; bad steps do not move it). Then:
+    flag *bad*: the gradient is not finite, or (after the first ``warmup`` calls) its norm
+    is above ``factor`` x its running level (the root of an EMA, ``decay``, of ||g||**2
+    over accepted steps; bad steps do not move it). Then:
 
     * an optimizer that takes a ``found_inf`` tensor (``_step_supports_amp_scaling``: the
       fused Adam/AdamW/SGD, on CPU and CUDA) skips the step in its kernel: parameters and
@@ -661,7 +672,9 @@ class GradGate:
       (zeroing it would take an op per tensor): the host's verdict, one step later on a
       GPU, handles those.
 
-    Everything stays on the device; the host learns what happened with the step's stats.
+    Everything stays on the device (after the warm-up, 6 ops per call with a fused
+    optimizer and 10 otherwise, whatever the number of tensors); the host learns what
+    happened with the step's stats.
     """
 
     def __init__(self, factor: float = 10.0, decay: float = 0.9, warmup: int = 5) -> None:
@@ -672,40 +685,63 @@ class GradGate:
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
         self.factor, self.decay, self.warmup = float(factor), float(decay), warmup
-        self.level: Optional[Tensor] = None  # running level of ||g||, 0-d, on the device
+        self.level_sq: Optional[Tensor] = None  # running level of ||g||**2, 0-d, on the device
         self.accepted: Optional[Tensor] = None  # accepted steps so far, 0-d
         self.gated: Optional[Tensor] = None  # the last step's flag
+        self.calls = 0
+        self._consts: Tuple[Tensor, ...] = ()  # 0.0 and 1.0, 0-d float32 (the flag's values)
         self._set: Optional[torch.optim.Optimizer] = None
         self._had: Any = None
+        self._plist: Optional[Tuple[Any, List[Tensor]]] = None
 
-    def __call__(self, optimizer: torch.optim.Optimizer, grad_sq: Tensor) -> Tensor:
-        """Gate this step (see the class docstring); returns the flag (1.0: gated)."""
-        norm = grad_sq.sqrt()
-        if self.level is None or self.level.device != norm.device:
-            self.level = torch.zeros_like(norm)
-            self.accepted = torch.zeros_like(norm)
-        level, accepted = self.level, self.accepted
-        limit = level * self.factor
+    @property
+    def level(self) -> Optional[Tensor]:
+        """The running level of ||g|| (0-d, on the device; None before the first call)."""
+        return None if self.level_sq is None else self.level_sq.sqrt()
+
+    def __call__(
+        self, optimizer: torch.optim.Optimizer, grad_sq: Tensor, applied: Optional[Tensor] = None
+    ) -> Tensor:
+        """Gate this step (see the class docstring); returns the 0-d flag (1.0: gated).
+
+        ``grad_sq``: the step's sum of g**2 (0-d, on the device) as measured;
+        ``applied``: a factor already applied to the gradients since (0-d, e.g. a clip's),
+        so that a spike is scaled to ``factor`` x its level, not below."""
+        level = self.level_sq
+        if level is None or (level.device, level.dtype) != (grad_sq.device, grad_sq.dtype):
+            level = self.level_sq = torch.zeros_like(grad_sq)
+            self.accepted = torch.zeros_like(grad_sq)
+            self._consts = tuple(
+                torch.full((), v, dtype=torch.float32, device=grad_sq.device) for v in (0.0, 1.0)
+            )
+            self.calls = 0
+        self.calls += 1
+        zero, one = self._consts
+        warm = self.calls > self.warmup
+        limit = level * (self.factor * self.factor) if warm else None
         # good: finite, and within factor x level once warm (NaN compares False)
-        good = (norm <= limit).logical_or_(accepted < self.warmup).logical_and_(norm.isfinite())
-        bad = good.logical_not()
-        # level <- norm on the first accepted step, then the EMA; bad steps leave it
-        w = torch.where(accepted == 0, 1.0, 1.0 - self.decay)
-        level.copy_(torch.where(good, torch.lerp(level, norm, w), level))
-        accepted.add_(good)
-        flag = bad.to(torch.float32)
-        self.gated = flag
+        big = torch.finfo(grad_sq.dtype).max  # (inf and NaN are not <= it)
+        good = grad_sq.le(limit) if limit is not None else grad_sq.le(big)
+        flag = self.gated = torch.where(good, zero, one)
+        w = 1.0 if self.calls == 1 else 1.0 - self.decay  # level <- ||g||**2, then the EMA
+        torch.where(good, torch.lerp(level, grad_sq, w), level, out=level)
+        self.accepted.add_(good)  # type: ignore[union-attr]
         if getattr(optimizer, "_step_supports_amp_scaling", False):
             self._skip_in_kernel(optimizer, flag)
-        else:
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"]]
-            grads = [g for g in grads if g is not None]
+        elif limit is not None:
+            grads = [g for p in self._params(optimizer) if (g := p.grad) is not None]
             if grads:
-                scale = torch.where(bad, limit / norm, 1.0).clamp_(max=1.0)
-                if scale.dtype != grads[0].dtype:
-                    scale = scale.to(grads[0].dtype)
-                torch._foreach_mul_(grads, scale)
+                now = grad_sq if applied is None else grad_sq * applied.to(grad_sq.dtype).square()
+                torch._foreach_mul_(grads, torch.where(good, one, limit.div(now).sqrt_()))
         return flag
+
+    def _params(self, optimizer: torch.optim.Optimizer) -> List[Tensor]:
+        """The optimizer's parameters, listed once while its param groups keep their
+        sizes (one Python pass per step fewer)."""
+        key = (id(optimizer), tuple(len(g["params"]) for g in optimizer.param_groups))
+        if self._plist is None or self._plist[0] != key:
+            self._plist = (key, [p for g in optimizer.param_groups for p in g["params"]])
+        return self._plist[1]
 
     def _skip_in_kernel(self, optimizer: torch.optim.Optimizer, flag: Tensor) -> None:
         had = getattr(optimizer, "found_inf", None)
