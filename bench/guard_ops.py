@@ -3,7 +3,7 @@
     python bench/guard_ops.py [--steps 60] [--repeats 3] [--quick] [--skip-ops] [--skip-time]
 
 1. Ops per step (issue 21): ``guard.observe(loss); optimizer.step()`` minus the same
-   unguarded step, counted with a ``TorchDispatchMode`` (tests/test_guard_ops.py asserts
+   unguarded step, counted with a ``TorchDispatchMode`` (tests/pytorch/test_guard_ops.py asserts
    the target), for 10, 150 and 1,000 parameter tensors, with the Guard's default,
    ``sample=1``, ``sample=16`` (what ``"auto"`` picks at ~124M parameters) and
    ``memory="low"``; against ``clip_grad_norm_(foreach=True)``. Host us per step: the
@@ -60,7 +60,7 @@ class OpCounter(TorchDispatchMode):
 
 
 def deep_mlp(tensors: int, vocab: int) -> nn.Module:
-    """An MLP with ``tensors`` parameter tensors (as tests/test_guard_ops.py)."""
+    """An MLP with ``tensors`` parameter tensors (as tests/pytorch/test_guard_ops.py)."""
     torch.manual_seed(0)
     layers: List[nn.Module] = [nn.Embedding(vocab, WIDTH // 8), nn.Flatten()]
     for _ in range((tensors - 2) // 2):

@@ -1,4 +1,4 @@
-"""Worker for tests/test_guard_distributed.py: one rank of a real gloo process group."""
+"""Worker for tests/pytorch/test_guard_distributed.py: one rank of a real gloo process group."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Contract tests run over every default detector, and each detector's own property.
 
 Synthetic streams here test the formulas only; whether detection works is measured on
-real training runs (bench/detection, tests/test_monitor_on_recorded_runs.py).
+real training runs (bench/detection, tests/monitor/test_monitor_on_recorded_runs.py).
 """
 
 from __future__ import annotations

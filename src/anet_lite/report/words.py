@@ -276,7 +276,7 @@ def action_word(kind: str, lang: str) -> str:
 
 # Loss-scale / mixed-precision advice in the cause registry's words (causes.py), and what an
 # fp32 run reads instead: an fp32 run has no loss scaler to check. Each fragment is checked
-# against the registry by tests/test_report.py, so a reworded registry fails loudly.
+# against the registry by tests/report/test_report.py, so a reworded registry fails loudly.
 FP16_ONLY: Dict[str, Tuple[Tuple[str, str], ...]] = {
     "en": (
         (" (numeric overflow, e.g. a loss-scale or fp16 problem)", " (numeric overflow)"),

@@ -19,7 +19,7 @@ m and rounds it back. The rounding error per step is at most half a unit of the 
 stored m stays within ~1 / (1 - ema) such units of the float32 EMA (10 at ema=0.9; ~1-2
 typically, the errors being of random sign). The noise norm ||g - m|| is much less
 sensitive than m itself: the gradient noise, not m, dominates it. Measured
-(tests/test_torch_tap_memory.py, 300 AdamW steps of a 19k-parameter MLP): relative error
+(tests/pytorch/test_torch_tap_memory.py, 300 AdamW steps of a 19k-parameter MLP): relative error
 of the noise norm against the float32 EMA, median / max over the steps: bf16 5e-5 / 5e-4,
 int8 2e-4 / 1.7e-3; of the EMA m itself at the end (relative L2): bf16 0.5%, int8 3.3%
 (per tensor up to ~10% for a small bias that shares its block with larger weights).

@@ -96,7 +96,7 @@ class GradNoiseTap(ChunkMeasure):
     orthogonal to g carries sketch error: a relative std of ~ (1 - cos^2) sqrt(1 / (2 p))
     <= 2.2% for ``update_norm`` (0 for plain SGD) and an absolute std of
     ~ |cos| (1 - cos^2) sqrt(1 / (2 p)) <= 0.009 for ``processivity``. Measured
-    (tests/test_torch_tap.py, bench/overhead.py and docs/benchmarks.md section 3): median
+    (tests/pytorch/test_torch_tap.py, bench/overhead.py and docs/benchmarks.md section 3): median
     |relative error| of ``update_norm`` ~1%, max ~4-7% over 50-100 AdamW steps.
     ``exact_update=True`` keeps a copy of theta_before (+1x parameter memory, in the
     parameters' dtype) and measures exactly.
@@ -161,12 +161,12 @@ class GradNoiseTap(ChunkMeasure):
     ``chunk_numel``) elements: +64 MiB at the default, measured with bench/tap_memory.py
     at 25M float32 parameters: 98.7 -> 162.7 MiB with ``"auto"`` (1 in 2), 25.2 -> 89.2
     MiB with ``sample=16``), the parameters' sample with one
-    ``_foreach_copy_`` from views made once per layout (tests/test_guard_ops.py:
+    ``_foreach_copy_`` from views made once per layout (tests/pytorch/test_guard_ops.py:
     26 ops per Guard step at 10 to 1,000 tensors). Measured against the full tap
     (H100, 101.6M-parameter LM, 20 AdamW steps, ``sample=16``): update norm 0.7% median /
     1.6% max, noise norm 1.4% / 6.8%, processivity 0.002 / 0.007 absolute, param norm
     0.03%; on a 0.48M-parameter model with ``sample=4``, worst of 12 seeds: 4% / 5%,
-    8% / 15%, 0.011 / 0.03, 3% (tests/test_torch_tap_sample.py). ``sample="auto"``: 1 up
+    8% / 15%, 0.011 / 0.03, 3% (tests/pytorch/test_torch_tap_sample.py). ``sample="auto"``: 1 up
     to 2**24 elements, else the power of two that keeps the sample <= 2**23 elements
     (``auto_sample``; with ``memory="low"`` see above). Needs ``max_abs`` off (the
     default with a sample), and does not combine with ``exact_update`` or ``ema_dtype``

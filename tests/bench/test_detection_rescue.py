@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "detection")
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "detection")
 sys.path.insert(0, os.path.abspath(BENCH))
 
 import generate  # noqa: E402

@@ -431,7 +431,7 @@ def test_without_the_gate_a_lagged_read_skips_a_shard_one_step_late(device):
     # numbers at the next step (no host sync). Without the same-step gate the first
     # shuffled batch's update goes through, and the skip for the second shard step's
     # numbers lands on the clean batch after it: the weights stop at the state after the
-    # first shard batch, for two steps (tests/test_guard_samestep.py: with the gate).
+    # first shard batch, for two steps (tests/pytorch/test_guard_samestep.py: with the gate).
     g, w = _digits_with_a_shard(declared=True, device=device, lag=True, gate=False)
     assert [(a.step, a.kind, a.evidence["cause"]) for a in g.actions] == [
         (351, "skip_step", "bad_batch"),

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def launch(tmp_path, *, fsdp: bool, steps: int = 80, bad_step: int = 60, sample: int = 1):
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/ (ddp_worker)
     os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
     mp.spawn(
         ddp_worker.run,
