@@ -14,10 +14,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from anet_lite.demo import run_demo
-
 from anet_lite import verify
 from anet_lite.cli import main
+from anet_lite.cli.demo import run_demo
 
 pytestmark = pytest.mark.torch
 
@@ -178,7 +177,7 @@ def test_cli_passes_leading_flags_through(tmp_path):
 
 
 def test_default_folders_per_fault_guard_and_language():
-    from anet_lite.demo import _parse
+    from anet_lite.cli.demo import _parse
 
     def out(*argv):
         return _parse(list(argv))[0].out
@@ -192,7 +191,7 @@ def test_one_collapse_step_for_the_unguarded_run(runs):
     """meta.json, the printed summary and the report give the same collapse step: the first
     step whose loss or gradient is not a finite number (after the first alert, and not
     before the model loss passed a uniform guess)."""
-    from anet_lite.demo import _collapse_line
+    from anet_lite.cli.demo import _collapse_line
 
     u = runs["unguarded"]
     rows = (u["out"] / "metrics.csv").read_text("utf-8").splitlines()
@@ -260,7 +259,7 @@ def test_actions_are_printed_once(tmp_path, capsys, caplog):
 def test_twin_folders_are_matched_by_name_and_run(tmp_path):
     import argparse
 
-    from anet_lite.demo import _twin
+    from anet_lite.cli.demo import _twin
 
     def args(no_guard, seed=0, lang="en"):
         return argparse.Namespace(

@@ -63,9 +63,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..monitor import Monitor
+from ..monitor.explain import explain_safe
 from ..monitor.policy import ACTIONS, Action
-from ..records.tombstone import TombstoneLog
-from ..torch.guard import Guard, GuardStop, _LazyTombstones, _words
+from ..records.tombstone import LazyTombstoneLog, TombstoneLog
+from ..torch.guard import Guard, GuardStop
 from ..verdict import Snapshot
 from .sinks import _alert_text, snapshot_metrics
 
@@ -196,7 +197,7 @@ class AnetTrainerCallback(TrainerCallback, ExportableState):
         if tomb is True:
             tomb = Path(args.output_dir) / "anet_tombstones.jsonl"
         if self.tombstones is None and tomb not in (None, False) and _rank_zero():
-            self.tombstones = _LazyTombstones(tomb) if isinstance(tomb, (str, Path)) else tomb
+            self.tombstones = LazyTombstoneLog(tomb) if isinstance(tomb, (str, Path)) else tomb
         if self.mode == "log":
             _warn_if_late(args)
         if self.mode == "guard" and (self.guard is None or self._closed):
@@ -298,7 +299,7 @@ class AnetTrainerCallback(TrainerCallback, ExportableState):
             self.alerts.append(snap)
             # guard mode: the Guard logs its own alerts and actions
             if self.mode == "log" and self.verbose and (new or changed) and _rank_zero():
-                log.info("anet_lite: step %s: %s — %s", snap.step, snap.status, _words(snap))
+                log.info("anet_lite: step %s: %s — %s", snap.step, snap.status, explain_safe(snap))
 
     # ---- resume (HF's ExportableState) ---------------------------------------------------
 
@@ -363,14 +364,14 @@ class AnetTrainerCallback(TrainerCallback, ExportableState):
         if done:
             self.actions.append(action)
             self._pending_action = max(self._pending_action, ACTIONS.index(action.kind))
-            log.warning("anet_lite: %s (log mode) — %s", action.reason, _words(snap))
+            log.warning("anet_lite: %s (log mode) — %s", action.reason, explain_safe(snap))
         else:
             self.not_taken.append(action)
             msg = (
                 f"anet_lite: {action.kind} cannot be done from a TrainerCallback (step "
                 f"{step} was already applied); use AnetTrainer for same-step protection"
             )
-            log.warning("%s — %s", msg, _words(snap))
+            log.warning("%s — %s", msg, explain_safe(snap))
             if not self._warned:
                 self._warned = True
                 warnings.warn(msg, RuntimeWarning, stacklevel=3)

@@ -48,7 +48,7 @@ _EVENT = {
 }
 
 
-__all__ = ["CAUSE_WORDS", "explain"]
+__all__ = ["CAUSE_WORDS", "explain", "explain_safe"]
 
 CAUSE_WORDS = {  # a short name for each cause, for summaries and reports
     "en": {c.name: c.short[0] for c in CAUSES.values() if c.variant_of is None},
@@ -95,3 +95,12 @@ def explain(snap: Any, lang: str = "en") -> str:
     if lang == "ja":
         nums = nums.replace("(", "（").replace(")", "）").replace("step", "ステップ")
     return what.format_map(_Nums(ev, nums=nums)) + " " + advice
+
+
+def explain_safe(snap: Any, lang: str = "en") -> str:
+    """``explain``, but never raises: for log lines written next to an action, where the
+    words are advice and must not stop the action."""
+    try:
+        return explain(snap, lang=lang)
+    except Exception as exc:  # pragma: no cover - explain is total over snapshots
+        return f"(no explanation: {exc!r})"

@@ -67,6 +67,7 @@ __all__ = [
     "FIELDS",
     "KEY_ENV",
     "MAX_RECORD_BYTES",
+    "LazyTombstoneLog",
     "TombstoneLog",
     "VerifyResult",
     "head_path",
@@ -584,3 +585,22 @@ def read(path: PathLike) -> List[Dict[str, Any]]:
                 raise ValueError(f"{path}: line {no}: not a JSON object")
             out.append(rec)
     return out
+
+
+class LazyTombstoneLog:
+    """A tombstone log at ``path`` whose file (and parent folders) are created on the first
+    record only: a healthy run leaves no empty file behind. ``append`` and ``head`` as
+    ``TombstoneLog``."""
+
+    def __init__(self, path: Union[str, os.PathLike[str]]) -> None:
+        self.path: Path = Path(path)
+        self._log: Optional[TombstoneLog] = None
+
+    @property
+    def head(self) -> Optional[str]:
+        return self._log.head if self._log is not None else None
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        if self._log is None:
+            self._log = TombstoneLog(self.path)
+        return self._log.append(*args, **kwargs)

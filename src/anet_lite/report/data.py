@@ -251,7 +251,7 @@ class RunData:
         if not k:
             return
         if cols is None:
-            from ..outputs import snapshot_columns
+            from ..records.outputs import snapshot_columns
 
             cols = snapshot_columns(snaps)
         steps = cols["step"]

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..outputs import write_atomic
+from ..records.outputs import write_atomic
 from ._plots import PLOT_LIMIT, svg_plots, svg_zoom
 from .data import INCIDENT_GAP, RunData, cause_words
 from .runfolder import _read_meta, _tombstones, load_run, read_twin

@@ -20,6 +20,17 @@ from typing import Any, Dict, Optional
 
 import torch
 
+__all__ = [
+    "KEEP",
+    "Checkpoint",
+    "capture",
+    "digest",
+    "digest_path",
+    "load",
+    "restore",
+    "save",
+]
+
 
 def _to_cpu(obj: Any, async_cuda: bool = False) -> Any:
     """Deep copy with every tensor cloned to CPU (containers rebuilt). ``async_cuda``: a
@@ -172,7 +183,7 @@ def save(ckpt: Checkpoint, folder: Path, keep: Optional[int] = KEEP) -> Path:
     symlink is never followed) and renamed into place. The digest (``digest(ckpt)``) is
     also kept in memory, and ``load`` refuses a file that does not match it. Only the
     newest ``keep`` checkpoints of the folder stay (None: all)."""
-    from ..outputs import write_atomic
+    from ..records.outputs import write_atomic
 
     if keep is not None and int(keep) < 1:
         raise ValueError(f"keep must be >= 1 or None, got {keep!r}")

@@ -19,6 +19,14 @@ from typing import Any, Optional, Tuple
 
 import torch
 
+__all__ = [
+    "LocalGradNorm",
+    "NoiseScale",
+    "all_reduce_sum",
+    "is_sharded",
+    "world",
+]
+
 
 def world(group: Any = None) -> Tuple[int, int]:
     """(rank, world size); (0, 1) when torch.distributed is not initialised."""

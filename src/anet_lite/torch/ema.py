@@ -40,6 +40,15 @@ from torch import Tensor
 
 from .sketch import Chunk
 
+__all__ = [
+    "BLOCK",
+    "EMA_DTYPES",
+    "Compact",
+    "check_ema_dtype",
+    "store_dtype",
+]
+
+
 BLOCK = 256  # int8 quantization block (elements per float32 scale)
 EMA_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
 _TINY = 1e-37  # lower bound of an int8 block scale (an all-zero block stays 0)

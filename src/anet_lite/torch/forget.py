@@ -2,7 +2,7 @@
 
 ``forget_layers(model, ["fc2"], policy="compliance", log="tombstones.jsonl", reason=...)``
 re-initialises (or zeroes) the named submodules and appends one ``"forget"`` record to a
-hash-chained tombstone log (:mod:`anet_lite.tombstone`)::
+hash-chained tombstone log (:mod:`anet_lite.records.tombstone`)::
 
     scope    {"layers": ["fc2"], "mode": "reinit", **scope}
     evidence {"theta": .., "f_total": .., "precursor_z": .., "step": ..,   # from snapshot/monitor
@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..forgetting import LogLike, check_text, merge_extra, open_log
+from ..records.forgetting import LogLike, check_text, merge_extra, open_log
 
 __all__ = ["MODES", "WEIGHTS_HASH_SCHEME", "forget_layers", "weights_hash"]
 

@@ -74,8 +74,9 @@ from typing import Any, List, Optional, Union
 import torch
 
 from ..monitor import Monitor
+from ..monitor.explain import explain_safe
 from ..monitor.policy import Action
-from ..tombstone import TombstoneLog
+from ..records.tombstone import LazyTombstoneLog, TombstoneLog
 from ..verdict import Snapshot
 from . import checkpoint as ckpt_mod
 from .dist import LocalGradNorm, NoiseScale, all_reduce_sum, is_sharded, world
@@ -95,6 +96,12 @@ from .stepstats import (
     update_sq,
 )
 from .tap import GradGate, GradNoiseTap
+
+__all__ = [
+    "Guard",
+    "GuardStop",
+]
+
 
 # pack layout (``stepstats`` slots): this step's gradient slots | the previous step's
 # full stats row | loss sum, number of ranks that observed a loss, local (pre-all-reduce)
@@ -139,22 +146,6 @@ class GuardStop(RuntimeError):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.action, self.explanation))
-
-
-class _LazyTombstones:
-    """A tombstone path opened (file and parent folders created) on the first record only."""
-
-    def __init__(self, path: Union[str, Path]) -> None:
-        self.path, self._log = Path(path), None  # type: Path, Optional[TombstoneLog]
-
-    @property
-    def head(self) -> Optional[str]:
-        return self._log.head if self._log is not None else None
-
-    def append(self, *args: Any, **kwargs: Any) -> Any:
-        if self._log is None:
-            self._log = TombstoneLog(self.path)
-        return self._log.append(*args, **kwargs)
 
 
 class Guard:
@@ -243,7 +234,7 @@ class Guard:
         self.sharded = is_sharded(model)
         lead = self.rank == 0
         if isinstance(tombstones, (str, Path)):
-            tombstones = _LazyTombstones(tombstones) if lead else None
+            tombstones = LazyTombstoneLog(tombstones) if lead else None
         self.tombstones = tombstones if lead else None
         if run_log is not None and lead:
             self.monitor.run_log = run_log
@@ -614,7 +605,7 @@ class Guard:
         if same and prev[0] == (snap.step or 0) - 1:
             return  # the same incident, still going on
         why = f" (no action: {action.reason})" if action is not None else " (watch only)"
-        log.info("anet_lite: step %s: %s%s — %s", snap.step, snap.status, why, _words(snap))
+        log.info("anet_lite: step %s: %s%s — %s", snap.step, snap.status, why, explain_safe(snap))
 
     def _check_clipped(self, snap: Snapshot) -> None:
         """Warn once when the gradient norm sits at one value: clipped before the Guard."""
@@ -782,7 +773,7 @@ class Guard:
         elif action.kind == "stop":
             extra.update(self._restore_for_stop())
         self.actions.append(action)
-        words = _words(snap)
+        words = explain_safe(snap)
         done = f" ({extra['note']})" if extra.get("note") else ""
         log.warning("anet_lite: %s%s — %s", action.reason, done, words)
         if self.tombstones is not None:
@@ -939,14 +930,6 @@ class Guard:
         self._healthy = int(state.get("healthy", 0))
         clipped = state.get("clipped_at")
         self.clipped_at = None if clipped is None else float(clipped)
-
-
-def _words(snap: Snapshot) -> str:
-    """The snapshot's explanation; never raises (words are advice, not the action)."""
-    try:
-        return snap.explain()
-    except Exception as exc:  # pragma: no cover - explain is total over snapshots
-        return f"(no explanation: {exc!r})"
 
 
 def _plain(ev: dict) -> dict:

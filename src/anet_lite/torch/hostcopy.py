@@ -16,6 +16,10 @@ from torch import Tensor
 
 from .stepstats import N_SLOTS, StepStats
 
+__all__ = [
+    "HostRing",
+]
+
 
 class HostRing:
     """Two pinned host slots for the stats tensors of the last two steps."""

@@ -35,6 +35,18 @@ from .sketch import (
 )
 from .stepstats import MAX_ABS_GRAD, N_SLOTS, RANKS
 
+__all__ = [
+    "RESCAN",
+    "Buffers",
+    "ChunkMeasure",
+    "Row",
+    "as_row",
+    "row_device",
+    "row_values",
+    "sum_rows",
+]
+
+
 Row = Union[Tensor, Tuple[Tensor, ...]]
 """A run of stats slots: a 1-d tensor, or its 0-d parts not stacked yet (one chunk: a CPU
 caller reads them with ``row_values`` and skips the stack, the costliest small op here)."""

@@ -20,6 +20,20 @@ from torch import Tensor
 if TYPE_CHECKING:  # (sketch.py imports this module)
     from .sketch import Chunk, Seg
 
+__all__ = [
+    "SAMPLE_BLOCKS",
+    "SAMPLE_MIN_BLOCKS",
+    "SAMPLE_UNIT",
+    "fill_sampled",
+    "fill_sampled_grads",
+    "mix",
+    "prescale",
+    "sample_block",
+    "sample_ranges",
+    "sampled_runs",
+]
+
+
 _MASK64 = (1 << 64) - 1
 
 

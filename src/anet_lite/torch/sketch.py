@@ -34,6 +34,25 @@ from torch import Tensor
 
 from .sample import SAMPLE_BLOCKS, fill_sampled, mix, prescale, sample_block, sample_ranges
 
+__all__ = [
+    "SIGN_BITS",
+    "Chunk",
+    "Scratch",
+    "Seg",
+    "acc_dtype",
+    "dot",
+    "fill",
+    "fill_params",
+    "flip_",
+    "fold",
+    "local",
+    "next_prime",
+    "plan",
+    "sign_masks",
+    "work_dtype",
+]
+
+
 SIGN_BITS = 32  # one random int32 gives the sign flips of 32 elements
 _INT32_MIN = -(2**31)
 

@@ -7,7 +7,7 @@ shift or a spike do not reach them. A declared change (``Monitor.mark``) and an 
 restart re-reference them: a new regime, watched again from its own level.
 
 Adding a detector = one module here + one entry in ``DEFAULT`` (+ its cause in
-``anet_lite.causes`` if it names a new one). Every detector in ``DEFAULT`` goes through
+``anet_lite.monitor.causes`` if it names a new one). Every detector in ``DEFAULT`` goes through
 the same contract tests (tests/monitor/test_detectors.py).
 """
 

@@ -28,7 +28,7 @@ class View(NamedTuple):
 
 
 class Finding(NamedTuple):
-    """What a detector found: ``cause`` (a key of ``anet_lite.causes.CAUSES``), the
+    """What a detector found: ``cause`` (a key of ``anet_lite.monitor.causes.CAUSES``), the
     ``status`` it implies ("precursor" = an alert, "drifting" = reported, not an
     alert) and the numbers behind it (merged into the snapshot's evidence)."""
 
