@@ -611,3 +611,34 @@ def test_cuda_guard_steps_and_checkpoints_do_not_sync(sample):
     assert g.checkpoint is not None and g.checkpoint.step == 8
     g._rollback()
     _same(saved, _state(model, opt))
+
+
+def test_the_lr_cap_is_lifted_once_after_a_healthy_stretch_and_a_later_cap_stays():
+    # A slow-down caps the lr at 0.75x where trouble began. Healthy for recover_steps at
+    # the cap, the Guard lifts it once (the slow-down was a precaution: a bad shard is not
+    # the lr's fault) and the lr doubles back to the schedule's. A second slow-down's cap
+    # stays for the rest of the run.
+    import anet_lite.torch.guard as guard_mod
+
+    seen = []
+    after = guard_mod.Guard._after_step
+
+    def spy(self):
+        after(self)
+        seen.append((self.step, self.lr_scale))
+
+    guard_mod.Guard._after_step = spy
+    try:
+        _, g = train(
+            steps=420,
+            monitor=Monitor(policy=Scripted({150: "slow_down", 300: "slow_down"})),
+            recover_steps=20,
+        )
+    finally:
+        guard_mod.Guard._after_step = after
+    scale = dict(seen)
+    assert [(a.step, a.kind) for a in g.actions] == [(150, "slow_down"), (300, "slow_down")]
+    assert scale[150] == pytest.approx(0.5) and scale[175] == pytest.approx(0.75)
+    assert scale[299] == pytest.approx(1.0)  # the first cap was lifted
+    assert scale[300] == pytest.approx(0.5) and scale[419] == pytest.approx(0.75)  # kept
+    assert g._cap_lifts == 1 and g.state_dict()["cap_lifts"] == 1

@@ -15,7 +15,10 @@ the Monitor's decision is carried out before the update is applied:
 
 * ``slow_down(f)``: every param group's lr and the scheduler's ``base_lrs`` x f; once
   healthy for ``recover_steps`` the lr doubles back, never above 0.75x the lr at which
-  trouble began nor above the largest lr seen healthy.
+  trouble began nor above the largest lr seen healthy. After ``CAP_LIFT`` (1) x
+  ``recover_steps`` steps with the status "healthy" at that cap, the cap is lifted once (a
+  slow-down after a bad shard was a precaution, not proof that the lr was wrong); a cap
+  set by a later slow-down stays.
 * ``skip_step``: every gradient is set to None, so the optimizer leaves parameters AND
   state untouched (zeroed gradients would still move Adam through its momentum).
 * ``rollback``: model, optimizer, scheduler and RNG states are restored bit-for-bit from
@@ -114,6 +117,7 @@ _FOUND_INF = _LOSS + 3
 _GATED = _LOSS + 4  # 1.0: the same-step gate acted on this step on the device
 _PACK = _LOSS + 5
 _NOTHING = (0.0,) * N_SLOTS  # the previous step's row when nothing was measured
+CAP_LIFT = 1  # x recover_steps healthy at the capped lr before the cap is lifted (once)
 _CLIP_STEPS = 20  # steps at one gradient norm (to 1e-4 relative) that say "clipped before"
 _STATE_VERSION = 1
 log = logging.getLogger("anet_lite")
@@ -259,6 +263,8 @@ class Guard:
         self._scale_seen = 1.0  # the lr_scale the Monitor last saw
         self.lr_healthy_max = 0.0  # largest lr seen healthy at full scale
         self.lr_cap = math.inf  # 0.75x the lr at which the last incident began
+        self._settled = 0  # steps in a row with the Monitor's status "healthy"
+        self._cap_lifts = 0  # the cap is lifted once; a cap set after that stays
         self._loss: Any = None
         self._prev: Optional[tuple] = None  # the tap's rows of the previous step
         self._skipped = False
@@ -737,6 +743,7 @@ class Guard:
             return
         if not snap.alert:  # healthy, or warming up with nothing wrong seen
             self._healthy += 1
+            self._settled = self._settled + 1 if snap.status == "healthy" else 0
             if self.lr_scale == 1.0:
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 self.lr_healthy_max = max(self.lr_healthy_max, lr)
@@ -744,13 +751,14 @@ class Guard:
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self._save_checkpoint()
         else:
-            self._healthy = 0
+            self._healthy = self._settled = 0
 
     # ---- actions ---------------------------------------------------------------------------
 
     def _carry_out(self, action: Action, snap: Snapshot) -> None:
         if action.kind == "none":
             return
+        self._healthy = self._settled = 0  # recovery counts from the last action
         extra = {}
         scope = {
             "step": self.step,
@@ -847,11 +855,33 @@ class Guard:
         lr = float(self.optimizer.param_groups[0]["lr"])
         if not self.lr_healthy_max:
             return  # no lr is known to have been healthy: do not guess upwards
+        self._maybe_lift_cap(lr)
         ceiling = min(self.lr_cap, self.lr_healthy_max)
         factor = min(2.0, 1.0 / self.lr_scale, ceiling / lr if lr > 0 else 1.0)
         if factor > 1.0 + 1e-9:
             self._scale_lr(factor)
             self.lr_scale *= factor
+
+    def _maybe_lift_cap(self, lr: float) -> None:
+        """Lift the lr cap once the run has been healthy at it for CAP_LIFT x
+        ``recover_steps`` steps: a slow-down after a bad shard or a dead-unit incident was a
+        precaution, and the lr that was running then was not shown to be the cause. Lifted
+        once per run: a cap set by a later slow-down stays."""
+        if (
+            math.isinf(self.lr_cap)
+            or self._cap_lifts
+            or lr < 0.99 * self.lr_cap
+            or self._settled < CAP_LIFT * self.recover_steps
+        ):
+            return
+        log.info(
+            "anet_lite: step %s: healthy for %d steps at the capped lr %.3g: the cap is lifted "
+            "(the lr may double back to the schedule's; a cap set by a later slow-down stays)",
+            self.step,
+            self._settled,
+            lr,
+        )
+        self.lr_cap, self._cap_lifts = math.inf, 1
 
     def _save_checkpoint(self) -> None:
         extra = {
@@ -914,6 +944,8 @@ class Guard:
             "lr_healthy_max": self.lr_healthy_max,
             "lr_cap": None if math.isinf(self.lr_cap) else self.lr_cap,
             "healthy": self._healthy,
+            "settled": self._settled,
+            "cap_lifts": self._cap_lifts,
             "clipped_at": self.clipped_at,
         }
 
@@ -928,6 +960,8 @@ class Guard:
         cap = state.get("lr_cap")
         self.lr_cap = math.inf if cap is None else float(cap)
         self._healthy = int(state.get("healthy", 0))
+        self._settled = int(state.get("settled", 0))
+        self._cap_lifts = int(state.get("cap_lifts", 0))
         clipped = state.get("clipped_at")
         self.clipped_at = None if clipped is None else float(clipped)
 
