@@ -29,6 +29,8 @@ def kinds(policy, snaps):
 
 
 def test_precursor_ladder_with_cooldown_and_caps():
+    # a slow-down and a roll-back are given `cooldown` steps to show; a skip is not (its
+    # effect is immediate: the next alert step is acted on at once)
     p = Policy(cooldown=2, max_slowdowns=1, max_skips=1, max_rollbacks=1)
     got = kinds(p, [snap(step=i) for i in range(12)])
     assert got == [
@@ -36,15 +38,25 @@ def test_precursor_ladder_with_cooldown_and_caps():
         "none",
         "none",
         "skip_step",
-        "none",
-        "none",
         "rollback",
         "none",
         "none",
         "stop",
         "none",
         "none",
+        "none",
+        "none",
     ]
+
+
+def test_a_persistent_precursor_is_skipped_at_every_alert_step_once_slowing_did_not_help():
+    p = Policy()  # cooldown 10, 2 slow-downs, 16 skips, 2 roll-backs
+    got = kinds(p, [snap(cause="ascent", step=i) for i in range(80)])
+    first_skip = got.index("skip_step")
+    assert got[:first_skip].count("slow_down") == 2
+    assert got[first_skip : first_skip + 16] == ["skip_step"] * 16  # not one in eleven
+    assert got[first_skip + 16] == "rollback"
+    assert got.count("stop") == 1
 
 
 def test_non_finite_starts_by_skipping_and_ignores_cooldown():

@@ -642,3 +642,25 @@ def test_the_lr_cap_is_lifted_once_after_a_healthy_stretch_and_a_later_cap_stays
     assert scale[299] == pytest.approx(1.0)  # the first cap was lifted
     assert scale[300] == pytest.approx(0.5) and scale[419] == pytest.approx(0.75)  # kept
     assert g._cap_lifts == 1 and g.state_dict()["cap_lifts"] == 1
+
+
+def test_no_healthy_checkpoint_is_taken_while_an_incident_is_open():
+    # A skip at step 120 opens an incident; it closes after recover_after (50) healthy
+    # steps. The checkpoint due at step 150 falls inside it and is not taken (a step
+    # between two alerts of a persistent bug is no state to come back to); the one at
+    # step 200 is.
+    class SkipOnce(Policy):
+        def decide(self, snap):
+            action = super().decide(snap)
+            if snap.step == 120:  # as on an alert: the healthy streak starts over
+                self.healthy_run = 0
+                return self._take("skip_step", 1.0, "scripted", {}, snap, "drift")
+            return action
+
+    saved = []
+    _, g = train(steps=151, monitor=Monitor(policy=SkipOnce()))
+    saved.append(g.checkpoint.step)
+    _, g = train(steps=201, monitor=Monitor(policy=SkipOnce()))
+    saved.append(g.checkpoint.step)
+    assert [(a.kind, a.step) for a in g.actions] == [("skip_step", 120)]
+    assert saved == [100, 200]

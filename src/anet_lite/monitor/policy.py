@@ -3,9 +3,12 @@
 The ladder per incident is: slow down → skip the step → roll back → stop, entered at the
 rung the cause calls for (a non-finite or single-step blow-up starts by skipping the
 update; a precursor or an lr bug starts by slowing down; a fingerprint drift only ever
-slows down, gently, as the seed's FAQ advises). Each rung has a retry cap; after an
-action the policy waits ``cooldown`` steps before escalating, so one incident does not
-fire ten actions; ``recover_after`` healthy steps close the incident and reset the ladder.
+slows down, gently, as the seed's FAQ advises). Each rung has a retry cap. After a
+slow-down or a roll-back the policy waits ``cooldown`` steps before acting on the same
+incident again (an lr change takes steps to show; a restored state needs steps to be
+judged); a skipped update has shown its effect at once, so while the incident goes on
+every alert step is skipped, then rolled back. ``recover_after`` healthy steps close the
+incident and reset the ladder.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class Policy:
                   Skipping an update leaves the weights as they were, so a run of bad
                   batches (a corrupted shard: 3-9 in the benchmark) is skipped through,
                   up to max_skips (16), before a roll-back
-    cooldown      steps after an action during which the same incident is not escalated
+    cooldown      steps after a slow-down or roll-back during which the same incident is
+                  not acted on again (none after a skip)
     recover_after healthy steps that close an incident
     """
 
@@ -73,6 +77,7 @@ class Policy:
     def reset(self) -> None:
         self.used = {k: 0 for k in _LADDER}
         self.last_action_t = -(10**9)
+        self.last_kind = "none"
         self.healthy_run = 0
         self.t = 0
 
@@ -93,7 +98,8 @@ class Policy:
         self.healthy_run = 0
         cause = str(ev.get("cause", snap.status))
         one_step = cause in _ONE_STEP
-        if not one_step and self.t - self.last_action_t <= self.cooldown:
+        waits = self.last_kind in ("slow_down", "rollback")
+        if not one_step and waits and self.t - self.last_action_t <= self.cooldown:
             return Action(
                 "none",
                 reason=f"{cause}: cooling down after the last action",
@@ -126,7 +132,7 @@ class Policy:
         self, kind: str, factor: float, cause: str, ev: Dict[str, Any], snap: Any, tag: str
     ) -> Action:
         self.used[kind] += 1
-        self.last_action_t = self.t
+        self.last_action_t, self.last_kind = self.t, kind
         n = self.used[kind]
         what = {
             "slow_down": f"slow down (lr x{factor:.3g})",
@@ -143,6 +149,7 @@ class Policy:
         return {
             "used": dict(self.used),
             "last_action_t": self.last_action_t,
+            "last_kind": self.last_kind,
             "healthy_run": self.healthy_run,
             "t": self.t,
         }
@@ -154,3 +161,4 @@ class Policy:
             int(st["healthy_run"]),
             int(st["t"]),
         )
+        self.last_kind = str(st.get("last_kind", "slow_down"))  # (older states: waited)

@@ -748,7 +748,11 @@ class Guard:
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 self.lr_healthy_max = max(self.lr_healthy_max, lr)
             self._maybe_recover()
-            if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+            if (
+                self.checkpoint_every
+                and self.step % self.checkpoint_every == 0
+                and self._incident_closed(snap)
+            ):
                 self._save_checkpoint()
         else:
             self._healthy = self._settled = 0
@@ -861,6 +865,16 @@ class Guard:
         if factor > 1.0 + 1e-9:
             self._scale_lr(factor)
             self.lr_scale *= factor
+
+    def _incident_closed(self, snap: Snapshot) -> bool:
+        """A healthy checkpoint is taken only with no incident open: the status "healthy"
+        (not recovering, drifting or warming up after a change) and no action in the last
+        ``recover_after`` steps (the policy's ladder reset). A step between two alerts of a
+        persistent bug is not a healthy state to come back to."""
+        if snap.status not in ("healthy", "warming_up"):
+            return False
+        used = getattr(self.monitor.policy, "used", None)
+        return not (isinstance(used, dict) and any(used.values()))
 
     def _maybe_lift_cap(self, lr: float) -> None:
         """Lift the lr cap once the run has been healthy at it for CAP_LIFT x
