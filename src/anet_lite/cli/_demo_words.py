@@ -6,6 +6,7 @@ import math
 from typing import Dict
 
 from ..monitor.explain import CAUSE_WORDS
+from ..report.words import status_word
 
 # ---- words ----------------------------------------------------------------------------------
 
@@ -144,25 +145,14 @@ UI: Dict[str, Dict[str, str]] = {
     },
 }
 
-_STATUS = {
-    "en": {},
-    "ja": {
-        "warming_up": "ウォームアップ",
-        "healthy": "健全",
-        "recovering": "回復中",
-        "drifting": "ドリフト",
-        "precursor": "前駆",
-        "collapsed": "崩壊",
-    },
-}
-
-
 def cause(cause: str, lang: str) -> str:
     return CAUSE_WORDS[lang].get(cause, cause)
 
 
 def status(status: str, lang: str) -> str:
-    return _STATUS[lang].get(status, status)
+    """A Monitor status as the demo prints it: the report's Japanese words, the status
+    name itself in English."""
+    return status_word(status, lang) if lang == "ja" else status
 
 
 def num(x: float) -> str:
