@@ -36,8 +36,8 @@ with a known onset (``onset >= 1``): the loss recorded at step ``t`` is computed
 weights *before* step ``t``'s update, which the fault injected at step ``t`` has not touched
 yet. A corrupted batch makes its own loss jump at the onset step, but that jump measures
 the data, not the model; the model can first be damaged at ``onset + 1``. An alarm at the
-onset step is the last moment a guard can still skip the faulty update (until session 6
-such runs were labelled "collapsed at onset" and could not be caught by anyone).
+onset step is the last moment a guard can still skip the faulty update (labelling such runs
+"collapsed at onset" would make them uncatchable by anyone).
 """
 
 from __future__ import annotations
