@@ -116,3 +116,9 @@ def test_moved_modules_keep_their_old_import_paths():
     assert anet_lite.tombstone is importlib.import_module("anet_lite.records.tombstone")
     with pytest.raises(AttributeError):
         anet_lite.no_such_module  # noqa: B018
+
+
+def test_a_submodule_of_a_moved_package_is_the_same_module_too():
+    old = importlib.import_module("anet_lite.detectors.loss_cusum")
+    new = importlib.import_module("anet_lite.monitor.detectors.loss_cusum")
+    assert old is new and new.__spec__.name == "anet_lite.monitor.detectors.loss_cusum"

@@ -27,18 +27,30 @@ MOVED: Dict[str, str] = {
 }
 
 
+def new_name(fullname: str) -> Optional[str]:
+    """Where the module ``fullname`` lives now: a moved module, or a submodule of a moved
+    package (``anet_lite.detectors.loss_cusum`` -> ``anet_lite.monitor.detectors.
+    loss_cusum``); None for every other name."""
+    if fullname in MOVED:
+        return MOVED[fullname]
+    for old, new in MOVED.items():
+        if fullname.startswith(old + "."):
+            return new + fullname[len(old) :]
+    return None
+
+
 class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finder and loader of the old names: the module is the new one, unchanged."""
 
     def find_spec(
         self, fullname: str, path: Optional[Sequence[str]] = None, target: Any = None
     ) -> Any:
-        if fullname not in MOVED:
+        if new_name(fullname) is None:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec: Any) -> ModuleType:
-        module = importlib.import_module(MOVED[spec.name])
+        module = importlib.import_module(new_name(spec.name) or spec.name)
         self._specs = getattr(self, "_specs", {})
         self._specs[spec.name] = module.__spec__
         return module
@@ -53,8 +65,10 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def install() -> None:
     """Put the finder on ``sys.meta_path`` once."""
+    # first in line: a submodule of a moved package would otherwise be found again by the
+    # path finder under its old name, as a second module object
     if not any(isinstance(f, MovedModules) for f in sys.meta_path):
-        sys.meta_path.append(MovedModules())
+        sys.meta_path.insert(0, MovedModules())
 
 
 def moved_attribute(package: str, name: str) -> ModuleType:
