@@ -26,7 +26,7 @@ Two ways to use it:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -52,7 +52,103 @@ _set_grad_enabled = torch._C._set_grad_enabled
 AUTO_EXACT = 2**24  # sample="auto": models up to this many elements are measured whole
 AUTO_SAMPLE = 2**23  # ... larger ones on a sample of at most this many elements
 
-__all__ = ["GradGate", "GradNoiseTap"]  # the stats vector and its slots: see stepstats.py
+# the stats vector and its slots: see stepstats.py
+__all__ = ["GradGate", "GradNoiseTap", "TapOptions"]
+
+
+class TapOptions(NamedTuple):
+    """``GradNoiseTap``'s settings, checked and resolved once (``TapOptions.resolve``): what
+    ``memory="low"`` and ``sample="auto"`` imply is filled in here. ``sample_auto``: the
+    sample size is chosen from the model's size when the parameters are first laid out."""
+
+    ema: Optional[float]
+    noise: str
+    sketch_dim: int
+    exact_update: bool
+    seed: int
+    chunk_numel: int
+    max_abs: bool
+    ema_dtype: Optional[torch.dtype]
+    memory: str
+    sample: int
+    sample_auto: bool
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        ema: Optional[float],
+        noise: str,
+        sketch_dim: int,
+        exact_update: bool,
+        seed: int,
+        chunk_numel: Optional[int],
+        max_abs: Optional[bool],
+        ema_dtype: Optional[torch.dtype],
+        memory: str,
+        sample: Union[int, str],
+    ) -> TapOptions:
+        """Check every setting (TypeError / ValueError naming the argument) and resolve
+        the defaults that depend on others."""
+        if ema is not None:
+            if isinstance(ema, bool) or not isinstance(ema, (int, float)):
+                raise TypeError(f"ema must be a float in [0, 1) or None, got {type(ema).__name__}")
+            if not 0.0 <= float(ema) < 1.0:
+                raise ValueError(f"ema must be in [0, 1) or None, got {ema!r}")
+            ema = float(ema)
+        if noise not in ("exact", "sketch"):
+            raise ValueError(f"noise must be 'exact' or 'sketch', got {noise!r}")
+        if not isinstance(memory, str):
+            raise TypeError(f"memory must be 'default' or 'low', got {type(memory).__name__}")
+        if memory not in ("default", "low"):
+            raise ValueError(f"memory must be 'default' or 'low', got {memory!r}")
+        check_ema_dtype(ema_dtype)
+        exact_ema = ema is not None and noise == "exact"
+        if ema_dtype is not None and not exact_ema:
+            raise ValueError("ema_dtype needs the exact gradient EMA (noise='exact', an ema)")
+        if memory == "low":  # see the class docstring
+            chunk_numel = 2**20 if chunk_numel is None else chunk_numel
+            if ema_dtype is None and exact_ema:
+                ema_dtype = torch.int8
+        chunk_numel = 2**24 if chunk_numel is None else chunk_numel
+        auto = sample == "auto"
+        if auto:  # resolved when the parameters are first laid out (see ``auto_sample``)
+            sample = 1
+            if exact_update or ema_dtype is not None or max_abs:
+                auto = False  # those need every element
+        for name, val in (
+            ("sketch_dim", sketch_dim),
+            ("chunk_numel", chunk_numel),
+            ("seed", seed),
+            ("sample", sample),
+        ):
+            if isinstance(val, bool) or not isinstance(val, int):
+                extra = " or 'auto'" if name == "sample" else ""
+                raise TypeError(f"{name} must be an int{extra}, got {type(val).__name__}")
+        if sample < 1:
+            raise ValueError(f"sample must be >= 1 (1: measure every element), got {sample}")
+        if max_abs is None:
+            max_abs = sample == 1 and not auto
+        if sample > 1 and max_abs:
+            raise ValueError("max_abs needs sample=1 (a sample does not see every element)")
+        if sample > 1 and (exact_update or ema_dtype is not None or memory == "low"):
+            raise ValueError(
+                "sample > 1 does not combine with exact_update, ema_dtype or memory='low' "
+                "(a sample small enough for one chunk is measured exactly, in float32, anyway)"
+            )
+        if sketch_dim < 1:
+            raise ValueError(f"sketch_dim must be >= 1, got {sketch_dim}")
+        if chunk_numel < 1:
+            raise ValueError(f"chunk_numel must be >= 1, got {chunk_numel}")
+        if ema_dtype == torch.int8 and chunk_numel % BLOCK:
+            raise ValueError(
+                f"chunk_numel must be a multiple of {BLOCK} with ema_dtype=torch.int8 "
+                f"(whole quantization blocks per chunk), got {chunk_numel}"
+            )
+        return cls(
+            ema, noise, sketch_dim, bool(exact_update), seed, chunk_numel, bool(max_abs),
+            ema_dtype, memory, sample, auto,
+        )
 
 
 class GradNoiseTap(ChunkMeasure):
@@ -202,73 +298,32 @@ class GradNoiseTap(ChunkMeasure):
                 "model must be a torch.nn.Module (has named_parameters), "
                 f"got {type(model).__name__}"
             )
-        if ema is not None:
-            if isinstance(ema, bool) or not isinstance(ema, (int, float)):
-                raise TypeError(f"ema must be a float in [0, 1) or None, got {type(ema).__name__}")
-            if not 0.0 <= float(ema) < 1.0:
-                raise ValueError(f"ema must be in [0, 1) or None, got {ema!r}")
-            ema = float(ema)
-        if noise not in ("exact", "sketch"):
-            raise ValueError(f"noise must be 'exact' or 'sketch', got {noise!r}")
-        if not isinstance(memory, str):
-            raise TypeError(f"memory must be 'default' or 'low', got {type(memory).__name__}")
-        if memory not in ("default", "low"):
-            raise ValueError(f"memory must be 'default' or 'low', got {memory!r}")
-        check_ema_dtype(ema_dtype)
-        exact_ema = ema is not None and noise == "exact"
-        if ema_dtype is not None and not exact_ema:
-            raise ValueError("ema_dtype needs the exact gradient EMA (noise='exact', an ema)")
-        if memory == "low":  # see the class docstring
-            chunk_numel = 2**20 if chunk_numel is None else chunk_numel
-            if ema_dtype is None and exact_ema:
-                ema_dtype = torch.int8
-        chunk_numel = 2**24 if chunk_numel is None else chunk_numel
-        auto = sample == "auto"
-        if auto:  # resolved when the parameters are first laid out (see ``auto_sample``)
-            sample = 1
-            if exact_update or ema_dtype is not None or max_abs:
-                auto = False  # those need every element
-        for name, val in (
-            ("sketch_dim", sketch_dim),
-            ("chunk_numel", chunk_numel),
-            ("seed", seed),
-            ("sample", sample),
-        ):
-            if isinstance(val, bool) or not isinstance(val, int):
-                extra = " or 'auto'" if name == "sample" else ""
-                raise TypeError(f"{name} must be an int{extra}, got {type(val).__name__}")
-        if sample < 1:
-            raise ValueError(f"sample must be >= 1 (1: measure every element), got {sample}")
-        if max_abs is None:
-            max_abs = sample == 1 and not auto
-        if sample > 1 and max_abs:
-            raise ValueError("max_abs needs sample=1 (a sample does not see every element)")
-        if sample > 1 and (exact_update or ema_dtype is not None or memory == "low"):
-            raise ValueError(
-                "sample > 1 does not combine with exact_update, ema_dtype or memory='low' "
-                "(a sample small enough for one chunk is measured exactly, in float32, anyway)"
-            )
-        if sketch_dim < 1:
-            raise ValueError(f"sketch_dim must be >= 1, got {sketch_dim}")
-        if chunk_numel < 1:
-            raise ValueError(f"chunk_numel must be >= 1, got {chunk_numel}")
-        if ema_dtype == torch.int8 and chunk_numel % BLOCK:
-            raise ValueError(
-                f"chunk_numel must be a multiple of {BLOCK} with ema_dtype=torch.int8 "
-                f"(whole quantization blocks per chunk), got {chunk_numel}"
-            )
+        o = TapOptions.resolve(
+            ema=ema,
+            noise=noise,
+            sketch_dim=sketch_dim,
+            exact_update=exact_update,
+            seed=seed,
+            chunk_numel=chunk_numel,
+            max_abs=max_abs,
+            ema_dtype=ema_dtype,
+            memory=memory,
+            sample=sample,
+        )
+        ema, chunk_numel, ema_dtype, memory = o.ema, o.chunk_numel, o.ema_dtype, o.memory
+        self.options = o
         self.model = model
         self.ema = ema
-        self.noise = noise
-        self.exact_update = bool(exact_update)
-        self.seed = seed
-        self.sketch_dim = sketch_dim
-        self.sketch_buckets = next_prime(sketch_dim)
+        self.noise = o.noise
+        self.exact_update = o.exact_update
+        self.seed = o.seed
+        self.sketch_dim = o.sketch_dim
+        self.sketch_buckets = next_prime(o.sketch_dim)
         self.chunk_numel = chunk_numel
-        self.max_abs = bool(max_abs)
+        self.max_abs = o.max_abs
         self.memory = memory
-        self.sample = sample  # with "auto": set by ``_layout`` from the model's size
-        self.sample_auto = auto
+        self.sample = o.sample  # with "auto": set by ``_layout`` from the model's size
+        self.sample_auto = o.sample_auto
         # "auto" with memory="low": every element up to one chunk, else a sample of at most
         # one chunk (served from the sample, not from chunks of the whole model)
         self._auto_limits = (chunk_numel, chunk_numel) if memory == "low" else None
