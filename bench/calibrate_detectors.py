@@ -77,6 +77,14 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
+def _longest(res: List[Any], key: str, what: str, name: str, in_use: int) -> None:
+    """Print the longest healthy streak of ``key`` (a LossRegression counter)."""
+    top = sorted(res, key=lambda x: -x[1][key])[:3]
+    print(f"LossRegression: longest healthy streak {what} = {top[0][1][key]}"
+          f" steps ({name} in use: {in_use})")
+    print("  longest:", ", ".join(f"{i} {r[key]}" for i, r in top))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("caches", nargs="+", help="benchmark cache folders (healthy runs are used)")
@@ -98,14 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"NormGrowth: largest healthy growth acceleration = {acc[0][1]['accel_max']:.1f}"
           f" (in use: {norm_growth.ACCEL})")
     print("  largest:", ", ".join(f"{i} {r['accel_max']:.1f}" for i, r in acc))
-    far = sorted(res, key=lambda x: -x[1]["far_max"])[:3]
-    print(f"LossRegression: longest healthy streak far above the best = {far[0][1]['far_max']}"
-          f" steps (HOLD_LONG in use: {loss_regression.HOLD_LONG})")
-    print("  longest:", ", ".join(f"{i} {r['far_max']}" for i, r in far))
-    back = sorted(res, key=lambda x: -x[1]["back_max"])[:3]
-    print(f"LossRegression: longest healthy streak back at the first loss = "
-          f"{back[0][1]['back_max']} steps (HOLD in use: {loss_regression.HOLD})")
-    print("  longest:", ", ".join(f"{i} {r['back_max']}" for i, r in back))
+    _longest(res, "far_max", "far above the best", "HOLD_LONG", loss_regression.HOLD_LONG)
+    _longest(res, "back_max", "back at the first loss", "HOLD", loss_regression.HOLD)
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]

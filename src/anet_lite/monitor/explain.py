@@ -27,6 +27,11 @@ _RECOVERING = {
     "ja": "回復中：この実行に対処しました。損失はインシデント前の水準の {loss_vs_before:.3g} 倍で、"
     "戻りつつあります（戻れば健全に戻ります）。",
 }
+_RECOVERING_NO_LOSS = {
+    "en": "Recovering: an action was taken on this run; healthy again once the loss is back at "
+    "its level before the incident.",
+    "ja": "回復中：この実行に対処しました。損失がインシデント前の水準に戻れば健全に戻ります。",
+}
 _DRIFTING = {
     "en": "Drifting: the training dynamics moved away from the healthy reference "
     "(θ={theta:.2f}); watched, not yet a failure.",
@@ -74,6 +79,8 @@ def explain(snap: Any, lang: str = "en") -> str:
             text = (_SHIFT if ev.get("level_shift") else _DRIFTING)[lang].format_map(ev)
         else:
             words = {"warming_up": _WARMING, "recovering": _RECOVERING}.get(snap.status, _HEALTHY)
+            if words is _RECOVERING and not math.isfinite(ev["loss_vs_before"]):
+                words = _RECOVERING_NO_LOSS  # (no loss window to compare this step)
             text = words[lang].format_map(ev)
         if ev.get("spike"):
             text += _SPIKE[lang].format_map(ev)

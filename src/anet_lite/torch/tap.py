@@ -311,7 +311,6 @@ class GradNoiseTap(ChunkMeasure):
             sample=sample,
         )
         ema, chunk_numel, ema_dtype, memory = o.ema, o.chunk_numel, o.ema_dtype, o.memory
-        self.options = o
         self.model = model
         self.ema = ema
         self.noise = o.noise
