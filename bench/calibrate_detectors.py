@@ -5,13 +5,14 @@
 Replays every healthy run of the given benchmark caches (``generate.py --only healthy
 --seed-offset N --out DIR`` makes more) through each default detector, fed as the
 Monitor feeds them (``Monitor.update`` with loss, grad_norm, step_norm, lr, param_norm),
-and prints per detector: the largest value of its statistic over the healthy runs, the
-healthy runs and steps on which it would alarm, and (for ``LossCusum``) the threshold
-the rule "largest healthy S x 1.1" gives, and how many healthy runs per 50,000 steps
-reach the threshold in use (the target is at most one). The thresholds in
-``src/anet_lite/monitor/detectors/*.py`` are set from this output; a threshold chosen this way
-holds every failure mechanism out of its choice (leave-one-mechanism-out by
-construction).
+and prints per detector (healthy variants that reached NaN/inf anyway are left out):
+the largest value of its statistic over the healthy runs, the healthy runs and steps on
+which it would alarm, and (for ``LossCusum``) the threshold the rule "largest healthy S
+x 1.1" gives, and how many healthy runs per 50,000 steps reach the threshold in use (the
+target is at most one). The thresholds in ``src/anet_lite/monitor/detectors/*.py`` and
+the ``oversized_update`` ratio (``monitor/_rules.py``) are set from this output; a
+threshold chosen this way holds every failure mechanism out of its choice
+(leave-one-mechanism-out by construction).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "det
 import score
 
 from anet_lite import Monitor
+from anet_lite.monitor import _rules
 from anet_lite.monitor.detectors import loss_cusum, loss_regression, norm_growth
 
 
@@ -37,7 +39,7 @@ def healthy_runs(cache: str) -> List[Dict[str, Any]]:
     return [
         {"id": m["run_id"], "rows": score.load_run(os.path.join(cache, m["file"]))}
         for m in runs
-        if m.get("kind") == "healthy"
+        if m.get("kind") == "healthy" and m.get("first_nonfinite") is None
     ]
 
 
@@ -47,6 +49,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     ng = next(d for d in m.detectors if d.name == "norm_growth")
     lr_ = next(d for d in m.detectors if d.name == "loss_regression")
     s_max, accel_max, far_max, back_max, alarms = 0.0, 0.0, 0, 0, {}
+    first_max = 0  # longest streak >= BLOWUP x the first loss
+    over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -57,8 +61,14 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             param_norm=r["param_norm"],
         )
         s_max = max(s_max, cus.s)
+        ev = snap.evidence
+        held = m.shift_x is not None or m.t < m.grace_until  # (waits there: _rules)
+        big = ev.get("rel_update", 0.0) >= m.max_rel_update
+        if big and not held and not m._loss_accounts_for(math.log(ev.get("update_ratio", 1.0))):
+            over_x = max(over_x, ev.get("update_ratio", 0.0))
         far_max = max(far_max, lr_.far)
         back_max = max(back_max, lr_.back)
+        first_max = max(first_max, lr_.over_first)
         h = ng.hist
         if ng.n > 2 * norm_growth.SPAN and len(h) == h.maxlen:
             rate = (h[-1] - h[0]) / norm_growth.SPAN
@@ -72,6 +82,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "accel_max": accel_max,
         "far_max": far_max,
         "back_max": back_max,
+        "over_x": over_x,
+        "first_max": first_max,
         "alarms": alarms,
         "steps": len(rows),
     }
@@ -108,6 +120,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("  largest:", ", ".join(f"{i} {r['accel_max']:.1f}" for i, r in acc))
     _longest(res, "far_max", "far above the best", "HOLD_LONG", loss_regression.HOLD_LONG)
     _longest(res, "back_max", "back at the first loss", "HOLD", loss_regression.HOLD)
+    _longest(res, "first_max", "10x the first loss", "FIRST_STEPS", loss_regression.FIRST_STEPS)
+    ov = sorted(res, key=lambda x: -x[1]["over_x"])[:3]
+    print(f"oversized_update: largest healthy update ratio of an update >= max_rel_update x"
+          f" ||theta|| = {ov[0][1]['over_x']:.1f} (in use: {math.exp(_rules.OVERSIZED_X):.0f})")
+    print("  largest:", ", ".join(f"{i} {r['over_x']:.1f}" for i, r in ov))
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]

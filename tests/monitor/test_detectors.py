@@ -108,6 +108,19 @@ def test_a_loss_ten_times_its_best_for_ten_steps_is_never_a_spike():
     assert found[200 + 8] is None and found[200 + 9] is not None  # the 10th step
 
 
+def test_a_loss_ten_times_its_first_for_three_steps_is_a_blowup_two_steps_are_not():
+    base = _noisy_decay(100, seed=5)
+    x0 = base[0] + 0.5  # (the _view floor)
+    for k, alarm in ((2, False), (3, True)):
+        jump = [12.0 * x0] * k + base[-20:]
+        found = _feed(LossRegression(), base + jump)
+        hits = [(i, f) for i, f in enumerate(found) if f is not None]
+        assert bool(hits) is alarm
+        if alarm:
+            assert hits[0][0] == 100 + 2 and hits[0][1].cause == "loss_blowup"
+            assert hits[0][1].evidence["first_ratio"] >= 10.0
+
+
 def test_a_run_that_learned_and_climbs_back_is_reported_within_bounded_steps():
     down = [2.3 * math.exp(-t / 30) + 0.3 for t in range(200)]  # learns to ~0.3
     back = [0.3 + 2.0 * (1 - math.exp(-k / 40)) for k in range(200)]  # drifts back to ~2.3

@@ -59,8 +59,10 @@ class Monitor(MonitorRules):
                            one-step ratios to the baseline that alarm at once, if also
                            4 robust sigmas above the run's own jitter [x]
       max_rel_update       one update larger than this fraction of the parameters' norm
-                           (step_norm / param_norm) alarms at once, from the first step:
-                           no baseline needed [fraction of ||θ||]
+                           (step_norm / param_norm) alarms at once when it is also out of
+                           character: >= 20x the run's update level, or (before that level
+                           exists, from the second update) not smaller than the update
+                           before it [fraction of ||θ||]
       grad_growth          gradient level (window vs. baseline) that is a precursor [x]
       lr_jump              lr above this multiple of the largest earlier lr: a bug [x]
       lr_ramp              lr above this multiple of the schedule's peak after warm-up [x]
@@ -200,6 +202,7 @@ class Monitor(MonitorRules):
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
         self.ur_prev = self.gr_prev = math.inf  # last step's update / gradient ratio
         self.grow = 0  # steps in a row with both ratios above the step before
+        self.rel_prev = math.inf  # last update / parameter norm (inf: none yet)
         self.recover_t = None  # step count when an action was taken (recovering since)
         self.recover_ref = None  # the loss level (reading scale) it must come back to
         self.recover_level = None  # the loss level before the incident (reading scale)

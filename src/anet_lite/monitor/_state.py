@@ -34,6 +34,7 @@ _SCALARS = (
     "ur_prev",
     "gr_prev",
     "grow",
+    "rel_prev",
     "dead",
     "lr_prev",
     "lr_max",
@@ -105,7 +106,7 @@ def _dump(m: Any) -> Dict[str, Any]:
 # gradient-and-update growth streak.
 _NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent")
 _NEW_IN_6 = ("shift_bad",)
-_NEW_IN_7 = ("gr_prev", "grow")
+_NEW_IN_7 = ("gr_prev", "grow", "rel_prev")
 
 
 def load(m: Any, st: Dict[str, Any]) -> None:

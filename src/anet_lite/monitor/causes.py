@@ -205,8 +205,8 @@ _ALL = (
         "precursor",
         "rollback",
         ("the loss an order of magnitude above its best", "損失が最良水準の 10 倍以上"),
-        en=("The loss has stood at {best_ratio:.3g}x its best level for 10 steps and more — far beyond any spike: training has diverged{nums}.", "Roll back to the last healthy state and lower the learning rate; check the data and the loss scale."),
-        ja=("損失が最良水準の {best_ratio:.3g} 倍に 10 ステップ以上とどまっています。スパイクではなく、学習は発散しています{nums}。", "最後の健全な状態へロールバックし、学習率を下げてください。データと損失スケールを確認してください。"),
+        en=("The loss has stood an order of magnitude above where the run has been ({best_ratio:.3g}x its best level, {first_ratio:.3g}x its first loss) for {blow_steps} steps — far beyond any spike: training has diverged{nums}.", "Roll back to the last healthy state and lower the learning rate; check the data and the loss scale."),
+        ja=("損失がこれまでの水準より一桁以上高い状態（最良水準の {best_ratio:.3g} 倍、最初の損失の {first_ratio:.3g} 倍）が {blow_steps} ステップ続いています。スパイクではなく、学習は発散しています{nums}。", "最後の健全な状態へロールバックし、学習率を下げてください。データと損失スケールを確認してください。"),
     ),
     _c(
         "runaway_weights",

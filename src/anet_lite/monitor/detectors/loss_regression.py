@@ -6,6 +6,11 @@ Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, s
   its best smoothed level, or its first loss (since the last restart), for
   ``BLOWUP_STEPS`` steps in a row. A healthy run's loss never stands an order of
   magnitude above where it has been: this is never a "spike".
+  Or at least ``BLOWUP`` x its first loss for ``FIRST_STEPS`` (3) steps in a row: the
+  untrained model's loss is the natural scale of a loss (chance for a classifier), and a
+  network 10x worse than untrained is saturated, confidently wrong. The longest healthy
+  streak there is 1 step (448 calibration runs; a curriculum's new data reaches 6.5x the
+  first loss for 3 steps, the real public logs 2.2x).
 * ``regression``: the smoothed loss at least ``FAR`` x (2x) its best level (a run that
   had learned: its best is below its first loss) for ``HOLD`` steps while not falling
   (not below where it was ``BACK`` steps before), or for ``HOLD_LONG`` (60) steps
@@ -38,6 +43,7 @@ BACK = 10  # 'not falling': the smoothed level now >= BACK steps ago
 HOLD_LONG = 60  # 1.1 x the longest healthy streak far above the best (53, curricula)
 BLOWUP = math.log(10.0)
 BLOWUP_STEPS = 10
+FIRST_STEPS = 3  # steps in a row >= BLOWUP x the first loss
 LEARNED = math.log(1.25)  # the best level is this far below the first loss: it had learned
 START = 5  # steps before the best level is tracked
 
@@ -46,7 +52,7 @@ class LossRegression(Detector):
     """A sustained return far above the best level ("regression", "loss_blowup")."""
 
     name = "loss_regression"
-    STATE = ("n", "x_first", "sm", "best", "far", "blow", "back", "hist")
+    STATE = ("n", "x_first", "sm", "best", "far", "blow", "over_first", "back", "hist")
 
     def reset(self) -> None:
         self.n = 0
@@ -55,6 +61,7 @@ class LossRegression(Detector):
         self.best = math.inf
         self.far = 0  # steps in a row with the smoothed level >= FAR above best
         self.blow = 0  # steps in a row with the loss >= BLOWUP above best
+        self.over_first = 0  # steps in a row with the loss >= BLOWUP above the first
         self.back = 0  # steps in a row with the smoothed loss back at the first loss
         self.hist: Deque[float] = deque(maxlen=BACK + 1)
 
@@ -84,16 +91,24 @@ class LossRegression(Detector):
         # that blew up at its first steps never had a best level below it)
         low = min(self.best, self.x_first)
         self.blow = self.blow + 1 if x - low >= BLOWUP else 0
-        if not finite(self.best):
-            return None
-        up = self.sm - self.best
-        learned = self.best <= self.x_first - LEARNED
-        self.far = self.far + 1 if up >= FAR and learned else 0
-        self.back = self.back + 1 if learned and self.sm >= self.x_first else 0
-        ev = {"best_ratio": math.exp(min(x - self.best, 700.0)), "far_steps": self.far}
-        if self.blow >= BLOWUP_STEPS:
+        self.over_first = self.over_first + 1 if x - self.x_first >= BLOWUP else 0
+        known = finite(self.best)
+        if known:
+            learned = self.best <= self.x_first - LEARNED
+            self.far = self.far + 1 if self.sm - self.best >= FAR and learned else 0
+            self.back = self.back + 1 if learned and self.sm >= self.x_first else 0
+        ev = {
+            "best_ratio": math.exp(min(x - low, 700.0)),
+            "first_ratio": math.exp(min(x - self.x_first, 700.0)),
+            "far_steps": self.far,
+        }
+        if self.blow >= BLOWUP_STEPS or self.over_first >= FIRST_STEPS:
+            ev["blow_steps"] = max(self.blow, self.over_first)
             return Finding(self.name, "loss_blowup", "precursor", ev)
+        if not known:
+            return None
         rising = len(self.hist) == self.hist.maxlen and self.sm >= self.hist[0]
         if self.far >= HOLD_LONG or (self.far >= HOLD and rising) or self.back >= HOLD:
             return Finding(self.name, "regression", "precursor", ev)
         return None
+
