@@ -508,6 +508,19 @@ def test_an_oversized_update_alarms_only_when_out_of_character():
     assert s.alert and s.evidence["cause"] == "oversized_update"
 
 
+
+def test_strict_start_judges_the_first_updates_by_their_size_alone():
+    # an optimizer that takes no inflated first steps (Adam, SGD): 30 % of the weights at
+    # the first update is a learning rate far too high, shrinking or not
+    snaps = _updates(Monitor(strict_start=True), [0.3, 0.21, 0.12])
+    assert snaps[0].alert and snaps[0].evidence["cause"] == "oversized_update"
+    assert not any(s.alert for s in _updates(Monitor(strict_start=True), [0.05, 0.04, 0.03]))
+    # once the run has an update level, the same rule as without it
+    m = Monitor(strict_start=True)
+    _updates(m, [0.01] * 60)
+    assert not _updates(m, [0.11], start=60)[0].alert
+
+
 def _jump_at_300(to: float, n: int = 330):
     """A healthy stream whose loss jumps to ``to`` x its first loss at step 300 and stays
     there (gradient x50 with it), read with a small loss floor so that 3x the first

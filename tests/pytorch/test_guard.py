@@ -74,6 +74,27 @@ def test_a_too_high_lr_from_step_0_is_slowed_down_by_the_size_of_the_update():
     assert tail(guarded) < tail(broken) - 0.3
 
 
+def test_rmsprop_inflated_first_updates_are_not_slowed_down():
+    # RMSprop at its default lr (0.01): its first update moves the weights by ~30 % of
+    # their norm (no bias correction of its second moment), then less at every step. The
+    # Guard knows its optimizer: no action; AdamW's first updates that large are (above).
+    model = char_mlp()
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.01)
+    g = Guard(model, opt, on_error="raise")
+    assert g.monitor.strict_start is False
+    assert Guard(char_mlp(), torch.optim.AdamW(model.parameters())).monitor.strict_start
+    rels = []
+    for x, y in batches(150):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        g.observe(loss)
+        rels.append(g.last.evidence.get("rel_update"))
+        opt.step()
+        opt.zero_grad()
+    first = next(r for r in rels if r is not None)
+    assert first > 0.2 and not g.actions
+
+
 def _one_step(model, opt, guard, x, y):
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()

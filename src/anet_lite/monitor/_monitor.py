@@ -63,6 +63,13 @@ class Monitor(MonitorRules):
                            character: >= 20x the run's update level, or (before that level
                            exists, from the second update) not smaller than the update
                            before it [fraction of ||θ||]
+      strict_start         True: the optimizer's first updates are not inflated (Adam and
+                           its kin correct their moments' bias; SGD): an update >=
+                           max_rel_update alarms from the first update, before the run has
+                           an update level. None/False (default, the optimizer unknown):
+                           there it alarms only if it does not shrink, as RMSprop's and
+                           Adagrad's inflated first updates do. The Guard sets it from its
+                           optimizer when left None
       grad_growth          gradient level (window vs. baseline) that is a precursor [x]
       lr_jump              lr above this multiple of the largest earlier lr: a bug [x]
       lr_ramp              lr above this multiple of the schedule's peak after warm-up [x]
@@ -101,6 +108,7 @@ class Monitor(MonitorRules):
         severe_grad: float = 200.0,
         severe_update: float = 30.0,
         max_rel_update: float = 0.1,
+        strict_start: Optional[bool] = None,
         grad_growth: float = 3.0,
         co_rise: float = 2.0,
         lr_jump: float = 3.0,
@@ -132,6 +140,7 @@ class Monitor(MonitorRules):
         self.severe_grad = math.log(positive(severe_grad, "severe_grad"))
         self.severe_update = math.log(positive(severe_update, "severe_update"))
         self.max_rel_update = positive(max_rel_update, "max_rel_update")
+        self.strict_start = strict_start
         self.grad_growth = math.log(positive(grad_growth, "grad_growth"))
         self.co_rise_x = positive(co_rise, "co_rise")
         self.lr_jump = positive(lr_jump, "lr_jump")

@@ -40,13 +40,13 @@ GROW_STEPS = 4
 GROW_X = 5.0
 # An update >= max_rel_update x ||theta|| alarms only when it is also out of character for
 # the run: >= OVERSIZED_X x the run's own (lr-normalised) update level, or, before that
-# level exists, not smaller than the update before it. An optimizer's start-up transient
-# (RMSprop's uncorrected second moment, plain SGD's first large gradients) shrinks step by
-# step, and a high but stable lr keeps its own size; a bug (a weight-decay or loss-scale
-# factor, a too-high lr diverging from step 0) jumps or grows. A jump the loss accounts
-# for (its raw loss rose as much: a hard batch under RMSprop's decayed second moment) is
-# the batch's doing, as for the one-step rules. Healthy calibration runs
-# (bench/calibrate_detectors.py, 448 runs, 189,400 steps) reach 13.3x otherwise.
+# level exists, not smaller than the update before it (``strict_start``: at once). A
+# start-up transient (RMSprop's uncorrected second moment, plain SGD's first large
+# gradients) shrinks step by step, and a high but stable lr keeps its own size; a bug (a
+# weight-decay or loss-scale factor, a too-high lr diverging from step 0) jumps or grows.
+# A jump the loss accounts for (its raw loss rose as much: a hard batch under RMSprop's
+# decayed second moment) is the batch's doing, as for the one-step rules. Healthy
+# calibration runs (bench/calibrate_detectors.py, 448 runs, 189,400 steps) reach 13.3x.
 OVERSIZED_X = math.log(20.0)
 EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms even if the loss
 # accounts for it (a garbage batch's 1e4x gradient must be skipped whatever its loss did)
@@ -215,11 +215,11 @@ class MonitorRules(CoherenceRules):
                 self.rel_prev = rel
                 ev["rel_update"] = rel
                 # (no level yet, from the first update or a declared change on: judged
-                # against the update before)
+                # against the update before, unless the optimizer takes no inflated steps)
                 jumped = (
                     ud >= OVERSIZED_X and not self._loss_accounts_for(ud)
                     if ud == ud
-                    else rel >= rel_prev
+                    else bool(self.strict_start) or rel >= rel_prev
                 )
                 if rel >= self.max_rel_update:
                     ev["rel_update_limit"] = self.max_rel_update  # (sizes the slow-down)

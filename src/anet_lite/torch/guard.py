@@ -220,6 +220,8 @@ class Guard:
             raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.monitor = monitor if monitor is not None else Monitor()
+        if getattr(self.monitor, "strict_start", False) is None:
+            self.monitor.strict_start = _uninflated_start(optimizer)
         self.tap = (
             tap
             if tap is not None
@@ -978,6 +980,23 @@ class Guard:
         self._cap_lifts = int(state.get("cap_lifts", 0))
         clipped = state.get("clipped_at")
         self.clipped_at = None if clipped is None else float(clipped)
+
+
+# Optimizers whose first updates are no larger than later ones at the same lr: SGD, and
+# the Adam family (bias-corrected moments). RMSprop, Adagrad and Adadelta start from a
+# zero second moment without correction (RMSprop's first step is 1 / sqrt(1 - alpha) = 10x
+# its later size), and an unknown optimizer may too.
+_UNINFLATED = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax")
+
+
+def _uninflated_start(optimizer: Any) -> bool:
+    """True when ``optimizer`` is one whose first updates are not inflated (Monitor
+    ``strict_start``): an update >= 10 % of the weights' norm then alarms from step 1."""
+    return any(
+        getattr(torch.optim, name, None) is not None
+        and isinstance(optimizer, getattr(torch.optim, name))
+        for name in _UNINFLATED
+    )
 
 
 def _plain(ev: dict) -> dict:
