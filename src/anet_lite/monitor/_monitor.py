@@ -65,8 +65,8 @@ class Monitor(MonitorRules):
                            before it [fraction of ||θ||]
       strict_start         True: the optimizer's first updates are not inflated (Adam and
                            its kin correct their moments' bias; SGD): an update >=
-                           max_rel_update alarms from the first update, before the run has
-                           an update level. None/False (default, the optimizer unknown):
+                           max_rel_update alarms from the first update until the run has
+                           made one below it. None/False (default, the optimizer unknown):
                            there it alarms only if it does not shrink, as RMSprop's and
                            Adagrad's inflated first updates do. The Guard sets it from its
                            optimizer when left None
@@ -212,6 +212,7 @@ class Monitor(MonitorRules):
         self.ur_prev = self.gr_prev = math.inf  # last step's update / gradient ratio
         self.grow = 0  # steps in a row with both ratios above the step before
         self.rel_prev = math.inf  # last update / parameter norm (inf: none yet)
+        self.rel_calm = False  # an update below max_rel_update x ||theta|| was seen
         self.recover_t = None  # step count when an action was taken (recovering since)
         self.recover_ref = None  # the loss level (reading scale) it must come back to
         self.recover_level = None  # the loss level before the incident (reading scale)

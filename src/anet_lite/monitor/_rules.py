@@ -40,10 +40,11 @@ GROW_STEPS = 4
 GROW_X = 5.0
 # An update >= max_rel_update x ||theta|| alarms only when it is also out of character for
 # the run: >= OVERSIZED_X x the run's own (lr-normalised) update level, or, before that
-# level exists, not smaller than the update before it (``strict_start``: at once). A
-# start-up transient (RMSprop's uncorrected second moment, plain SGD's first large
-# gradients) shrinks step by step, and a high but stable lr keeps its own size; a bug (a
-# weight-decay or loss-scale factor, a too-high lr diverging from step 0) jumps or grows.
+# level exists, not smaller than the update before it (``strict_start``: at once, until
+# an update below the limit). A start-up transient (RMSprop's uncorrected second moment,
+# plain SGD's first large gradients) shrinks step by step, and a high but stable lr keeps
+# its own size; a bug (a weight-decay or loss-scale factor, a too-high lr diverging from
+# step 0) jumps or grows.
 # A jump the loss accounts for (its raw loss rose as much: a hard batch under RMSprop's
 # decayed second moment) is the batch's doing, as for the one-step rules. Healthy
 # calibration runs (bench/calibrate_detectors.py, 448 runs, 189,400 steps) reach 13.3x.
@@ -214,13 +215,17 @@ class MonitorRules(CoherenceRules):
                 rel, rel_prev = S / P, self.rel_prev
                 self.rel_prev = rel
                 ev["rel_update"] = rel
-                # (no level yet, from the first update or a declared change on: judged
-                # against the update before, unless the optimizer takes no inflated steps)
-                jumped = (
-                    ud >= OVERSIZED_X and not self._loss_accounts_for(ud)
-                    if ud == ud
-                    else bool(self.strict_start) or rel >= rel_prev
-                )
+                # strict_start: oversized until the run has made an update below the
+                # limit (a level learned from oversized updates is no reference); else
+                # before a level exists (the first updates, after a declared change):
+                # judged against the update before
+                self.rel_calm = self.rel_calm or rel < self.max_rel_update
+                if self.strict_start and not self.rel_calm:
+                    jumped = True
+                elif ud == ud:
+                    jumped = ud >= OVERSIZED_X and not self._loss_accounts_for(ud)
+                else:
+                    jumped = rel >= rel_prev
                 if rel >= self.max_rel_update:
                     ev["rel_update_limit"] = self.max_rel_update  # (sizes the slow-down)
                     # in a level shift (SGD: the update jumps with the gradient) or in

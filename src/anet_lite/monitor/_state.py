@@ -35,6 +35,7 @@ _SCALARS = (
     "gr_prev",
     "grow",
     "rel_prev",
+    "rel_calm",
     "dead",
     "lr_prev",
     "lr_max",
@@ -106,7 +107,7 @@ def _dump(m: Any) -> Dict[str, Any]:
 # gradient-and-update growth streak.
 _NEW_IN_4 = ("coherent", "climb", "climb_devs", "climb_ur", "cos_base", "cos_recent")
 _NEW_IN_6 = ("shift_bad",)
-_NEW_IN_7 = ("gr_prev", "grow", "rel_prev")
+_NEW_IN_7 = ("gr_prev", "grow", "rel_prev", "rel_calm")
 
 
 def load(m: Any, st: Dict[str, Any]) -> None:
