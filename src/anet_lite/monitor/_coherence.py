@@ -34,21 +34,30 @@ SURGE_GRAD = 5.0  # without the lift: the gradient >= this x its level, rising 3
 # the run's median cos, the loss past its gate: going uphill even while the batch loss
 # still wobbles (a sign bug under momentum: the loss lags the optimizer by a step or two).
 CO_ASCENT = 2
+_ABSENT = object()  # (an argument not given)
+_isfinite = math.isfinite
 
 
 class CoherenceRules:
     """Processivity cos(−g, Δθ): gate gradient growth on coherent updates; going uphill."""
 
-    def _coherence(self, c: Any, ev: Dict[str, Any]) -> None:
+    def _coherence(self, c: Any, ev: Dict[str, Any], gr: Any = _ABSENT, ur: Any = _ABSENT) -> None:
         """Processivity: gate gradient growth on coherent updates; detect going uphill.
         Loss, gradient and update compounding (``_surge``; also the 4-step growth streak in
-        ``MonitorRules._grad_signals``) is watched with or without it."""
-        lift = self._cos_lift(c)
+        ``MonitorRules._grad_signals``) is watched with or without it. ``gr``, ``ur``: this
+        step's evidence "grad_ratio" and "update_ratio" (None: absent), when the caller
+        has them at hand (else read from ``ev``)."""
+        lift = None if c is None else self._cos_lift(c)
         if lift is not None:
             ev["proc_lift"] = lift
-        gr, ur, dev = ev.get("grad_ratio"), ev.get("update_ratio"), ev.get("loss_dev")
+        if gr is _ABSENT:
+            gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
+        dev = ev.get("loss_dev")
         now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
-        surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
+        if now is None and not self.surge_hist:
+            surge = ""  # (what _surge returns then, without the call)
+        else:
+            surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
         if surge == "compounding":
             ev["compounding"] = True  # (Monitor._update reads it: cause "divergence")
         if lift is None:
@@ -83,14 +92,17 @@ class CoherenceRules:
     def _cos_lift(self, c: Any) -> Any:
         """Record this step's cos; its recent mean's lift over the median, or None while
         the cos carries no information (absent, no baseline yet, or plain SGD's ~1)."""
-        if c is None or not math.isfinite(c):
+        if c is None or not _isfinite(c):
             return None
-        c = max(-1.0, min(1.0, c))
+        if c > 1.0:  # (max(-1.0, min(1.0, c)) written out: the hot path)
+            c = 1.0
+        elif c < -1.0:
+            c = -1.0
         rec = self.cos_recent
-        if len(rec) == rec.maxlen:
-            self.cos_base.push(rec[0])
-        rec.append(c)
         cb = self.cos_base
+        if len(rec) == COS_RECENT:  # (its maxlen)
+            cb.push(rec[0])
+        rec.append(c)
         if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
             return None
         return sum(rec) / len(rec) - cb.center

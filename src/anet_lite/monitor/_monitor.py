@@ -22,7 +22,7 @@ from ..metrics import Z_CAP
 from ..verdict import Snapshot, make_snapshot
 from ._coherence import CLIMB_STEPS, COS_RECENT
 from ._rules import RISE_PZ, MonitorRules
-from ._signals import Signals, read_inputs
+from ._signals import Signals, read_inputs, read_lenient
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
 from .detectors import DEFAULT as _DEFAULT_DETECTORS
 from .detectors import View
@@ -36,6 +36,7 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 
 _INF, _NAN = math.inf, math.nan
+_mlog = math.log
 _log = logging.getLogger("anet_lite")
 
 
@@ -138,6 +139,8 @@ class Monitor(MonitorRules):
         self.drift_persist = int(positive(drift_persist, "drift_persist", integer=True))
         self.loss_gate = float(loss_gate)
         self._base_len = max(4 * self.n, 16)
+        self._n3 = min(self.n, 3)  # samples a recent window needs for a level
+        self._sdot_every = max(16, self.window // 2)  # steps between Ṡ refreshes
         self.grace = int(grace) if grace is not None else self._base_len + self.n
         if not isinstance(declared, bool):
             raise TypeError(f"declared must be True or False, got {declared!r}")
@@ -276,19 +279,37 @@ class Monitor(MonitorRules):
         Accepts Python floats, NumPy scalars and 0-d tensors. Bad types raise TypeError at
         the first call only; afterwards no input makes ``update`` raise.
         """
-        sig = read_inputs(
-            loss,
-            step,
-            grad_norm,
-            step_norm,
-            noise,
-            lr,
-            time,
-            param_norm,
-            processivity,
-            strict=not self.checked,
-        )
-        self.checked = True
+        if self.checked:  # (read_inputs(..., strict=False), inlined: the hot path)
+            try:  # fast path: everything converts
+                sig = Signals(
+                    float(loss),
+                    None if step is None else int(step),
+                    None if grad_norm is None else float(grad_norm),
+                    None if step_norm is None else float(step_norm),
+                    None if noise is None else float(noise),
+                    None if lr is None else float(lr),
+                    None if time is None else float(time),
+                    None if param_norm is None else float(param_norm),
+                    None if processivity is None else float(processivity),
+                )
+            except Exception:
+                sig = read_lenient(
+                    loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity
+                )
+        else:
+            sig = read_inputs(
+                loss,
+                step,
+                grad_norm,
+                step_norm,
+                noise,
+                lr,
+                time,
+                param_norm,
+                processivity,
+                strict=True,
+            )
+            self.checked = True
         try:
             snap = self._update(sig)
         except Exception as exc:
@@ -367,14 +388,18 @@ class Monitor(MonitorRules):
         if grace:
             ev["grace"] = True
         proc = self.proc.value()
-        ft = self.w_s * self.sdot + self.w_p * proc
-        ev.update(theta=self.theta, sdot=self.sdot, proc=proc, f_total=ft, precursor_z=pz)
+        theta, sdot = self.theta, self.sdot
+        ft = self.w_s * sdot + self.w_p * proc
+        # (one assignment per key, in this order: what ev.update(theta=..., ...) did)
+        ev["theta"] = theta
+        ev["sdot"] = sdot
+        ev["proc"] = proc
+        ev["f_total"] = ft
+        ev["precursor_z"] = pz
         self.last_status = status
         step = s.step if s.step is not None else self.t
-        precursor = status in ("precursor", "collapsed")
-        return make_snapshot(
-            self.theta, self.sdot, proc, ft, precursor, pz, step, status, bool(cause), ev
-        )
+        precursor = status == "precursor" or status == "collapsed"
+        return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, bool(cause), ev)
 
     def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
         """Loss, gradient and update levels, and the noise fingerprint; returns (the
@@ -445,7 +470,9 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        view = View(self.x_now, self.log_space, _log_or_nan(s.param_norm), restart)
+        p = s.param_norm  # (_log_or_nan, inlined)
+        lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN
+        view = View(self.x_now, self.log_space, lp, restart)
         found = None
         for det in self.detectors:
             f = det.update(view)
