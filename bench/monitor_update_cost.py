@@ -4,8 +4,9 @@
 
 Replays the first ``--runs`` runs of the detection benchmark's cache (real CPU training
 runs: loss, grad_norm, update_norm, param_norm, processivity, noise, lr, time) through a
-fresh Monitor each, ``--rounds`` times, and prints the median wall time per update. To
-compare two versions of the code, run it with each on PYTHONPATH in turns.
+fresh Monitor each, ``--rounds`` times, and prints the median wall time per update (and the
+fastest round: on a shared machine the least disturbed). To compare two versions of the
+code, run it with each on PYTHONPATH in turns.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def main() -> int:
     a = ap.parse_args()
     rows = _rows(a.runs)
     us = [_one_round(rows) for _ in range(a.rounds)]
-    print(f"{statistics.median(us):.1f} us per update (rounds: {', '.join(f'{u:.1f}' for u in us)};"
-          f" {sum(len(r) for r in rows)} updates per round)")
+    print(
+        f"{statistics.median(us):.1f} us per update, median (fastest {min(us):.1f}; rounds: "
+        f"{', '.join(f'{u:.1f}' for u in us)}; {sum(len(r) for r in rows)} updates per round)"
+    )
     return 0
 
 

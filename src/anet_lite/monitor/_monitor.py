@@ -19,7 +19,7 @@ import numpy as np
 from .. import fingerprint as _fp
 from .._validate import positive
 from ..metrics import Z_CAP
-from ..verdict import Snapshot, make_snapshot
+from ..verdict import Snapshot
 from ._coherence import CLIMB_STEPS, COS_RECENT
 from ._rules import RISE_PZ, MonitorRules
 from ._signals import Signals, read_inputs, read_lenient
@@ -37,6 +37,7 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 _INF, _NAN = math.inf, math.nan
 _mlog = math.log
+_new = object.__new__
 _log = logging.getLogger("anet_lite")
 
 
@@ -398,8 +399,20 @@ class Monitor(MonitorRules):
         ev["precursor_z"] = pz
         self.last_status = status
         step = s.step if s.step is not None else self.t
-        precursor = status == "precursor" or status == "collapsed"
-        return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, bool(cause), ev)
+        # (make_snapshot, inlined: the fields in the dataclass's order)
+        snap = _new(Snapshot)
+        d = snap.__dict__
+        d["theta"] = theta
+        d["sdot"] = sdot
+        d["proc"] = proc
+        d["f_total"] = ft
+        d["precursor"] = status == "precursor" or status == "collapsed"
+        d["zscore"] = pz
+        d["step"] = step
+        d["status"] = status
+        d["alert"] = bool(cause)
+        d["evidence"] = ev
+        return snap
 
     def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
         """Loss, gradient and update levels, and the noise fingerprint; returns (the
@@ -422,7 +435,8 @@ class Monitor(MonitorRules):
     ) -> Any:
         """The rules in order of precedence; returns (cause or "", status). The first rung
         that holds decides; the detectors (``_detect``) speak only where none alarmed."""
-        ready = self.loss_base.ready and self.t > min(self.warmup, 2 * self._base_len)
+        w, b2 = self.warmup, 2 * self._base_len
+        ready = self.loss_base.ready and self.t > (b2 if b2 < w else w)  # (min(w, b2))
         judge = ready and not grace
         cause = ev.pop("severe", "")
         if not math.isfinite(s.loss) or not finite_grad:
@@ -439,7 +453,8 @@ class Monitor(MonitorRules):
             return "ascent", "precursor"
         if judge and ev.get("compounding"):
             return "divergence", "precursor"  # (checked the loss gate itself)
-        if judge and max(self.grad_hot, self.co_hot) >= self.persist and self.coherent:
+        persist = self.persist
+        if judge and (self.grad_hot >= persist or self.co_hot >= persist) and self.coherent:
             return "grad_growth", "precursor"  # sustained, so not gated by the loss level
         # A rise that leaves the loss far below where the run started is not a collapse
         # precursor (a near-perfect classifier's rare hard batches): the loss-window rules

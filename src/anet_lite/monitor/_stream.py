@@ -114,13 +114,16 @@ class RecentWindow:
             maxq.pop()
         maxq.append((seq, x))
         if t is not None and self.seconds is not None:
+            n = self.n
+            if len(items) <= n:
+                return _NONE  # (nothing can leave: the loop below would not start)
             out: List[float] = []
             horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
             # at least n samples stay, whatever the step time (slow steps: the window in
             # seconds would otherwise hold one step and the precursor go dead)
-            while len(items) > self.n and (t - items[0][1] >= horizon or len(items) > self.cap):
+            while len(items) > n and (t - items[0][1] >= horizon or len(items) > self.cap):
                 out.append(self._pop())
-            return out
+            return out if out else _NONE
         if len(items) > self.n:  # count mode: at most one sample leaves per push
             first, _, old = items.popleft()  # (= self._pop(), inlined: the hot path)
             self.total -= old
