@@ -110,7 +110,12 @@ def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     scale = max(float(np.abs(prev).max()), float(np.abs(last).max()))
     if not (hi - lo > 1e-10 * scale and hi - lo > 1e-300):  # flat up to rounding
         return 0.0
-    edges = np.linspace(lo, hi, bins + 1)
+    # = np.linspace(lo, hi, bins + 1), its steps without its wrapper: i * step + lo, the
+    # last edge hi (step > 0 here: hi - lo > 1e-300, so linspace's step-0 branch is moot)
+    edges = np.arange(bins + 1, dtype=np.float64)
+    edges *= (hi - lo) / bins
+    edges += lo
+    edges[-1] = hi
     # one searchsorted over both windows (the same bins as two separate calls); the
     # index clipped to 0..bins-1 in place (np.clip's wrapper costs more than the work)
     idx = np.searchsorted(edges, np.concatenate((r_prev, r_last)), side="right")

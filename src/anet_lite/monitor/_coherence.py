@@ -54,8 +54,12 @@ class CoherenceRules:
             gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
         dev = ev.get("loss_dev")
         now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
-        if now is None and not self.surge_hist:
+        hist = self.surge_hist
+        if now is None and not hist:
             surge = ""  # (what _surge returns then, without the call)
+        elif now is not None and (len(hist) < 2 or not dev >= SURGE_DEV):  # (NaN-exact)
+            hist.append(now)  # (likewise: no surge possible, the step is only recorded)
+            surge = ""
         else:
             surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
         if surge == "compounding":

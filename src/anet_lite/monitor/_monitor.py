@@ -38,6 +38,8 @@ def _log_or_nan(x: Optional[float]) -> float:
 _INF, _NAN = math.inf, math.nan
 _mlog = math.log
 _new = object.__new__
+_tuple_new = tuple.__new__
+_isfinite = math.isfinite
 _log = logging.getLogger("anet_lite")
 
 
@@ -376,7 +378,19 @@ class Monitor(MonitorRules):
         marked = self.pending_mark is not None
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
-        pz, finite_grad = self._measure(s, ev, grace)
+        # measure: loss, gradient and update levels, and the noise fingerprint
+        self.x_now = _NAN
+        L = s.loss
+        if _isfinite(L):
+            pz = self._loss_signals(s, ev)
+        else:  # (no loss level to compare this step's jumps with)
+            pz, self.jump_ref, self.loss_win_x = Z_CAP, None, _NAN
+        finite_grad = self._grad_signals(s, ev)
+        v = s.noise if s.noise is not None else s.grad_norm
+        if v is None and _isfinite(L):
+            v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
+        if v is not None and _isfinite(v) and self.fp.push(v) is not None:
+            self._refresh_theta(grace)
         cause, status = self._ladder(s, ev, pz, grace, finite_grad)
         restart = marked or event == "lr_restart"
         cause, status = self._detect(s, ev, cause, status, restart)
@@ -413,22 +427,6 @@ class Monitor(MonitorRules):
         d["alert"] = bool(cause)
         d["evidence"] = ev
         return snap
-
-    def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
-        """Loss, gradient and update levels, and the noise fingerprint; returns (the
-        precursor z, whether the gradient norm was finite)."""
-        self.x_now = math.nan
-        if math.isfinite(s.loss):
-            pz = self._loss_signals(s, ev)
-        else:  # (no loss level to compare this step's jumps with)
-            pz, self.jump_ref, self.loss_win_x = Z_CAP, None, math.nan
-        finite_grad = self._grad_signals(s, ev)
-        v = s.noise if s.noise is not None else s.grad_norm
-        if v is None and math.isfinite(s.loss):
-            v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
-        if v is not None and math.isfinite(v) and self.fp.push(v) is not None:
-            self._refresh_theta(grace)
-        return pz, finite_grad
 
     def _ladder(
         self, s: Signals, ev: Dict[str, Any], pz: float, grace: bool, finite_grad: bool
@@ -487,7 +485,7 @@ class Monitor(MonitorRules):
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
         p = s.param_norm  # (_log_or_nan, inlined)
         lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN
-        view = View(self.x_now, self.log_space, lp, restart)
+        view = _tuple_new(View, (self.x_now, self.log_space, lp, restart))  # (= View(...))
         found = None
         for det in self.detectors:
             f = det.update(view)

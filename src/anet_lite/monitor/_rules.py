@@ -199,7 +199,8 @@ class MonitorRules(CoherenceRules):
             self.dead = self.dead + 1 if ref is not None and gb.center < ref - DEAD else 0
         if S is not None and _isfinite(S) and S > 0.0:
             lr = s.lr
-            lu = _mlog(S) - (_mlog(lr) if lr is not None and 0.0 < lr < _INF else 0.0)
+            ls = _mlog(S)
+            lu = ls - (_mlog(lr) if lr is not None and 0.0 < lr < _INF else 0.0)
             ub = self.upd_base
             if ub.ready:
                 ud = lu - ub.center
@@ -209,7 +210,7 @@ class MonitorRules(CoherenceRules):
                     self._one_step(ud, "update_blowup", ev)
             ub.push(lu)
             if G is not None and G > 0.0:
-                self.proc.update(_mlog(G), _mlog(S))
+                self.proc.update(lg, ls)  # (log G, log S: computed above)
             P = s.param_norm
             if P is not None and P > 0.0 and _isfinite(P):
                 # One step that moves the weights by a tenth of their norm is damage done,
@@ -336,8 +337,8 @@ class MonitorRules(CoherenceRules):
                 and "lr_jump" not in ev
             ):
                 ev["lr_ramp"] = lr / self.lr_peak
-            if "lr_jump" not in ev and "lr_ramp" not in ev:
-                self.lr_max = max(self.lr_max, lr)
+            if "lr_jump" not in ev and "lr_ramp" not in ev and lr > self.lr_max:
+                self.lr_max = lr  # (max(lr_max, lr))
             self.lr_prev = lr
         if event:
             self.grace_until = self.t + self.grace
