@@ -360,9 +360,9 @@ class MonitorRules(CoherenceRules):
                 self.theta_low, self.drift_loss0 = 0, None
             return
         self.theta = _fp.similarity_of_powers(cur.tolist(), self.ref.tolist(), self.beta)
-        level = self.recent.trimmed_mean() if len(self.recent) else None
         self.drift_stalled = False
         if self.theta < self.theta_alert:
+            level = self.recent.trimmed_mean() if len(self.recent) else None
             self.theta_low += 1
             if self.theta_low == 1:
                 self.drift_loss0 = level

@@ -121,8 +121,13 @@ class RecentWindow:
             horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
             # at least n samples stay, whatever the step time (slow steps: the window in
             # seconds would otherwise hold one step and the precursor go dead)
-            while len(items) > n and (t - items[0][1] >= horizon or len(items) > self.cap):
-                out.append(self._pop())
+            cap = self.cap
+            while len(items) > n and (t - items[0][1] >= horizon or len(items) > cap):
+                first, _, old = items.popleft()  # (= self._pop(), inlined)
+                self.total -= old
+                if maxq and maxq[0][0] == first:
+                    maxq.popleft()
+                out.append(old)
             return out if out else _NONE
         if len(items) > self.n:  # count mode: at most one sample leaves per push
             first, _, old = items.popleft()  # (= self._pop(), inlined: the hot path)
