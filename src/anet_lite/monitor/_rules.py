@@ -69,15 +69,16 @@ class MonitorRules(CoherenceRules):
         if self.loss_eps is None:
             self.loss0 = abs(L)
             self.loss_eps = self.loss_floor * abs(L) if L > 0 else 0.0
-        if self.log_space and L + self.loss_eps <= 0.0:
-            self.log_space = False  # a loss that can be <= 0: read it linearly from now on
+        eps, log_space = self.loss_eps, self.log_space
+        if log_space and L + eps <= 0.0:
+            self.log_space = log_space = False  # a loss that can be <= 0: read it linearly
             self.recent.clear()
             self.loss_base.reset()
-        x = math.log(L + self.loss_eps) if self.log_space else L
+        x = _mlog(L + eps) if log_space else L
         self.x_now = x
         base = self.loss_base
         center, ready = base.center, base.ready
-        floor = 1e-3 if self.log_space else 1e-3 * abs(center) + 1e-12
+        floor = 1e-3 if log_space else 1e-3 * abs(center) + 1e-12
         pz, dev = 0.0, 0.0
         self.jump_ref = center if ready else None  # (for _loss_accounts_for)
         self.jump_loss = L
@@ -86,7 +87,7 @@ class MonitorRules(CoherenceRules):
             dev = (x - center) / (floor if floor > sc else sc)
             ev["loss_dev"] = dev
             elevated = dev >= 0.5 * self.spike_z
-            if self.log_space and x - center >= self.severe_loss:
+            if log_space and x - center >= self.severe_loss:
                 ev["loss_ratio"] = exp_capped(x - center)  # in the floored loss scale
                 if self.shift_x is None and not self.rise:
                     # A severe jump out of a calm state: a level shift (harder data, a bad
@@ -113,7 +114,7 @@ class MonitorRules(CoherenceRules):
                         if first >= self.bad_batch_loss:
                             ev["first_loss_ratio"] = first
             self.rise = self.rise + 1 if elevated else 0
-        if not ready and self.t <= self.warmup and self.log_space and self.loss0:
+        if not ready and self.t <= self.warmup and log_space and self.loss0:
             # Before any baseline exists the first loss is the yardstick: a healthy run
             # does not climb well above where it started (a too-high lr from step 0 does).
             # An early jump is watched like a level shift (real runs jump 2-3.5x at step 2
@@ -130,7 +131,8 @@ class MonitorRules(CoherenceRules):
                 if self.early_peak >= EARLY_BLOWUP or EARLY_RISE * self.early_ref <= L:
                     ev["severe"] = "early_divergence"
                     ev["loss_ratio"] = ratio0
-        self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0
+        prev = self.loss_prev
+        self.loss_step = x - prev if prev is not None else 0.0
         self.loss_prev = x
         t = s.time
         recent = self.recent

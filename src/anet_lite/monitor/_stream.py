@@ -181,14 +181,16 @@ class EWCorrelation:
         self.mx = self.my = self.vx = self.vy = self.cxy = 0.0
 
     def update(self, x: float, y: float) -> None:
-        self.n += 1
-        if self.n == 1:
+        n = self.n = self.n + 1
+        if n == 1:
             self.mx, self.my = x, y
             return
-        a = self.alpha if self.n * self.alpha > 1.0 else 1.0 / self.n
-        dx, dy = x - self.mx, y - self.my
-        self.mx += a * dx
-        self.my += a * dy
+        alpha = self.alpha
+        a = alpha if n * alpha > 1.0 else 1.0 / n
+        mx, my = self.mx, self.my
+        dx, dy = x - mx, y - my
+        self.mx = mx + a * dx
+        self.my = my + a * dy
         b = 1.0 - a
         self.vx = b * (self.vx + a * dx * dx)
         self.vy = b * (self.vy + a * dy * dy)
