@@ -36,7 +36,7 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 
 _INF, _NAN = math.inf, math.nan
-_mlog = math.log
+_mlog, _sqrt = math.log, math.sqrt
 _new = object.__new__
 _tuple_new = tuple.__new__
 _isfinite = math.isfinite
@@ -370,11 +370,15 @@ class Monitor(MonitorRules):
         """One step: measure every signal, climb the rule ladder, run the detectors, and
         make the snapshot."""
         self.t += 1
-        ev: Dict[str, Any] = {"loss": s.loss}
-        if s.grad_norm is not None:
-            ev["grad_norm"] = s.grad_norm
-        if s.step_norm is not None:
-            ev["step_norm"] = s.step_norm
+        G, S = s.grad_norm, s.step_norm
+        if G is not None and S is not None:  # (one dict display: the common case)
+            ev: Dict[str, Any] = {"loss": s.loss, "grad_norm": G, "step_norm": S}
+        else:
+            ev = {"loss": s.loss}
+            if G is not None:
+                ev["grad_norm"] = G
+            if S is not None:
+                ev["step_norm"] = S
         marked = self.pending_mark is not None
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
@@ -402,7 +406,13 @@ class Monitor(MonitorRules):
             ev["event"] = event
         if grace:
             ev["grace"] = True
-        proc = self.proc.value()
+        pc = self.proc  # (pc.value(), inlined: the processivity P in [-1, 1])
+        den = pc.vx * pc.vy
+        if pc.n < 3 or not den > 1e-300:
+            proc = 0.0
+        else:
+            r = pc.cxy / _sqrt(den)
+            proc = -1.0 if r < -1.0 else (1.0 if r > 1.0 else r)
         theta, sdot = self.theta, self.sdot
         ft = self.w_s * sdot + self.w_p * proc
         # (one assignment per key, in this order: what ev.update(theta=..., ...) did)

@@ -139,7 +139,7 @@ class MonitorRules(CoherenceRules):
         for old in recent.push(x, t if t is not None and _isfinite(t) else None):
             base.push(old)
         self.loss_win_x = math.nan
-        if len(recent) >= self._n3:
+        if len(recent.items) >= self._n3:  # (= len(recent), without its Python __len__)
             self.loss_win_x = tm = recent.trimmed_mean()
             if base.ready:  # (the push may have refreshed the level)
                 sc = base.scale
@@ -191,7 +191,7 @@ class MonitorRules(CoherenceRules):
             recent = self.grad_recent
             for old in recent.push(lg, None):
                 gb.push(old)
-            if gb.ready and len(recent) >= self._n3:
+            if gb.ready and len(recent.items) >= self._n3:
                 gup = recent.trimmed_mean() - gb.center
                 # growth the loss window matched (raw) is not the gradient leading the loss
                 lim, zs = self.grad_growth, GROWTH_Z * gb.scale
