@@ -47,9 +47,18 @@ class CoherenceRules:
         ``MonitorRules._grad_signals``) is watched with or without it. ``gr``, ``ur``: this
         step's evidence "grad_ratio" and "update_ratio" (None: absent), when the caller
         has them at hand (else read from ``ev``)."""
-        lift = None if c is None else self._cos_lift(c)
-        if lift is not None:
-            ev["proc_lift"] = lift
+        # Record this step's cos; lift: its recent mean's lift over the median, or None
+        # while the cos carries no information (absent, no baseline yet, or plain SGD's ~1)
+        lift = None
+        if c is not None and _isfinite(c):
+            cc = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)  # (max(-1, min(1, c)))
+            rec, cb = self.cos_recent, self.cos_base
+            if len(rec) == COS_RECENT:  # (its maxlen)
+                cb.push(rec[0])
+            rec.append(cc)
+            if cb.ready and cb.count >= self.n and not cb.center > COS_INFORMATIVE:
+                lift = sum(rec) / len(rec) - cb.center
+                ev["proc_lift"] = lift
         if gr is _ABSENT:
             gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
         dev = ev.get("loss_dev")
@@ -92,24 +101,6 @@ class CoherenceRules:
             and self.loss_gate_open(ev.get("loss"))  # (MonitorRules)
         ):
             self.climb = max(self.climb, CLIMB_STEPS)
-
-    def _cos_lift(self, c: Any) -> Any:
-        """Record this step's cos; its recent mean's lift over the median, or None while
-        the cos carries no information (absent, no baseline yet, or plain SGD's ~1)."""
-        if c is None or not _isfinite(c):
-            return None
-        if c > 1.0:  # (max(-1.0, min(1.0, c)) written out: the hot path)
-            c = 1.0
-        elif c < -1.0:
-            c = -1.0
-        rec = self.cos_recent
-        cb = self.cos_base
-        if len(rec) == COS_RECENT:  # (its maxlen)
-            cb.push(rec[0])
-        rec.append(c)
-        if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
-            return None
-        return sum(rec) / len(rec) - cb.center
 
     def _surge(self, now: Any, lift: float, loss: Any) -> str:
         """Loss, gradient and update each larger than the step before, 2 steps in a row:
