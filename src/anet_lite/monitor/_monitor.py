@@ -434,7 +434,7 @@ class Monitor(MonitorRules):
         d["zscore"] = pz
         d["step"] = step
         d["status"] = status
-        d["alert"] = True if cause else False  # (= bool(cause))
+        d["alert"] = bool(cause)
         d["evidence"] = ev
         return snap
 

@@ -41,6 +41,7 @@ H = 42.0  # 1.1 x the largest S over 351 healthy runs (38): bench/calibrate_dete
 # many sigmas: significant, and harmless.
 MIN_RISE = math.log(1.25)
 _JITTER = 64
+_NEG_INF = -math.inf
 _FLOOR = 1e-3
 
 
@@ -82,7 +83,9 @@ class LossCusum(Detector):
             z = (x - self.mu) / sigma
             s = s + (CLIP if z > CLIP else z) - K
             if s <= 0.0:
-                s, self.peak, self.steps_up = 0.0, -math.inf, 0
+                s = 0.0
+                if self.steps_up or self.peak != _NEG_INF:  # (no stores on a quiet step)
+                    self.peak, self.steps_up = _NEG_INF, 0
             else:
                 self.steps_up += 1
                 self.peak = max(self.peak, sm)
