@@ -7,7 +7,7 @@ multiplicative noise, a cosine lr schedule's effect is not simulated), times the
 ``main(["analyze", csv, "--out", tmp, "--quiet"])`` in this process (reading, Monitor,
 metrics.csv + events.jsonl, report.html), and compares with the seed's way: the batch
 ``anet_lite.snapshot()`` over the last 64 values at every step, timed on --batch-steps steps
-and extrapolated (said so in the output). Goal: 1,000,000 steps in under 20 s.
+and extrapolated (said so in the output). Goal: 1,000,000 steps in at most 10 s.
 ``--profile`` also times the stages in one more pass that does what analyze does, with timers
 (reading, Monitor.update, columns, CSV formatting, writing, report data, report.html; and
 what --jsonl would add).
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1_000_000)
     ap.add_argument("--batch-steps", type=int, default=5000)
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--goal-s", type=float, default=20.0)
+    ap.add_argument("--goal-s", type=float, default=10.0)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             f"extrapolated to {args.steps:,} steps: {est:.0f} s (Monitor only, no files)"
         )
         print(f"ratio analyze / batch: {rate * per_batch:.1f}x faster")
-        ok = el < args.goal_s * args.steps / 1_000_000
+        ok = el <= args.goal_s * args.steps / 1_000_000
         print(
-            f"goal (1M steps < {args.goal_s:.0f} s, scaled): {'met' if ok else 'MISSED'}",
+            f"goal (1M steps <= {args.goal_s:.0f} s, scaled): {'met' if ok else 'MISSED'}",
             file=sys.stdout,
         )
         if args.profile:

@@ -5,9 +5,9 @@
 Feeds the runs of the detection benchmark's caches (``bench/detection/cache`` and
 ``cache_mech``: real CPU training runs) and the public real logs (``../shared/data``) through
 fresh Monitors in several modes, and writes every snapshot (step, status, alert, the seed's
-numbers, evidence, and the words of ``explain`` for alerts), each action of ``decide``, and
-each run's final ``state_dict()`` as one JSON line. Floats are written with ``repr``: two
-dumps are equal only if every number is bit-identical. Modes:
+numbers, evidence in its order, and the words of ``explain`` for alerts), each action of
+``decide``, and each run's final ``state_dict()`` as one JSON line. Floats are written
+with ``repr``: two dumps are equal only if every number is bit-identical. Modes:
 
 * ``all``: every signal and ``time``, the run's events declared with ``mark``, ``decide``
   on every step, and the state saved and loaded into a fresh Monitor at mid-run;
@@ -105,7 +105,7 @@ def main() -> int:
         jobs += [(name, rows, "real") for name, rows in logs.items()]
         for rid, rows, mode in jobs:
             for rec in replay_run(rows, mode):
-                line = json.dumps([rid, mode, rec], sort_keys=True) + "\n"
+                line = json.dumps([rid, mode, rec]) + "\n"  # (key order kept: evidence order too)
                 fh.write(line)
                 digests[mode].update(line.encode())
                 n += 1

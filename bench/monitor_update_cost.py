@@ -5,8 +5,8 @@
 Replays the first ``--runs`` runs of the detection benchmark's cache (real CPU training
 runs: loss, grad_norm, update_norm, param_norm, processivity, noise, lr, time) through a
 fresh Monitor each, ``--rounds`` times, and prints the median wall time per update (and the
-fastest round: on a shared machine the least disturbed). To compare two versions of the
-code, run it with each on PYTHONPATH in turns.
+fastest round: on a shared machine the least disturbed). Goal: at most 15 us. To compare
+two versions of the code, run it with each on PYTHONPATH in turns.
 """
 
 from __future__ import annotations
