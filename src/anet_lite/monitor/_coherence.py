@@ -73,8 +73,10 @@ class CoherenceRules:
             surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
         if surge == "compounding":
             ev["compounding"] = True  # (Monitor._update reads it: cause "divergence")
-        if lift is None:
-            self._no_coherence()
+        if lift is None:  # no usable processivity: nothing is gated, no streak goes on
+            self.coherent = True
+            if self.climb:
+                self.climb, self.climb_devs = 0, []
             return
         self.coherent = lift >= COS_COHERENT
         cb = self.cos_base
@@ -128,9 +130,3 @@ class CoherenceRules:
                     kind = "compounding"
         hist.append(now)
         return kind
-
-    def _no_coherence(self) -> None:
-        """No usable processivity this step: nothing is gated and no streak goes on."""
-        self.coherent = True
-        if self.climb:
-            self.climb, self.climb_devs = 0, []
