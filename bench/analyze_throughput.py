@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {args.steps:,} steps ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s"
         )
         out = d / "long.anet"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rc = cli_main(["analyze", str(csv_path), "--out", str(out), "--quiet"])
-        el = time.perf_counter() - t0
+        el, cpu = time.perf_counter() - t0, time.process_time() - c0
         rate = args.steps / el
         print(f"anet-lite analyze (in-process main([...]), --quiet): exit {rc}")
-        print(f"  {el:.2f} s for {args.steps:,} steps = {rate:,.0f} steps/s")
+        print(f"  {el:.2f} s for {args.steps:,} steps = {rate:,.0f} steps/s ({cpu:.2f} s of CPU)")
         per_batch = time_batch(csv_path, args.batch_steps)
         est = per_batch * args.steps
         print(
