@@ -6,7 +6,7 @@ import math
 from collections import deque
 from itertools import islice, repeat
 from operator import sub as _sub
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 _MAD_TO_SIGMA = 1.4826
 _SQRT2 = math.sqrt(2.0)
@@ -104,7 +104,7 @@ class RecentWindow:
         self.total = 0.0
         self.seq = 0
 
-    def push(self, x: float, t: Optional[float]) -> List[float]:
+    def push(self, x: float, t: Optional[float]) -> Sequence[float]:
         seq = self.seq = self.seq + 1
         items = self.items
         items.append((seq, 0.0 if t is None else t, x))
@@ -134,7 +134,7 @@ class RecentWindow:
             self.total -= old
             if maxq[0][0] == first:  # maxq holds at least the value just pushed
                 maxq.popleft()
-            return [old]
+            return (old,)  # (a tuple: cheaper than a list; callers only iterate)
         return _NONE
 
     def _pop(self) -> float:
