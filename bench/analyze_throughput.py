@@ -7,7 +7,7 @@ multiplicative noise, a cosine lr schedule's effect is not simulated), times the
 ``main(["analyze", csv, "--out", tmp, "--quiet"])`` in this process (reading, Monitor,
 metrics.csv + events.jsonl, report.html), and compares with the seed's way: the batch
 ``anet_lite.snapshot()`` over the last 64 values at every step, timed on --batch-steps steps
-and extrapolated (said so in the output). Goal: 1,000,000 steps in under 20 s.
+and extrapolated (said so in the output). Goal: 1,000,000 steps in at most 10 s.
 ``--profile`` also times the stages in one more pass that does what analyze does, with timers
 (reading, Monitor.update, columns, CSV formatting, writing, report data, report.html; and
 what --jsonl would add).
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1_000_000)
     ap.add_argument("--batch-steps", type=int, default=5000)
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--goal-s", type=float, default=20.0)
+    ap.add_argument("--goal-s", type=float, default=10.0)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {args.steps:,} steps ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s"
         )
         out = d / "long.anet"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rc = cli_main(["analyze", str(csv_path), "--out", str(out), "--quiet"])
-        el = time.perf_counter() - t0
+        el, cpu = time.perf_counter() - t0, time.process_time() - c0
         rate = args.steps / el
         print(f"anet-lite analyze (in-process main([...]), --quiet): exit {rc}")
-        print(f"  {el:.2f} s for {args.steps:,} steps = {rate:,.0f} steps/s")
+        print(f"  {el:.2f} s for {args.steps:,} steps = {rate:,.0f} steps/s ({cpu:.2f} s of CPU)")
         per_batch = time_batch(csv_path, args.batch_steps)
         est = per_batch * args.steps
         print(
@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             f"extrapolated to {args.steps:,} steps: {est:.0f} s (Monitor only, no files)"
         )
         print(f"ratio analyze / batch: {rate * per_batch:.1f}x faster")
-        ok = el < args.goal_s * args.steps / 1_000_000
+        ok = el <= args.goal_s * args.steps / 1_000_000
         print(
-            f"goal (1M steps < {args.goal_s:.0f} s, scaled): {'met' if ok else 'MISSED'}",
+            f"goal (1M steps <= {args.goal_s:.0f} s, scaled): {'met' if ok else 'MISSED'}",
             file=sys.stdout,
         )
         if args.profile:

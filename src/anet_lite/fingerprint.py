@@ -146,7 +146,7 @@ def similarity_of_powers(a: list, b: list, beta: float) -> float:
     flat_b = not (tb > 1e-20 * SEGMENT * max(b[nb], 0.0) and tb > 0.0 and math.isfinite(tb))
     if flat_a or flat_b:
         return 1.0 if (flat_a and flat_b) else 0.0
-    bc = sum(math.sqrt(x * y) for x, y in zip(a[:nb], b[:nb])) / math.sqrt(ta * tb)
+    bc = sum([math.sqrt(x * y) for x, y in zip(a[:nb], b[:nb])]) / math.sqrt(ta * tb)
     if not bc > 0.0:
         return 0.0
     if bc >= 1.0 - 1e-12:

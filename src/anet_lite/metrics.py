@@ -92,9 +92,12 @@ def _centred_time(n: int) -> Tuple[np.ndarray, float]:
     return t, float(t @ t)
 
 
+_add_reduce, _minimum, _maximum = np.add.reduce, np.minimum, np.maximum
+
+
 def _detrended(y: np.ndarray) -> np.ndarray:
     t, denom = _centred_time(len(y))
-    yc = y - y.mean()
+    yc = y - _add_reduce(y) / len(y)  # (y.mean() is this sum / count, minus its wrapper)
     slope = float(t @ yc) / denom if denom > 0 else 0.0
     return yc - slope * t
 
@@ -107,11 +110,18 @@ def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     scale = max(float(np.abs(prev).max()), float(np.abs(last).max()))
     if not (hi - lo > 1e-10 * scale and hi - lo > 1e-300):  # flat up to rounding
         return 0.0
-    edges = np.linspace(lo, hi, bins + 1)
-    # one searchsorted over both windows (the same bins as two separate calls)
-    idx = np.clip(
-        np.searchsorted(edges, np.concatenate((r_prev, r_last)), side="right") - 1, 0, bins - 1
-    )
+    # = np.linspace(lo, hi, bins + 1), its steps without its wrapper: i * step + lo, the
+    # last edge hi (step > 0 here: hi - lo > 1e-300, so linspace's step-0 branch is moot)
+    edges = np.arange(bins + 1, dtype=np.float64)
+    edges *= (hi - lo) / bins
+    edges += lo
+    edges[-1] = hi
+    # one searchsorted over both windows (the same bins as two separate calls); the
+    # index clipped to 0..bins-1 in place (np.clip's wrapper costs more than the work)
+    idx = np.searchsorted(edges, np.concatenate((r_prev, r_last)), side="right")
+    idx -= 1
+    _maximum(idx, 0, out=idx)
+    _minimum(idx, bins - 1, out=idx)
     n_prev = len(r_prev)
 
     def entropy(ix: np.ndarray) -> float:
@@ -120,7 +130,8 @@ def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
         return float(-(p * np.log(p)).sum())
 
     h_prev, h_last = entropy(idx[:n_prev]), entropy(idx[n_prev:])
-    return float(np.clip((h_last - h_prev) / math.log(bins), -1.0, 1.0))
+    v = (h_last - h_prev) / math.log(bins)  # (a Python float: clipped without NumPy)
+    return 1.0 if v > 1.0 else (-1.0 if v < -1.0 else v)
 
 
 def processivity(grad_norms: Sequence[float], step_norms: Sequence[float]) -> float:

@@ -401,6 +401,43 @@ def test_make_snapshot_is_the_dataclass():
     assert _bits(got) == _bits((1.0, 3, 0.5, None, 2.0, None, 1.5))
 
 
+def test_monitor_snapshots_are_the_dataclass_and_read_their_parts():
+    """Monitor.update builds its Snapshot inline and reads the processivity correlation
+    inline: every snapshot equals Snapshot(...) made from its fields (field order
+    included), and its proc is EWCorrelation.value() of that step; later calls read
+    their inputs on the inlined fast path exactly as read_inputs does (ints, NumPy
+    scalars, garbage)."""
+    from anet_lite.monitor._signals import read_inputs
+    from anet_lite.verdict import Snapshot
+
+    rng = np.random.default_rng(3)
+    m = Monitor()
+    for i in range(400):
+        g = float(np.exp(rng.normal()))
+        snap = m.update(
+            np.float32(2.0 + rng.normal(0, 0.1)) if i % 3 else 2.0,
+            step=i,
+            grad_norm=g,
+            step_norm=np.float64(0.01 * g * np.exp(rng.normal(0, 0.3))),
+            lr=0.01 if i % 7 else 1,
+            processivity=0.3 + 0.1 * rng.normal(),
+            param_norm=10.0,
+        )
+        twin = Snapshot(*[getattr(snap, f) for f in Snapshot.__dataclass_fields__])
+        assert snap == twin and list(vars(snap).items()) == list(vars(twin).items())
+        assert _bits(snap.proc) == _bits(m.proc.value()) == _bits(snap.evidence["proc"])
+    assert m.proc.n > 3 and snap.proc != 0.0
+    # garbage after the first call: the lenient path, as read_inputs(strict=False) reads it
+    junk = object()
+    s = read_inputs("x", 5, None, np.float64(0.5), junk, None, 1.5, None, "0.3", strict=False)
+    assert math.isnan(s.loss) and math.isnan(s.noise) and s.processivity == 0.3
+    m2 = Monitor()
+    m2.update(1.0)
+    snap = m2.update("x", step=5, step_norm=np.float64(0.5), noise=junk, time=1.5)
+    assert snap.step == 5 and snap.evidence["step_norm"] == 0.5
+    assert math.isnan(snap.evidence["loss"]) and snap.status == "collapsed"
+
+
 def _old_detrended(y: np.ndarray) -> np.ndarray:
     t = np.arange(len(y), dtype=np.float64)
     t -= t.mean()

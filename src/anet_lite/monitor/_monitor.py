@@ -19,10 +19,10 @@ import numpy as np
 from .. import fingerprint as _fp
 from .._validate import positive
 from ..metrics import Z_CAP
-from ..verdict import Snapshot, make_snapshot
+from ..verdict import Snapshot
 from ._coherence import CLIMB_STEPS, COS_RECENT
 from ._rules import RISE_PZ, MonitorRules
-from ._signals import Signals, read_inputs
+from ._signals import Signals, read_inputs, read_lenient
 from ._stream import EWCorrelation, RecentWindow, RobustLevel
 from .detectors import DEFAULT as _DEFAULT_DETECTORS
 from .detectors import View
@@ -36,6 +36,10 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 
 _INF, _NAN = math.inf, math.nan
+_mlog, _sqrt = math.log, math.sqrt
+_new = object.__new__
+_tuple_new = tuple.__new__
+_isfinite = math.isfinite
 _log = logging.getLogger("anet_lite")
 
 
@@ -149,6 +153,8 @@ class Monitor(MonitorRules):
         self.drift_persist = int(positive(drift_persist, "drift_persist", integer=True))
         self.loss_gate = float(loss_gate)
         self._base_len = max(4 * self.n, 16)
+        self._n3 = min(self.n, 3)  # samples a recent window needs for a level
+        self._sdot_every = max(16, self.window // 2)  # steps between Ṡ refreshes
         self.grace = int(grace) if grace is not None else self._base_len + self.n
         if not isinstance(declared, bool):
             raise TypeError(f"declared must be True or False, got {declared!r}")
@@ -289,19 +295,37 @@ class Monitor(MonitorRules):
         Accepts Python floats, NumPy scalars and 0-d tensors. Bad types raise TypeError at
         the first call only; afterwards no input makes ``update`` raise.
         """
-        sig = read_inputs(
-            loss,
-            step,
-            grad_norm,
-            step_norm,
-            noise,
-            lr,
-            time,
-            param_norm,
-            processivity,
-            strict=not self.checked,
-        )
-        self.checked = True
+        if self.checked:  # (read_inputs(..., strict=False), inlined: the hot path)
+            try:  # fast path: everything converts
+                sig = Signals(
+                    float(loss),
+                    None if step is None else int(step),
+                    None if grad_norm is None else float(grad_norm),
+                    None if step_norm is None else float(step_norm),
+                    None if noise is None else float(noise),
+                    None if lr is None else float(lr),
+                    None if time is None else float(time),
+                    None if param_norm is None else float(param_norm),
+                    None if processivity is None else float(processivity),
+                )
+            except Exception:
+                sig = read_lenient(
+                    loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity
+                )
+        else:
+            sig = read_inputs(
+                loss,
+                step,
+                grad_norm,
+                step_norm,
+                noise,
+                lr,
+                time,
+                param_norm,
+                processivity,
+                strict=True,
+            )
+            self.checked = True
         try:
             snap = self._update(sig)
         except Exception as exc:
@@ -359,15 +383,31 @@ class Monitor(MonitorRules):
         """One step: measure every signal, climb the rule ladder, run the detectors, and
         make the snapshot."""
         self.t += 1
-        ev: Dict[str, Any] = {"loss": s.loss}
-        if s.grad_norm is not None:
-            ev["grad_norm"] = s.grad_norm
-        if s.step_norm is not None:
-            ev["step_norm"] = s.step_norm
+        G, S = s.grad_norm, s.step_norm
+        if G is not None and S is not None:  # (one dict display: the common case)
+            ev: Dict[str, Any] = {"loss": s.loss, "grad_norm": G, "step_norm": S}
+        else:
+            ev = {"loss": s.loss}
+            if G is not None:
+                ev["grad_norm"] = G
+            if S is not None:
+                ev["step_norm"] = S
         marked = self.pending_mark is not None
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
-        pz, finite_grad = self._measure(s, ev, grace)
+        # measure: loss, gradient and update levels, and the noise fingerprint
+        self.x_now = _NAN
+        L = s.loss
+        if _isfinite(L):
+            pz = self._loss_signals(s, ev)
+        else:  # (no loss level to compare this step's jumps with)
+            pz, self.jump_ref, self.loss_win_x = Z_CAP, None, _NAN
+        finite_grad = self._grad_signals(s, ev)
+        v = s.noise if s.noise is not None else s.grad_norm
+        if v is None and _isfinite(L):
+            v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
+        if v is not None and _isfinite(v) and self.fp.push(v) is not None:
+            self._refresh_theta(grace)
         cause, status = self._ladder(s, ev, pz, grace, finite_grad)
         restart = marked or event == "lr_restart"
         cause, status = self._detect(s, ev, cause, status, restart)
@@ -379,38 +419,45 @@ class Monitor(MonitorRules):
             ev["event"] = event
         if grace:
             ev["grace"] = True
-        proc = self.proc.value()
-        ft = self.w_s * self.sdot + self.w_p * proc
-        ev.update(theta=self.theta, sdot=self.sdot, proc=proc, f_total=ft, precursor_z=pz)
+        pc = self.proc  # (pc.value(), inlined: the processivity P in [-1, 1])
+        den = pc.vx * pc.vy
+        if pc.n < 3 or not den > 1e-300:
+            proc = 0.0
+        else:
+            r = pc.cxy / _sqrt(den)
+            proc = -1.0 if r < -1.0 else (1.0 if r > 1.0 else r)
+        theta, sdot = self.theta, self.sdot
+        ft = self.w_s * sdot + self.w_p * proc
+        # (one assignment per key, in this order: what ev.update(theta=..., ...) did)
+        ev["theta"] = theta
+        ev["sdot"] = sdot
+        ev["proc"] = proc
+        ev["f_total"] = ft
+        ev["precursor_z"] = pz
         self.last_status = status
         step = s.step if s.step is not None else self.t
-        precursor = status in ("precursor", "collapsed")
-        return make_snapshot(
-            self.theta, self.sdot, proc, ft, precursor, pz, step, status, bool(cause), ev
-        )
-
-    def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
-        """Loss, gradient and update levels, and the noise fingerprint; returns (the
-        precursor z, whether the gradient norm was finite)."""
-        self.x_now = math.nan
-        if math.isfinite(s.loss):
-            pz = self._loss_signals(s, ev)
-        else:  # (no loss level to compare this step's jumps with)
-            pz, self.jump_ref, self.loss_win_x = Z_CAP, None, math.nan
-        finite_grad = self._grad_signals(s, ev)
-        v = s.noise if s.noise is not None else s.grad_norm
-        if v is None and math.isfinite(s.loss):
-            v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
-        if v is not None and math.isfinite(v) and self.fp.push(v) is not None:
-            self._refresh_theta(grace)
-        return pz, finite_grad
+        # (make_snapshot, inlined: the fields in the dataclass's order)
+        snap = _new(Snapshot)
+        d = snap.__dict__
+        d["theta"] = theta
+        d["sdot"] = sdot
+        d["proc"] = proc
+        d["f_total"] = ft
+        d["precursor"] = status == "precursor" or status == "collapsed"
+        d["zscore"] = pz
+        d["step"] = step
+        d["status"] = status
+        d["alert"] = bool(cause)
+        d["evidence"] = ev
+        return snap
 
     def _ladder(
         self, s: Signals, ev: Dict[str, Any], pz: float, grace: bool, finite_grad: bool
     ) -> Any:
         """The rules in order of precedence; returns (cause or "", status). The first rung
         that holds decides; the detectors (``_detect``) speak only where none alarmed."""
-        ready = self.loss_base.ready and self.t > min(self.warmup, 2 * self._base_len)
+        w, b2 = self.warmup, 2 * self._base_len
+        ready = self.loss_base.ready and self.t > (b2 if b2 < w else w)  # (min(w, b2))
         judge = ready and not grace
         cause = ev.pop("severe", "")
         if not math.isfinite(s.loss) or not finite_grad:
@@ -427,7 +474,8 @@ class Monitor(MonitorRules):
             return "ascent", "precursor"
         if judge and ev.get("compounding"):
             return "divergence", "precursor"  # (checked the loss gate itself)
-        if judge and max(self.grad_hot, self.co_hot) >= self.persist and self.coherent:
+        persist = self.persist
+        if judge and (self.grad_hot >= persist or self.co_hot >= persist) and self.coherent:
             return "grad_growth", "precursor"  # sustained, so not gated by the loss level
         # A rise that leaves the loss far below where the run started is not a collapse
         # precursor (a near-perfect classifier's rare hard batches): the loss-window rules
@@ -458,7 +506,9 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        view = View(self.x_now, self.log_space, _log_or_nan(s.param_norm), restart)
+        p = s.param_norm  # (_log_or_nan, inlined)
+        lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN
+        view = _tuple_new(View, (self.x_now, self.log_space, lp, restart))  # (= View(...))
         found = None
         for det in self.detectors:
             f = det.update(view)

@@ -65,6 +65,10 @@ def exp_capped(x: float) -> float:
     return math.exp(min(x, 700.0))
 
 
+_isfinite, _exp, _mlog = math.isfinite, math.exp, math.log  # (module globals: the hot path)
+_INF = math.inf
+
+
 class MonitorRules(CoherenceRules):
     """Per-step rules; each writes its findings into the evidence dict ``ev``."""
 
@@ -76,23 +80,26 @@ class MonitorRules(CoherenceRules):
         if self.loss_eps is None:
             self.loss0 = abs(L)
             self.loss_eps = self.loss_floor * abs(L) if L > 0 else 0.0
-        if self.log_space and L + self.loss_eps <= 0.0:
-            self.log_space = False  # a loss that can be <= 0: read it linearly from now on
+        eps, log_space = self.loss_eps, self.log_space
+        if log_space and L + eps <= 0.0:
+            self.log_space = log_space = False  # a loss that can be <= 0: read it linearly
             self.recent.clear()
             self.loss_base.reset()
-        x = math.log(L + self.loss_eps) if self.log_space else L
+        x = _mlog(L + eps) if log_space else L
         self.x_now = x
         base = self.loss_base
-        floor = 1e-3 if self.log_space else 1e-3 * abs(base.center) + 1e-12
+        center, ready = base.center, base.ready
+        floor = 1e-3 if log_space else 1e-3 * abs(center) + 1e-12
         pz, dev = 0.0, 0.0
-        self.jump_ref = base.center if base.ready else None  # (for _loss_accounts_for)
+        self.jump_ref = center if ready else None  # (for _loss_accounts_for)
         self.jump_loss = L
-        if base.ready:
-            dev = (x - base.center) / max(base.scale, floor)
+        if ready:
+            sc = base.scale  # (max(scale, floor) written out: the hot path)
+            dev = (x - center) / (floor if floor > sc else sc)
             ev["loss_dev"] = dev
             elevated = dev >= 0.5 * self.spike_z
-            if self.log_space and x - base.center >= self.severe_loss:
-                ev["loss_ratio"] = exp_capped(x - base.center)  # in the floored loss scale
+            if log_space and x - center >= self.severe_loss:
+                ev["loss_ratio"] = exp_capped(x - center)  # in the floored loss scale
                 if self.shift_x is None and not self.rise:
                     # A severe jump out of a calm state: a level shift (harder data, a bad
                     # shard) until the loss or gradient climbs past where it jumped to.
@@ -110,7 +117,7 @@ class MonitorRules(CoherenceRules):
                     ev["shift_over"] = True
                 else:
                     ev["level_shift"] = True
-                    ev["loss_ratio"] = exp_capped(x - base.center)
+                    ev["loss_ratio"] = exp_capped(x - center)
                     if self.declared and self.shift_bad and self.loss0:
                         # a batch this far above the untrained model's loss contradicts
                         # what the model learned (Monitor._update: cause "bad_batch")
@@ -118,7 +125,7 @@ class MonitorRules(CoherenceRules):
                         if first >= self.bad_batch_loss:
                             ev["first_loss_ratio"] = first
             self.rise = self.rise + 1 if elevated else 0
-        if not base.ready and self.t <= self.warmup and self.log_space and self.loss0:
+        if not ready and self.t <= self.warmup and log_space and self.loss0:
             # Before any baseline exists the first loss is the yardstick: a healthy run
             # does not climb well above where it started (a too-high lr from step 0 does).
             # An early jump is watched like a level shift (real runs jump 2-3.5x at step 2
@@ -135,23 +142,30 @@ class MonitorRules(CoherenceRules):
                 if self.early_peak >= EARLY_BLOWUP or EARLY_RISE * self.early_ref <= L:
                     ev["severe"] = "early_divergence"
                     ev["loss_ratio"] = ratio0
-        self.loss_step = x - self.loss_prev if self.loss_prev is not None else 0.0
+        prev = self.loss_prev
+        self.loss_step = x - prev if prev is not None else 0.0
         self.loss_prev = x
-        for old in self.recent.push(
-            x, s.time if s.time is not None and math.isfinite(s.time) else None
-        ):
+        t = s.time
+        recent = self.recent
+        for old in recent.push(x, t if t is not None and _isfinite(t) else None):
             base.push(old)
         self.loss_win_x = math.nan
-        if len(self.recent) >= min(self.n, 3):
-            self.loss_win_x = tm = self.recent.trimmed_mean()
-            if base.ready:
-                pz = (tm - base.center) / max(base.scale, floor)
-                pz = max(-Z_CAP, min(Z_CAP, pz)) if pz == pz else 0.0
+        if len(recent.items) >= self._n3:  # (= len(recent), without its Python __len__)
+            self.loss_win_x = tm = recent.trimmed_mean()
+            if base.ready:  # (the push may have refreshed the level)
+                sc = base.scale
+                pz = (tm - base.center) / (floor if floor > sc else sc)
+                if pz != pz:
+                    pz = 0.0
+                elif pz > Z_CAP:  # (clipped to +-Z_CAP)
+                    pz = Z_CAP
+                elif pz < -Z_CAP:
+                    pz = -Z_CAP
         # persistent = the window is high AND so is this step (two spikes in the window
         # keep its mean up for n steps while the loss between them is back to normal)
         self.pz_hot = self.pz_hot + 1 if pz > self.z and dev >= PZ_DEV else 0
         self.losses.append(L)  # a deque(maxlen=window): O(1)
-        if self.t % max(16, self.window // 2) == 0 and len(self.losses) >= self.window:
+        if self.t % self._sdot_every == 0 and len(self.losses) >= self.window:
             h = self.window // 2
             arr = np.asarray(self.losses)
             self.sdot = entropy_rate_of_windows(arr[:h], arr[h:])
@@ -160,7 +174,7 @@ class MonitorRules(CoherenceRules):
     def _grad_signals(self, s: Signals, ev: Dict[str, Any]) -> bool:
         """Gradient and update checks; returns False for a non-finite gradient norm."""
         G, S = s.grad_norm, s.step_norm
-        if G is not None and not math.isfinite(G):
+        if G is not None and not _isfinite(G):
             return False
         if G == 0.0 and self.grad_ref is not None and "severe" not in ev:
             # A run that had a healthy gradient level now gets none at all: no example
@@ -168,13 +182,15 @@ class MonitorRules(CoherenceRules):
             # exactly 0 only when every logit margin is past ~100 (outputs saturated,
             # e.g. inputs scaled far out of range) -- or every unit is dead.
             ev["severe"] = "zero_gradient"
+        gr = ur = None  # this step's gradient / update ratio to its level, when known
         if G is not None and G > 0.0:
-            lg = math.log(G)
+            lg = _mlog(G)
             gb = self.grad_base
             if gb.ready:
                 gd = lg - gb.center
-                ev["grad_ratio"] = exp_capped(gd)
-                if gd >= max(self.severe_grad, SEVERE_Z * gb.scale):
+                ev["grad_ratio"] = gr = _exp(700.0 if gd > 700.0 else gd)  # (exp_capped)
+                lim, zs = self.severe_grad, SEVERE_Z * gb.scale
+                if gd >= (zs if zs > lim else lim):  # (max(lim, zs) written out)
                     self._one_step(gd, "grad_explosion", ev)
             if self.shift_x is not None:  # a level shift: where the gradient jumped to
                 if self.shift_g is None:
@@ -183,32 +199,34 @@ class MonitorRules(CoherenceRules):
                     self.shift_x = self.shift_g = None  # the gradient keeps growing
                     ev.pop("level_shift", None)
                     ev["shift_over"] = True
-            for old in self.grad_recent.push(lg, None):
+            recent = self.grad_recent
+            for old in recent.push(lg, None):
                 gb.push(old)
-            if gb.ready and len(self.grad_recent) >= min(self.n, 3):
-                gup = self.grad_recent.trimmed_mean() - gb.center
+            if gb.ready and len(recent.items) >= self._n3:
+                gup = recent.trimmed_mean() - gb.center
                 # growth the loss window matched (raw) is not the gradient leading the loss
-                up = gup >= max(
-                    self.grad_growth, GROWTH_Z * gb.scale
-                ) and not self._loss_window_rose(gup)
+                lim, zs = self.grad_growth, GROWTH_Z * gb.scale
+                up = gup >= (zs if zs > lim else lim) and not self._loss_window_rose(gup)
                 self.grad_hot = self.grad_hot + 1 if up else 0
             ref = self.grad_ref
             self.dead = self.dead + 1 if ref is not None and gb.center < ref - DEAD else 0
-        if S is not None and math.isfinite(S) and S > 0.0:
-            lr_ok = s.lr is not None and 0.0 < s.lr < math.inf
-            lu = math.log(S) - (math.log(s.lr) if lr_ok else 0.0)
+        if S is not None and _isfinite(S) and S > 0.0:
+            lr = s.lr
+            ls = _mlog(S)
+            lu = ls - (_mlog(lr) if lr is not None and 0.0 < lr < _INF else 0.0)
             ub = self.upd_base
             ud = math.nan
             if ub.ready:
                 ud = lu - ub.center
-                ev["update_ratio"] = exp_capped(ud)
-                if ud >= max(self.severe_update, SEVERE_Z * ub.scale):
+                ev["update_ratio"] = ur = _exp(700.0 if ud > 700.0 else ud)  # (exp_capped)
+                lim, zs = self.severe_update, SEVERE_Z * ub.scale
+                if ud >= (zs if zs > lim else lim):
                     self._one_step(ud, "update_blowup", ev)
             ub.push(lu)
             if G is not None and G > 0.0:
-                self.proc.update(math.log(G), math.log(S))
+                self.proc.update(lg, ls)  # (log G, log S: computed above)
             P = s.param_norm
-            if P is not None and P > 0.0 and math.isfinite(P):
+            if P is not None and P > 0.0 and _isfinite(P):
                 # A step that moves the weights by a tenth of their norm, out of character
                 # for the run (OVERSIZED_X), is damage done. Whatever its character, it
                 # sizes the slow-down of any cause on this step.
@@ -236,11 +254,10 @@ class MonitorRules(CoherenceRules):
                     ) and rel < 2.0 * self.max_rel_update
                     if "severe" not in ev and not held and jumped:
                         ev["severe"] = "oversized_update"
-        gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
         if gr is not None and ur is not None:
             # gradient AND update far above their levels, the update growing step after step:
             # the optimizer is being pushed one way (a one-batch spike decays instead)
-            hot = min(gr, ur) >= self.co_rise_x and ur > self.ur_prev
+            hot = (ur if ur < gr else gr) >= self.co_rise_x and ur > self.ur_prev
             self.co_hot = self.co_hot + 1 if hot else 0
             grows = gr > self.gr_prev and ur > self.ur_prev
             self.grow = self.grow + 1 if grows else 0
@@ -252,7 +269,7 @@ class MonitorRules(CoherenceRules):
             self.ur_prev = self.gr_prev = math.inf
         if "lr_jump" in ev:
             ev["severe"] = "lr_jump"
-        self._coherence(s.processivity, ev)
+        self._coherence(s.processivity, ev, gr, ur)
         return True
 
     def _one_step(self, d: float, cause: str, ev: Dict) -> None:
@@ -345,8 +362,8 @@ class MonitorRules(CoherenceRules):
                 and "lr_jump" not in ev
             ):
                 ev["lr_ramp"] = lr / self.lr_peak
-            if "lr_jump" not in ev and "lr_ramp" not in ev:
-                self.lr_max = max(self.lr_max, lr)
+            if "lr_jump" not in ev and "lr_ramp" not in ev and lr > self.lr_max:
+                self.lr_max = lr  # (max(lr_max, lr))
             self.lr_prev = lr
         if event:
             self.grace_until = self.t + self.grace
@@ -368,9 +385,9 @@ class MonitorRules(CoherenceRules):
                 self.theta_low, self.drift_loss0 = 0, None
             return
         self.theta = _fp.similarity_of_powers(cur.tolist(), self.ref.tolist(), self.beta)
-        level = self.recent.trimmed_mean() if len(self.recent) else None
         self.drift_stalled = False
         if self.theta < self.theta_alert:
+            level = self.recent.trimmed_mean() if len(self.recent) else None
             self.theta_low += 1
             if self.theta_low == 1:
                 self.drift_loss0 = level

@@ -114,6 +114,23 @@ def read_inputs(
         )
     except Exception:
         pass
+    return read_lenient(
+        loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity
+    )
+
+
+def read_lenient(
+    loss: Any,
+    step: Any,
+    grad_norm: Any,
+    step_norm: Any,
+    noise: Any,
+    lr: Any,
+    time: Any,
+    param_norm: Any,
+    processivity: Any,
+) -> Signals:
+    """What cannot be converted reads as NaN (a step as None); never raises."""
     lf = _lenient(loss)
     try:
         st = None if step is None else int(step)

@@ -6,7 +6,7 @@ import math
 from collections import deque
 from itertools import islice, repeat
 from operator import sub as _sub
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 _MAD_TO_SIGMA = 1.4826
 _SQRT2 = math.sqrt(2.0)
@@ -104,7 +104,7 @@ class RecentWindow:
         self.total = 0.0
         self.seq = 0
 
-    def push(self, x: float, t: Optional[float]) -> List[float]:
+    def push(self, x: float, t: Optional[float]) -> Sequence[float]:
         seq = self.seq = self.seq + 1
         items = self.items
         items.append((seq, 0.0 if t is None else t, x))
@@ -114,19 +114,27 @@ class RecentWindow:
             maxq.pop()
         maxq.append((seq, x))
         if t is not None and self.seconds is not None:
+            n = self.n
+            if len(items) <= n:
+                return _NONE  # (nothing can leave: the loop below would not start)
             out: List[float] = []
             horizon = self.seconds * (1.0 - 1e-9)  # the last `seconds`, rounding-tolerant
             # at least n samples stay, whatever the step time (slow steps: the window in
             # seconds would otherwise hold one step and the precursor go dead)
-            while len(items) > self.n and (t - items[0][1] >= horizon or len(items) > self.cap):
-                out.append(self._pop())
-            return out
+            cap = self.cap
+            while len(items) > n and (t - items[0][1] >= horizon or len(items) > cap):
+                first, _, old = items.popleft()  # (= self._pop(), inlined)
+                self.total -= old
+                if maxq and maxq[0][0] == first:
+                    maxq.popleft()
+                out.append(old)
+            return out if out else _NONE
         if len(items) > self.n:  # count mode: at most one sample leaves per push
             first, _, old = items.popleft()  # (= self._pop(), inlined: the hot path)
             self.total -= old
             if maxq[0][0] == first:  # maxq holds at least the value just pushed
                 maxq.popleft()
-            return [old]
+            return (old,)  # (a tuple: cheaper than a list; callers only iterate)
         return _NONE
 
     def _pop(self) -> float:
@@ -173,14 +181,16 @@ class EWCorrelation:
         self.mx = self.my = self.vx = self.vy = self.cxy = 0.0
 
     def update(self, x: float, y: float) -> None:
-        self.n += 1
-        if self.n == 1:
+        n = self.n = self.n + 1
+        if n == 1:
             self.mx, self.my = x, y
             return
-        a = self.alpha if self.n * self.alpha > 1.0 else 1.0 / self.n
-        dx, dy = x - self.mx, y - self.my
-        self.mx += a * dx
-        self.my += a * dy
+        alpha = self.alpha
+        a = alpha if n * alpha > 1.0 else 1.0 / n
+        mx, my = self.mx, self.my
+        dx, dy = x - mx, y - my
+        self.mx = mx + a * dx
+        self.my = my + a * dy
         b = 1.0 - a
         self.vx = b * (self.vx + a * dx * dx)
         self.vy = b * (self.vy + a * dy * dy)

@@ -41,6 +41,7 @@ H = 42.0  # 1.1 x the largest S over 351 healthy runs (38): bench/calibrate_dete
 # many sigmas: significant, and harmless.
 MIN_RISE = math.log(1.25)
 _JITTER = 64
+_NEG_INF = -math.inf
 _FLOOR = 1e-3
 
 
@@ -64,30 +65,37 @@ class LossCusum(Detector):
         x = v.x
         if not finite(x):
             return None
-        self.n += 1
-        if self.n == 1:
+        n = self.n = self.n + 1  # (state read into locals once: the hot path)
+        if n == 1:
             self.mu = self.sm = x
             self.jitter.push(x)
             return None
-        self.sm += SMOOTH * (x - self.sm)
+        sm = self.sm = self.sm + SMOOTH * (x - self.sm)
         jit = self.jitter
-        if self.s == 0.0:
+        s = self.s
+        if s == 0.0:
             jit.push(x)
-        if self.n > BURN and jit.ready:
-            sigma = max(jit.scale, _FLOOR if v.log_space else _FLOOR * abs(jit.center) + 1e-12)
-            s = self.s + min((x - self.mu) / sigma, CLIP) - K
+        if n > BURN and jit.ready:
+            fl = _FLOOR if v.log_space else _FLOOR * abs(jit.center) + 1e-12
+            sigma = jit.scale
+            if fl > sigma:  # (max(scale, floor) and min(z, CLIP) written out)
+                sigma = fl
+            z = (x - self.mu) / sigma
+            s = s + (CLIP if z > CLIP else z) - K
             if s <= 0.0:
-                s, self.peak, self.steps_up = 0.0, -math.inf, 0
+                s = 0.0
+                if self.steps_up or self.peak != _NEG_INF:  # (no stores on a quiet step)
+                    self.peak, self.steps_up = _NEG_INF, 0
             else:
                 self.steps_up += 1
-                self.peak = max(self.peak, self.sm)
-                if self.sm < self.peak - BACK * sigma:
+                self.peak = max(self.peak, sm)
+                if sm < self.peak - BACK * sigma:
                     s, self.peak, self.steps_up = 0.0, -math.inf, 0
-                    self.mu = self.sm
+                    self.mu = sm
             self.s = s
-        if self.s == 0.0:
+        if s == 0.0:
             self.mu += LAMBDA * (x - self.mu)
-        if self.s >= H and (self.sm - self.mu >= MIN_RISE or not v.log_space):
+        elif s >= H and (sm - self.mu >= MIN_RISE or not v.log_space):
             return Finding(self.name, "slow_rise", "precursor", self._evidence(v))
         return None
 

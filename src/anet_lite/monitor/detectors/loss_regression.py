@@ -80,35 +80,42 @@ class LossRegression(Detector):
         x = v.x
         if not v.log_space or not finite(x):
             return None
-        self.n += 1
-        if self.n == 1:
-            self.x_first = x
-        self.sm = x if self.n == 1 else self.sm + SMOOTH * (x - self.sm)
-        self.hist.append(self.sm)
-        if self.n >= START and self.sm < self.best:
-            self.best = self.sm
+        n = self.n = self.n + 1  # (state read into locals once: the hot path)
+        if n == 1:
+            self.x_first = sm = x
+        else:
+            sm = self.sm + SMOOTH * (x - self.sm)
+        self.sm = sm
+        hist = self.hist
+        hist.append(sm)
+        best, first = self.best, self.x_first
+        if n >= START and sm < best:
+            self.best = best = sm
         # an order of magnitude above the best level, or above the first loss (a run
         # that blew up at its first steps never had a best level below it)
-        low = min(self.best, self.x_first)
-        self.blow = self.blow + 1 if x - low >= BLOWUP else 0
-        self.over_first = self.over_first + 1 if x - self.x_first >= BLOWUP else 0
-        known = finite(self.best)
+        low = first if first < best else best  # (min(best, first))
+        blow = self.blow = self.blow + 1 if x - low >= BLOWUP else 0
+        over = self.over_first = self.over_first + 1 if x - first >= BLOWUP else 0
+        known = finite(best)
         if known:
-            learned = self.best <= self.x_first - LEARNED
-            self.far = self.far + 1 if self.sm - self.best >= FAR and learned else 0
-            self.back = self.back + 1 if learned and self.sm >= self.x_first else 0
-        ev = {
+            learned = best <= first - LEARNED
+            far = self.far = self.far + 1 if sm - best >= FAR and learned else 0
+            back = self.back = self.back + 1 if learned and sm >= first else 0
+        if blow >= BLOWUP_STEPS or over >= FIRST_STEPS:
+            ev = self._evidence(x, low)
+            ev["blow_steps"] = max(blow, over)
+            return Finding(self.name, "loss_blowup", "precursor", ev)
+        if not known:
+            return None
+        # (rising: the history full -- its maxlen is BACK + 1 -- and sm >= its oldest)
+        rising = far >= HOLD and len(hist) == BACK + 1 and sm >= hist[0]
+        if far >= HOLD_LONG or rising or back >= HOLD:
+            return Finding(self.name, "regression", "precursor", self._evidence(x, low))
+        return None
+
+    def _evidence(self, x: float, low: float) -> Dict[str, Any]:
+        return {
             "best_ratio": math.exp(min(x - low, 700.0)),
             "first_ratio": math.exp(min(x - self.x_first, 700.0)),
             "far_steps": self.far,
         }
-        if self.blow >= BLOWUP_STEPS or self.over_first >= FIRST_STEPS:
-            ev["blow_steps"] = max(self.blow, self.over_first)
-            return Finding(self.name, "loss_blowup", "precursor", ev)
-        if not known:
-            return None
-        rising = len(self.hist) == self.hist.maxlen and self.sm >= self.hist[0]
-        if self.far >= HOLD_LONG or (self.far >= HOLD and rising) or self.back >= HOLD:
-            return Finding(self.name, "regression", "precursor", ev)
-        return None
-

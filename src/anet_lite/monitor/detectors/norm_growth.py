@@ -57,18 +57,19 @@ class NormGrowth(Detector):
         p = v.log_param
         if not finite(p):
             return None
-        self.n += 1
+        n = self.n = self.n + 1
         h = self.hist
         h.append(p)
-        if len(h) < h.maxlen:
+        if len(h) < SPAN + 1 or n <= 2 * SPAN:  # (SPAN + 1: the history's maxlen)
             return None
         rate = (h[-1] - h[0]) / SPAN
-        if self.n <= 2 * SPAN:
-            return None
-        fast = rate >= RATE and rate >= ACCEL * max(self.rmin, RATE_FLOOR)
-        self.rmin = min(self.rmin, rate)
-        self.hot = self.hot + 1 if fast else 0
-        if self.hot >= HOLD:
+        rmin = self.rmin
+        # (max(rmin, RATE_FLOOR) and min(rmin, rate) written out: the hot path)
+        fast = rate >= RATE and rate >= ACCEL * (RATE_FLOOR if rmin < RATE_FLOOR else rmin)
+        if rate < rmin:
+            self.rmin = rate
+        hot = self.hot = self.hot + 1 if fast else 0
+        if hot >= HOLD:
             ev = {
                 "param_growth_per_step": math.expm1(rate),
                 "growth_accel": rate / max(self.rmin, RATE_FLOOR),
