@@ -1,6 +1,7 @@
 """What a Guard step costs on the host: ATen ops per step and CPU step-time ratios.
 
     python bench/guard_ops.py [--steps 60] [--repeats 3] [--quick] [--skip-ops] [--skip-time]
+                              [--clock wall|cpu]
 
 1. Ops per step (issue 21): ``guard.observe(loss); optimizer.step()`` minus the same
    unguarded step, counted with a ``TorchDispatchMode`` (tests/pytorch/test_guard_ops.py asserts
@@ -18,7 +19,9 @@
    gradient norm exact); one step of each per round, the order rotating; the numbers the
    sampled Guards gave the Monitor are compared with ``sample=1``'s on the same steps;
    median step time per variant, repeated ``--repeats`` times (the spread of the ratios
-   over repeats is the noise: the machine may be shared).
+   over repeats is the noise: the machine may be shared). ``--clock cpu`` times each step
+   with the thread's CPU time instead of the wall clock (one thread: all of the step's
+   work), which other processes on a shared machine disturb much less (not the caches).
 """
 
 from __future__ import annotations
@@ -171,6 +174,9 @@ def lm_batches(n: int, bs: int = 16, ctx: int = 64) -> Tuple[List, int]:
     return out, len(chars)
 
 
+CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.thread_time
+
+
 def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[str, float]:
     """Median step time of each variant / the unguarded one's, interleaved in rounds."""
     init = make()
@@ -196,7 +202,7 @@ def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[s
         s = st[name]
         model, opt = s["model"], s["opt"]
         x, y = data[i % len(data)]
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         opt.zero_grad(set_to_none=True)
         out = model(x)
         loss = loss_fn(out.reshape(-1, out.shape[-1]), y.reshape(-1))
@@ -206,7 +212,7 @@ def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[s
         elif "guard" in s:
             s["guard"].observe(loss)
         opt.step()
-        return time.perf_counter() - t0
+        return CLOCK() - t0
 
     for i in range(5):  # warm-up
         for name in names:
@@ -249,7 +255,8 @@ def ratio_table(steps: int, repeats: int) -> None:
         ("MLP H=2048", lambda: mlp(2048), digits),
     ]
     print(
-        f"\nCPU step time / unguarded step, {torch.get_num_threads()} thread, AdamW, "
+        f"\nCPU step time ({'thread CPU' if CLOCK is time.thread_time else 'wall'} clock) "
+        f"/ unguarded step, {torch.get_num_threads()} thread, AdamW, "
         f"{steps} interleaved steps per variant, {repeats} repeats (median [min, max])"
     )
     cols = ("clip_grad_norm_", "Guard", "Guard sample=1", "Guard sample=16")
@@ -289,7 +296,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run")
     ap.add_argument("--skip-ops", action="store_true")
     ap.add_argument("--skip-time", action="store_true")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="step timer")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}")
     if not args.skip_ops:

@@ -113,7 +113,7 @@ EXTRA_CLIPS = {"clip inside": 1, "clip inside" + FORCED: 1}
 # memory=low 32 / 32 / 204, clip inside 35 / 35 / 35.
 NOT_YET = {
     "memory=low": "a sample of at most 2**20 elements, but its gradients are copied in "
-    "batches of 2**20 elements: ~3 ops per 2**20 elements of model (47 at 4.7M). Taking "
+    "batches of 2**20 elements: ~3 ops per 2**20 elements of model (41 at 4.7M). Taking "
     "the sample straight from the gradients needs a view of each gradient per step "
     "(they are new tensors every step), i.e. ops per tensor; a model-sized buffer is "
     "what the default uses instead",

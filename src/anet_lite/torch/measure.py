@@ -163,6 +163,7 @@ def sum_rows(rows: Sequence[Row], grad: bool) -> Row:
 RESCAN = 100  # measure calls between walks of the module tree (see ``_layout``)
 CPU_SAMPLE_FROM = 2**21  # sample="auto" on a CPU: above this many elements, ...
 CPU_SAMPLE = 16  # ... the update statistics on 1 in this many, the noise on every element
+CPU_KEEP = 0.25  # ... unless the sample keeps more than this share (parameters kept whole)
 
 
 class Buffers(dict):
@@ -256,8 +257,10 @@ class ChunkMeasure:
         if self.sample_auto:
             self._auto_layout(items)
         chunks, order = self._plan(items)
-        if self.full_noise and not (len(chunks) == 1 and chunks[0].views_stay):
-            self.sample, self.full_noise = 1, False  # the whole gradient is not in one buffer
+        if self.full_noise and not (
+            len(chunks) == 1 and chunks[0].views_stay and chunks[0].n <= CPU_KEEP * self._numel
+        ):  # the whole gradient is not in one buffer, or most parameters are too small to
+            self.sample, self.full_noise = 1, False  # be sampled: measure every element
             chunks, order = self._plan(items)
         if self._auto_limits and self.sample > 1 and not all(c.sole for c in chunks):
             # memory="low": a sample that does not fit one chunk (parameters too small to
@@ -284,7 +287,7 @@ class ChunkMeasure:
         a CPU from ``CPU_SAMPLE_FROM`` elements up (one process's flat buffers beyond the
         caches, each pass over them a pass over memory) ``CPU_SAMPLE`` for the update
         statistics with the noise sketched from every element (``full_noise``)."""
-        numel = sum(lp.numel() for _, _, lp in items)
+        numel = self._numel = sum(lp.numel() for _, _, lp in items)
         self.sample = self.auto_sample(numel, *(self._auto_limits or ()))
         self.full_noise = False
         if (
@@ -298,14 +301,16 @@ class ChunkMeasure:
         self._scales.clear()
 
     def _plan(self, items: List[Tuple[str, Tensor, Tensor]]) -> Tuple[List[Chunk], Any]:
-        """``sketch.plan`` with the tap's settings; marks each group's only chunk."""
+        """``sketch.plan`` with the tap's settings; marks each group's only chunk. The CPU
+        sample (``full_noise``) takes the smallest blocks, as ``memory="low"``, so that
+        parameters of ~10k elements are sampled too."""
         chunks, order = plan(
             items,
             self.chunk_numel,
             SIGN_BITS * self.sketch_buckets,
             self.sample,
             self.seed,
-            self.sample_blocks,
+            2**40 if self.full_noise else self.sample_blocks,
         )
         per_group: Dict[Any, int] = {}
         for c in chunks:
