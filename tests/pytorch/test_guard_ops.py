@@ -5,6 +5,11 @@ dispatched. Counted here: ``guard.observe(loss); optimizer.step()`` (the Guard's
 minus the same optimizer step without a Guard, on models of 10, 150 and 1,000 parameter
 tensors (a character MLP on stdlib text), against ``clip_grad_norm_(foreach=True)`` on
 the same model. Target: at most 4x clip's ops, and not growing with the tensors.
+
+``sample="auto"`` measures a CPU model above 2**21 elements (the 1,000-tensor MLP: 4.7M)
+another way (the update on a sample, the noise on every element): its count at 1,000
+tensors is compared with the same way of measuring at 10 and 150 tensors (forced there by
+lowering ``CPU_SAMPLE_FROM``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from typing import Any, Dict, Optional
+from unittest import mock
 
 import pytest
 
@@ -21,7 +27,7 @@ from torch import nn  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch_fixtures import CTX, VOCAB, batches  # noqa: E402
 
-from anet_lite.torch import Guard  # noqa: E402
+from anet_lite.torch import Guard, measure  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -77,6 +83,7 @@ def step_ops(model: nn.Module, guard_kw: Optional[Dict[str, Any]], steps: int = 
     if guard is not None:
         guard.close()
         assert guard.tap.step == steps
+        counter.ops.mode = (guard.tap.sample, guard.tap.full_noise)  # how it measured
     return counter.ops
 
 
@@ -89,21 +96,24 @@ def clip_ops(model: nn.Module) -> int:
 
 
 VARIANTS = {
-    "default": {},  # sample="auto": every element at these sizes
+    "default": {},  # sample="auto": every element up to 2**21 (150 tensors), see CPU_SAMPLED
     "sample=16": {"sample": 16},  # what "auto" picks at ~124M parameters
     "sample=1": {"sample": 1},
     "memory=low": {"memory": "low"},  # chunks of 2**20 elements: 5 at 1,000 tensors
     "clip inside": {"clip_grad_norm": 1.0},  # the packed (GPU-shaped) path on CPU
     "lag + gate": {"lag": True},  # the CUDA path: read one step late, same-step gate
 }
+# sample="auto": on a CPU, sampled above 2**21 elements (so at 1,000 tensors here)
+CPU_SAMPLED = ("default", "clip inside", "lag + gate")
+FORCED = " (CPU sample)"  # the same variant with CPU_SAMPLE_FROM = 0: sampled at any size
 # The Guard that clips does a clip's work too: its budget is one clip more.
-EXTRA_CLIPS = {"clip inside": 1}
+EXTRA_CLIPS = {"clip inside": 1, "clip inside" + FORCED: 1}
 # Measured before the batched sample copies (10 / 150 / 1,000 tensors; clip: 8 / 8 / 8):
 # default 32 / 32 / 32, sample=16 131 / 1527 / 8027, sample=1 32 / 32 / 32,
 # memory=low 32 / 32 / 204, clip inside 35 / 35 / 35.
 NOT_YET = {
     "memory=low": "a sample of at most 2**20 elements, but its gradients are copied in "
-    "batches of 2**20 elements: ~3 ops per 2**20 elements of model (47 at 4.7M). Taking "
+    "batches of 2**20 elements: ~3 ops per 2**20 elements of model (41 at 4.7M). Taking "
     "the sample straight from the gradients needs a view of each gradient per step "
     "(they are new tensors every step), i.e. ops per tensor; a model-sized buffer is "
     "what the default uses instead",
@@ -111,14 +121,20 @@ NOT_YET = {
 
 
 @pytest.fixture(scope="module")
-def counts() -> Dict[str, Dict[int, int]]:
-    out: Dict[str, Dict[int, int]] = {name: {} for name in VARIANTS}
+def counts() -> Dict[str, Dict[Any, Any]]:
+    """Ops per variant and tensors; ``"<variant>/mode"``: (sample, full_noise) used."""
+    names = [*VARIANTS, *(v + FORCED for v in CPU_SAMPLED)]
+    out: Dict[str, Dict[Any, Any]] = {k: {} for v in names for k in (v, v + "/mode")}
     out["clip_grad_norm_"] = {}
     for n in TENSORS:
         model = deep_mlp(n)
         base = sum(step_ops(copy.deepcopy(model), None).values())
-        for name, kw in VARIANTS.items():
-            out[name][n] = sum(step_ops(copy.deepcopy(model), kw).values()) - base
+        for name in names:
+            kw = VARIANTS[name.replace(FORCED, "")]
+            with mock.patch.object(measure, "CPU_SAMPLE_FROM", 0 if FORCED in name else 2**21):
+                ops = step_ops(copy.deepcopy(model), kw)
+            out[name][n] = sum(ops.values()) - base
+            out[name + "/mode"][n] = ops.mode
         out["clip_grad_norm_"][n] = clip_ops(copy.deepcopy(model))
     return out
 
@@ -143,14 +159,19 @@ def test_the_counter_sees_the_per_tensor_work_of_an_unguarded_step():
         pytest.param(v, marks=pytest.mark.xfail(reason=NOT_YET[v], strict=True))
         if v in NOT_YET
         else v
-        for v in VARIANTS
+        for v in [*VARIANTS, *(v + FORCED for v in CPU_SAMPLED)]
     ],
 )
 def test_guard_ops_per_step_are_a_few_times_a_clip_and_do_not_grow(counts, variant):
-    got, clip = counts[variant], counts["clip_grad_norm_"]
-    print(f"{variant}: Guard ops per step {got}, clip_grad_norm_ {clip}")
+    got, clip, mode = counts[variant], counts["clip_grad_norm_"], counts[variant + "/mode"]
+    print(f"{variant}: Guard ops per step {got}, clip_grad_norm_ {clip}, mode {mode}")
     budget = TARGET + EXTRA_CLIPS.get(variant, 0)
     for n in TENSORS:
         assert got[n] > 0, "the Guard dispatches ops of its own"
         assert got[n] <= budget * clip[n], (variant, n, got, clip)
-    assert got[1000] <= got[10] + 2, (variant, got)
+    if FORCED in variant:
+        assert all(m == (measure.CPU_SAMPLE, True) for m in mode.values()), mode
+    for n in TENSORS[1:]:  # against 10 tensors measured the same way
+        same = variant if mode[n] == mode[10] else variant + FORCED
+        assert counts[same + "/mode"][10] == mode[n], (variant, n, mode)
+        assert got[n] <= counts[same][10] + 2, (variant, n, got, counts[same])

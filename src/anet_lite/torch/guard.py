@@ -83,7 +83,7 @@ from ..records.tombstone import LazyTombstoneLog, TombstoneLog
 from ..verdict import Snapshot
 from . import checkpoint as ckpt_mod
 from .dist import LocalGradNorm, NoiseScale, all_reduce_sum, is_sharded, world
-from .measure import Row, as_row, row_device, row_values
+from .measure import Row, as_row, row_device, row_scales, row_values, scale_vector
 from .stepstats import (
     GRAD_DOT_AFTER,
     GRAD_DOT_BEFORE,
@@ -176,7 +176,9 @@ class Guard:
                            (blocks, ``GradNoiseTap(sample=...)``); the gradient norm stays
                            exact. Default ``"auto"``: every element up to 2**24 (16.7M)
                            parameters, else a sample of at most 2**23 (16 at 100M: +0.9 ms
-                           per step on an H100 instead of +5.6 ms; docs/benchmarks.md)
+                           per step on an H100 instead of +5.6 ms; docs/benchmarks.md); on a
+                           CPU from 2**21 (2.1M) the update on 1 in 16, the noise on every
+                           element (docs/guard.md)
     tap                    a ``GradNoiseTap`` of your own (the Guard's is built with
                            ``max_abs=False``: no max |g| in the evidence, one pass less)
     batch_size             per-rank batch size, for the gradient noise scale under DDP
@@ -429,7 +431,12 @@ class Guard:
             head = [x for r in rows for x in r]
             if prev is None:
                 head += [zero] * N_SLOTS
-            return torch.stack((*head, *tail, zero if flag is None else flag))
+            pack = torch.stack((*head, *tail, zero if flag is None else flag))
+            if any(getattr(r, "scales", ()) for r in rows):  # a sample's x R: ONE op
+                sc = tuple(f for r in rows for f in row_scales(r))
+                sc += (1.0,) * (pack.numel() - len(sc))
+                pack = pack * scale_vector(sc, dev, pack.dtype)
+            return pack
         return self._pack_cat(tuple(as_row(r) for r in rows), dev, loss, found_inf, flag)
 
     def _pack_cat(

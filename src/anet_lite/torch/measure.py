@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ from .sketch import (
     fill_params,
     flip_,
     fold,
+    fold_noise,
     local,
     plan,
     sign_masks,
@@ -39,10 +40,14 @@ __all__ = [
     "RESCAN",
     "Buffers",
     "ChunkMeasure",
+    "Parts",
     "Row",
     "as_row",
     "row_device",
+    "row_scales",
     "row_values",
+    "scale_vector",
+    "scaled",
     "sum_rows",
 ]
 
@@ -52,9 +57,57 @@ Row = Union[Tensor, Tuple[Tensor, ...]]
 caller reads them with ``row_values`` and skips the stack, the costliest small op here)."""
 
 
+class Parts(tuple):
+    """A row's 0-d parts with a host factor per part (``scales``; a sample's x R), applied
+    where the row is read (``as_row``, ``row_values``) rather than by ops on the device
+    each step. Make with ``scaled``. ``row_values`` keeps what it read in ``values``
+    (the parts are not changed in place later: a row read again, as the previous step's,
+    costs no read)."""
+
+    scales: Tuple[float, ...] = ()
+    values: Optional[List[float]] = None
+
+
+def scaled(parts: Sequence[Tensor], scales: Sequence[float]) -> Parts:
+    """``parts`` to be read x ``scales`` (one factor per part)."""
+    out = Parts(parts)
+    out.scales = tuple(scales)
+    return out
+
+
+def row_scales(row: Row) -> Tuple[float, ...]:
+    """The host factors of a row of parts (all 1.0 for a plain tuple)."""
+    sc = getattr(row, "scales", ())
+    return sc if sc else (1.0,) * len(row)
+
+
+_VECTORS: Dict[Tuple[Any, ...], Tensor] = {}
+
+
+def scale_vector(scales: Tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``scales`` as a 1-d tensor on ``device``, made once (by fills: a host tensor copied
+    over would sync on CUDA)."""
+    key = (scales, device, dtype)
+    t = _VECTORS.get(key)
+    if t is None:
+        t = torch.ones(len(scales), dtype=dtype, device=device)
+        for i, v in enumerate(scales):
+            if v != 1.0:
+                t.select(0, i).fill_(v)
+        if len(_VECTORS) > 64:  # (a few layouts per process)
+            _VECTORS.clear()
+        _VECTORS[key] = t
+    return t
+
+
 def as_row(row: Row) -> Tensor:
-    """The row as one tensor (a stack of the parts promotes them to the stats dtype)."""
-    return row if isinstance(row, Tensor) else torch.stack(row)
+    """The row as one tensor (a stack of the parts promotes them to the stats dtype;
+    ``Parts``: then x its scales)."""
+    if isinstance(row, Tensor):
+        return row
+    t = torch.stack(row)
+    sc = getattr(row, "scales", ())
+    return t * scale_vector(sc, t.device, t.dtype) if sc else t
 
 
 _KNOWN: Dict[int, Tuple[Any, float]] = {}
@@ -69,6 +122,9 @@ def row_values(row: Row) -> List[float]:
     not at all."""
     if isinstance(row, Tensor):
         return row.tolist()
+    memo = getattr(row, "values", None)
+    if memo is not None:
+        return list(memo)
     seen: Dict[int, float] = {}
     out = []
     for t in row:
@@ -78,6 +134,11 @@ def row_values(row: Row) -> List[float]:
             known = _KNOWN.get(k)
             v = seen[k] = known[1] if known is not None and known[0]() is t else t.item()
         out.append(v)
+    sc = getattr(row, "scales", ())
+    if sc:
+        out = [v * f for v, f in zip(out, sc)]
+    if isinstance(row, Parts):
+        row.values = list(out)
     return out
 
 
@@ -100,6 +161,9 @@ def sum_rows(rows: Sequence[Row], grad: bool) -> Row:
 
 
 RESCAN = 100  # measure calls between walks of the module tree (see ``_layout``)
+CPU_SAMPLE_FROM = 2**21  # sample="auto" on a CPU: above this many elements, ...
+CPU_SAMPLE = 16  # ... the update statistics on 1 in this many, the noise on every element
+CPU_KEEP = 0.25  # ... unless the sample keeps more than this share (parameters kept whole)
 
 
 class Buffers(dict):
@@ -191,11 +255,13 @@ class ChunkMeasure:
             if p.requires_grad and p.grad is not None and lp.is_floating_point():
                 items.append((name, p, lp))
         if self.sample_auto:
-            self.sample = self.auto_sample(
-                sum(lp.numel() for _, _, lp in items), *(self._auto_limits or ())
-            )
-            self._scales.clear()
+            self._auto_layout(items)
         chunks, order = self._plan(items)
+        if self.full_noise and not (
+            len(chunks) == 1 and chunks[0].views_stay and chunks[0].n <= CPU_KEEP * self._numel
+        ):  # the whole gradient is not in one buffer, or most parameters are too small to
+            self.sample, self.full_noise = 1, False  # be sampled: measure every element
+            chunks, order = self._plan(items)
         if self._auto_limits and self.sample > 1 and not all(c.sole for c in chunks):
             # memory="low": a sample that does not fit one chunk (parameters too small to
             # be sampled are kept whole) saves nothing; measure every element in chunks
@@ -216,15 +282,35 @@ class ChunkMeasure:
         self._sk_theta.clear()
         return chunks
 
+    def _auto_layout(self, items: List[Tuple[str, Tensor, Tensor]]) -> None:
+        """``sample="auto"``: the sample size for these parameters (``auto_sample``), and on
+        a CPU from ``CPU_SAMPLE_FROM`` elements up (one process's flat buffers beyond the
+        caches, each pass over them a pass over memory) ``CPU_SAMPLE`` for the update
+        statistics with the noise sketched from every element (``full_noise``)."""
+        numel = self._numel = sum(lp.numel() for _, _, lp in items)
+        self.sample = self.auto_sample(numel, *(self._auto_limits or ()))
+        self.full_noise = False
+        if (
+            self.sample == 1
+            and self._auto_limits is None
+            and (self.ema is None or self.noise == "sketch")
+            and CPU_SAMPLE_FROM < numel <= self.chunk_numel
+            and all(lp.device.type == "cpu" for _, _, lp in items)
+        ):
+            self.sample, self.full_noise = CPU_SAMPLE, True
+        self._scales.clear()
+
     def _plan(self, items: List[Tuple[str, Tensor, Tensor]]) -> Tuple[List[Chunk], Any]:
-        """``sketch.plan`` with the tap's settings; marks each group's only chunk."""
+        """``sketch.plan`` with the tap's settings; marks each group's only chunk. The CPU
+        sample (``full_noise``) takes the smallest blocks, as ``memory="low"``, so that
+        parameters of ~10k elements are sampled too."""
         chunks, order = plan(
             items,
             self.chunk_numel,
             SIGN_BITS * self.sketch_buckets,
             self.sample,
             self.seed,
-            self.sample_blocks,
+            2**40 if self.full_noise else self.sample_blocks,
         )
         per_group: Dict[Any, int] = {}
         for c in chunks:
@@ -344,7 +430,8 @@ class ChunkMeasure:
             versions = chunk.param_versions()
             cached = self._sk_theta.get(chunk.index)
             same = cached is not None and versions is not None and cached[1] == versions
-        if sketch or (ema is not None and self.noise == "sketch"):
+        noise_here = ema is not None and self.noise == "sketch" and "nsq" not in out
+        if sketch or noise_here:
             masks = self._masks(chunk)
             if sketch:
                 out["sk_before"] = (
@@ -352,11 +439,11 @@ class ChunkMeasure:
                 )
             out["sk_g"] = sk_g = fold(flip_(g, masks, self._scratch), k, self._scratch)
             out["flipped"] = True
-            if ema is not None and self.noise == "sketch":
+            if noise_here:
                 nsq = self._sketch_noise(chunk, sk_g, out)
         if full and keep:
             out["G"] = g
-        out["row"] = (gsq, nsq, consts[1], mx, gsq)
+        out["row"] = (gsq, out.get("nsq", nsq), consts[1], mx, gsq)
         return out
 
     def _fill_grad(self, chunk: Chunk, out: Dict[str, Any]) -> Tensor:
@@ -369,14 +456,25 @@ class ChunkMeasure:
             sq = fill_sampled_grads(chunk, buf, self._full_buffer(chunk), self.chunk_numel)
             if sq is not None:
                 out["exact_sq"] = sq
+                if self.full_noise and self.ema is not None:
+                    self._full_noise(chunk, out)
                 return buf
         return fill(chunk, buf, Seg.grad)
 
     def _full_buffer(self, chunk: Chunk) -> Tensor:
         """The work buffer that whole gradients are copied into (``fill_sampled_grads``):
         up to ``chunk_numel`` elements, the most one batch of them takes."""
-        sizes = {id(s.param): s.param.numel() for s in chunk.segs}
-        n = min(self.chunk_numel, sum(v for v in sizes.values() if v <= self.chunk_numel))
+        n = chunk.cache.get("full_n")
+        if n is None:  # (once per layout: a sampled chunk has a segment per block)
+            sizes = {id(s.param): s.param.numel() for s in chunk.segs}
+            n = min(self.chunk_numel, sum(v for v in sizes.values() if v <= self.chunk_numel))
+            chunk.cache["full_n"] = n
+        if self.full_noise:  # padded for the sketch (Scratch.get zeroes the padding)
+            whole = chunk.cache.get("whole")
+            if whole is None:
+                whole = chunk.cache["whole"] = Chunk(chunk.index, chunk.group, 0, chunk.gran)
+                whole.n = n
+            return self._scratch.get("full", whole)
         key = ("full", chunk.wdtype, chunk.device)
         buf = self._scratch.bufs.get(key)
         if buf is None or buf.numel() < n:
@@ -385,6 +483,20 @@ class ChunkMeasure:
             )
         return buf
 
+    def _full_noise(self, chunk: Chunk, out: Dict[str, Any]) -> None:
+        """``full_noise``: the noise from the sketch of the WHOLE gradient, which
+        ``fill_sampled_grads`` left in the full buffer (one batch): its signs flipped in
+        place and folded with one matrix-vector product, x 1/sqrt(``sample``) so that the
+        grad row's x ``sample`` leaves it whole. Sets ``out["nsq"]``."""
+        plan = chunk.cache.get("grads")
+        if plan is None or len(plan[1]) != 1 or plan[2]:
+            return  # (not every gradient went through the buffer: the sample's noise)
+        full = self._full_buffer(chunk)
+        masks = sign_masks(chunk.cache["whole"], self.seed, self._scratch, self._gens)
+        flip_(full, masks, self._scratch)
+        sk_g = fold_noise(full, self.sketch_buckets, self._scratch, chunk.weight)
+        out["nsq"] = self._sketch_noise(chunk, sk_g, out)
+
     def _grad_chunk_flat(
         self, chunk: Chunk, g: Tensor, out: Dict[str, Any], gsq: Tensor, nsq: Tensor, mx: Tensor
     ) -> Dict[str, Any]:
@@ -392,12 +504,14 @@ class ChunkMeasure:
         step (unflipped), so the update is measured exactly, with fewer passes than the
         sketch: g stays unflipped, the sketch of g (for the noise EMA only) is folded from
         a flipped copy in the "q" buffer, which the update then reuses for theta_after."""
-        if self.ema is not None and self.noise == "sketch":
+        if "nsq" in out:
+            nsq = out["nsq"]
+        elif self.ema is not None and self.noise == "sketch":
             q = self._scratch.get("q", chunk)
             masks = self._masks(chunk)
             iv = self._scratch.view
             torch.bitwise_xor(iv(g, masks.dtype), masks, out=iv(q, masks.dtype))
-            nsq = self._sketch_noise(chunk, fold(q, self.sketch_buckets, self._scratch), out)
+            nsq = self._sketch_noise(chunk, fold_noise(q, self.sketch_buckets, self._scratch), out)
         p = self._scratch.get("p", chunk)
         pkey = self._scratch.key("p", chunk)
         versions = chunk.param_versions()

@@ -237,9 +237,10 @@ class _GradBatch:
     parameter-shaped views of it), and the copy of their sampled elements out of it
     (``dst`` <- ``src``, views made once)."""
 
-    __slots__ = ("dst", "n", "params", "src", "views")
+    __slots__ = ("dst", "n", "params", "part", "src", "views")
 
     def __init__(self) -> None:
+        self.part: Optional[Tensor] = None  # the buffer's first ``n`` elements (a view)
         self.params: List[Tensor] = []
         self.views: List[Tensor] = []
         self.dst: List[Tensor] = []
@@ -296,7 +297,9 @@ def fill_sampled_grads(chunk: Chunk, buf: Tensor, full: Tensor, limit: int) -> O
         if any(g is None for g in grads):
             return None
         torch._foreach_copy_(b.views, grads)
-        part = full[: b.n] if b.n != full.numel() else full
+        part = b.part
+        if part is None:
+            part = b.part = full[: b.n] if b.n != full.numel() else full
         sq = torch.dot(part, part)
         torch._foreach_copy_(b.dst, b.src)
         total = sq if total is None else total + sq
