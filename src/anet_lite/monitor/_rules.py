@@ -66,7 +66,7 @@ def exp_capped(x: float) -> float:
 
 
 _isfinite, _exp, _mlog = math.isfinite, math.exp, math.log  # (module globals: the hot path)
-_INF = math.inf
+_INF, _NAN = math.inf, math.nan
 
 
 class MonitorRules(CoherenceRules):
@@ -215,7 +215,7 @@ class MonitorRules(CoherenceRules):
             ls = _mlog(S)
             lu = ls - (_mlog(lr) if lr is not None and 0.0 < lr < _INF else 0.0)
             ub = self.upd_base
-            ud = math.nan
+            ud = _NAN
             if ub.ready:
                 ud = lu - ub.center
                 ev["update_ratio"] = ur = _exp(700.0 if ud > 700.0 else ud)  # (exp_capped)
@@ -230,30 +230,23 @@ class MonitorRules(CoherenceRules):
                 # A step that moves the weights by a tenth of their norm, out of character
                 # for the run (OVERSIZED_X), is damage done. Whatever its character, it
                 # sizes the slow-down of any cause on this step.
-                rel, rel_prev = S / P, self.rel_prev
-                self.rel_prev = rel
+                rel = S / P
                 ev["rel_update"] = rel
-                # strict_start: oversized until the run has made an update below the
-                # limit (a level learned from oversized updates is no reference); else
-                # before a level exists (the first updates, after a declared change):
-                # judged against the update before
-                self.rel_calm = self.rel_calm or rel < self.max_rel_update
-                if self.strict_start and not self.rel_calm:
-                    jumped = True
-                elif ud == ud:
-                    jumped = ud >= OVERSIZED_X and not self._loss_accounts_for(ud)
+                lim = self.max_rel_update
+                if rel < lim:
+                    if not self.rel_calm:
+                        self.rel_calm = True
                 else:
-                    jumped = rel >= rel_prev
-                if rel >= self.max_rel_update:
-                    ev["rel_update_limit"] = self.max_rel_update  # (sizes the slow-down)
+                    ev["rel_update_limit"] = lim  # (sizes the slow-down)
                     # in a level shift (SGD: the update jumps with the gradient) or in
                     # the grace after a schedule event or a declared change (new data,
                     # a warm restart) it waits, below twice the limit
                     held = (
                         self.shift_x is not None or self.t < self.grace_until
-                    ) and rel < 2.0 * self.max_rel_update
-                    if "severe" not in ev and not held and jumped:
+                    ) and rel < 2.0 * lim
+                    if "severe" not in ev and not held and self._out_of_character(rel, ud):
                         ev["severe"] = "oversized_update"
+                self.rel_prev = rel
         if gr is not None and ur is not None:
             # gradient AND update far above their levels, the update growing step after step:
             # the optimizer is being pushed one way (a one-batch spike decays instead)
@@ -271,6 +264,19 @@ class MonitorRules(CoherenceRules):
             ev["severe"] = "lr_jump"
         self._coherence(s.processivity, ev, gr, ur)
         return True
+
+    def _out_of_character(self, rel: float, ud: float) -> bool:
+        """An update >= max_rel_update x ||theta|| (``rel``; ``ud``: log ratio to the
+        run's update level, NaN while there is none) that is out of character: with
+        ``strict_start``, any until the run has made one below the limit (a level learned
+        from oversized updates is no reference); else >= OVERSIZED_X x the level with the
+        loss not accounting for it, or, with no level yet (the first updates, after a
+        declared change), no smaller than the update before."""
+        if self.strict_start and not self.rel_calm:
+            return True
+        if ud == ud:
+            return ud >= OVERSIZED_X and not self._loss_accounts_for(ud)
+        return rel >= self.rel_prev
 
     def _one_step(self, d: float, cause: str, ev: Dict) -> None:
         """A one-step jump ``d`` (log of the ratio to its level) that beat its ratio and
