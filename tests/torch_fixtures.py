@@ -44,6 +44,20 @@ def char_mlp(seed: int = 0) -> nn.Module:
     )
 
 
+def char_mlp_wide(width: int = 512, seed: int = 0) -> nn.Module:
+    """An embedding and two hidden layers of ``width`` (~0.48M parameters at 512)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Embedding(VOCAB, 32),
+        nn.Flatten(),
+        nn.Linear(CTX * 32, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, VOCAB),
+    )
+
+
 def cuda_steps_without_sync(tap, opt, backward, steps: int = 3, after_step=None) -> None:
     """``steps`` training steps on CUDA with the tap's own calls run under
     ``torch.cuda.set_sync_debug_mode("error")``: any synchronizing call inside them raises."""

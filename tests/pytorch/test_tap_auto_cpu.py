@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
-from torch_fixtures import CTX, VOCAB, batches  # noqa: E402
+from torch_fixtures import batches, char_mlp_wide  # noqa: E402
 
 from anet_lite.torch import GradNoiseTap, Guard  # noqa: E402
 from anet_lite.torch.measure import CPU_SAMPLE, CPU_SAMPLE_FROM  # noqa: E402
@@ -20,21 +20,8 @@ from anet_lite.torch.measure import CPU_SAMPLE, CPU_SAMPLE_FROM  # noqa: E402
 pytestmark = pytest.mark.torch
 
 
-def wide_model(width: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Embedding(VOCAB, 32),
-        nn.Flatten(),
-        nn.Linear(CTX * 32, width),
-        nn.ReLU(),
-        nn.Linear(width, width),
-        nn.ReLU(),
-        nn.Linear(width, VOCAB),
-    )
-
-
 def run(width: int, steps: int, seed: int = 0):
-    model = wide_model(width, seed)
+    model = char_mlp_wide(width, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     ref = GradNoiseTap(model, 0.9, noise="exact", exact_update=True, max_abs=False)
     auto = GradNoiseTap(model, 0.9, noise="sketch", sample="auto", max_abs=False, seed=seed)
@@ -78,8 +65,8 @@ def test_auto_on_a_cpu_samples_the_update_and_sketches_the_noise_of_every_elemen
 
 
 def test_auto_on_a_cpu_measures_smaller_models_whole_and_a_given_rate_as_given():
-    small = wide_model(256)  # 0.2M parameters
-    big = wide_model(1536)
+    small = char_mlp_wide(256)  # 0.2M parameters
+    big = char_mlp_wide(1536)
     taps = [
         GradNoiseTap(small, 0.9, noise="sketch", sample="auto", max_abs=False),
         GradNoiseTap(big, 0.9, noise="sketch", sample=16, max_abs=False),
@@ -97,7 +84,7 @@ def test_auto_on_a_cpu_measures_smaller_models_whole_and_a_given_rate_as_given()
 
 
 def test_the_guards_default_on_a_cpu_model_above_2_21_is_the_sampled_update():
-    model = wide_model(1536)
+    model = char_mlp_wide(1536)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = Guard(model, opt, checkpoint_every=0, on_error="raise")
     noise = []

@@ -14,26 +14,12 @@ torch = pytest.importorskip("torch")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
-from torch_fixtures import CTX, VOCAB, batches, cuda_steps_without_sync  # noqa: E402
+from torch_fixtures import batches, char_mlp_wide, cuda_steps_without_sync  # noqa: E402
 
 from anet_lite.torch import GradNoiseTap, Guard  # noqa: E402
 from anet_lite.torch.sample import SAMPLE_MIN_BLOCKS, SAMPLE_UNIT, sample_ranges  # noqa: E402
 
 pytestmark = pytest.mark.torch
-
-
-def char_model(width: int = 512, seed: int = 0) -> nn.Module:
-    """~0.48M parameters: enough blocks for a sample of one in 4."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Embedding(VOCAB, 32),
-        nn.Flatten(),
-        nn.Linear(CTX * 32, width),
-        nn.ReLU(),
-        nn.Linear(width, width),
-        nn.ReLU(),
-        nn.Linear(width, VOCAB),
-    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -77,7 +63,7 @@ def test_a_sampled_fill_copies_exactly_the_kept_elements(chunk_numel):
     from anet_lite.torch.sample import sampled_runs
     from anet_lite.torch.sketch import Seg, fill, fill_params
 
-    model = char_model()
+    model = char_mlp_wide()
     tap = GradNoiseTap(model, 0.9, noise="sketch", sample=4, chunk_numel=chunk_numel)
     x, y = next(batches(1))
     nn.functional.cross_entropy(model(x), y).backward()
@@ -105,7 +91,7 @@ def test_batched_gradient_copies_give_the_sample_and_the_exact_sum(limit):
     from anet_lite.torch.sample import fill_sampled_grads
     from anet_lite.torch.sketch import Seg, fill
 
-    model = char_model()
+    model = char_mlp_wide()
     tap = GradNoiseTap(model, 0.9, noise="sketch", sample=4)
     x, y = next(batches(1))
     nn.functional.cross_entropy(model(x), y).backward()
@@ -127,7 +113,7 @@ def test_batched_gradient_copies_give_the_sample_and_the_exact_sum(limit):
 def test_bf16_gradients_sampled_give_the_exact_norm_in_fp32():
     """bf16 gradients: the exact norm accumulates in float32 (a float32 copy and dot),
     not in bf16 (3 significant digits)."""
-    model = char_model().to(torch.bfloat16)
+    model = char_mlp_wide().to(torch.bfloat16)
     tap = GradNoiseTap(model, 0.9, noise="sketch", sample=4)
     opt = torch.optim.SGD(model.parameters(), 0.01)
     for x, y in batches(3):
@@ -143,7 +129,7 @@ def test_bf16_gradients_sampled_give_the_exact_norm_in_fp32():
 
 
 def run_pair(opt_name: str, rate: int, steps: int = 50, noise: str = "sketch"):
-    model = char_model()
+    model = char_mlp_wide()
     if opt_name == "adamw":
         opt = torch.optim.AdamW(model.parameters(), 3e-3)
     else:
@@ -189,7 +175,7 @@ def test_a_sample_of_one_in_4_estimates_the_full_stats(noise):
 
 
 def test_a_nan_outside_the_sample_still_makes_the_step_non_finite():
-    model = char_model()
+    model = char_mlp_wide()
     tap = GradNoiseTap(model, 0.9, noise="sketch", sample=8)
     x, y = next(batches(1))
     nn.functional.cross_entropy(model(x), y).backward()
@@ -228,7 +214,7 @@ def test_auto_sample_measures_small_models_whole_and_keeps_large_samples_bounded
     assert GradNoiseTap.auto_sample(2**24 + 1) == 4
     assert GradNoiseTap.auto_sample(101_556_480) == 16  # bench/gpu_check.py's LM
     assert GradNoiseTap.auto_sample(10**9) == 128
-    small = char_model()
+    small = char_mlp_wide()
     g = Guard(small, torch.optim.SGD(small.parameters(), 0.1), checkpoint_every=0)
     x, y = next(batches(1))
     loss = nn.functional.cross_entropy(small(x), y)
@@ -271,12 +257,12 @@ def test_auto_sample_measures_small_models_whole_and_keeps_large_samples_bounded
 )
 def test_bad_sample_arguments_are_named(kw, err):
     with pytest.raises(err, match=r"sample|max_abs"):
-        GradNoiseTap(char_model(64), 0.9, **kw)
+        GradNoiseTap(char_mlp_wide(64), 0.9, **kw)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_sampled_tap_does_not_sync():
-    model = char_model().cuda()
+    model = char_mlp_wide().cuda()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     tap = GradNoiseTap(model, 0.9, noise="sketch", sample=4)
     data = batches(10)

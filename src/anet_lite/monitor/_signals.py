@@ -100,20 +100,7 @@ def read_inputs(
             vals["param_norm"],
             vals["processivity"],
         )
-    try:  # fast path: everything converts
-        return Signals(
-            float(loss),
-            None if step is None else int(step),
-            None if grad_norm is None else float(grad_norm),
-            None if step_norm is None else float(step_norm),
-            None if noise is None else float(noise),
-            None if lr is None else float(lr),
-            None if time is None else float(time),
-            None if param_norm is None else float(param_norm),
-            None if processivity is None else float(processivity),
-        )
-    except Exception:
-        pass
+    # (Monitor.update inlines the fast path for inputs that all convert)
     return read_lenient(
         loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity
     )
