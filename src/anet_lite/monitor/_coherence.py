@@ -34,49 +34,27 @@ SURGE_GRAD = 5.0  # without the lift: the gradient >= this x its level, rising 3
 # the run's median cos, the loss past its gate: going uphill even while the batch loss
 # still wobbles (a sign bug under momentum: the loss lags the optimizer by a step or two).
 CO_ASCENT = 2
-_ABSENT = object()  # (an argument not given)
 _isfinite = math.isfinite
 
 
 class CoherenceRules:
     """Processivity cos(−g, Δθ): gate gradient growth on coherent updates; going uphill."""
 
-    def _coherence(self, c: Any, ev: Dict[str, Any], gr: Any = _ABSENT, ur: Any = _ABSENT) -> None:
+    def _coherence(self, c: Any, ev: Dict[str, Any], gr: Any, ur: Any) -> None:
         """Processivity: gate gradient growth on coherent updates; detect going uphill.
         Loss, gradient and update compounding (``_surge``; also the 4-step growth streak in
         ``MonitorRules._grad_signals``) is watched with or without it. ``gr``, ``ur``: this
-        step's evidence "grad_ratio" and "update_ratio" (None: absent), when the caller
-        has them at hand (else read from ``ev``)."""
-        # Record this step's cos; lift: its recent mean's lift over the median, or None
-        # while the cos carries no information (absent, no baseline yet, or plain SGD's ~1)
-        lift = None
-        if c is not None and _isfinite(c):
-            cc = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)  # (max(-1, min(1, c)))
-            rec, cb = self.cos_recent, self.cos_base
-            if len(rec) == COS_RECENT:  # (its maxlen)
-                cb.push(rec[0])
-            rec.append(cc)
-            if cb.ready and cb.count >= self.n and not cb.center > COS_INFORMATIVE:
-                lift = sum(rec) / len(rec) - cb.center
-                ev["proc_lift"] = lift
-        if gr is _ABSENT:
-            gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
+        step's evidence "grad_ratio" and "update_ratio" (None: absent)."""
+        lift = self._cos_lift(c)
+        if lift is not None:
+            ev["proc_lift"] = lift
         dev = ev.get("loss_dev")
         now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
-        hist = self.surge_hist
-        if now is None and not hist:
-            surge = ""  # (what _surge returns then, without the call)
-        elif now is not None and (len(hist) < 2 or not dev >= SURGE_DEV):  # (NaN-exact)
-            hist.append(now)  # (likewise: no surge possible, the step is only recorded)
-            surge = ""
-        else:
-            surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
+        surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
         if surge == "compounding":
             ev["compounding"] = True  # (Monitor._update reads it: cause "divergence")
-        if lift is None:  # no usable processivity: nothing is gated, no streak goes on
-            self.coherent = True
-            if self.climb:
-                self.climb, self.climb_devs = 0, []
+        if lift is None:
+            self._no_coherence()
             return
         self.coherent = lift >= COS_COHERENT
         cb = self.cos_base
@@ -104,6 +82,20 @@ class CoherenceRules:
         ):
             self.climb = max(self.climb, CLIMB_STEPS)
 
+    def _cos_lift(self, c: Any) -> Any:
+        """Record this step's cos; its recent mean's lift over the median, or None while
+        the cos carries no information (absent, no baseline yet, or plain SGD's ~1)."""
+        if c is None or not _isfinite(c):
+            return None
+        c = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
+        rec, cb = self.cos_recent, self.cos_base
+        if len(rec) == COS_RECENT:  # (its maxlen)
+            cb.push(rec[0])
+        rec.append(c)
+        if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
+            return None
+        return sum(rec) / len(rec) - cb.center
+
     def _surge(self, now: Any, lift: float, loss: Any) -> str:
         """Loss, gradient and update each larger than the step before, 2 steps in a row:
         "ascent" with coherent updates (cos lifted); "compounding" without that lift when
@@ -130,3 +122,9 @@ class CoherenceRules:
                     kind = "compounding"
         hist.append(now)
         return kind
+
+    def _no_coherence(self) -> None:
+        """No usable processivity this step: nothing is gated and no streak goes on."""
+        self.coherent = True
+        if self.climb:
+            self.climb, self.climb_devs = 0, []

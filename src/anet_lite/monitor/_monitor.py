@@ -19,7 +19,7 @@ import numpy as np
 from .. import fingerprint as _fp
 from .._validate import positive
 from ..metrics import Z_CAP
-from ..verdict import Snapshot
+from ..verdict import Snapshot, make_snapshot
 from ._coherence import CLIMB_STEPS, COS_RECENT
 from ._rules import RISE_PZ, MonitorRules
 from ._signals import Signals, read_inputs, read_lenient
@@ -36,9 +36,6 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 
 _INF, _NAN = math.inf, math.nan
-_mlog, _sqrt = math.log, math.sqrt
-_new = object.__new__
-_tuple_new = tuple.__new__
 _isfinite = math.isfinite
 _log = logging.getLogger("anet_lite")
 
@@ -395,7 +392,35 @@ class Monitor(MonitorRules):
         marked = self.pending_mark is not None
         event = self._schedule(s, ev)
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
-        # measure: loss, gradient and update levels, and the noise fingerprint
+        pz, finite_grad = self._measure(s, ev, grace)
+        cause, status = self._ladder(s, ev, pz, grace, finite_grad)
+        restart = marked or event == "lr_restart"
+        cause, status = self._detect(s, ev, cause, status, restart)
+        if self.recover_t is not None and status in ("healthy", "warming_up"):
+            status = self._recovery(ev, status)
+        if cause:
+            ev["cause"] = cause
+        if event:
+            ev["event"] = event
+        if grace:
+            ev["grace"] = True
+        proc = self.proc.value()
+        theta, sdot = self.theta, self.sdot
+        ft = self.w_s * sdot + self.w_p * proc
+        # (one assignment per key, in this order: what ev.update(theta=..., ...) did)
+        ev["theta"] = theta
+        ev["sdot"] = sdot
+        ev["proc"] = proc
+        ev["f_total"] = ft
+        ev["precursor_z"] = pz
+        self.last_status = status
+        step = s.step if s.step is not None else self.t
+        precursor = status == "precursor" or status == "collapsed"
+        return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, bool(cause), ev)
+
+    def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
+        """Loss, gradient and update levels, and the noise fingerprint; returns (the
+        precursor z, whether the gradient norm was finite)."""
         self.x_now = _NAN
         L = s.loss
         if _isfinite(L):
@@ -408,48 +433,7 @@ class Monitor(MonitorRules):
             v = self.loss_step  # loss only: fingerprint its step-to-step changes, not its trend
         if v is not None and _isfinite(v) and self.fp.push(v) is not None:
             self._refresh_theta(grace)
-        cause, status = self._ladder(s, ev, pz, grace, finite_grad)
-        restart = marked or event == "lr_restart"
-        cause, status = self._detect(s, ev, cause, status, restart)
-        if self.recover_t is not None and status in ("healthy", "warming_up"):
-            status = self._recovery(ev, status)
-        if cause:
-            ev["cause"] = cause
-        if event:
-            ev["event"] = event
-        if grace:
-            ev["grace"] = True
-        pc = self.proc  # (pc.value(), inlined: the processivity P in [-1, 1])
-        den = pc.vx * pc.vy
-        if pc.n < 3 or not den > 1e-300:
-            proc = 0.0
-        else:
-            r = pc.cxy / _sqrt(den)
-            proc = -1.0 if r < -1.0 else (1.0 if r > 1.0 else r)
-        theta, sdot = self.theta, self.sdot
-        ft = self.w_s * sdot + self.w_p * proc
-        # (one assignment per key, in this order: what ev.update(theta=..., ...) did)
-        ev["theta"] = theta
-        ev["sdot"] = sdot
-        ev["proc"] = proc
-        ev["f_total"] = ft
-        ev["precursor_z"] = pz
-        self.last_status = status
-        step = s.step if s.step is not None else self.t
-        # (make_snapshot, inlined: the fields in the dataclass's order)
-        snap = _new(Snapshot)
-        d = snap.__dict__
-        d["theta"] = theta
-        d["sdot"] = sdot
-        d["proc"] = proc
-        d["f_total"] = ft
-        d["precursor"] = status == "precursor" or status == "collapsed"
-        d["zscore"] = pz
-        d["step"] = step
-        d["status"] = status
-        d["alert"] = bool(cause)
-        d["evidence"] = ev
-        return snap
+        return pz, finite_grad
 
     def _ladder(
         self, s: Signals, ev: Dict[str, Any], pz: float, grace: bool, finite_grad: bool
@@ -506,9 +490,7 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        p = s.param_norm  # (_log_or_nan, inlined)
-        lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN
-        view = _tuple_new(View, (self.x_now, self.log_space, lp, restart))  # (= View(...))
+        view = View(self.x_now, self.log_space, _log_or_nan(s.param_norm), restart)
         found = None
         for det in self.detectors:
             f = det.update(view)

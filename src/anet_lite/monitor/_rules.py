@@ -65,7 +65,7 @@ def exp_capped(x: float) -> float:
     return math.exp(min(x, 700.0))
 
 
-_isfinite, _exp, _mlog = math.isfinite, math.exp, math.log  # (module globals: the hot path)
+_isfinite, _mlog = math.isfinite, math.log  # (module globals: the hot path)
 _INF, _NAN = math.inf, math.nan
 
 
@@ -188,7 +188,7 @@ class MonitorRules(CoherenceRules):
             gb = self.grad_base
             if gb.ready:
                 gd = lg - gb.center
-                ev["grad_ratio"] = gr = _exp(700.0 if gd > 700.0 else gd)  # (exp_capped)
+                ev["grad_ratio"] = gr = exp_capped(gd)
                 lim, zs = self.severe_grad, SEVERE_Z * gb.scale
                 if gd >= (zs if zs > lim else lim):  # (max(lim, zs) written out)
                     self._one_step(gd, "grad_explosion", ev)
@@ -218,7 +218,7 @@ class MonitorRules(CoherenceRules):
             ud = _NAN
             if ub.ready:
                 ud = lu - ub.center
-                ev["update_ratio"] = ur = _exp(700.0 if ud > 700.0 else ud)  # (exp_capped)
+                ev["update_ratio"] = ur = exp_capped(ud)
                 lim, zs = self.severe_update, SEVERE_Z * ub.scale
                 if ud >= (zs if zs > lim else lim):
                     self._one_step(ud, "update_blowup", ev)

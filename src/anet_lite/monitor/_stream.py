@@ -123,11 +123,7 @@ class RecentWindow:
             # seconds would otherwise hold one step and the precursor go dead)
             cap = self.cap
             while len(items) > n and (t - items[0][1] >= horizon or len(items) > cap):
-                first, _, old = items.popleft()  # (= self._pop(), inlined)
-                self.total -= old
-                if maxq and maxq[0][0] == first:
-                    maxq.popleft()
-                out.append(old)
+                out.append(self._pop())
             return out if out else _NONE
         if len(items) > self.n:  # count mode: at most one sample leaves per push
             first, _, old = items.popleft()  # (= self._pop(), inlined: the hot path)
