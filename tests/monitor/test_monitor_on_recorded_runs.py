@@ -317,6 +317,20 @@ def test_a_loss_ten_times_the_untrained_loss_is_flagged_from_the_loss_alone(run_
     assert "its first loss" in first.explain()
 
 
+def test_a_loss_that_keeps_rising_is_flagged_from_the_loss_alone_before_it_collapses():
+    # Loss only: SGD's momentum changed mid-run (onset 233); the loss climbs from ~0.1 to
+    # ~1 over 240 steps, noisily, no step standing out, until it collapses (step 476).
+    # The trend test flags the steady rise ~50 steps before.
+    run_id = "mlp_digits-beta_change-sgd-s20400"
+    meta = next(m for m in score.load_manifest(MECH)["runs"] if m["run_id"] == run_id)
+    rows = score.load_run(os.path.join(MECH, meta["file"]))
+    m = Monitor(on_error="raise")
+    first = next(s for s in (m.update(r["loss"], step=r["step"]) for r in rows) if s.alert)
+    assert first.evidence["cause"] == "rising_trend"
+    assert meta["onset"] < first.step <= meta["collapse_step"] - 20
+    assert "kept rising" in first.explain()
+
+
 def test_after_an_action_the_status_reads_recovering_until_the_loss_is_back():
     # A real shard of bad batches (train split). A loop that acts on the first alert
     # (Monitor.decide) is told "recovering" -- not "healthy" -- while the loss is still
