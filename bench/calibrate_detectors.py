@@ -53,6 +53,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     s_max, accel_max, far_max, back_max, alarms = 0.0, 0.0, 0, 0, {}
     first_max = 0  # longest streak >= BLOWUP x the first loss
     over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
+    jump_x = 0.0  # largest min(gradient, update ratio) on a step whose loss did not rise
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -69,6 +70,10 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         if big and not held and not m._loss_accounts_for(math.log(ev.get("update_ratio", 1.0))):
             over_x = max(over_x, ev.get("update_ratio", 0.0))
         far_max = max(far_max, lr_.far)
+        gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
+        flat = ev.get("loss_dev", math.inf) <= _rules.SCALE_JUMP_DEV
+        if gr is not None and ur is not None and flat and m.ref is not None:
+            jump_x = max(jump_x, min(gr, ur))
         ts, ms = tr.ts, tr.ms
         if len(ts) == ts.maxlen and ms[-1] - ms[0] >= loss_trend.MIN_RISE:
             trend_max = max(trend_max, min(ts[-1], ts[0]))
@@ -89,6 +94,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "trend_max": trend_max,
         "back_max": back_max,
         "over_x": over_x,
+        "jump_x": jump_x,
         "first_max": first_max,
         "alarms": alarms,
         "steps": len(rows),
@@ -136,6 +142,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"oversized_update: largest healthy update ratio of an update >= max_rel_update x"
           f" ||theta|| = {ov[0][1]['over_x']:.1f} (in use: {math.exp(_rules.OVERSIZED_X):.0f})")
     print("  largest:", ", ".join(f"{i} {r['over_x']:.1f}" for i, r in ov))
+    sj = sorted(res, key=lambda x: -x[1]["jump_x"])[:3]
+    print(f"scale_jump: largest healthy min(gradient, update ratio) on a step whose loss did"
+          f" not rise = {sj[0][1]['jump_x']:.1f} (in use: {_rules.SCALE_JUMP_X})")
+    print("  largest:", ", ".join(f"{i} {r['jump_x']:.1f}" for i, r in sj))
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]
