@@ -217,6 +217,19 @@ def test_a_monitor_state_without_detectors_still_loads():
     assert m2.update(0.4).status in ("healthy", "warming_up", "drifting")
 
 
+def test_a_state_saved_before_a_detector_existed_loads_and_starts_it_fresh():
+    m = Monitor()
+    for v in _noisy_decay(150):
+        m.update(v)
+    st_ = json.loads(json.dumps(m.state_dict()))
+    del st_["detectors"]["loss_trend"]  # (a state from before LossTrend)
+    m2 = Monitor()
+    m2.load_state_dict(st_)
+    trend = next(d for d in m2.detectors if d.name == "loss_trend")
+    assert trend.state_dict() == LossTrend().state_dict()
+    assert m2.update(0.4).status in ("healthy", "warming_up", "drifting")
+
+
 def test_the_calibration_holds_on_the_committed_healthy_runs(capsys):
     # bench/calibrate_detectors.py on the committed cache's 117 healthy runs: the
     # thresholds in use keep every detector under one alarming run per 50,000 steps
