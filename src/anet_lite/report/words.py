@@ -283,12 +283,19 @@ FP16_ONLY: Dict[str, Tuple[Tuple[str, str], ...]] = {
         ("; check the loss scale and mixed-precision settings.", "."),
         (" or after a schedule or loss-scale bug", " or after a schedule bug"),
         ("; check the data and the loss scale.", "; check the data."),
+        (", a loss scale, layers unfrozen", ", layers unfrozen"),
+        (
+            "check gradient accumulation, loss scaling and which",
+            "check gradient accumulation and which",
+        ),
     ),
     "ja": (
         ("（数値のオーバーフロー、損失スケールや fp16 の問題）", "（数値のオーバーフロー）"),
         ("損失スケールと混合精度の設定を確認してください。", ""),
         ("スケジュールや損失スケールの不具合の後", "スケジュールの不具合の後"),
         ("データと損失スケールを確認してください。", "データを確認してください。"),
+        ("、損失スケール、凍結解除された層", "、凍結解除された層"),
+        ("勾配累積、損失スケーリング、学習対象", "勾配累積、学習対象"),
     ),
 }
 
