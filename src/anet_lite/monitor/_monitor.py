@@ -12,6 +12,7 @@ import logging
 import math
 import warnings
 from collections import deque
+from functools import partial
 from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
@@ -37,6 +38,8 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 _INF, _NAN = math.inf, math.nan
 _isfinite = math.isfinite
+# View(*fields) without the named tuple's Python-level __new__ (made once per step)
+_new_view = partial(tuple.__new__, View)
 _log = logging.getLogger("anet_lite")
 
 
@@ -413,7 +416,8 @@ class Monitor(MonitorRules):
             if S is not None:
                 ev["step_norm"] = S
         marked = self.pending_mark is not None
-        event = self._schedule(s, ev)
+        # (no lr and no mark: no schedule event, nothing to record)
+        event = self._schedule(s, ev) if marked or s.lr is not None else ""
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         pz, finite_grad = self._measure(s, ev, grace)
         cause, status = self._ladder(s, ev, pz, grace, finite_grad)
@@ -513,7 +517,7 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        view = View(self.x_now, self.log_space, _log_or_nan(s.param_norm), restart)
+        view = _new_view((self.x_now, self.log_space, _log_or_nan(s.param_norm), restart))
         found = None
         for det in self.detectors:
             f = det.update(view)
