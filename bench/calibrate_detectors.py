@@ -28,7 +28,7 @@ import score
 
 from anet_lite import Monitor
 from anet_lite.monitor import _rules
-from anet_lite.monitor.detectors import loss_cusum, loss_regression, norm_growth
+from anet_lite.monitor.detectors import loss_cusum, loss_regression, loss_trend, norm_growth
 
 
 def healthy_runs(cache: str) -> List[Dict[str, Any]]:
@@ -48,9 +48,12 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     cus = next(d for d in m.detectors if d.name == "loss_cusum")
     ng = next(d for d in m.detectors if d.name == "norm_growth")
     lr_ = next(d for d in m.detectors if d.name == "loss_regression")
+    tr = next(d for d in m.detectors if d.name == "loss_trend")
+    trend_max = -math.inf  # largest LossTrend statistic (both windows' t, rise >= MIN_RISE)
     s_max, accel_max, far_max, back_max, alarms = 0.0, 0.0, 0, 0, {}
     first_max = 0  # longest streak >= BLOWUP x the first loss
     over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
+    jump_x = 0.0  # largest min(gradient, update ratio) on a step whose loss did not rise
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -67,6 +70,13 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         if big and not held and not m._loss_accounts_for(math.log(ev.get("update_ratio", 1.0))):
             over_x = max(over_x, ev.get("update_ratio", 0.0))
         far_max = max(far_max, lr_.far)
+        gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
+        flat = ev.get("loss_dev", math.inf) <= _rules.SCALE_JUMP_DEV
+        if gr is not None and ur is not None and flat and m.ref is not None:
+            jump_x = max(jump_x, min(gr, ur))
+        ts, ms = tr.ts, tr.ms
+        if len(ts) == ts.maxlen and ms[-1] - ms[0] >= loss_trend.MIN_RISE:
+            trend_max = max(trend_max, min(ts[-1], ts[0]))
         back_max = max(back_max, lr_.back)
         first_max = max(first_max, lr_.over_first)
         h = ng.hist
@@ -81,8 +91,10 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "s_max": s_max,
         "accel_max": accel_max,
         "far_max": far_max,
+        "trend_max": trend_max,
         "back_max": back_max,
         "over_x": over_x,
+        "jump_x": jump_x,
         "first_max": first_max,
         "alarms": alarms,
         "steps": len(rows),
@@ -118,6 +130,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"NormGrowth: largest healthy growth acceleration = {acc[0][1]['accel_max']:.1f}"
           f" (in use: {norm_growth.ACCEL})")
     print("  largest:", ", ".join(f"{i} {r['accel_max']:.1f}" for i, r in acc))
+    tt = sorted(res, key=lambda x: -x[1]["trend_max"])[:3]
+    over = sum(r["trend_max"] >= loss_trend.T for _, r in res)
+    print(f"LossTrend: largest healthy statistic = {tt[0][1]['trend_max']:.2f}"
+          f" (in use T = {loss_trend.T}: {over} healthy run(s) reach it)")
+    print("  largest:", ", ".join(f"{i} {r['trend_max']:.2f}" for i, r in tt))
     _longest(res, "far_max", "far above the best", "HOLD_LONG", loss_regression.HOLD_LONG)
     _longest(res, "back_max", "back at the first loss", "HOLD", loss_regression.HOLD)
     _longest(res, "first_max", "10x the first loss", "FIRST_STEPS", loss_regression.FIRST_STEPS)
@@ -125,6 +142,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"oversized_update: largest healthy update ratio of an update >= max_rel_update x"
           f" ||theta|| = {ov[0][1]['over_x']:.1f} (in use: {math.exp(_rules.OVERSIZED_X):.0f})")
     print("  largest:", ", ".join(f"{i} {r['over_x']:.1f}" for i, r in ov))
+    sj = sorted(res, key=lambda x: -x[1]["jump_x"])[:3]
+    print(f"scale_jump: largest healthy min(gradient, update ratio) on a step whose loss did"
+          f" not rise = {sj[0][1]['jump_x']:.1f} (in use: {_rules.SCALE_JUMP_X})")
+    print("  largest:", ", ".join(f"{i} {r['jump_x']:.1f}" for i, r in sj))
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]

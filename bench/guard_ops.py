@@ -1,7 +1,8 @@
 """What a Guard step costs on the host: ATen ops per step and CPU step-time ratios.
 
     python bench/guard_ops.py [--steps 60] [--repeats 3] [--quick] [--skip-ops] [--skip-time]
-                              [--clock wall|cpu]
+                              [--clock wall|cpu] [--only LABEL] [--passes]
+                              [--cpu-sample-from N]
 
 1. Ops per step (issue 21): ``guard.observe(loss); optimizer.step()`` minus the same
    unguarded step, counted with a ``TorchDispatchMode`` (tests/pytorch/test_guard_ops.py asserts
@@ -22,6 +23,12 @@
    over repeats is the noise: the machine may be shared). ``--clock cpu`` times each step
    with the thread's CPU time instead of the wall clock (one thread: all of the step's
    work), which other processes on a shared machine disturb much less (not the caches).
+   ``--only 512`` runs the cases whose label holds the text. ``--passes`` adds a variant
+   "tap passes": the exact tap's tensor passes over a one-chunk model issued by hand in
+   optimizer hooks (before the step: copy of g, <g, g>, sign flip, fold; after it: copy of
+   theta, delta theta, three dots), without the tap's Python or the Monitor: what the
+   exact measurement costs at the least with these ops. ``--cpu-sample-from N`` measures
+   the default Guard with ``measure.CPU_SAMPLE_FROM = N`` (0: the CPU sample at any size).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from anet_lite.torch import Guard
+from anet_lite.torch import Guard, measure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import TinyLM, stdlib_text
@@ -175,17 +182,56 @@ def lm_batches(n: int, bs: int = 16, ctx: int = 64) -> Tuple[List, int]:
 
 
 CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.thread_time
+PASSES = False  # --passes: time the "tap passes" variant too
+
+
+def attach_passes(model: nn.Module, opt: torch.optim.Optimizer, k: int = 1031) -> None:
+    """The exact one-chunk tap's tensor passes (noise sketched, update exact), issued by
+    hand from optimizer hooks: the floor of that measurement with these ops."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+    rows = -(-n // (32 * k)) * 32
+    buf = {r: torch.zeros(rows * k) for r in "gpq"}
+    masks = torch.randint(-(2**31), 2**31 - 1, (rows * k,), dtype=torch.int32)
+    ones = torch.ones(rows)
+    views, off = [], 0
+    for p in params:
+        views.append(buf["g"][off : off + p.numel()].view(p.shape))
+        off += p.numel()
+    flat = [p.detach().reshape(-1) for p in params]
+    out: Dict[str, Any] = {}
+
+    def pre(*_: Any) -> None:
+        g, q = buf["g"], buf["q"]
+        torch._foreach_copy_(views, [p.grad for p in params])
+        out["g"] = torch.dot(g, g)
+        torch.bitwise_xor(g.view(torch.int32), masks, out=q.view(torch.int32))
+        out["sketch"] = torch.mv(q.view(rows, k).t(), ones)
+
+    def post(*_: Any) -> None:
+        g, p, q = buf["g"], buf["p"], buf["q"]
+        with torch.no_grad():
+            torch.cat(flat, out=q[:n])
+            torch.sub(q, p, out=p)
+            out["update"] = (torch.dot(p, p), torch.dot(q, q), torch.dot(g, p))
+        buf["p"], buf["q"] = q, p
+
+    opt.register_step_pre_hook(pre)
+    opt.register_step_post_hook(post)
 
 
 def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[str, float]:
     """Median step time of each variant / the unguarded one's, interleaved in rounds."""
     init = make()
     names = ["unguarded", "clip_grad_norm_", "Guard", "Guard sample=1", "Guard sample=16"]
+    names += ["tap passes"] if PASSES else []
     st: Dict[str, Dict[str, Any]] = {}
     for name in names:
         model = copy.deepcopy(init)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
         st[name] = {"model": model, "opt": opt, "times": []}
+        if name == "tap passes":
+            attach_passes(model, opt)
     for name, kw in GUARDS:
         guard = Guard(st[name]["model"], st[name]["opt"], on_error="raise", **kw)
         st[name]["guard"], st[name]["seen"] = guard, []
@@ -246,7 +292,7 @@ def mlp(h: int) -> nn.Module:
     return nn.Sequential(nn.Linear(256, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10))
 
 
-def ratio_table(steps: int, repeats: int) -> None:
+def ratio_table(steps: int, repeats: int, only: str = "") -> None:
     lm_data, vocab = lm_batches(64)
     digits = digits_batches(64)
     cases: List[Tuple[str, Callable[[], nn.Module], List]] = [
@@ -254,12 +300,14 @@ def ratio_table(steps: int, repeats: int) -> None:
         ("MLP H=512", lambda: mlp(512), digits),
         ("MLP H=2048", lambda: mlp(2048), digits),
     ]
+    cases = [c for c in cases if only in c[0]]
     print(
         f"\nCPU step time ({'thread CPU' if CLOCK is time.thread_time else 'wall'} clock) "
         f"/ unguarded step, {torch.get_num_threads()} thread, AdamW, "
         f"{steps} interleaved steps per variant, {repeats} repeats (median [min, max])"
     )
-    cols = ("clip_grad_norm_", "Guard", "Guard sample=1", "Guard sample=16")
+    cols: Tuple[str, ...] = ("clip_grad_norm_", "Guard", "Guard sample=1", "Guard sample=16")
+    cols += ("tap passes",) if PASSES else ()
     acc: List[Tuple[str, Dict[str, float]]] = []
     head = f"{'model':24s} {'params':>10s} {'unguarded ms':>13s}"
     print(head + "".join(f"{c:>24s}" for c in cols))
@@ -297,15 +345,21 @@ def main() -> None:
     ap.add_argument("--skip-ops", action="store_true")
     ap.add_argument("--skip-time", action="store_true")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="step timer")
+    ap.add_argument("--only", default="", help="step-time cases whose label holds this text")
+    ap.add_argument("--passes", action="store_true", help="time the exact tap's passes alone")
+    ap.add_argument("--cpu-sample-from", type=int, default=None, metavar="N")
     args = ap.parse_args()
-    global CLOCK
+    global CLOCK, PASSES
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
+    PASSES = args.passes
+    if args.cpu_sample_from is not None:
+        measure.CPU_SAMPLE_FROM = args.cpu_sample_from
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}")
     if not args.skip_ops:
         ops_table()
     if not args.skip_time:
-        ratio_table(8 if args.quick else args.steps, 1 if args.quick else args.repeats)
+        ratio_table(8 if args.quick else args.steps, 1 if args.quick else args.repeats, args.only)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from anet_lite import Monitor
 from anet_lite.monitor.causes import CAUSES
-from anet_lite.monitor.detectors import DEFAULT, LossCusum, LossRegression, NormGrowth, View
+from anet_lite.monitor.detectors import (
+    DEFAULT,
+    LossCusum,
+    LossRegression,
+    LossTrend,
+    NormGrowth,
+    View,
+    loss_trend,
+)
 
 NAN = math.nan
 
@@ -100,6 +108,36 @@ def test_cusum_alarms_on_a_slow_creep_that_no_step_shows_and_not_on_a_spike():
     assert not any(_feed(LossCusum(), spike))
 
 
+def test_trend_alarms_on_a_steady_noisy_rise_and_not_on_a_step_up_that_is_learned():
+    base = _noisy_decay(300, seed=5, end=0.1)
+    rng = random.Random(7)
+    # the loss doubles over 100 steps with 20 % jitter per step: no step stands out
+    ramp = [base[-1] * math.exp(k / 140) * (1 + 0.2 * rng.gauss(0, 1) ** 2) for k in range(100)]
+    found = _feed(LossTrend(), base + ramp)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert 300 + loss_trend.HALF <= first < 300 + 100
+    ev = found[first].evidence
+    assert found[first].cause == "rising_trend" and ev["trend_t"] >= loss_trend.T
+    assert ev["trend_ratio"] >= 1.05 and ev["trend_steps"] == 2 * loss_trend.HALF
+    # new data: the level steps up x3 once, then is learned again
+    learned = [base[-1] * (1 + 2 * math.exp(-k / 25)) * (1 + 0.2 * rng.random())
+               for k in range(150)]
+    assert not any(_feed(LossTrend(), base + learned))
+    # a rise that never reaches 5 % between windows is not reported, however sure it is
+    creep = [base[-1] * (1 + 0.0005 * k) for k in range(150)]
+    assert not any(_feed(LossTrend(), base + creep))
+
+
+def test_trend_sums_stay_exact_over_a_long_run():
+    det = LossTrend()
+    rng = random.Random(3)
+    for t in range(1, 20001):
+        det.update(View(math.log(0.5 + 0.1 * rng.random()) + 1e3 * (t % 7 == 0), True, NAN, False))
+    ys = list(det.ys)
+    assert det.s == pytest.approx(math.fsum(ys), abs=1e-9)
+    assert det.a == pytest.approx(math.fsum(k * y for k, y in enumerate(ys)), abs=1e-7)
+
+
 def test_a_loss_ten_times_its_best_for_ten_steps_is_never_a_spike():
     base = _noisy_decay(200, seed=4)
     high = [base[-1] * 40] * 12 + [base[-1]] * 20  # then back: still reported
@@ -179,6 +217,19 @@ def test_a_monitor_state_without_detectors_still_loads():
     assert m2.update(0.4).status in ("healthy", "warming_up", "drifting")
 
 
+def test_a_state_saved_before_a_detector_existed_loads_and_starts_it_fresh():
+    m = Monitor()
+    for v in _noisy_decay(150):
+        m.update(v)
+    st_ = json.loads(json.dumps(m.state_dict()))
+    del st_["detectors"]["loss_trend"]  # (a state from before LossTrend)
+    m2 = Monitor()
+    m2.load_state_dict(st_)
+    trend = next(d for d in m2.detectors if d.name == "loss_trend")
+    assert trend.state_dict() == LossTrend().state_dict()
+    assert m2.update(0.4).status in ("healthy", "warming_up", "drifting")
+
+
 def test_the_calibration_holds_on_the_committed_healthy_runs(capsys):
     # bench/calibrate_detectors.py on the committed cache's 117 healthy runs: the
     # thresholds in use keep every detector under one alarming run per 50,000 steps
@@ -193,3 +244,4 @@ def test_the_calibration_holds_on_the_committed_healthy_runs(capsys):
     out = capsys.readouterr().out
     assert "healthy runs: 117, steps: 49500" in out
     assert "in use H = 42.0: 0 healthy run(s) reach it" in out
+    assert "in use T = 2.6: 0 healthy run(s) reach it" in out

@@ -222,6 +222,23 @@ def test_a_gradient_jump_the_loss_accounts_for_is_not_an_explosion(loss_x, grad_
         assert snaps[300].evidence["cause"] == "grad_explosion"
 
 
+@pytest.mark.parametrize("loss_x, jump", [(1.0, True), (4.0, False)])
+def test_gradient_and_update_jumping_with_the_loss_unmoved_is_a_scale_jump(loss_x, jump):
+    # gradients summed over 16 accumulation steps from step 300: the update jumps with
+    # them, the loss of that step (computed before the update) does not. The same jump
+    # on a batch whose loss jumped too (new data) is that batch's doing.
+    loss, g = healthy_stream(320, seed=3)
+    g = [v * (16.0 if i >= 300 else 1.0) for i, v in enumerate(g)]
+    loss[300] *= loss_x
+    snaps = feed(Monitor(), loss, g)
+    assert not any(s.alert for s in snaps[:300])
+    assert (snaps[300].alert and snaps[300].evidence["cause"] == "scale_jump") is jump
+    if jump:
+        assert snaps[300].evidence["grad_ratio"] >= _rules.SCALE_JUMP_X
+        assert Monitor().policy.decide(snaps[300]).kind == "skip_step"
+        assert "whose loss did not rise" in snaps[300].explain()
+
+
 @pytest.mark.parametrize("loss_x, grows", [(1.0, True), (3.0, True), (30.0, False)])
 def test_gradient_growth_counts_only_when_it_outgrows_the_loss(loss_x, grows):
     # from step 300 the gradient stays 10x up; the loss (near zero) 1x, 3x or 30x up. A

@@ -317,6 +317,35 @@ def test_a_loss_ten_times_the_untrained_loss_is_flagged_from_the_loss_alone(run_
     assert "its first loss" in first.explain()
 
 
+def test_a_loss_that_keeps_rising_is_flagged_from_the_loss_alone_before_it_collapses():
+    # Loss only: SGD's momentum changed mid-run (onset 233); the loss climbs from ~0.1 to
+    # ~1 over 240 steps, noisily, no step standing out, until it collapses (step 476).
+    # The trend test flags the steady rise ~50 steps before.
+    run_id = "mlp_digits-beta_change-sgd-s20400"
+    meta = next(m for m in score.load_manifest(MECH)["runs"] if m["run_id"] == run_id)
+    rows = score.load_run(os.path.join(MECH, meta["file"]))
+    m = Monitor(on_error="raise")
+    first = next(s for s in (m.update(r["loss"], step=r["step"]) for r in rows) if s.alert)
+    assert first.evidence["cause"] == "rising_trend"
+    assert meta["onset"] < first.step <= meta["collapse_step"] - 20
+    assert "kept rising" in first.explain()
+
+
+@pytest.mark.parametrize(
+    "run_id", ["cnn_digits-grad_accum_sum-sgd_plain-s20501",
+               "mlp_digits-unfreeze_high_lr-adamw-s21000"])
+def test_a_gradient_and_update_jump_the_loss_does_not_show_is_caught_at_its_step(run_id):
+    # gradients summed over accumulation steps / layers unfrozen at a high lr: at the
+    # fault's first step the gradient and the update jump 17-37x while that step's loss
+    # (computed before the update) is unmoved. The model collapses at the next step.
+    meta = next(m for m in score.load_manifest(MECH)["runs"] if m["run_id"] == run_id)
+    snaps = _replay_from(MECH, meta)
+    onset = meta["onset"]
+    assert not any(s.alert for s in snaps[:onset])
+    assert snaps[onset].alert and snaps[onset].evidence["cause"] == "scale_jump"
+    assert meta["collapse_step"] == onset + 1
+
+
 def test_after_an_action_the_status_reads_recovering_until_the_loss_is_back():
     # A real shard of bad batches (train split). A loop that acts on the first alert
     # (Monitor.decide) is told "recovering" -- not "healthy" -- while the loss is still

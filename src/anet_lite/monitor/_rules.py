@@ -49,6 +49,14 @@ GROW_X = 5.0
 # decayed second moment) is the batch's doing, as for the one-step rules. Healthy
 # calibration runs (bench/calibrate_detectors.py, 448 runs, 189,400 steps) reach 13.3x.
 OVERSIZED_X = math.log(20.0)
+# Gradient AND update >= SCALE_JUMP_X x their levels on one step whose loss did not rise
+# (loss_dev <= SCALE_JUMP_DEV robust sigmas), once the run has a reference fingerprint: a
+# batch's gradient grows with how wrong the model is on it, so a jump the loss does not
+# show is the gradient's computation or the optimizer changing (accumulated gradients
+# summed, a loss scale, layers unfrozen). The largest such jump over 448 healthy
+# calibration runs is 9.5x (bench/calibrate_detectors.py); 10.5 = 1.1 x that.
+SCALE_JUMP_X = 10.5
+SCALE_JUMP_DEV = 1.0
 EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms even if the loss
 # accounts for it (a garbage batch's 1e4x gradient must be skipped whatever its loss did)
 
@@ -255,6 +263,13 @@ class MonitorRules(CoherenceRules):
             grows = gr > self.gr_prev and ur > self.ur_prev
             self.grow = self.grow + 1 if grows else 0
             self.ur_prev, self.gr_prev = ur, gr
+            if (
+                (ur if ur < gr else gr) >= SCALE_JUMP_X
+                and "severe" not in ev
+                and self.ref is not None
+                and ev.get("loss_dev", _INF) <= SCALE_JUMP_DEV
+            ):
+                ev["severe"] = "scale_jump"
             if self.grow >= GROW_STEPS and gr >= GROW_X and self.loss_gate_open(s.loss):
                 ev["compounding"] = True  # (Monitor._update: cause "divergence")
         else:

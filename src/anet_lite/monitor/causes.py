@@ -193,6 +193,22 @@ _ALL = (
         ja=("損失の水準が {rise_steps:.0f} ステップにわたり少しずつ上がり、管理状態の水準の {level_ratio:.3g} 倍になりました（CUSUM {cusum:.0f}、しきい値 {cusum_h:.0f}）。どの 1 ステップにも表れないゆっくりした発散です{nums}。", "今すぐ学習率を段階的に下げてください。上がり続けるならロールバックへ。スケジュールと重み減衰を確認してください。"),
     ),
     _c(
+        "scale_jump",
+        "precursor",
+        "skip_step",
+        ("gradient and update jumped, the loss did not", "勾配と更新が跳ね上がり、損失は不変"),
+        en=("The gradient ({grad_ratio:.3g}x its level) and the update ({update_ratio:.3g}x) jumped together on a step whose loss did not rise: not harder data — the gradient's computation or the optimizer changed (gradients summed over accumulation steps instead of averaged, a loss scale, layers unfrozen, a wrong learning rate){nums}.", "Skip this update; check gradient accumulation, loss scaling and which parameters are trainable."),
+        ja=("損失が上がっていないステップで、勾配（水準の {grad_ratio:.3g} 倍）と更新（{update_ratio:.3g} 倍）が同時に跳ね上がりました。難しいデータではなく、勾配の計算かオプティマイザが変わっています（累積勾配を平均せず合計、損失スケール、凍結解除された層、誤った学習率）{nums}。", "この更新をスキップし、勾配累積、損失スケーリング、学習対象のパラメータを確認してください。"),
+    ),
+    _c(
+        "rising_trend",
+        "precursor",
+        "slow_down",
+        ("a steady rise of the loss", "損失の着実な上昇"),
+        en=("The loss has kept rising for {trend_steps:.0f} steps: its level is {trend_ratio:.3g}x what it was half that time ago, with a significant upward slope in each half (t = {trend_t:.2g}) — a slow divergence, not noise{nums}.", "Lower the learning rate step by step now; if it keeps rising, roll back. Check the schedule, the weight decay and the optimizer settings."),
+        ja=("損失が {trend_steps:.0f} ステップ上がり続けています。水準はその半分前の {trend_ratio:.3g} 倍で、前半・後半ともに有意な上昇傾向です（t = {trend_t:.2g}）。ノイズではなく、ゆっくりした発散です{nums}。", "今すぐ学習率を段階的に下げてください。上がり続けるならロールバックへ。スケジュール、重み減衰、オプティマイザの設定を確認してください。"),
+    ),
+    _c(
         "regression",
         "precursor",
         "slow_down",

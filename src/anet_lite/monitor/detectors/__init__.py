@@ -18,8 +18,18 @@ from typing import Tuple, Type
 from ._base import Detector, Finding, View
 from .loss_cusum import LossCusum
 from .loss_regression import LossRegression
+from .loss_trend import LossTrend
 from .norm_growth import NormGrowth
 
-DEFAULT: Tuple[Type[Detector], ...] = (LossRegression, NormGrowth, LossCusum)
+DEFAULT: Tuple[Type[Detector], ...] = (LossRegression, NormGrowth, LossCusum, LossTrend)
 
-__all__ = ["DEFAULT", "Detector", "Finding", "LossCusum", "LossRegression", "NormGrowth", "View"]
+__all__ = [
+    "DEFAULT",
+    "Detector",
+    "Finding",
+    "LossCusum",
+    "LossRegression",
+    "LossTrend",
+    "NormGrowth",
+    "View",
+]
