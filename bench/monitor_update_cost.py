@@ -1,14 +1,15 @@
 """Microseconds per ``Monitor.update`` with every signal, on recorded training runs.
 
-    python bench/monitor_update_cost.py [--runs 40] [--rounds 3] [--clock wall|cpu]
+    python bench/monitor_update_cost.py [--runs 40] [--rounds 3] [--clock wall|cpu] [--signals S]
 
 Replays the first ``--runs`` runs of the detection benchmark's cache (real CPU training
 runs: loss, grad_norm, update_norm, param_norm, processivity, noise, lr, time) through a
 fresh Monitor each, ``--rounds`` times, and prints the median wall time per update (and the
 fastest round: on a shared machine the least disturbed). ``--clock cpu`` times this
 thread's CPU time instead of the wall clock (less moved by other jobs on a shared
-machine). Goal: at most 15 us. To compare two versions of the code, run it with each on
-PYTHONPATH in turns.
+machine). ``--signals loss_grad`` feeds only loss, step and grad_norm (what most logs give
+``anet-lite analyze``), ``--signals loss`` only loss and step. Goal (every signal): at most
+15 us. To compare two versions of the code, run it with each on PYTHONPATH in turns.
 """
 
 from __future__ import annotations
@@ -37,26 +38,40 @@ def _rows(n_runs: int):
     return out
 
 
-def _one_round(all_rows, clock=time.perf_counter) -> float:
+_FIELDS = ("grad_norm", "update_norm", "noise", "lr", "time", "param_norm", "processivity")
+_SIGNALS = {"all": _FIELDS, "loss_grad": ("grad_norm",), "loss": ()}  # fed besides loss, step
+
+
+def _feed_rows(all_rows, signals: str):
+    """Each run's rows as (loss, step, *_FIELDS) tuples, None where a signal is not fed
+    (as ``anet-lite analyze`` passes an absent column), built before any timing."""
+    keep = _SIGNALS[signals]
+    return [
+        [(r["loss"], r["step"], *(r[k] if k in keep else None for k in _FIELDS)) for r in rows]
+        for rows in all_rows
+    ]
+
+
+def _one_round(all_feeds, clock=time.perf_counter) -> float:
     n, spent = 0, 0.0
-    for rows in all_rows:
+    for feed in all_feeds:
         m = Monitor()
         upd = m.update
         t0 = clock()
-        for r in rows:
+        for loss, step, g, u, noise, lr, t, p, c in feed:
             upd(
-                r["loss"],
-                step=r["step"],
-                grad_norm=r["grad_norm"],
-                step_norm=r["update_norm"],
-                noise=r["noise"],
-                lr=r["lr"],
-                time=r["time"],
-                param_norm=r["param_norm"],
-                processivity=r["processivity"],
+                loss,
+                step=step,
+                grad_norm=g,
+                step_norm=u,
+                noise=noise,
+                lr=lr,
+                time=t,
+                param_norm=p,
+                processivity=c,
             )
         spent += clock() - t0
-        n += len(rows)
+        n += len(feed)
     return 1e6 * spent / n
 
 
@@ -65,12 +80,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--signals", choices=tuple(_SIGNALS), default="all")
     a = ap.parse_args()
     rows = _rows(a.runs)
+    feeds = _feed_rows(rows, a.signals)
     clock = time.perf_counter if a.clock == "wall" else time.thread_time
-    us = [_one_round(rows, clock) for _ in range(a.rounds)]
+    us = [_one_round(feeds, clock) for _ in range(a.rounds)]
     print(
-        f"{statistics.median(us):.1f} us ({a.clock}) per update, median (fastest "
+        f"{statistics.median(us):.1f} us ({a.clock}) per update ({a.signals} signals), median "
+        f"(fastest "
         f"{min(us):.1f}; rounds: {', '.join(f'{u:.1f}' for u in us)}; "
         f"{sum(len(r) for r in rows)} updates per round)"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -102,34 +102,79 @@ def _detrended(y: np.ndarray) -> np.ndarray:
     return yc - slope * t
 
 
+@functools.lru_cache(maxsize=32)
+def _plogp(n: int) -> Tuple[float, ...]:
+    """p * log(p) for p = c / n, c = 0..n (0.0 at c = 0), as NumPy computes each term of
+    an entropy over n samples (cached: the Monitor's windows have one length)."""
+    p = np.arange(1, n + 1) / n
+    return (0.0, *(p * np.log(p)).tolist())
+
+
+def _pairwise_sum(v: Sequence[float]) -> float:
+    """``np.add.reduce`` of a short float64 array, in NumPy's order (pairwise: 8
+    accumulators from 8 values on), bit for bit, without building the array."""
+    n = len(v)
+    if n < 8:
+        s = -0.0
+        for x in v:
+            s += x
+        return s
+    r = list(v[:8])
+    i = 8
+    while i + 8 <= n:
+        for j in range(8):
+            r[j] += v[i + j]
+        i += 8
+    s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for x in v[i:]:
+        s += x
+    return s
+
+
+def _bin_counts(c: List[int]) -> List[int]:
+    """Counts per searchsorted(edges, side="right") index 0..bins + 1 -> counts per bin
+    0..bins - 1 (the index - 1, clipped: below the first edge joins the first bin, at the
+    last edge the last bin)."""
+    out = c[1:-1]
+    out[0] += c[0]
+    out[-1] += c[-1]
+    return out
+
+
+def _entropy_of_counts(counts: Sequence[int], n: int) -> float:
+    """Shannon entropy (nats) of ``n`` samples binned as ``counts``: the same float as
+    ``-(p * np.log(p)).sum()`` over the non-empty bins, p = counts / n."""
+    t = _plogp(n)
+    return -_pairwise_sum([t[c] for c in counts if c])
+
+
 @np.errstate(all="ignore")
 def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     r_prev, r_last = _detrended(prev), _detrended(last)
-    lo = min(r_prev.min(), r_last.min())
-    hi = max(r_prev.max(), r_last.max())
-    scale = max(float(np.abs(prev).max()), float(np.abs(last).max()))
+    r = np.concatenate((r_prev, r_last))
+    lo, hi = r.min(), r.max()
+    x = np.concatenate((prev, last))
+    xlo, xhi = x.min(), x.max()
+    if lo - hi == lo - hi and xlo - xhi == xlo - xhi:  # (all finite: no NaN, no inf)
+        scale = float(xhi if xhi >= -xlo else -xlo)  # (= max |value|: exact)
+    else:  # as Python's min / max over the halves read NaNs (the order matters then)
+        lo = min(r_prev.min(), r_last.min())
+        hi = max(r_prev.max(), r_last.max())
+        scale = max(float(np.abs(prev).max()), float(np.abs(last).max()))
     if not (hi - lo > 1e-10 * scale and hi - lo > 1e-300):  # flat up to rounding
         return 0.0
-    # = np.linspace(lo, hi, bins + 1), its steps without its wrapper: i * step + lo, the
-    # last edge hi (step > 0 here: hi - lo > 1e-300, so linspace's step-0 branch is moot)
-    edges = np.arange(bins + 1, dtype=np.float64)
-    edges *= (hi - lo) / bins
-    edges += lo
-    edges[-1] = hi
+    # = np.linspace(lo, hi, bins + 1): i * step + lo, the last edge hi (step > 0 here)
+    step = (hi - lo) / bins
+    edges = [i * step + lo for i in range(bins)]
+    edges.append(hi)
     # one searchsorted over both windows (the same bins as two separate calls); the
-    # index clipped to 0..bins-1 in place (np.clip's wrapper costs more than the work)
-    idx = np.searchsorted(edges, np.concatenate((r_prev, r_last)), side="right")
-    idx -= 1
-    _maximum(idx, 0, out=idx)
-    _minimum(idx, bins - 1, out=idx)
-    n_prev = len(r_prev)
-
-    def entropy(ix: np.ndarray) -> float:
-        counts = np.bincount(ix, minlength=bins)
-        p = counts[counts > 0] / len(ix)
-        return float(-(p * np.log(p)).sum())
-
-    h_prev, h_last = entropy(idx[:n_prev]), entropy(idx[n_prev:])
+    # last window's indices shifted past the first's bins, so one bincount counts both
+    idx = np.searchsorted(edges, r, side="right")  # 0..bins + 1
+    n_prev, k = len(r_prev), bins + 2
+    idx[n_prev:] += k
+    c = np.bincount(idx, minlength=2 * k).tolist()
+    h_prev = _entropy_of_counts(_bin_counts(c[:k]), n_prev)
+    h_last = _entropy_of_counts(_bin_counts(c[k:]), len(r_last))
     v = (h_last - h_prev) / math.log(bins)  # (a Python float: clipped without NumPy)
     return 1.0 if v > 1.0 else (-1.0 if v < -1.0 else v)
 

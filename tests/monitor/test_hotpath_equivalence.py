@@ -486,3 +486,20 @@ def test_entropy_rate_core_matches_old(kind):
         b = _entropy_bins(h)
         old, new = _old_entropy_rate_core(a[:h], a[h:], b), _entropy_rate_core(a[:h], a[h:], b)
         assert old == new or (old != old and new != new)
+
+
+def test_pairwise_sum_is_numpy_add_reduce():
+    """Ṡ's entropy sums (``metrics._pairwise_sum``) are NumPy's, bit for bit, at every
+    length a histogram can have (up to 16 bins, both sides of the 8-accumulator block)."""
+    from anet_lite.metrics import _entropy_of_counts, _pairwise_sum
+
+    rng = np.random.default_rng(7)
+    for n in range(1, 41):
+        for _ in range(200):
+            v = rng.standard_normal(n) * 10.0 ** rng.integers(-12, 12, n)
+            assert _pairwise_sum(v.tolist()) == np.add.reduce(v)
+    for _ in range(300):
+        k = int(rng.integers(2, 120))
+        counts = np.bincount(rng.integers(0, 16, k), minlength=16)
+        p = counts[counts > 0] / k
+        assert _entropy_of_counts(counts.tolist(), k) == float(-(p * np.log(p)).sum())

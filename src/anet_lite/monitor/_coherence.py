@@ -45,6 +45,14 @@ class CoherenceRules:
         Loss, gradient and update compounding (``_surge``; also the 4-step growth streak in
         ``MonitorRules._grad_signals``) is watched with or without it. ``gr``, ``ur``: this
         step's evidence "grad_ratio" and "update_ratio" (None: absent)."""
+        if c is None and (gr is None or ur is None):
+            # Neither processivity nor both ratios (a loss-only or loss-and-gradient log):
+            # nothing to record or gate; a surge history or streak left from earlier ends
+            if self.surge_hist:
+                self._surge(None, -math.inf, None)
+            if self.climb or not self.coherent:
+                self._no_coherence()
+            return
         lift = self._cos_lift(c)
         if lift is not None:
             ev["proc_lift"] = lift

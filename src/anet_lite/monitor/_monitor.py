@@ -12,6 +12,7 @@ import logging
 import math
 import warnings
 from collections import deque
+from functools import partial
 from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
@@ -37,6 +38,8 @@ def _log_or_nan(x: Optional[float]) -> float:
 
 _INF, _NAN = math.inf, math.nan
 _isfinite = math.isfinite
+# View(*fields) without the named tuple's Python-level __new__ (made once per step)
+_new_view = partial(tuple.__new__, View)
 _log = logging.getLogger("anet_lite")
 
 
@@ -89,6 +92,29 @@ class Monitor(MonitorRules):
       policy, run_log, tombstones   see ``decide`` and ``outputs.RunLog``
       on_error             "warn" (an internal error never reaches the training loop) or "raise"
     """
+
+    # Every attribute a slot: a step reads and writes dozens of the ~100, and a slot is
+    # reached faster than a key of an instance dict this large (CPython shares dict keys
+    # only up to 30). Instances keep a __dict__ (the mixins declare no slots), so an
+    # attribute not listed here still works.
+    __slots__ = (
+        "_base_len", "_n3", "_sdot_every", "_sink_failed", "_unwritten", "_warned",
+        "bad_batch_loss", "beta", "checked", "climb", "climb_devs", "climb_ur",
+        "co_hot", "co_rise_x", "coherent", "cos_base", "cos_recent", "dead", "declared",
+        "detectors", "drift_loss0", "drift_persist", "drift_stalled", "early_hot",
+        "early_peak", "early_ref", "fp", "gr_prev", "grace", "grace_until", "grad_base",
+        "grad_growth", "grad_hot", "grad_recent", "grad_ref", "grow", "jump_loss",
+        "jump_ref", "last_status", "log_space", "loss0", "loss_base", "loss_eps",
+        "loss_floor", "loss_gate", "loss_prev", "loss_step", "loss_win_x", "losses",
+        "lr_jump", "lr_max", "lr_peak", "lr_prev", "lr_ramp", "lr_rising",
+        "max_rel_update", "n", "on_error", "own_lr", "pending_mark", "persist",
+        "policy", "proc", "pz_hot", "recent", "recover_level", "recover_ref",
+        "recover_t", "ref", "ref_pinned", "rel_calm", "rel_prev", "rise", "run_log",
+        "sdot", "severe_grad", "severe_loss", "severe_update", "shift_bad", "shift_g",
+        "shift_x", "spike_z", "strict_start", "surge_hist", "t", "theta", "theta_alert",
+        "theta_low", "tombstones", "upd_base", "ur_prev", "w_p", "w_s", "warmup",
+        "warmup_bound", "window", "window_sec", "x_now", "z",
+    )
 
     def __init__(
         self,
@@ -390,7 +416,8 @@ class Monitor(MonitorRules):
             if S is not None:
                 ev["step_norm"] = S
         marked = self.pending_mark is not None
-        event = self._schedule(s, ev)
+        # (no lr and no mark: no schedule event, nothing to record)
+        event = self._schedule(s, ev) if marked or s.lr is not None else ""
         grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         pz, finite_grad = self._measure(s, ev, grace)
         cause, status = self._ladder(s, ev, pz, grace, finite_grad)
@@ -490,7 +517,7 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        view = View(self.x_now, self.log_space, _log_or_nan(s.param_norm), restart)
+        view = _new_view((self.x_now, self.log_space, _log_or_nan(s.param_norm), restart))
         found = None
         for det in self.detectors:
             f = det.update(view)

@@ -43,18 +43,17 @@ class RobustLevel:
 
     def refresh(self) -> None:
         self._since = 0
-        v = list(self.values)
-        n = len(v)
+        values = self.values
+        n = len(values)
         if n == 0:
             return
-        v.sort()  # (a copy: the unsorted order is needed below)
+        v = sorted(values)  # (a copy: the unsorted order is needed below)
         h = n // 2
         self.center = v[h] if n % 2 else 0.5 * (v[h - 1] + v[h])
         if n < 3:
             self.scale = 0.0
             return
-        v = list(self.values)
-        d = list(map(_sub, islice(v, 1, None), v))  # b - a for consecutive a, b
+        d = list(map(_sub, islice(values, 1, None), values))  # b - a for consecutive a, b
         d.sort()
         m = len(d)
         h = m // 2
