@@ -24,13 +24,15 @@ def healthy_stream(n: int, seed: int = 0):
     return loss.tolist(), g.tolist()
 
 
-def feed(m: Monitor, loss, g=None, lr=None, start=0, cos=None):
+def feed(m: Monitor, loss, g=None, lr=None, start=0, cos=None, upd=None):
+    """``upd``: the update's own factor per step (an optimizer whose update is not the
+    gradient times the lr, as plain SGD's is when ``upd`` is None)."""
     out = []
     for i, L in enumerate(loss):
         kw = {}
         if g is not None:
             kw["grad_norm"] = g[i]
-            kw["step_norm"] = 1e-3 * g[i]
+            kw["step_norm"] = 1e-3 * g[i] * (upd[i] if upd is not None else 1.0)
             kw["noise"] = g[i]
         if cos is not None:
             kw["processivity"] = cos[i]
@@ -934,8 +936,10 @@ def _rising(gf, seed: int, coherent: bool, processivity: bool = True, loss_scale
         g[400 + k] = f
         loss[400 + k] = 2.0 * (1.06 if k % 2 else 0.97)
     loss[1:] = [x * loss_scale for x in loss[1:]]
+    upd = np.exp(0.05 * np.random.default_rng(seed + 1).standard_normal(n)).tolist()
     return feed(
-        Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, cos=cos if processivity else None
+        Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, cos=cos if processivity else None,
+        upd=upd,
     )
 
 
@@ -953,6 +957,22 @@ def test_gradient_and_update_co_rising_with_coherent_updates_is_an_ascent_in_two
     # a loss far below the first loss (a near-perfect classifier's hard batches) is gated
     snaps = _co_rising(loss_scale=0.05)
     assert not any(s.evidence.get("cause") == "ascent" for s in snaps)
+
+
+def test_an_update_that_is_the_gradient_times_the_lr_does_not_corroborate_it():
+    # plain SGD: the update ratio is the gradient ratio; a co-rise of the two is one
+    # signal (left to the gradient's own rule), not two that agree
+    rng = np.random.default_rng(3)
+    n = 420
+    loss = (2.0 * np.exp(0.05 * rng.standard_normal(n))).tolist()
+    g = np.exp(0.2 * rng.standard_normal(n)).tolist()
+    g[400:] = [2.2, 2.4, 2.6, 2.8, 3.0] + [1.0] * 15  # below the gradient rule's 3x window
+    snaps = feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * n)
+    assert snaps[403].evidence["update_ratio"] == pytest.approx(snaps[403].evidence["grad_ratio"])
+    assert not any(s.alert for s in snaps)
+    upd = np.exp(0.05 * np.random.default_rng(4).standard_normal(n)).tolist()
+    other = feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, upd=upd)
+    assert any(s.alert and s.evidence["cause"] == "grad_growth" for s in other[400:])
 
 
 def test_a_subnormal_first_loss_does_not_break_the_loss_gate():

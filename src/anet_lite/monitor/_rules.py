@@ -57,6 +57,7 @@ OVERSIZED_X = math.log(20.0)
 # calibration runs is 9.5x (bench/calibrate_detectors.py); 10.5 = 1.1 x that.
 SCALE_JUMP_X = 10.5
 SCALE_JUMP_DEV = 1.0
+SAME_SIGNAL = 1e-3  # |update ratio - gradient ratio| / gradient ratio: the same signal
 EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms even if the loss
 # accounts for it (a garbage batch's 1e4x gradient must be skipped whatever its loss did)
 
@@ -257,8 +258,11 @@ class MonitorRules(CoherenceRules):
                 self.rel_prev = rel
         if gr is not None and ur is not None:
             # gradient AND update far above their levels, the update growing step after step:
-            # the optimizer is being pushed one way (a one-batch spike decays instead)
-            hot = (ur if ur < gr else gr) >= self.co_rise_x and ur > self.ur_prev
+            # the optimizer is being pushed one way (a one-batch spike decays instead). An
+            # update that is the gradient times the lr (plain SGD: equal ratios) is one
+            # signal, not two that agree: it is left to the gradient's own rule.
+            one = abs(ur - gr) <= SAME_SIGNAL * gr
+            hot = (ur if ur < gr else gr) >= self.co_rise_x and ur > self.ur_prev and not one
             self.co_hot = self.co_hot + 1 if hot else 0
             grows = gr > self.gr_prev and ur > self.ur_prev
             self.grow = self.grow + 1 if grows else 0
