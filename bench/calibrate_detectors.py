@@ -5,7 +5,8 @@
 Replays every healthy run of the given benchmark caches (``generate.py --only healthy
 --seed-offset N --out DIR`` makes more) through each default detector, fed as the
 Monitor feeds them (``Monitor.update`` with loss, grad_norm, step_norm, lr, param_norm),
-and prints per detector (healthy variants that reached NaN/inf anyway are left out):
+and prints per detector (healthy variants that reached NaN/inf or diverged for good anyway
+are left out):
 the largest value of its statistic over the healthy runs, the healthy runs and steps on
 which it would alarm, and (for ``LossCusum``) the threshold the rule "largest healthy S
 x 1.1" gives, and how many healthy runs per 50,000 steps reach the threshold in use (the
@@ -39,7 +40,9 @@ def healthy_runs(cache: str) -> List[Dict[str, Any]]:
     return [
         {"id": m["run_id"], "rows": score.load_run(os.path.join(cache, m["file"]))}
         for m in runs
-        if m.get("kind") == "healthy" and m.get("first_nonfinite") is None
+        if m.get("kind") == "healthy"
+        and m.get("label", "healthy") == "healthy"  # (not a healthy setting that diverged)
+        and m.get("first_nonfinite") is None
     ]
 
 

@@ -121,6 +121,21 @@ def _rise_from_best(s: Sequence[float], Linit: float, loss: Sequence[float]) -> 
     return None
 
 
+def stays_collapsed(loss: Sequence[float], c: int) -> bool:
+    """Whether a run that collapsed at ``c`` is still collapsed at its end: its last
+    smoothed loss (or a non-finite one) above the threshold of the sustained-rise rule
+    taken from its best level before ``c``. A healthy setting's run that diverged for good
+    (a warm-up to a peak lr the model cannot take) is a collapse; a curriculum whose new
+    data lifts the loss and is then learned is not."""
+    loss = [float(v) if v is not None else math.nan for v in loss]
+    if first_nonfinite(loss) is not None:
+        return True
+    s = smoothed(loss)
+    Linit = pre_onset_level(loss, 0)
+    best = min([Linit] + [v for v in s[:c] if _finite(v)])
+    return s[-1] > max(F * best, 0.5 * (best + Linit))
+
+
 def collapse_step(
     loss: Sequence[float],
     onset: Optional[int] = 0,

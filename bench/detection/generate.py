@@ -624,8 +624,11 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
     coll = collapse.collapse_step(losses, onset if onset is not None else 0, chance)
     if kind == "healthy":
         label = "healthy"
-        # sanity: a healthy run should not meet the collapse definition (onset 0)
+        # sanity: a healthy run should not meet the collapse definition (onset 0); one
+        # that does and never recovers diverged for good: a collapse of unknown onset
         healthy_check = collapse.collapse_step(losses, 0, chance)
+        if healthy_check is not None and collapse.stays_collapsed(losses, healthy_check):
+            label, coll = "collapsed", healthy_check
     else:
         label = "collapsed" if coll is not None else "survived"
     lvl = collapse.CHANCE_FRAC * chance
@@ -730,7 +733,10 @@ def relabel(out_dir: str = CACHE) -> List[Dict]:
         with gzip.open(os.path.join(out_dir, m["file"]), "rt") as fh:
             losses = [float(r["loss"]) for r in csv.DictReader(fh)]
         if m["kind"] == "healthy":
-            m["healthy_meets_collapse_rule"] = collapse.collapse_step(losses, 0, m["chance_loss"])
+            c = collapse.collapse_step(losses, 0, m["chance_loss"])
+            m["healthy_meets_collapse_rule"] = c
+            if c is not None and collapse.stays_collapsed(losses, c):
+                m["label"], m["collapse_step"] = "collapsed", c  # diverged for good
         else:
             c = collapse.collapse_step(losses, m["onset"] or 0, m["chance_loss"])
             m["collapse_step"] = c

@@ -161,6 +161,20 @@ def test_return_to_chance_is_collapse_without_nan():
     assert collapse.collapse_step(loss, onset=50, chance_loss=chance) == 55
 
 
+def test_a_collapse_that_never_recovers_stays_collapsed_a_learned_jump_does_not():
+    # a healthy setting's run that diverges back to chance for good is a collapse; a
+    # curriculum's new data lifts the loss as much, and is then learned
+    chance = math.log(10)
+    learn = [2.3 * math.exp(-t / 20) + 0.1 for t in range(100)]
+    gone = learn + [2.3] * 100
+    c = collapse.collapse_step(gone, onset=0, chance_loss=chance)
+    assert c is not None and collapse.stays_collapsed(gone, c)
+    back = learn + [2.0 * math.exp(-t / 40) + 0.1 for t in range(100)]
+    c = collapse.collapse_step(back, onset=0, chance_loss=chance)
+    assert c is not None and not collapse.stays_collapsed(back, c)
+    assert collapse.stays_collapsed(learn + [float("nan")], 100)
+
+
 def test_never_learned_is_not_collapse():
     assert collapse.collapse_step([2.3] * 100, onset=0, chance_loss=math.log(10)) is None
 
