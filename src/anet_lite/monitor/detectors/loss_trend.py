@@ -68,13 +68,29 @@ class LossTrend(Detector):
         y = v.x
         if not v.log_space or not finite(y):
             return None
-        self._push(y)
-        if self.n < HALF:
-            return None
-        s = self.s
+        n = self.n = self.n + 1  # (the window slid in place: the hot path)
+        ys = self.ys
+        if n <= HALF:
+            self.a += (n - 1) * y
+            self.s += y
+            self.q += y * y
+            ys.append(y)
+            if n < HALF:
+                return None
+            s, a, q = self.s, self.a, self.q
+        else:
+            old = ys[0]
+            ys.append(y)
+            if n % _EXACT == 0:  # exact sums now and then: rounding never accumulates
+                s, a, q = self._exact()
+            else:
+                s = self.s
+                a = self.a = self.a + ((HALF - 1) * y - (s - old))
+                s = self.s = s - old + y
+                q = self.q = self.q + (y * y - old * old)
         mean = s / HALF
-        b = (self.a - _MID * s) / _SXX
-        rss = self.q - s * mean - b * b * _SXX
+        b = (a - _MID * s) / _SXX
+        rss = q - s * mean - b * b * _SXX
         se = math.sqrt(rss / (HALF - 2)) if rss > 0.0 else 0.0
         t = b * _ROOT_SXX / (se if se > _SE_FLOOR else _SE_FLOOR)
         ts, ms = self.ts, self.ms
@@ -96,25 +112,10 @@ class LossTrend(Detector):
             )
         return None
 
-    def _push(self, y: float) -> None:
-        """Slide the window by one value; its sums are recomputed exactly every _EXACT
-        values, so rounding never accumulates."""
+    def _exact(self) -> Any:
+        """The window's sums recomputed exactly (every _EXACT values)."""
         ys = self.ys
-        n = self.n = self.n + 1
-        if n <= HALF:
-            self.a += (n - 1) * y
-            self.s += y
-            self.q += y * y
-            ys.append(y)
-            return
-        old = ys[0]
-        ys.append(y)
-        if n % _EXACT == 0:
-            self.s = math.fsum(ys)
-            self.a = math.fsum(k * w for k, w in enumerate(ys))
-            self.q = math.fsum(w * w for w in ys)
-            return
-        s = self.s
-        self.a += (HALF - 1) * y - (s - old)
-        self.s = s - old + y
-        self.q += y * y - old * old
+        self.s = math.fsum(ys)
+        self.a = math.fsum(k * w for k, w in enumerate(ys))
+        self.q = math.fsum(w * w for w in ys)
+        return self.s, self.a, self.q
