@@ -112,6 +112,13 @@ def _longest(res: List[Any], key: str, what: str, name: str, in_use: int) -> Non
     print("  longest:", ", ".join(f"{i} {r[key]}" for i, r in top))
 
 
+def _largest(res: List[Any], key: str, title: str, k: int, fmt: str, in_use: str) -> None:
+    """Print the largest healthy value of ``key`` and the ``k`` runs that reach the most."""
+    top = sorted(res, key=lambda x: -x[1][key])[:k]
+    print(f"{title} = {top[0][1][key]:{fmt}} ({in_use})")
+    print("  largest:", ", ".join(f"{i} {r[key]:{fmt}}" for i, r in top))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("caches", nargs="+", help="benchmark cache folders (healthy runs are used)")
@@ -129,26 +136,19 @@ def main(argv: Optional[List[str]] = None) -> int:
           f" in use H = {loss_cusum.H}: {over} healthy run(s) reach it, "
           f"{50_000 * over / max(steps, 1):.2f} per 50,000 healthy steps (target <= 1)")
     print("  largest:", ", ".join(f"{i} {r['s_max']:.1f}" for i, r in top))
-    acc = sorted(res, key=lambda x: -x[1]["accel_max"])[:5]
-    print(f"NormGrowth: largest healthy growth acceleration = {acc[0][1]['accel_max']:.1f}"
-          f" (in use: {norm_growth.ACCEL})")
-    print("  largest:", ", ".join(f"{i} {r['accel_max']:.1f}" for i, r in acc))
-    tt = sorted(res, key=lambda x: -x[1]["trend_max"])[:3]
+    _largest(res, "accel_max", "NormGrowth: largest healthy growth acceleration", 5, ".1f",
+             f"in use: {norm_growth.ACCEL}")
     over = sum(r["trend_max"] >= loss_trend.T for _, r in res)
-    print(f"LossTrend: largest healthy statistic = {tt[0][1]['trend_max']:.2f}"
-          f" (in use T = {loss_trend.T}: {over} healthy run(s) reach it)")
-    print("  largest:", ", ".join(f"{i} {r['trend_max']:.2f}" for i, r in tt))
+    _largest(res, "trend_max", "LossTrend: largest healthy statistic", 3, ".2f",
+             f"in use T = {loss_trend.T}: {over} healthy run(s) reach it")
     _longest(res, "far_max", "far above the best", "HOLD_LONG", loss_regression.HOLD_LONG)
     _longest(res, "back_max", "back at the first loss", "HOLD", loss_regression.HOLD)
     _longest(res, "first_max", "10x the first loss", "FIRST_STEPS", loss_regression.FIRST_STEPS)
-    ov = sorted(res, key=lambda x: -x[1]["over_x"])[:3]
-    print(f"oversized_update: largest healthy update ratio of an update >= max_rel_update x"
-          f" ||theta|| = {ov[0][1]['over_x']:.1f} (in use: {math.exp(_rules.OVERSIZED_X):.0f})")
-    print("  largest:", ", ".join(f"{i} {r['over_x']:.1f}" for i, r in ov))
-    sj = sorted(res, key=lambda x: -x[1]["jump_x"])[:3]
-    print(f"scale_jump: largest healthy min(gradient, update ratio) on a step whose loss did"
-          f" not rise = {sj[0][1]['jump_x']:.1f} (in use: {_rules.SCALE_JUMP_X})")
-    print("  largest:", ", ".join(f"{i} {r['jump_x']:.1f}" for i, r in sj))
+    _largest(res, "over_x", "oversized_update: largest healthy update ratio of an update >="
+             " max_rel_update x ||theta||", 3, ".1f",
+             f"in use: {math.exp(_rules.OVERSIZED_X):.0f}")
+    _largest(res, "jump_x", "scale_jump: largest healthy min(gradient, update ratio) on a step"
+             " whose loss did not rise", 3, ".1f", f"in use: {_rules.SCALE_JUMP_X}")
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]
