@@ -262,13 +262,14 @@ class MonitorRules(CoherenceRules):
             # update that is the gradient times the lr (plain SGD: equal ratios) is one
             # signal, not two that agree: it is left to the gradient's own rule.
             one = abs(ur - gr) <= SAME_SIGNAL * gr
-            hot = (ur if ur < gr else gr) >= self.co_rise_x and ur > self.ur_prev and not one
+            low = ur if ur < gr else gr  # (min(ur, gr))
+            hot = low >= self.co_rise_x and ur > self.ur_prev and not one
             self.co_hot = self.co_hot + 1 if hot else 0
             grows = gr > self.gr_prev and ur > self.ur_prev
             self.grow = self.grow + 1 if grows else 0
             self.ur_prev, self.gr_prev = ur, gr
             if (
-                (ur if ur < gr else gr) >= SCALE_JUMP_X
+                low >= SCALE_JUMP_X
                 and "severe" not in ev
                 and self.ref is not None
                 and ev.get("loss_dev", _INF) <= SCALE_JUMP_DEV

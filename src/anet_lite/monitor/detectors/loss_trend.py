@@ -11,9 +11,10 @@ matters, not a drift the noise hides in large-batch logs).
 
 The slope is the statistic of the linear-trend test (Basseville & Nikiforov 1993,
 ch. 2); both windows are kept with running sums, so a step costs the same at any
-``HALF``. ``T`` is the only free number, set from healthy runs alone
-(``bench/calibrate_detectors.py`` prints the largest statistic over every healthy run of
-the calibration sets): no failure was used to choose it.
+``HALF``. ``HALF`` (30) and ``MIN_RISE`` (5 %) are round numbers chosen before any
+scoring; ``T`` is set from healthy runs alone (``bench/calibrate_detectors.py`` prints the
+largest statistic over every healthy run of the calibration sets): no failure was used to
+choose any of them.
 """
 
 from __future__ import annotations
