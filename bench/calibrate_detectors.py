@@ -55,6 +55,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     trend_max = -math.inf  # largest LossTrend statistic (both windows' t, rise >= MIN_RISE)
     s_max, accel_max, far_max, back_max, alarms = 0.0, 0.0, 0, 0, {}
     first_max = 0  # longest streak >= BLOWUP x the first loss
+    blow_max = 0  # longest streak >= BLOWUP x the best level
     over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
     jump_x = 0.0  # largest min(gradient, update ratio) on a step whose loss did not rise
     for r in rows:
@@ -82,6 +83,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             trend_max = max(trend_max, min(ts[-1], ts[0]))
         back_max = max(back_max, lr_.back)
         first_max = max(first_max, lr_.over_first)
+        blow_max = max(blow_max, lr_.blow)
         h = ng.hist
         if ng.n > 2 * norm_growth.SPAN and len(h) == h.maxlen:
             rate = (h[-1] - h[0]) / norm_growth.SPAN
@@ -99,6 +101,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "over_x": over_x,
         "jump_x": jump_x,
         "first_max": first_max,
+        "blow_max": blow_max,
         "alarms": alarms,
         "steps": len(rows),
     }
@@ -144,6 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _longest(res, "far_max", "far above the best", "HOLD_LONG", loss_regression.HOLD_LONG)
     _longest(res, "back_max", "back at the first loss", "HOLD", loss_regression.HOLD)
     _longest(res, "first_max", "10x the first loss", "FIRST_STEPS", loss_regression.FIRST_STEPS)
+    _longest(res, "blow_max", "10x the best level", "BLOWUP_STEPS", loss_regression.BLOWUP_STEPS)
     _largest(res, "over_x", "oversized_update: largest healthy update ratio of an update >="
              " max_rel_update x ||theta||", 3, ".1f",
              f"in use: {math.exp(_rules.OVERSIZED_X):.0f}")
