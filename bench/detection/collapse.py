@@ -122,9 +122,9 @@ def _rise_from_best(s: Sequence[float], Linit: float, loss: Sequence[float]) -> 
 
 
 def stays_collapsed(loss: Sequence[float], c: int) -> bool:
-    """Whether a run that collapsed at ``c`` is still collapsed at its end: its last
-    smoothed loss (or a non-finite one) above the threshold of the sustained-rise rule
-    taken from its best level before ``c``. A healthy setting's run that diverged for good
+    """Whether a run that collapsed at ``c`` is still collapsed at its end: it reached a
+    non-finite loss, or its last smoothed loss is above the threshold of the sustained-rise
+    rule taken from its best level before ``c``. A healthy setting's run that diverged for good
     (a warm-up to a peak lr the model cannot take) is a collapse; a curriculum whose new
     data lifts the loss and is then learned is not."""
     loss = [float(v) if v is not None else math.nan for v in loss]
