@@ -108,6 +108,25 @@ def test_cusum_alarms_on_a_slow_creep_that_no_step_shows_and_not_on_a_spike():
     assert not any(_feed(LossCusum(), spike))
 
 
+def test_cusum_keeps_its_reference_when_an_episode_ends_on_a_dip():
+    # A small rise opens an episode (S > 0, the reference frozen); one low batch then
+    # ends it. A dip below the reference is no new level: the reference stays where it
+    # was (a reference taken at the dip made every ordinary step after it a rise: a real
+    # 20,000-step LM log, resumed part-way, alarmed on its usual spikes;
+    # bench/detection/real_log_stress.py).
+    rng = random.Random(5)
+    flat = [2.0 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(200)]
+    det = LossCusum()
+    _feed(det, flat)
+    mu0, sigma = det.mu, det.jitter.scale
+    assert not any(_feed(det, [2.05] * 60))  # +2 %: S grows, far below a 25 % rise
+    assert det.s > 31  # an open episode that one step 30 sigmas low does not close
+    dip = math.exp(mu0 - 30 * sigma) - 0.5  # one batch 30 sigmas low: S stays > 0, the
+    _feed(det, [dip])  # smoothed level drops > 2 sigmas below its peak: the episode ends
+    assert det.s == 0.0
+    assert det.mu > mu0 - 2 * sigma  # (a reference taken at the dip: mu0 - 4 sigmas)
+
+
 def test_trend_alarms_on_a_steady_noisy_rise_and_not_on_a_step_up_that_is_learned():
     base = _noisy_decay(300, seed=5, end=0.1)
     rng = random.Random(7)

@@ -91,7 +91,8 @@ class LossCusum(Detector):
                 self.peak = max(self.peak, sm)
                 if sm < self.peak - BACK * sigma:
                     s, self.peak, self.steps_up = 0.0, -math.inf, 0
-                    self.mu = sm
+                    if sm > self.mu:  # (a dip below the reference is no new level)
+                        self.mu = sm
             self.s = s
         if s == 0.0:
             self.mu += LAMBDA * (x - self.mu)
