@@ -128,7 +128,12 @@ def test_loss_scale_guarded_never_lets_the_loss_blow_up(tmp_path):
     assert g["blowup"] is None and math.isfinite(g["final_loss_heldout"])
     assert g["final_loss_heldout"] < g["uniform_loss"]
     assert verify(g["out"] / "tombstones.jsonl").records == len(g["actions"]) >= 1
-    # a persistent fault: skipping and rolling back cannot remove it, so the Guard may stop
+    # a persistent fault: 16 skips do not end it, so the Guard clips the gradients to
+    # their level from then on (the model trains on: held-out loss below uniform above).
+    # The loss the loop reports stays 1e4x, so the alert goes on: the Guard may roll back
+    # and stop, or the run ends in that alert.
+    kinds = [a["kind"] for a in g["actions"]]
+    assert kinds[:17] == ["skip_step"] * 16 + ["clip"], kinds
     page = (g["out"] / "report.html").read_text("utf-8")
     header = page[page.index("<header") : page.index("</header>")]
     if g["stopped"] is not None:
@@ -138,7 +143,7 @@ def test_loss_scale_guarded_never_lets_the_loss_blow_up(tmp_path):
             'class="warn"' in header and f"stopped the run at step {g['stopped']['step']}" in header
         )
     else:
-        assert 'class="protected"' in header
+        assert "the run ended in an alert" in header
 
 
 def test_help_shows_flags_and_an_example(capsys):

@@ -116,3 +116,41 @@ def test_monitor_decide_writes_tombstones(tmp_path):
     rec = json.loads(log.path.read_text().splitlines()[0])
     assert rec["event"] == "slow_down" and rec["scope"] == {"param_groups": [0]}
     assert rec["evidence"]["cause"] == "lr_jump" and "reason" in rec["evidence"]
+
+
+def test_a_gradient_out_of_scale_that_skips_did_not_end_is_clipped_once_not_rolled_back():
+    p = Policy(clip=True, max_skips=3)
+    got = kinds(p, [snap(cause="grad_explosion", step=i, grad_ratio=900.0) for i in range(8)])
+    assert got == ["skip_step"] * 3 + ["clip"] + ["none"] * 4  # the clip answers the rest
+    clip = p.decide(snap(cause="scale_jump", step=9))
+    assert clip.kind == "none" and "clipped" in clip.reason
+    # another cause of the same incident is acted on as before (a loss that climbs)
+    assert p.decide(snap(cause="divergence", step=10)).kind == "slow_down"
+
+
+def test_the_clip_is_the_multiple_of_the_level_and_survives_a_state_round_trip():
+    p = Policy(clip=True, max_skips=1, clip_level_x=1.5)
+    assert kinds(p, [snap(cause="scale_jump", step=i) for i in range(2)]) == ["skip_step", "clip"]
+    act = Policy(clip=True, max_skips=0).decide(snap(cause="grad_explosion"))
+    assert (act.kind, act.factor) == ("clip", 1.0)
+    q = Policy(clip=True, max_skips=1)
+    q.load_state_dict(p.state_dict())
+    assert q.decide(snap(cause="grad_explosion", step=3)).kind == "none"
+
+
+@pytest.mark.parametrize("clip", [None, False])
+def test_without_a_caller_that_clips_the_ladder_rolls_back(clip):
+    p = Policy(clip=clip, max_skips=2)
+    got = kinds(p, [snap(cause="grad_explosion", step=i) for i in range(3)])
+    assert got == ["skip_step", "skip_step", "rollback"]
+
+
+def test_causes_that_a_clip_does_not_answer_never_get_one():
+    p = Policy(clip=True, max_skips=1, cooldown=0)
+    got = kinds(p, [snap(cause="ascent", step=i) for i in range(6)])
+    assert "clip" not in got and "rollback" in got
+
+
+def test_bad_clip_level():
+    with pytest.raises(ValueError, match="clip_level_x"):
+        Policy(clip_level_x=0.0)

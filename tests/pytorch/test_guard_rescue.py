@@ -137,3 +137,69 @@ def test_after_skipping_a_shard_the_monitor_says_recovering_then_healthy_never_w
     assert set(after[:first_healthy]) == {"recovering"}
     assert set(after[first_healthy:]) == {"healthy"}
     assert g.monitor.ref is not None
+
+
+def _digits_loss_scaled(guarded: bool, mult: float, onset: int = 200, steps: int = 400, **kw):
+    """The digits MLP under SGD + momentum; from ``onset`` the loss is multiplied by
+    ``mult`` before backward (a loss-scale bug: the logged loss is the true one). Returns
+    (the Guard or None, the final loss on a fixed batch of 512)."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from torch import nn
+
+    from anet_lite import Monitor
+    from anet_lite.torch import Guard
+    from anet_lite.torch.merge import digits_mlp
+
+    X, y = datasets.load_digits(return_X_y=True)
+    X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(0)
+    model = digits_mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    g = Guard(model, opt, monitor=Monitor(), on_error="raise", **kw) if guarded else None
+    gen = torch.Generator().manual_seed(0)
+    for t in range(steps):
+        i = torch.randint(0, len(y), (64,), generator=gen)
+        loss = nn.functional.cross_entropy(model(X[i]), y[i])
+        (loss * (mult if t >= onset else 1.0)).backward()
+        if g is not None:
+            g.observe(loss)
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        final = float(nn.functional.cross_entropy(model(X[:512]), y[:512]))
+    return g, final
+
+
+def test_a_persistent_loss_scale_bug_is_clipped_to_the_gradients_level_and_the_run_goes_on(
+    tmp_path,
+):
+    # A loss multiplied by 1e4 from step 200: every gradient is 1e4x its level while the
+    # loss does not move. Skipping (16 updates) leaves the weights as they were, so a
+    # roll-back would restore the same model and the bug would come back: the Guard
+    # clips the gradients to their level from then on, and the run ends as its twin.
+    _, twin = _digits_loss_scaled(False, 1.0)
+    _, unprotected = _digits_loss_scaled(False, 1e4)
+    g, final = _digits_loss_scaled(True, 1e4, tombstones=tmp_path / "t.jsonl")
+    kinds = [a.kind for a in g.actions]
+    assert kinds == ["skip_step"] * 16 + ["clip"], kinds
+    assert g.actions[-1].evidence["cause"] in ("grad_explosion", "scale_jump")
+    assert unprotected > 1.0 > twin  # the bug alone ruins the run
+    assert final <= twin + 0.05, (final, twin)
+    level = g.clip_pin
+    assert g.clip_grad_norm == level and 0.0 < level < 10.0
+    text = (tmp_path / "t.jsonl").read_text()
+    assert '"event":"clip"' in text and '"clip_to"' in text, text[-400:]
+    # a resumed Guard keeps the clip
+    g2, _ = _digits_loss_scaled(True, 1.0, steps=1)
+    g2.load_state_dict(g.state_dict())
+    assert g2.clip_pin == level and g2.clip_grad_norm == level
+
+
+def test_read_one_step_late_the_clip_starts_a_step_later_and_the_run_goes_on():
+    # The CUDA path on a CPU (lag=True): each step's verdict comes a step late and the
+    # same-step gate scales every out-of-scale gradient down to 10x its level meanwhile.
+    _, twin = _digits_loss_scaled(False, 1.0)
+    g, final = _digits_loss_scaled(True, 1e4, lag=True)
+    kinds = [a.kind for a in g.actions]
+    assert kinds.count("clip") == 1 and not {"rollback", "stop"} & set(kinds), kinds
+    assert final <= twin + 0.05, (final, twin)

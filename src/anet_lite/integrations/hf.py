@@ -37,7 +37,7 @@ What the user sees: each action is logged (logger ``anet_lite``, WARNING, with i
 explanation), an alert without action at INFO (once per incident). In guard mode a step
 that alerts or acts sets ``control.should_log``: the Trainer logs that very step (its
 loss, the ``anet/*`` metrics and ``anet/action``: 1 slow_down, 2 skip_step, 3 rollback,
-4 stop), whatever ``logging_steps``; the alert's text goes to the ``report_to``
+4 stop, 5 clip), whatever ``logging_steps``; the alert's text goes to the ``report_to``
 TensorBoard writer as ``anet/alert_text`` (once the callback is attached). Tombstones
 default to ``<args.output_dir>/anet_tombstones.jsonl``, created on the first record only.
 The callback's state (Monitor, policy, Guard bookkeeping) is saved in the Trainer's

@@ -26,7 +26,7 @@ How Lightning's hooks are used (one optimizer, automatic or manual optimization)
   On the steps where Lightning writes to its loggers (``log_every_n_steps``, and the
   step at which the run stops): logging costs ~15 ms a step on CPU otherwise. A step that
   alerts or acts is written at once, whatever ``log_every_n_steps``: the same metrics plus
-  ``anet/action`` (1 slow_down, 2 skip_step, 3 rollback, 4 stop) go straight to every
+  ``anet/action`` (1 slow_down, 2 skip_step, 3 rollback, 4 stop, 5 clip) go straight to every
   logger (``logger.log_metrics(..., step)``), and to a TensorBoard logger the alert's text
   too (``anet/alert_text``, one entry per new incident or action). Every action is in the
   tombstones whatever the logging schedule, and logged (logger ``anet_lite``, WARNING).

@@ -9,6 +9,16 @@ incident again (an lr change takes steps to show; a restored state needs steps t
 judged); a skipped update has shown its effect at once, so while the incident goes on
 every alert step is skipped, then rolled back. ``recover_after`` healthy steps close the
 incident and reset the ladder.
+
+With ``clip`` (the ``Guard`` turns it on: it can carry it out), a gradient out of scale
+that the loss does not account for (``grad_explosion``, ``scale_jump``) and that skipping
+``max_skips`` updates did not end is clipped instead of rolled back: the skipped updates
+left the weights as they were, so a roll-back would restore the same model, and a
+persistent scale bug (a loss scale, summed gradient accumulation, a summed loss) would
+come back on the next step. From then on the gradients are clipped to
+``clip_level_x`` x their level before the incident (an Action "clip"; the Guard keeps
+that clip for the rest of the run), and further alarms of those causes are answered by
+the clip. A loss that still climbs (another cause) goes on up the ladder.
 """
 
 from __future__ import annotations
@@ -20,15 +30,19 @@ from .causes import CAUSES
 
 __all__ = ["ACTIONS", "Action", "Policy"]
 
-ACTIONS = ("none", "slow_down", "skip_step", "rollback", "stop")
-_LADDER = ("slow_down", "skip_step", "rollback", "stop")
+# (codes 0-4 as before; "clip" came later: 5)
+ACTIONS = ("none", "slow_down", "skip_step", "rollback", "stop", "clip")
+_LADDER = ("slow_down", "skip_step", "clip", "rollback", "stop")
+# a gradient out of scale that the loss does not account for: clipping answers it
+CLIP_CAUSES = ("grad_explosion", "scale_jump")
 # causes whose incident starts by skipping the update act at once, without a cool-down
 _ONE_STEP = tuple(c.name for c in CAUSES.values() if c.first_action == "skip_step")
 
 
 @dataclass(frozen=True)
 class Action:
-    """What to do now. ``factor`` is the lr multiplier for ``slow_down`` (0 < factor <= 1)."""
+    """What to do now. ``factor`` is the lr multiplier for ``slow_down`` (0 < factor <= 1);
+    for ``clip``, the multiple of the gradient's level before the incident to clip to."""
 
     kind: str
     factor: float = 1.0
@@ -49,6 +63,11 @@ class Policy:
     cooldown      steps after a slow-down or roll-back during which the same incident is
                   not acted on again (none after a skip)
     recover_after healthy steps that close an incident
+    clip          True: a gradient out of scale (``CLIP_CAUSES``) that ``max_skips`` skips
+                  did not end is clipped (Action "clip") before any roll-back. None
+                  (default): off, unless a caller that can clip turns it on (the ``Guard``
+                  does); False: off
+    clip_level_x  the clip, as a multiple of the gradient's level before the incident
     """
 
     def __init__(
@@ -61,13 +80,20 @@ class Policy:
         max_rollbacks: int = 2,
         cooldown: int = 10,
         recover_after: int = 50,
+        clip: Optional[bool] = None,
+        clip_level_x: float = 1.0,
     ) -> None:
         if not 0.0 < slow_factor < 1.0 or not 0.0 < drift_factor < 1.0:
             raise ValueError("slow_factor and drift_factor must be in (0, 1)")
         self.slow_factor, self.drift_factor = float(slow_factor), float(drift_factor)
+        if not clip_level_x > 0.0:
+            raise ValueError(f"clip_level_x must be > 0, got {clip_level_x!r}")
+        self.clip = None if clip is None else bool(clip)
+        self.clip_level_x = float(clip_level_x)
         self.caps = {
             "slow_down": int(max_slowdowns),
             "skip_step": int(max_skips),
+            "clip": 1,
             "rollback": int(max_rollbacks),
             "stop": 1,
         }
@@ -114,6 +140,14 @@ class Policy:
             )
         entry = CAUSES.get(cause)
         start = entry.first_action if entry is not None else "slow_down"
+        scaled = cause in CLIP_CAUSES
+        if scaled and self.used["clip"]:
+            return Action(
+                "none",
+                reason=f"{cause}: the gradients are clipped to their earlier level",
+                evidence=ev,
+                step=snap.step,
+            )
         factor = self.slow_factor
         if cause == "lr_jump":
             factor = min(self.slow_factor, 1.0 / float(ev.get("lr_jump", 2.0)))
@@ -121,7 +155,11 @@ class Policy:
             excess = float(ev.get("rel_update", 1.0)) / float(ev["rel_update_limit"])
             factor = min(factor, 0.5 / max(excess, 1.0))
         for kind in _LADDER[_LADDER.index(start) :]:
+            if kind == "clip" and not (self.clip and scaled):
+                continue
             if self.used[kind] < self.caps[kind]:
+                if kind == "clip":
+                    return self._take(kind, self.clip_level_x, cause, ev, snap, "drift")
                 tag = "nonfinite" if cause == "non_finite" else "drift"
                 return self._take(
                     kind, factor if kind == "slow_down" else 1.0, cause, ev, snap, tag
@@ -137,6 +175,7 @@ class Policy:
         what = {
             "slow_down": f"slow down (lr x{factor:.3g})",
             "skip_step": "skip this update",
+            "clip": f"clip the gradients to {factor:.3g}x their earlier level from now on",
             "rollback": "roll back to the last healthy state",
             "stop": "stop the run",
         }[kind]
@@ -155,7 +194,7 @@ class Policy:
         }
 
     def load_state_dict(self, st: Dict[str, Any]) -> None:
-        self.used = {k: int(st["used"].get(k, 0)) for k in _LADDER}
+        self.used = {k: int(st["used"].get(k, 0)) for k in _LADDER}  # (older: no "clip")
         self.last_action_t, self.healthy_run, self.t = (
             int(st["last_action_t"]),
             int(st["healthy_run"]),

@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 LANGS = ("en", "ja")
-ACTION_KINDS = ("slow_down", "skip_step", "rollback", "stop")
+ACTION_KINDS = ("slow_down", "skip_step", "clip", "rollback", "stop")
 
 # ---- counts ---------------------------------------------------------------------------------
 
@@ -245,12 +245,14 @@ ACTION_WORDS: Dict[str, Dict[str, str]] = {
     "en": {
         "slow_down": "slow down",
         "skip_step": "skip",
+        "clip": "clip",
         "rollback": "roll back",
         "stop": "stop",
     },
     "ja": {
         "slow_down": "減速",
         "skip_step": "スキップ",
+        "clip": "クリップ",
         "rollback": "ロールバック",
         "stop": "停止",
     },

@@ -224,6 +224,9 @@ class Guard:
         self.monitor = monitor if monitor is not None else Monitor()
         if getattr(self.monitor, "strict_start", False) is None:
             self.monitor.strict_start = _uninflated_start(optimizer)
+        policy = getattr(self.monitor, "policy", None)
+        if getattr(policy, "clip", False) is None:
+            policy.clip = True  # the Guard can carry out a "clip" (see Policy)
         self.tap = (
             tap
             if tap is not None
@@ -277,6 +280,7 @@ class Guard:
         self._logged_alert: Optional[tuple] = None  # (step, status, cause) last logged at INFO
         self._clip_run: List[float] = []  # the last gradient norms while they stay equal
         self.clipped_at: Optional[float] = None  # the norm the user's clip pinned, once seen
+        self.clip_pin: Optional[float] = None  # the clip a "clip" action set (total norm)
         self._host: Optional[torch.Tensor] = None
         self._held: Optional[tuple] = None  # lag on a CPU: (the last pack, its step)
         self.lag, self.gate = lag, gate
@@ -786,6 +790,8 @@ class Guard:
             extra["lr_scale"] = self.lr_scale
         elif action.kind == "skip_step":
             self._skip()
+        elif action.kind == "clip":
+            extra.update(self._pin_clip(action.factor, snap))
         elif action.kind == "rollback":
             extra.update(self._rollback())
             scope["rolled_back_steps"] = (
@@ -806,6 +812,30 @@ class Guard:
             )
         if action.kind == "stop":
             raise GuardStop(action, words + done)
+
+    def _pin_clip(self, times: float, snap: Snapshot) -> dict:
+        """A "clip" action: from now on clip the gradients' total norm to ``times`` x
+        their level before the incident (this step's norm / its ratio to the level), this
+        step's gradients included (read one step late on CUDA, the verdict's step is
+        past: the clip starts with the next step, this one is left to the same-step gate).
+        Without a known level the update is skipped instead."""
+        g, ratio = snap.evidence.get("grad_norm"), snap.evidence.get("grad_ratio")
+        if not (_positive(g) and _positive(ratio)):
+            self._skip()
+            return {"note": "no gradient level known: step skipped instead"}
+        level = float(g) / float(ratio)
+        pin = times * level if self.clip_pin is None else min(self.clip_pin, times * level)
+        self.clip_pin = pin
+        user = self.clip_grad_norm
+        self.clip_grad_norm = pin if user is None else min(user, pin)
+        factor = pin / float(g)
+        if factor < 1.0 and snap.step == self.step:  # (lagged: this step's norm is unknown)
+            for grp in self.optimizer.param_groups:
+                for p in grp["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(factor)
+            self.tap.note_grad_scale(torch.tensor(factor))
+        return {"clip_to": pin, "grad_level": level}
 
     def _restore_for_stop(self) -> dict:
         """Before a stop: put back the last healthy checkpoint, so the run ends on a healthy
@@ -970,6 +1000,7 @@ class Guard:
             "settled": self._settled,
             "cap_lifts": self._cap_lifts,
             "clipped_at": self.clipped_at,
+            "clip_pin": self.clip_pin,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -987,6 +1018,11 @@ class Guard:
         self._cap_lifts = int(state.get("cap_lifts", 0))
         clipped = state.get("clipped_at")
         self.clipped_at = None if clipped is None else float(clipped)
+        pin = state.get("clip_pin")
+        if pin is not None:
+            self.clip_pin = float(pin)
+            user = self.clip_grad_norm
+            self.clip_grad_norm = self.clip_pin if user is None else min(user, self.clip_pin)
 
 
 # Optimizers whose first updates are no larger than later ones at the same lr: SGD, and
@@ -1004,6 +1040,10 @@ def _uninflated_start(optimizer: Any) -> bool:
         and isinstance(optimizer, getattr(torch.optim, name))
         for name in _UNINFLATED
     )
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0.0
 
 
 def _plain(ev: dict) -> dict:
