@@ -154,3 +154,11 @@ def test_causes_that_a_clip_does_not_answer_never_get_one():
 def test_bad_clip_level():
     with pytest.raises(ValueError, match="clip_level_x"):
         Policy(clip_level_x=0.0)
+
+
+@pytest.mark.parametrize("cause", ["slow_rise", "rising_trend", "regression", "runaway_weights"])
+def test_a_slow_cause_skips_no_update_it_slows_down_then_rolls_back(cause):
+    # a trend over many steps: no single update caused it, so none is dropped
+    p = Policy(cooldown=0)
+    got = kinds(p, [snap(cause=cause, step=i) for i in range(6)])
+    assert got[:5] == ["slow_down", "slow_down", "rollback", "rollback", "stop"], got

@@ -7,8 +7,10 @@ slows down, gently, as the seed's FAQ advises). Each rung has a retry cap. After
 slow-down or a roll-back the policy waits ``cooldown`` steps before acting on the same
 incident again (an lr change takes steps to show; a restored state needs steps to be
 judged); a skipped update has shown its effect at once, so while the incident goes on
-every alert step is skipped, then rolled back. ``recover_after`` healthy steps close the
-incident and reset the ladder.
+every alert step is skipped, then rolled back. A cause measured over many steps (a trend,
+a CUSUM, a level far above the best, runaway weights: ``SLOW_CAUSES``) skips no update: no
+single one caused it; it slows down, then rolls back, then stops. ``recover_after`` healthy
+steps close the incident and reset the ladder.
 
 With ``clip`` (the ``Guard`` turns it on: it can carry it out), a gradient out of scale
 that the loss does not account for (``grad_explosion``, ``scale_jump``) and that skipping
@@ -35,6 +37,9 @@ ACTIONS = ("none", "slow_down", "skip_step", "rollback", "stop", "clip")
 _LADDER = ("slow_down", "skip_step", "clip", "rollback", "stop")
 # a gradient out of scale that the loss does not account for: clipping answers it
 CLIP_CAUSES = ("grad_explosion", "scale_jump")
+# statistics over many steps (a trend, a CUSUM, a level far above the best): no single
+# update caused them, so none is skipped: slow down, then roll back, then stop
+SLOW_CAUSES = ("slow_rise", "rising_trend", "regression", "runaway_weights")
 # causes whose incident starts by skipping the update act at once, without a cool-down
 _ONE_STEP = tuple(c.name for c in CAUSES.values() if c.first_action == "skip_step")
 
@@ -156,6 +161,8 @@ class Policy:
             factor = min(factor, 0.5 / max(excess, 1.0))
         for kind in _LADDER[_LADDER.index(start) :]:
             if kind == "clip" and not (self.clip and scaled):
+                continue
+            if kind == "skip_step" and cause in SLOW_CAUSES:
                 continue
             if self.used[kind] < self.caps[kind]:
                 if kind == "clip":
