@@ -81,6 +81,7 @@ _BANDS_T = _BANDS.T
 _isfinite = np.isfinite
 _add_reduce = np.add.reduce
 _true_divide = np.true_divide
+_square = np.square
 
 
 def segment_band_powers(segments: np.ndarray) -> np.ndarray:
@@ -155,10 +156,11 @@ def similarity_of_powers(a: list, b: list, beta: float) -> float:
 
 
 def _segment_powers(seg: np.ndarray) -> tuple[np.ndarray, float]:
-    """(band powers, mean square) of one (1, 16) segment: ``segment_band_powers``' steps."""
+    """(band powers, mean square) of one segment of 16 samples (1-D): ``segment_band_powers``'
+    steps (a 1-D operand is matmul's one-row matrix: the same products)."""
     spec = seg @ _OPERATOR_T
-    powers = (spec.real**2 + spec.imag**2) @ _BANDS_T
-    return powers[0], float(seg[0] @ seg[0]) / SEGMENT
+    powers = (_square(spec.real) + _square(spec.imag)) @ _BANDS_T  # (x**2 is square(x))
+    return powers, float(seg @ seg) / SEGMENT
 
 
 class StreamingFingerprint:
@@ -190,7 +192,7 @@ class StreamingFingerprint:
         if since < HOP or len(buf) < SEGMENT:
             return None
         self.since = 0
-        seg = np.asarray(buf)[None, :]  # (1, 16), as segment_band_powers sees it
+        seg = np.array(buf)
         if sum(map(abs, buf)) < 1e150:
             # Every sample finite and small (a nan/inf fails the test). |_OPERATOR| <= 1, so
             # band powers stay below 5e300 and energy below 1e300: nothing overflows (no

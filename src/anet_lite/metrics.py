@@ -92,7 +92,7 @@ def _centred_time(n: int) -> Tuple[np.ndarray, float]:
     return t, float(t @ t)
 
 
-_add_reduce, _minimum, _maximum = np.add.reduce, np.minimum, np.maximum
+_add_reduce, _min_reduce, _max_reduce = np.add.reduce, np.minimum.reduce, np.maximum.reduce
 
 
 def _detrended(y: np.ndarray) -> np.ndarray:
@@ -152,9 +152,9 @@ def _entropy_of_counts(counts: Sequence[int], n: int) -> float:
 def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     r_prev, r_last = _detrended(prev), _detrended(last)
     r = np.concatenate((r_prev, r_last))
-    lo, hi = r.min(), r.max()
+    lo, hi = _min_reduce(r), _max_reduce(r)  # (= r.min(), r.max(), minus their wrappers)
     x = np.concatenate((prev, last))
-    xlo, xhi = x.min(), x.max()
+    xlo, xhi = _min_reduce(x), _max_reduce(x)
     if lo - hi == lo - hi and xlo - xhi == xlo - xhi:  # (all finite: no NaN, no inf)
         scale = float(xhi if xhi >= -xlo else -xlo)  # (= max |value|: exact)
     else:  # as Python's min / max over the halves read NaNs (the order matters then)
@@ -169,7 +169,7 @@ def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     edges.append(hi)
     # one searchsorted over both windows (the same bins as two separate calls); the
     # last window's indices shifted past the first's bins, so one bincount counts both
-    idx = np.searchsorted(edges, r, side="right")  # 0..bins + 1
+    idx = np.array(edges).searchsorted(r, "right")  # 0..bins + 1
     n_prev, k = len(r_prev), bins + 2
     idx[n_prev:] += k
     c = np.bincount(idx, minlength=2 * k).tolist()
