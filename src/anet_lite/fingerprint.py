@@ -34,6 +34,7 @@ the rates).
 from __future__ import annotations
 
 import math
+from operator import mul as _mul
 from typing import Optional
 
 import numpy as np
@@ -82,6 +83,7 @@ _isfinite = np.isfinite
 _add_reduce = np.add.reduce
 _true_divide = np.true_divide
 _square = np.square
+_sqrt, _finite = math.sqrt, math.isfinite
 
 
 def segment_band_powers(segments: np.ndarray) -> np.ndarray:
@@ -142,17 +144,21 @@ def similarity_of_powers(a: list, b: list, beta: float) -> float:
     ``normalise`` + ``similarity``.
     """
     nb = N_BANDS
-    ta, tb = sum(a[:nb]), sum(b[:nb])
-    flat_a = not (ta > 1e-20 * SEGMENT * max(a[nb], 0.0) and ta > 0.0 and math.isfinite(ta))
-    flat_b = not (tb > 1e-20 * SEGMENT * max(b[nb], 0.0) and tb > 0.0 and math.isfinite(tb))
+    pa, pb = a[:nb], b[:nb]
+    ta, tb = sum(pa), sum(pb)
+    ea, eb = a[nb], b[nb]  # (0.0 if e < 0.0 else e: max(e, 0.0), NaN included)
+    flat_a = not (ta > 1e-20 * SEGMENT * (0.0 if ea < 0.0 else ea) and ta > 0.0 and _finite(ta))
+    flat_b = not (tb > 1e-20 * SEGMENT * (0.0 if eb < 0.0 else eb) and tb > 0.0 and _finite(tb))
     if flat_a or flat_b:
         return 1.0 if (flat_a and flat_b) else 0.0
-    bc = sum([math.sqrt(x * y) for x, y in zip(a[:nb], b[:nb])]) / math.sqrt(ta * tb)
+    bc = sum(map(_sqrt, map(_mul, pa, pb))) / _sqrt(ta * tb)
     if not bc > 0.0:
         return 0.0
     if bc >= 1.0 - 1e-12:
         return 1.0
-    return min(1.0, max(0.0, bc ** (3.0 * beta)))
+    v = bc ** (3.0 * beta)  # (min(1.0, max(0.0, v)) written out)
+    v = v if v > 0.0 else 0.0
+    return v if v < 1.0 else 1.0
 
 
 def _segment_powers(seg: np.ndarray) -> tuple[np.ndarray, float]:

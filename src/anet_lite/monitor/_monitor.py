@@ -32,11 +32,8 @@ RECOVER_SIGMAS = 2.0  # back within this many jitters of the pre-incident loss l
 RECOVER_MAX = 200  # steps after an action: then the verdict is the detectors' alone
 
 
-def _log_or_nan(x: Optional[float]) -> float:
-    return math.log(x) if x is not None and 0.0 < x < _INF else _NAN
-
-
 _INF, _NAN = math.inf, math.nan
+_mlog = math.log
 _isfinite = math.isfinite
 # View(*fields) without the named tuple's Python-level __new__ (made once per step)
 _new_view = partial(tuple.__new__, View)
@@ -517,7 +514,9 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        view = _new_view((self.x_now, self.log_space, _log_or_nan(s.param_norm), restart))
+        p = s.param_norm
+        lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN  # log ||θ||, NaN: none
+        view = _new_view((self.x_now, self.log_space, lp, restart))
         found = None
         for det in self.detectors:
             f = det.update(view)
