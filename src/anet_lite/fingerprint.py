@@ -213,7 +213,8 @@ class StreamingFingerprint:
         row[:N_BANDS] = powers
         row[N_BANDS] = energy
         self.pos = (self.pos + 1) % self.n_segments
-        self.filled = min(self.filled + 1, self.n_segments)
+        filled, n = self.filled + 1, self.n_segments
+        self.filled = n if n < filled else filled  # (min(filled, n))
         return powers
 
     @property

@@ -35,7 +35,7 @@ SURGE_GRAD = 5.0  # without the lift: the gradient >= this x its level, rising 3
 # still wobbles (a sign bug under momentum: the loss lags the optimizer by a step or two).
 CO_ASCENT = 2
 _isfinite = math.isfinite
-_NEG_INF = -math.inf
+_INF, _NEG_INF = math.inf, -math.inf
 
 
 class CoherenceRules:
@@ -75,7 +75,7 @@ class CoherenceRules:
             and ur > self.climb_ur
             and dev >= CLIMB_DEV
         )
-        self.climb_ur = ur if ur is not None else math.inf
+        self.climb_ur = ur if ur is not None else _INF
         if not hot:
             if self.climb:  # (no new list on every quiet step)
                 self.climb, self.climb_devs = 0, []

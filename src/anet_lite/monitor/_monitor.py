@@ -440,7 +440,8 @@ class Monitor(MonitorRules):
         self.last_status = status
         step = s.step if s.step is not None else self.t
         precursor = status == "precursor" or status == "collapsed"
-        return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, bool(cause), ev)
+        alert = True if cause else False  # noqa: SIM210 (bool(cause) without the call)
+        return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, alert, ev)
 
     def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
         """Loss, gradient and update levels, and the noise fingerprint; returns (the
@@ -468,7 +469,7 @@ class Monitor(MonitorRules):
         ready = self.loss_base.ready and self.t > (b2 if b2 < w else w)  # (min(w, b2))
         judge = ready and not grace
         cause = ev.pop("severe", "")
-        if not math.isfinite(s.loss) or not finite_grad:
+        if not _isfinite(s.loss) or not finite_grad:
             return "non_finite", "collapsed"
         if cause:
             return cause, "precursor"

@@ -71,7 +71,7 @@ def _log(x: float) -> float:
 
 
 def exp_capped(x: float) -> float:
-    return math.exp(min(x, 700.0))
+    return math.exp(700.0 if x > 700.0 else x)  # (min(x, 700.0), NaN included)
 
 
 _isfinite, _mlog = math.isfinite, math.log  # (module globals: the hot path)

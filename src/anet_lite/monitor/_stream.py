@@ -12,6 +12,7 @@ _MAD_TO_SIGMA = 1.4826
 _SQRT2 = math.sqrt(2.0)
 _NONE: List[float] = []  # shared empty result, never mutated
 _NEG_INF = -math.inf
+_sqrt = math.sqrt
 
 
 class RobustLevel:
@@ -232,7 +233,7 @@ class EWCorrelation:
         den = self.vx * self.vy
         if self.n < 3 or not den > 1e-300:
             return 0.0
-        r = self.cxy / math.sqrt(den)
+        r = self.cxy / _sqrt(den)
         return -1.0 if r < -1.0 else (1.0 if r > 1.0 else r)
 
     def state_dict(self) -> Dict[str, Any]:
