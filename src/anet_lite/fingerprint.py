@@ -209,10 +209,10 @@ class StreamingFingerprint:
                 powers, energy = _segment_powers(seg)
             if not (_isfinite(powers).all() and _isfinite(energy)):
                 return None  # overflowing samples are the precursor's business, not the shape's
-        row = self.ring[self.pos]
-        row[:N_BANDS] = powers
-        row[N_BANDS] = energy
-        self.pos = (self.pos + 1) % self.n_segments
+        ring, pos = self.ring, self.pos
+        ring[pos, :N_BANDS] = powers
+        ring[pos, N_BANDS] = energy
+        self.pos = (pos + 1) % self.n_segments
         filled, n = self.filled + 1, self.n_segments
         self.filled = n if n < filled else filled  # (min(filled, n))
         return powers
