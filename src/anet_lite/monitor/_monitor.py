@@ -468,7 +468,7 @@ class Monitor(MonitorRules):
         w, b2 = self.warmup, 2 * self._base_len
         ready = self.loss_base.ready and self.t > (b2 if b2 < w else w)  # (min(w, b2))
         judge = ready and not grace
-        cause = ev.pop("severe", "")
+        cause = ev.pop("severe") if "severe" in ev else ""  # (rare: no pop call otherwise)
         if not _isfinite(s.loss) or not finite_grad:
             return "non_finite", "collapsed"
         if cause:
