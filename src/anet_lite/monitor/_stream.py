@@ -222,12 +222,13 @@ class EWCorrelation:
         a = alpha if n * alpha > 1.0 else 1.0 / n
         mx, my = self.mx, self.my
         dx, dy = x - mx, y - my
-        self.mx = mx + a * dx
-        self.my = my + a * dy
+        adx, ady = a * dx, a * dy  # (each product once: a * dx * dy is (a * dx) * dy)
+        self.mx = mx + adx
+        self.my = my + ady
         b = 1.0 - a
-        self.vx = b * (self.vx + a * dx * dx)
-        self.vy = b * (self.vy + a * dy * dy)
-        self.cxy = b * (self.cxy + a * dx * dy)
+        self.vx = b * (self.vx + adx * dx)
+        self.vy = b * (self.vy + ady * dy)
+        self.cxy = b * (self.cxy + adx * dy)
 
     def value(self) -> float:
         den = self.vx * self.vy
