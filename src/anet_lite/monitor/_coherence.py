@@ -98,12 +98,15 @@ class CoherenceRules:
             return None
         c = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
         rec, cb = self.cos_recent, self.cos_base
-        if len(rec) == COS_RECENT:  # (its maxlen)
+        k = len(rec)  # (after the append below: k, its maxlen COS_RECENT at most)
+        if k == COS_RECENT:
             cb.push(rec[0])
+        else:
+            k += 1
         rec.append(c)
         if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
             return None
-        return sum(rec) / len(rec) - cb.center
+        return sum(rec) / k - cb.center
 
     def _surge(self, now: Any, lift: float, ev: Dict[str, Any]) -> str:
         """Loss, gradient and update each larger than the step before, 2 steps in a row:

@@ -402,7 +402,7 @@ class Monitor(MonitorRules):
     def _update(self, s: Signals) -> Snapshot:
         """One step: measure every signal, climb the rule ladder, run the detectors, and
         make the snapshot."""
-        self.t += 1
+        t = self.t = self.t + 1
         G, S = s.grad_norm, s.step_norm
         if G is not None and S is not None:  # (one dict display: the common case)
             ev: Dict[str, Any] = {"loss": s.loss, "grad_norm": G, "step_norm": S}
@@ -415,7 +415,7 @@ class Monitor(MonitorRules):
         marked = self.pending_mark is not None
         # (no lr and no mark: no schedule event, nothing to record)
         event = self._schedule(s, ev) if marked or s.lr is not None else ""
-        grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
+        grace = t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         pz, finite_grad = self._measure(s, ev, grace)
         cause, status = self._ladder(s, ev, pz, grace, finite_grad)
         restart = marked or event == "lr_restart"
@@ -438,7 +438,7 @@ class Monitor(MonitorRules):
         ev["f_total"] = ft
         ev["precursor_z"] = pz
         self.last_status = status
-        step = s.step if s.step is not None else self.t
+        step = s.step if s.step is not None else t
         precursor = status == "precursor" or status == "collapsed"
         alert = True if cause else False  # noqa: SIM210 (bool(cause) without the call)
         return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, alert, ev)
