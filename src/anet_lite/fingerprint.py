@@ -34,6 +34,7 @@ the rates).
 from __future__ import annotations
 
 import math
+from operator import mul as _mul
 from typing import Optional
 
 import numpy as np
@@ -81,6 +82,8 @@ _BANDS_T = _BANDS.T
 _isfinite = np.isfinite
 _add_reduce = np.add.reduce
 _true_divide = np.true_divide
+_square = np.square
+_sqrt, _finite = math.sqrt, math.isfinite
 
 
 def segment_band_powers(segments: np.ndarray) -> np.ndarray:
@@ -141,24 +144,29 @@ def similarity_of_powers(a: list, b: list, beta: float) -> float:
     ``normalise`` + ``similarity``.
     """
     nb = N_BANDS
-    ta, tb = sum(a[:nb]), sum(b[:nb])
-    flat_a = not (ta > 1e-20 * SEGMENT * max(a[nb], 0.0) and ta > 0.0 and math.isfinite(ta))
-    flat_b = not (tb > 1e-20 * SEGMENT * max(b[nb], 0.0) and tb > 0.0 and math.isfinite(tb))
+    pa, pb = a[:nb], b[:nb]
+    ta, tb = sum(pa), sum(pb)
+    ea, eb = a[nb], b[nb]  # (0.0 if e < 0.0 else e: max(e, 0.0), NaN included)
+    flat_a = not (ta > 1e-20 * SEGMENT * (0.0 if ea < 0.0 else ea) and ta > 0.0 and _finite(ta))
+    flat_b = not (tb > 1e-20 * SEGMENT * (0.0 if eb < 0.0 else eb) and tb > 0.0 and _finite(tb))
     if flat_a or flat_b:
         return 1.0 if (flat_a and flat_b) else 0.0
-    bc = sum([math.sqrt(x * y) for x, y in zip(a[:nb], b[:nb])]) / math.sqrt(ta * tb)
+    bc = sum(map(_sqrt, map(_mul, pa, pb))) / _sqrt(ta * tb)
     if not bc > 0.0:
         return 0.0
     if bc >= 1.0 - 1e-12:
         return 1.0
-    return min(1.0, max(0.0, bc ** (3.0 * beta)))
+    v = bc ** (3.0 * beta)  # (min(1.0, max(0.0, v)) written out)
+    v = v if v > 0.0 else 0.0
+    return v if v < 1.0 else 1.0
 
 
 def _segment_powers(seg: np.ndarray) -> tuple[np.ndarray, float]:
-    """(band powers, mean square) of one (1, 16) segment: ``segment_band_powers``' steps."""
+    """(band powers, mean square) of one segment of 16 samples (1-D): ``segment_band_powers``'
+    steps (a 1-D operand is matmul's one-row matrix: the same products)."""
     spec = seg @ _OPERATOR_T
-    powers = (spec.real**2 + spec.imag**2) @ _BANDS_T
-    return powers[0], float(seg[0] @ seg[0]) / SEGMENT
+    powers = (_square(spec.real) + _square(spec.imag)) @ _BANDS_T  # (x**2 is square(x))
+    return powers, float(seg @ seg) / SEGMENT
 
 
 class StreamingFingerprint:
@@ -190,7 +198,7 @@ class StreamingFingerprint:
         if since < HOP or len(buf) < SEGMENT:
             return None
         self.since = 0
-        seg = np.asarray(buf)[None, :]  # (1, 16), as segment_band_powers sees it
+        seg = np.array(buf)
         if sum(map(abs, buf)) < 1e150:
             # Every sample finite and small (a nan/inf fails the test). |_OPERATOR| <= 1, so
             # band powers stay below 5e300 and energy below 1e300: nothing overflows (no
@@ -201,11 +209,12 @@ class StreamingFingerprint:
                 powers, energy = _segment_powers(seg)
             if not (_isfinite(powers).all() and _isfinite(energy)):
                 return None  # overflowing samples are the precursor's business, not the shape's
-        row = self.ring[self.pos]
-        row[:N_BANDS] = powers
-        row[N_BANDS] = energy
-        self.pos = (self.pos + 1) % self.n_segments
-        self.filled = min(self.filled + 1, self.n_segments)
+        ring, pos = self.ring, self.pos
+        ring[pos, :N_BANDS] = powers
+        ring[pos, N_BANDS] = energy
+        self.pos = (pos + 1) % self.n_segments
+        filled, n = self.filled + 1, self.n_segments
+        self.filled = n if n < filled else filled  # (min(filled, n))
         return powers
 
     @property

@@ -92,12 +92,14 @@ def _centred_time(n: int) -> Tuple[np.ndarray, float]:
     return t, float(t @ t)
 
 
-_add_reduce, _minimum, _maximum = np.add.reduce, np.minimum, np.maximum
+_add_reduce, _min_reduce, _max_reduce = np.add.reduce, np.minimum.reduce, np.maximum.reduce
 
 
 def _detrended(y: np.ndarray) -> np.ndarray:
     t, denom = _centred_time(len(y))
-    yc = y - _add_reduce(y) / len(y)  # (y.mean() is this sum / count, minus its wrapper)
+    # (y.mean() is this sum / count, minus its wrapper; Python floats: the same IEEE
+    # operations as NumPy's scalars, without their overhead)
+    yc = y - float(_add_reduce(y)) / len(y)
     slope = float(t @ yc) / denom if denom > 0 else 0.0
     return yc - slope * t
 
@@ -152,14 +154,14 @@ def _entropy_of_counts(counts: Sequence[int], n: int) -> float:
 def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     r_prev, r_last = _detrended(prev), _detrended(last)
     r = np.concatenate((r_prev, r_last))
-    lo, hi = r.min(), r.max()
+    lo, hi = float(_min_reduce(r)), float(_max_reduce(r))  # (r.min(), r.max(), no wrappers)
     x = np.concatenate((prev, last))
-    xlo, xhi = x.min(), x.max()
+    xlo, xhi = _min_reduce(x), _max_reduce(x)
     if lo - hi == lo - hi and xlo - xhi == xlo - xhi:  # (all finite: no NaN, no inf)
         scale = float(xhi if xhi >= -xlo else -xlo)  # (= max |value|: exact)
     else:  # as Python's min / max over the halves read NaNs (the order matters then)
-        lo = min(r_prev.min(), r_last.min())
-        hi = max(r_prev.max(), r_last.max())
+        lo = float(min(r_prev.min(), r_last.min()))
+        hi = float(max(r_prev.max(), r_last.max()))
         scale = max(float(np.abs(prev).max()), float(np.abs(last).max()))
     if not (hi - lo > 1e-10 * scale and hi - lo > 1e-300):  # flat up to rounding
         return 0.0
@@ -169,7 +171,7 @@ def _entropy_rate_core(prev: np.ndarray, last: np.ndarray, bins: int) -> float:
     edges.append(hi)
     # one searchsorted over both windows (the same bins as two separate calls); the
     # last window's indices shifted past the first's bins, so one bincount counts both
-    idx = np.searchsorted(edges, r, side="right")  # 0..bins + 1
+    idx = np.array(edges).searchsorted(r, "right")  # 0..bins + 1
     n_prev, k = len(r_prev), bins + 2
     idx[n_prev:] += k
     c = np.bincount(idx, minlength=2 * k).tolist()

@@ -35,6 +35,7 @@ SURGE_GRAD = 5.0  # without the lift: the gradient >= this x its level, rising 3
 # still wobbles (a sign bug under momentum: the loss lags the optimizer by a step or two).
 CO_ASCENT = 2
 _isfinite = math.isfinite
+_INF, _NEG_INF = math.inf, -math.inf
 
 
 class CoherenceRules:
@@ -49,7 +50,7 @@ class CoherenceRules:
             # Neither processivity nor both ratios (a loss-only or loss-and-gradient log):
             # nothing to record or gate; a surge history or streak left from earlier ends
             if self.surge_hist:
-                self._surge(None, -math.inf, None)
+                self._surge(None, _NEG_INF, ev)
             if self.climb or not self.coherent:
                 self._no_coherence()
             return
@@ -58,7 +59,7 @@ class CoherenceRules:
             ev["proc_lift"] = lift
         dev = ev.get("loss_dev")
         now = None if gr is None or ur is None or dev is None else (gr, ur, dev)
-        surge = self._surge(now, -math.inf if lift is None else lift, ev.get("loss"))
+        surge = self._surge(now, _NEG_INF if lift is None else lift, ev)
         if surge == "compounding":
             ev["compounding"] = True  # (Monitor._update reads it: cause "divergence")
         if lift is None:
@@ -74,7 +75,7 @@ class CoherenceRules:
             and ur > self.climb_ur
             and dev >= CLIMB_DEV
         )
-        self.climb_ur = ur if ur is not None else math.inf
+        self.climb_ur = ur if ur is not None else _INF
         if not hot:
             if self.climb:  # (no new list on every quiet step)
                 self.climb, self.climb_devs = 0, []
@@ -97,18 +98,21 @@ class CoherenceRules:
             return None
         c = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
         rec, cb = self.cos_recent, self.cos_base
-        if len(rec) == COS_RECENT:  # (its maxlen)
+        k = len(rec)  # (after the append below: k, its maxlen COS_RECENT at most)
+        if k == COS_RECENT:
             cb.push(rec[0])
+        else:
+            k += 1
         rec.append(c)
         if not cb.ready or cb.count < self.n or cb.center > COS_INFORMATIVE:
             return None
-        return sum(rec) / len(rec) - cb.center
+        return sum(rec) / k - cb.center
 
-    def _surge(self, now: Any, lift: float, loss: Any) -> str:
+    def _surge(self, now: Any, lift: float, ev: Dict[str, Any]) -> str:
         """Loss, gradient and update each larger than the step before, 2 steps in a row:
         "ascent" with coherent updates (cos lifted); "compounding" without that lift when
         the gradient rose from an already raised level to ``SURGE_GRAD`` x its level and
-        the loss is past the loss gate (not near zero); "" otherwise."""
+        the loss (``ev["loss"]``) is past the loss gate (not near zero); "" otherwise."""
         hist = self.surge_hist  # a deque of the last 2 steps' triples
         if now is None:
             if hist:
@@ -125,7 +129,7 @@ class CoherenceRules:
                 elif (
                     now[0] >= SURGE_GRAD
                     and a[0] >= SURGE_LEVEL[0]
-                    and self.loss_gate_open(loss)  # (MonitorRules)
+                    and self.loss_gate_open(ev.get("loss"))  # (MonitorRules)
                 ):
                     kind = "compounding"
         hist.append(now)

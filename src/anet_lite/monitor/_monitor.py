@@ -32,11 +32,8 @@ RECOVER_SIGMAS = 2.0  # back within this many jitters of the pre-incident loss l
 RECOVER_MAX = 200  # steps after an action: then the verdict is the detectors' alone
 
 
-def _log_or_nan(x: Optional[float]) -> float:
-    return math.log(x) if x is not None and 0.0 < x < _INF else _NAN
-
-
 _INF, _NAN = math.inf, math.nan
+_mlog = math.log
 _isfinite = math.isfinite
 # View(*fields) without the named tuple's Python-level __new__ (made once per step)
 _new_view = partial(tuple.__new__, View)
@@ -405,7 +402,7 @@ class Monitor(MonitorRules):
     def _update(self, s: Signals) -> Snapshot:
         """One step: measure every signal, climb the rule ladder, run the detectors, and
         make the snapshot."""
-        self.t += 1
+        t = self.t = self.t + 1
         G, S = s.grad_norm, s.step_norm
         if G is not None and S is not None:  # (one dict display: the common case)
             ev: Dict[str, Any] = {"loss": s.loss, "grad_norm": G, "step_norm": S}
@@ -418,7 +415,7 @@ class Monitor(MonitorRules):
         marked = self.pending_mark is not None
         # (no lr and no mark: no schedule event, nothing to record)
         event = self._schedule(s, ev) if marked or s.lr is not None else ""
-        grace = self.t < self.grace_until or (self.lr_rising and self.lr_peak is None)
+        grace = t < self.grace_until or (self.lr_rising and self.lr_peak is None)
         pz, finite_grad = self._measure(s, ev, grace)
         cause, status = self._ladder(s, ev, pz, grace, finite_grad)
         restart = marked or event == "lr_restart"
@@ -441,9 +438,10 @@ class Monitor(MonitorRules):
         ev["f_total"] = ft
         ev["precursor_z"] = pz
         self.last_status = status
-        step = s.step if s.step is not None else self.t
+        step = s.step if s.step is not None else t
         precursor = status == "precursor" or status == "collapsed"
-        return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, bool(cause), ev)
+        alert = True if cause else False  # noqa: SIM210 (bool(cause) without the call)
+        return make_snapshot(theta, sdot, proc, ft, precursor, pz, step, status, alert, ev)
 
     def _measure(self, s: Signals, ev: Dict[str, Any], grace: bool) -> Any:
         """Loss, gradient and update levels, and the noise fingerprint; returns (the
@@ -470,8 +468,8 @@ class Monitor(MonitorRules):
         w, b2 = self.warmup, 2 * self._base_len
         ready = self.loss_base.ready and self.t > (b2 if b2 < w else w)  # (min(w, b2))
         judge = ready and not grace
-        cause = ev.pop("severe", "")
-        if not math.isfinite(s.loss) or not finite_grad:
+        cause = ev.pop("severe") if "severe" in ev else ""  # (rare: no pop call otherwise)
+        if not _isfinite(s.loss) or not finite_grad:
             return "non_finite", "collapsed"
         if cause:
             return cause, "precursor"
@@ -517,7 +515,9 @@ class Monitor(MonitorRules):
 
         The rules above keep precedence; a detector's finding decides only a step they
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
-        view = _new_view((self.x_now, self.log_space, _log_or_nan(s.param_norm), restart))
+        p = s.param_norm
+        lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN  # log ||θ||, NaN: none
+        view = _new_view((self.x_now, self.log_space, lp, restart))
         found = None
         for det in self.detectors:
             f = det.update(view)

@@ -71,7 +71,7 @@ def _log(x: float) -> float:
 
 
 def exp_capped(x: float) -> float:
-    return math.exp(min(x, 700.0))
+    return math.exp(700.0 if x > 700.0 else x)  # (min(x, 700.0), NaN included)
 
 
 _isfinite, _mlog = math.isfinite, math.log  # (module globals: the hot path)
@@ -176,7 +176,7 @@ class MonitorRules(CoherenceRules):
         self.losses.append(L)  # a deque(maxlen=window): O(1)
         if self.t % self._sdot_every == 0 and len(self.losses) >= self.window:
             h = self.window // 2
-            arr = np.asarray(self.losses)
+            arr = np.fromiter(self.losses, np.float64, self.window)
             self.sdot = entropy_rate_of_windows(arr[:h], arr[h:])
         return pz
 

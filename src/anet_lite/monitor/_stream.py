@@ -11,6 +11,8 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 _MAD_TO_SIGMA = 1.4826
 _SQRT2 = math.sqrt(2.0)
 _NONE: List[float] = []  # shared empty result, never mutated
+_NEG_INF = -math.inf
+_sqrt = math.sqrt
 
 
 class RobustLevel:
@@ -33,13 +35,14 @@ class RobustLevel:
         self.ready = False  # >= 3 values: a center and a scale exist
 
     def push(self, x: float) -> None:
-        self.values.append(x)
+        values = self.values
+        values.append(x)
         count = self.count = self.count + 1
-        if not self.ready:
-            self.ready = len(self.values) >= 3
         since = self._since = self._since + 1
         if since >= self.every or count <= 4:
-            self.refresh()
+            self.refresh()  # (sets ready)
+        elif not self.ready:
+            self.ready = len(values) >= 3
 
     def refresh(self) -> None:
         self._since = 0
@@ -53,14 +56,19 @@ class RobustLevel:
         if n < 3:
             self.scale = 0.0
             return
+        self.ready = True
         d = list(map(_sub, islice(values, 1, None), values))  # b - a for consecutive a, b
         d.sort()
         m = len(d)
         h = m // 2
         dm = d[h] if m % 2 else 0.5 * (d[h - 1] + d[h])
-        dev = list(map(abs, map(_sub, d, repeat(dm, m))))
-        dev.sort()
-        mad = dev[h] if m % 2 else 0.5 * (dev[h - 1] + dev[h])
+        s = sum(d)  # NaN: a NaN in d (sorted in no order) or +-inf in it
+        if s == s and dm - dm == 0.0:
+            mad = _median_abs_dev(d, dm)
+        else:  # (the sort's own order of NaNs decides, as it always did)
+            dev = list(map(abs, map(_sub, d, repeat(dm, m))))
+            dev.sort()
+            mad = dev[h] if m % 2 else 0.5 * (dev[h - 1] + dev[h])
         self.scale = _MAD_TO_SIGMA * mad / _SQRT2
 
     def reset(self) -> None:
@@ -83,6 +91,36 @@ class RobustLevel:
         self.center, self.scale = float(st["center"]), float(st["scale"])
         self.count, self._since = int(st["count"]), int(st["since"])
         self.ready = len(self.values) >= 3
+
+
+def _median_abs_dev(d: List[float], dm: float) -> float:
+    """The median of |x - dm| over a sorted list ``d`` (no NaN) whose median is ``dm``
+    (finite), without building and sorting those deviations: they are two sorted runs,
+    |d[h-1-i] - dm| for the values below the middle and |d[h+j] - dm| from it on (h =
+    len(d) // 2), and the middle of their merge is found by bisecting on how many of its
+    lower half the first run gives. The same floats as sorting all of them (each is the
+    same subtraction; rounding is monotonic, so both runs are sorted)."""
+    m = len(d)
+    h = m // 2
+    k = h if m % 2 else h - 1  # the (lower) middle position in the merge
+    nb = m - h
+    lo = k + 1 - nb if k + 1 > nb else 0
+    hi = k + 1 if k + 1 < h else h
+    while lo < hi:  # i of the k + 1 smallest from the first run, k + 1 - i from the second
+        i = (lo + hi) // 2
+        if abs(d[h - 1 - i] - dm) < abs(d[h + k - i] - dm):
+            lo = i + 1
+        else:
+            hi = i
+    i, j = lo, k + 1 - lo
+    a = abs(d[h - i] - dm) if i else _NEG_INF  # the largest taken from each run
+    b = abs(d[h + j - 1] - dm) if j else _NEG_INF
+    kth = a if a > b else b
+    if m % 2:
+        return kth
+    a = abs(d[h - 1 - i] - dm) if i < h else math.inf  # the smallest left in each run
+    b = abs(d[h + j] - dm) if j < nb else math.inf
+    return 0.5 * (kth + (a if a < b else b))
 
 
 class RecentWindow:
@@ -184,18 +222,19 @@ class EWCorrelation:
         a = alpha if n * alpha > 1.0 else 1.0 / n
         mx, my = self.mx, self.my
         dx, dy = x - mx, y - my
-        self.mx = mx + a * dx
-        self.my = my + a * dy
+        adx, ady = a * dx, a * dy  # (each product once: a * dx * dy is (a * dx) * dy)
+        self.mx = mx + adx
+        self.my = my + ady
         b = 1.0 - a
-        self.vx = b * (self.vx + a * dx * dx)
-        self.vy = b * (self.vy + a * dy * dy)
-        self.cxy = b * (self.cxy + a * dx * dy)
+        self.vx = b * (self.vx + adx * dx)
+        self.vy = b * (self.vy + ady * dy)
+        self.cxy = b * (self.cxy + adx * dy)
 
     def value(self) -> float:
         den = self.vx * self.vy
         if self.n < 3 or not den > 1e-300:
             return 0.0
-        r = self.cxy / math.sqrt(den)
+        r = self.cxy / _sqrt(den)
         return -1.0 if r < -1.0 else (1.0 if r > 1.0 else r)
 
     def state_dict(self) -> Dict[str, Any]:

@@ -88,8 +88,10 @@ class LossCusum(Detector):
                     self.peak, self.steps_up = _NEG_INF, 0
             else:
                 self.steps_up += 1
-                self.peak = max(self.peak, sm)
-                if sm < self.peak - BACK * sigma:
+                peak = self.peak
+                if sm > peak:  # (max(peak, sm))
+                    self.peak = peak = sm
+                if sm < peak - BACK * sigma:
                     s, self.peak, self.steps_up = 0.0, -math.inf, 0
                     if sm > self.mu:  # (a dip below the reference is no new level)
                         self.mu = sm

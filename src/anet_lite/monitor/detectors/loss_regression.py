@@ -46,6 +46,7 @@ BLOWUP_STEPS = 10
 FIRST_STEPS = 3  # steps in a row >= BLOWUP x the first loss
 LEARNED = math.log(1.25)  # the best level is this far below the first loss: it had learned
 START = 5  # steps before the best level is tracked
+_HIST = BACK + 1  # the smoothed levels kept: now and BACK steps before
 
 
 class LossRegression(Detector):
@@ -63,11 +64,11 @@ class LossRegression(Detector):
         self.blow = 0  # steps in a row with the loss >= BLOWUP above best
         self.over_first = 0  # steps in a row with the loss >= BLOWUP above the first
         self.back = 0  # steps in a row with the smoothed loss back at the first loss
-        self.hist: Deque[float] = deque(maxlen=BACK + 1)
+        self.hist: Deque[float] = deque(maxlen=_HIST)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.hist = deque((float(x) for x in self.hist), maxlen=BACK + 1)
+        self.hist = deque((float(x) for x in self.hist), maxlen=_HIST)
 
     def state_dict(self) -> Dict[str, Any]:
         st = super().state_dict()
@@ -84,7 +85,8 @@ class LossRegression(Detector):
         if n == 1:
             self.x_first = sm = x
         else:
-            sm = self.sm + SMOOTH * (x - self.sm)
+            sm = self.sm
+            sm += SMOOTH * (x - sm)
         self.sm = sm
         hist = self.hist
         hist.append(sm)
@@ -107,8 +109,8 @@ class LossRegression(Detector):
             return Finding(self.name, "loss_blowup", "precursor", ev)
         if not known:
             return None
-        # (rising: the history full -- its maxlen is BACK + 1 -- and sm >= its oldest)
-        rising = far >= HOLD and len(hist) == BACK + 1 and sm >= hist[0]
+        # (rising: the history full -- its maxlen is _HIST -- and sm >= its oldest)
+        rising = far >= HOLD and len(hist) == _HIST and sm >= hist[0]
         if far >= HOLD_LONG or rising or back >= HOLD:
             return Finding(self.name, "regression", "precursor", self._evidence(x, low))
         return None

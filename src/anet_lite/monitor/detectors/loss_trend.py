@@ -37,6 +37,8 @@ _MID = (HALF - 1) / 2.0
 _ROOT_SXX = math.sqrt(_SXX)
 _SE_FLOOR = 1e-3  # residual sd floor (log units): a noiseless line is not infinitely sure
 _EXACT = 4096  # the running sums are recomputed exactly every _EXACT values
+_LAST, _DOF = HALF - 1, HALF - 2  # the newest value's position; the residuals' degrees of freedom
+_sqrt = math.sqrt
 
 
 class LossTrend(Detector):
@@ -86,13 +88,13 @@ class LossTrend(Detector):
                 s, a, q = self._exact()
             else:
                 s = self.s
-                a = self.a = self.a + ((HALF - 1) * y - (s - old))
+                a = self.a = self.a + (_LAST * y - (s - old))
                 s = self.s = s - old + y
                 q = self.q = self.q + (y * y - old * old)
         mean = s / HALF
         b = (a - _MID * s) / _SXX
         rss = q - s * mean - b * b * _SXX
-        se = math.sqrt(rss / (HALF - 2)) if rss > 0.0 else 0.0
+        se = _sqrt(rss / _DOF) if rss > 0.0 else 0.0
         t = b * _ROOT_SXX / (se if se > _SE_FLOOR else _SE_FLOOR)
         ts, ms = self.ts, self.ms
         ts.append(t)

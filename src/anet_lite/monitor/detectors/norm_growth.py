@@ -28,6 +28,7 @@ RATE = math.log(1.008)
 ACCEL = 42.0
 RATE_FLOOR = math.log(1.0005)
 HOLD = 5
+_FULL, _SETTLE = SPAN + 1, 2 * SPAN  # a full history; steps before the slowest rate counts
 
 
 class NormGrowth(Detector):
@@ -40,7 +41,7 @@ class NormGrowth(Detector):
         self.n = 0
         self.hot = 0
         self.rmin = math.inf
-        self.hist: Deque[float] = deque(maxlen=SPAN + 1)
+        self.hist: Deque[float] = deque(maxlen=_FULL)
 
     def state_dict(self) -> Dict[str, Any]:
         st = super().state_dict()
@@ -60,7 +61,7 @@ class NormGrowth(Detector):
         n = self.n = self.n + 1
         h = self.hist
         h.append(p)
-        if len(h) < SPAN + 1 or n <= 2 * SPAN:  # (SPAN + 1: the history's maxlen)
+        if len(h) < _FULL or n <= _SETTLE:  # (_FULL: the history's maxlen)
             return None
         rate = (h[-1] - h[0]) / SPAN
         rmin = self.rmin
