@@ -19,7 +19,6 @@ The EMA rows measure that weakness; they are not hidden by any setting here.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections import Counter
@@ -28,6 +27,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from anet_lite import Monitor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+import score  # noqa: E402  (bench/detection)
+
 SHARED = os.path.join(HERE, "..", "..", "..", "shared", "data")
 DEFAULT_LOGS = [os.path.join(SHARED, "real-logs"), os.path.join(SHARED, "real-logs-2")]
 
@@ -35,14 +38,8 @@ Row = Tuple[int, float, Optional[float]]  # step, loss, time (s) or None
 
 
 def load(path: str) -> List[Row]:
-    """(step, loss, time) of every row of a real log that has a loss."""
-    out = []
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r.get("loss"):
-                t = r.get("time")
-                out.append((int(r["step"]), float(r["loss"]), float(t) if t else None))
-    return out
+    """(step, loss, time) of every row of a real log that has a loss (score.py's reader)."""
+    return [(r["step"], r["loss"], r["time"]) for r in score.load_real_log(path)]
 
 
 def every(k: int) -> Callable[[List[Row]], List[Row]]:

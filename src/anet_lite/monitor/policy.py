@@ -165,12 +165,9 @@ class Policy:
             if kind == "skip_step" and cause in SLOW_CAUSES:
                 continue
             if self.used[kind] < self.caps[kind]:
-                if kind == "clip":
-                    return self._take(kind, self.clip_level_x, cause, ev, snap, "drift")
                 tag = "nonfinite" if cause == "non_finite" else "drift"
-                return self._take(
-                    kind, factor if kind == "slow_down" else 1.0, cause, ev, snap, tag
-                )
+                how = {"slow_down": factor, "clip": self.clip_level_x}.get(kind, 1.0)
+                return self._take(kind, how, cause, ev, snap, tag)
         return Action("none", reason=f"{cause}: ladder exhausted", evidence=ev, step=snap.step)
 
     def _take(

@@ -471,10 +471,14 @@ class Guard:
     def _clip(self, pack: torch.Tensor) -> torch.Tensor:
         """Clip to ``clip_grad_norm`` with the measured norm; returns the factor applied
         (0-d), which the tap's update stats are corrected for. No sync."""
+        return self._clip_with_norm(self.clip_grad_norm, self._grad_sq(pack).sqrt().float())
+
+    def _clip_with_norm(self, max_norm: float, total: torch.Tensor) -> torch.Tensor:
+        """Clip the gradients, whose total norm is ``total`` (0-d), to ``max_norm``; the
+        tap's stats stay those of the measured gradient. Returns the factor (0-d)."""
         params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
-        total = self._grad_sq(pack).sqrt().float()
-        torch.nn.utils.clip_grads_with_norm_(params, self.clip_grad_norm, total)
-        factor = (self.clip_grad_norm / (total + 1e-6)).clamp(max=1.0)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
         self.tap.note_grad_scale(factor)
         return factor
 
@@ -825,17 +829,16 @@ class Guard:
             return {"note": "no gradient level known: step skipped instead"}
         level = float(g) / float(ratio)
         pin = times * level if self.clip_pin is None else min(self.clip_pin, times * level)
+        self._set_pin(pin)
+        if snap.step == self.step:  # (read one step late, this step's norm is not g)
+            self._clip_with_norm(pin, torch.tensor(float(g)))
+        return {"clip_to": pin, "grad_level": level}
+
+    def _set_pin(self, pin: float) -> None:
+        """The Guard clips to ``pin`` from now on (or to the user's clip, if lower)."""
         self.clip_pin = pin
         user = self.clip_grad_norm
         self.clip_grad_norm = pin if user is None else min(user, pin)
-        factor = pin / float(g)
-        if factor < 1.0 and snap.step == self.step:  # (lagged: this step's norm is unknown)
-            for grp in self.optimizer.param_groups:
-                for p in grp["params"]:
-                    if p.grad is not None:
-                        p.grad.mul_(factor)
-            self.tap.note_grad_scale(torch.tensor(factor))
-        return {"clip_to": pin, "grad_level": level}
 
     def _restore_for_stop(self) -> dict:
         """Before a stop: put back the last healthy checkpoint, so the run ends on a healthy
@@ -1020,9 +1023,7 @@ class Guard:
         self.clipped_at = None if clipped is None else float(clipped)
         pin = state.get("clip_pin")
         if pin is not None:
-            self.clip_pin = float(pin)
-            user = self.clip_grad_norm
-            self.clip_grad_norm = self.clip_pin if user is None else min(user, self.clip_pin)
+            self._set_pin(float(pin))
 
 
 # Optimizers whose first updates are no larger than later ones at the same lr: SGD, and
