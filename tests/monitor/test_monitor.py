@@ -461,6 +461,19 @@ def test_lr_bug_is_not_a_schedule_change():
     assert snaps[300].alert and snaps[300].evidence["cause"] == "lr_jump"
 
 
+def test_the_first_rise_off_a_schedules_first_lr_is_a_warm_up():
+    # LinearLR(start_factor=1e-3), a warm-up from 1e-7: the first rise is 100x-1000x
+    loss, g = healthy_stream(400, seed=5)
+    for first in (1e-6, 1e-7):
+        lr = [max(first, 1e-3 * min(i, 100) / 100) for i in range(400)]
+        assert not any(s.alert for s in feed(Monitor(), loss, g, lr=lr))
+    # a jump after that first rise is judged as ever, inside the warm-up too
+    lr = [max(1e-7, 1e-3 * min(i, 100) / 100) * (10.0 if i >= 50 else 1.0) for i in range(400)]
+    snaps = feed(Monitor(), loss, g, lr=lr)
+    assert snaps[50].alert and snaps[50].evidence["cause"] == "lr_jump"
+    assert not any(s.alert for s in snaps[:50])
+
+
 def test_mark_mutes_slow_signals_after_an_intended_change():
     loss, g = healthy_stream(500, seed=6)
     loss = loss[:300] + [v * 1.5 for v in loss[300:]]
@@ -526,6 +539,21 @@ def test_an_oversized_update_alarms_only_when_out_of_character():
     s = _updates(m, [0.25], start=60)[0]
     assert s.alert and s.evidence["cause"] == "oversized_update"
 
+
+
+def test_a_first_update_that_grew_with_the_lr_is_the_schedules():
+    # an lr raised 30x for the second step (a warm-up's start, a deliberate overshoot):
+    # the update grew with it, no more; per unit of lr it shrank
+    m = Monitor()
+    lrs, rels = [1.0, 30.0, 30.0, 1.0], [0.01, 0.25, 0.2, 0.01]
+    snaps = [
+        m.update(2.3 - 0.01 * i, step=i, grad_norm=1.0, step_norm=r, param_norm=1.0, lr=lr)
+        for i, (r, lr) in enumerate(zip(rels, lrs))
+    ]
+    assert not any(s.alert for s in snaps)
+    # the same sizes at one lr: the update grew by itself
+    snaps = _updates(Monitor(), rels)
+    assert snaps[1].alert and snaps[1].evidence["cause"] == "oversized_update"
 
 
 def test_strict_start_judges_the_first_updates_by_their_size_alone():

@@ -128,15 +128,20 @@ def test_a_spike_is_scaled_down_at_its_own_step_by_a_plain_optimizer():
     assert kinds(g) == [(41, "scale_step", "gate", "grad_spike")]
 
 
-def test_an_lr_times_100_is_slowed_down_before_its_first_update():
+def test_an_lr_times_100_is_dropped_at_its_own_step_then_slowed_down():
     # The schedule multiplies the lr by 100 from step 41. The lagged host reads step 40's
-    # numbers at step 41 with the lr of step 41: the Monitor's slow-down lands before the
-    # x100 update is applied, so step 41 moves the weights no more than a healthy step.
+    # numbers at step 41, with step 40's own lr: nothing wrong there. Its lr gate drops
+    # the x100 update at step 41 itself; the Monitor's verdict on step 41 (read at step
+    # 42) slows the lr down before step 42's update.
     g, w, losses = run(lr_bug_from=40, guard_kw={"lag": True})
     _, w0, losses0 = run(lr_bug_from=40)
-    first = g.actions[0]
-    assert first.kind == "slow_down" and first.factor == pytest.approx(0.01)
-    assert moved(w[40], w[41]) < 3 * moved(w[39], w[40])
+    assert kinds(g)[:2] == [
+        (41, "skip_step", "gate", "lr_jump"),
+        (41, "slow_down", "drift", "lr_jump"),
+    ]
+    assert g.actions[1].factor == pytest.approx(0.01)
+    assert same(w[40], w[41])
+    assert moved(w[41], w[42]) < 3 * moved(w[39], w[40])
     assert moved(w0[40], w0[41]) > 20 * moved(w0[39], w0[40])
     assert sum(losses[-10:]) < sum(losses0[-10:])
 
@@ -185,3 +190,52 @@ def test_cuda_whole_gated_steps_do_not_sync_and_act_at_the_faulty_step(fused):
     assert kinds(g)[0] == (21, "skip_step" if fused else "scale_step", "gate", "grad_spike")
     if fused:
         assert same(w[20], w[21])
+
+
+@pytest.mark.parametrize("lag", [False, True])
+def test_each_step_is_judged_with_its_own_lr_and_its_updates_lr(lag):
+    # Step k's numbers (label k: the Guard counts from 1) are read after the scheduler
+    # moved the lr on when the read is lagged, and its update is measured one step later
+    # on both paths: the step keeps its own lr, its update the lr it was made with
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 + 0.01 * s)
+    g = Guard(model, opt, scheduler=sched, on_error="raise", lag=lag)
+    gen = torch.Generator().manual_seed(0)
+    used, seen = [], {}
+    for _ in range(30):
+        i = torch.randint(0, len(Y), (64,), generator=gen)
+        loss = nn.functional.cross_entropy(model(X[i]), Y[i])
+        loss.backward()
+        g.observe(loss)
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if g.seen:
+            seen[g.last.step] = g.last.evidence["lr"]
+    assert len(seen) >= 28
+    assert all(seen[k] == pytest.approx(used[k - 1], rel=1e-12) for k in seen)
+
+
+@pytest.mark.parametrize("lag", [False, True])
+def test_a_100x_step_decay_is_no_update_blow_up(lag):
+    # MultiStepLR(gamma=0.01): the update measured at the decay step was made with the
+    # old lr. Read against the new lr it was a 100x "blow-up" (and a skipped update).
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [60, 100], gamma=0.01)
+    g = Guard(model, opt, scheduler=sched, on_error="raise", lag=lag)
+    gen = torch.Generator().manual_seed(0)
+    alerts = []
+    for _ in range(130):
+        i = torch.randint(0, len(Y), (64,), generator=gen)
+        loss = nn.functional.cross_entropy(model(X[i]), Y[i])
+        loss.backward()
+        g.observe(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if g.seen and g.last.alert:
+            alerts.append((g.last.step, g.last.evidence.get("cause")))
+    assert alerts == [] and g.actions == []

@@ -300,3 +300,56 @@ def test_guard_state_round_trips_through_json_and_continues_the_monitor():
     assert g3.last.status == "warming_up" and g3.last.step == 50  # a fresh Monitor starts over
     with pytest.raises(ValueError, match=r"Guard\.state_dict"):
         g2.load_state_dict({"version": 99})
+
+
+@pytest.mark.parametrize("start_factor", [1e-3, 0.01])
+@pytest.mark.parametrize("lag", [False, True])
+def test_a_warm_up_from_a_tiny_start_factor_is_no_alert(start_factor, lag):
+    # torch's LinearLR warm-up as torchvision's and timm's recipes set it: the lr rises
+    # 100x-1000x between the first two steps. That first rise is the schedule's, for the
+    # Monitor and for the same-step lr gate of the lagged (CUDA) path.
+    model = char_mlp(seed=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=20)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=280)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[20])
+    guard = Guard(model, opt, scheduler=sched, on_error="raise", lag=lag)
+    losses, alerts = [], []
+    for x, y in batches(300, seed=3):
+        losses.append(_step(model, opt, guard, x, y))
+        sched.step()
+        if guard.last.alert:
+            alerts.append((guard.last.step, guard.last.evidence.get("cause")))
+    assert losses[-1] < 0.8 * losses[0]  # it trained
+    assert alerts == [] and guard.actions == []
+
+
+def _two_groups(body_lr, head_lr, steps, at, new_body_lr):
+    model = char_mlp(seed=4)
+    opt = torch.optim.AdamW(
+        [
+            {"params": model[:3].parameters(), "lr": body_lr},
+            {"params": model[3:].parameters(), "lr": head_lr},
+        ]
+    )
+    guard = Guard(model, opt, on_error="raise")
+    alerts = []
+    for t, (x, y) in enumerate(batches(steps, seed=4)):
+        if t == at:
+            opt.param_groups[0]["lr"] = new_body_lr
+        _step(model, opt, guard, x, y)
+        if guard.last.alert:
+            alerts.append((guard.last.step, guard.last.evidence.get("cause")))
+    return guard, alerts
+
+
+def test_the_guards_lr_is_every_groups_not_the_first_ones():
+    # A body held at lr 0 in the first param group while the head trains, then given a
+    # small lr (discriminative fine-tuning): the first group's lr alone went 0 -> 3e-4,
+    # and the update read against it was a 1000x blow-up. Weighted by the groups' sizes,
+    # the lr barely moved, as the update did.
+    guard, alerts = _two_groups(0.0, 3e-3, 260, 150, 3e-4)
+    assert alerts == [] and guard.actions == []
+    # the body's lr x100 (most of the weights) is still an lr jump at its own step
+    guard, alerts = _two_groups(3e-4, 3e-3, 200, 150, 3e-2)
+    assert alerts[0] == (151, "lr_jump")

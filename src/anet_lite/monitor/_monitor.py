@@ -302,6 +302,7 @@ class Monitor(MonitorRules):
         time: Any = None,
         param_norm: Any = None,
         processivity: Any = None,
+        update_lr: Any = None,
     ) -> Snapshot:
         """Feed one step; returns its ``Snapshot``. Only ``loss`` is required.
 
@@ -310,7 +311,9 @@ class Monitor(MonitorRules):
         relative size of the update); ``processivity`` cos(−g, Δθ) of the step, in
         [-1, 1] (how much the update went along the descent direction; the tap measures
         it); ``noise`` the gradient-noise norm; ``lr`` the learning rate of the step;
-        ``time`` seconds (any origin).
+        ``time`` seconds (any origin). ``update_lr``: the lr the update in ``step_norm``
+        was made with, where that is not ``lr`` (the ``Guard`` measures each update at the
+        next step, so a schedule's change of lr would read as a jump of the update).
 
         Accepts Python floats, NumPy scalars and 0-d tensors. Bad types raise TypeError at
         the first call only; afterwards no input makes ``update`` raise.
@@ -327,10 +330,12 @@ class Monitor(MonitorRules):
                     None if time is None else float(time),
                     None if param_norm is None else float(param_norm),
                     None if processivity is None else float(processivity),
+                    None if update_lr is None else float(update_lr),
                 )
             except Exception:
                 sig = read_lenient(
-                    loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity
+                    loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity,
+                    update_lr,
                 )
         else:
             sig = read_inputs(
@@ -343,6 +348,7 @@ class Monitor(MonitorRules):
                 time,
                 param_norm,
                 processivity,
+                update_lr,
                 strict=True,
             )
             self.checked = True

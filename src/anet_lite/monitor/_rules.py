@@ -220,7 +220,9 @@ class MonitorRules(CoherenceRules):
             ref = self.grad_ref
             self.dead = self.dead + 1 if ref is not None and gb.center < ref - DEAD else 0
         if S is not None and _isfinite(S) and S > 0.0:
-            lr = s.lr
+            lr = s.update_lr
+            if lr is None:
+                lr = s.lr
             ls = _mlog(S)
             lu = ls - (_mlog(lr) if lr is not None and 0.0 < lr < _INF else 0.0)
             ub = self.upd_base
@@ -241,6 +243,8 @@ class MonitorRules(CoherenceRules):
                 # sizes the slow-down of any cause on this step.
                 rel = S / P
                 ev["rel_update"] = rel
+                # (per unit of lr: an update that grew with a warm-up's lr is the schedule's)
+                rn = rel / lr if lr is not None and 0.0 < lr < _INF else rel
                 lim = self.max_rel_update
                 if rel < lim:
                     if not self.rel_calm:
@@ -253,9 +257,9 @@ class MonitorRules(CoherenceRules):
                     held = (
                         self.shift_x is not None or self.t < self.grace_until
                     ) and rel < 2.0 * lim
-                    if "severe" not in ev and not held and self._out_of_character(rel, ud):
+                    if "severe" not in ev and not held and self._out_of_character(rel, ud, rn):
                         ev["severe"] = "oversized_update"
-                self.rel_prev = rel
+                self.rel_prev = rn
         if gr is not None and ur is not None:
             # gradient AND update far above their levels, the update growing step after step:
             # the optimizer is being pushed one way (a one-batch spike decays instead). An
@@ -285,18 +289,18 @@ class MonitorRules(CoherenceRules):
         self._coherence(s.processivity, ev, gr, ur)
         return True
 
-    def _out_of_character(self, rel: float, ud: float) -> bool:
+    def _out_of_character(self, rel: float, ud: float, rn: float) -> bool:
         """An update >= max_rel_update x ||theta|| (``rel``; ``ud``: log ratio to the
         run's update level, NaN while there is none) that is out of character: with
         ``strict_start``, any until the run has made one below the limit (a level learned
         from oversized updates is no reference); else >= OVERSIZED_X x the level with the
         loss not accounting for it, or, with no level yet (the first updates, after a
-        declared change), no smaller than the update before."""
+        declared change), no smaller per unit of lr (``rn``) than the update before."""
         if self.strict_start and not self.rel_calm:
             return True
         if ud == ud:
             return ud >= OVERSIZED_X and not self._loss_accounts_for(ud)
-        return rel >= self.rel_prev
+        return rn >= self.rel_prev
 
     def _one_step(self, d: float, cause: str, ev: Dict) -> None:
         """A one-step jump ``d`` (log of the ratio to its level) that beat its ratio and
@@ -355,6 +359,13 @@ class MonitorRules(CoherenceRules):
         self.shift_x = self.shift_g = None
         self.loss_prev = None
 
+    def lr_first_rise(self) -> bool:
+        """True while the lr has not moved off the schedule's first value: its first rise
+        is a warm-up's, whatever its size (the first lr is an arbitrary start factor:
+        ``LinearLR(start_factor=1e-3)``, a warm-up from 1e-7), never an ``lr_jump``. Later
+        rises are judged against the lrs after it."""
+        return self.lr_peak is None and not self.lr_rising
+
     def _schedule(self, s: Signals, ev: Dict[str, Any]) -> str:
         """Recognise intended changes (lr decay, restart, end of warm-up, marks) and lr bugs."""
         event = self.pending_mark or ""
@@ -370,7 +381,7 @@ class MonitorRules(CoherenceRules):
                 prev, self.own_lr = 0.0, False
             if prev > 0.0:
                 ratio = lr / prev  # may underflow to 0 or overflow to inf
-                if ratio > 1.0 and lr > self.lr_jump * self.lr_max:
+                if ratio > 1.0 and lr > self.lr_jump * self.lr_max and not self.lr_first_rise():
                     ev["lr_jump"] = lr / self.lr_max
                 elif self.lr_peak is None and ratio > 1.0:
                     pass  # the initial warm-up is still rising: not an event

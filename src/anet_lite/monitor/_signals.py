@@ -21,6 +21,7 @@ class Signals:
         "step",
         "step_norm",
         "time",
+        "update_lr",
     )
 
     def __init__(
@@ -34,6 +35,7 @@ class Signals:
         time: Optional[float],
         param_norm: Optional[float] = None,
         processivity: Optional[float] = None,
+        update_lr: Optional[float] = None,
     ) -> None:
         self.loss = loss  # (one assignment per field: cheaper than tuple unpacking)
         self.step = step
@@ -44,6 +46,7 @@ class Signals:
         self.time = time
         self.param_norm = param_norm
         self.processivity = processivity
+        self.update_lr = update_lr
 
 
 def _lenient(x: Any) -> Optional[float]:
@@ -65,6 +68,7 @@ def read_inputs(
     time: Any,
     param_norm: Any = None,
     processivity: Any = None,
+    update_lr: Any = None,
     *,
     strict: bool,
 ) -> Signals:
@@ -80,6 +84,7 @@ def read_inputs(
             ("time", time),
             ("param_norm", param_norm),
             ("processivity", processivity),
+            ("update_lr", update_lr),
         ):
             if v is None and name == "loss":
                 raise TypeError("loss is required and must be a real number, got None")
@@ -99,10 +104,11 @@ def read_inputs(
             vals["time"],
             vals["param_norm"],
             vals["processivity"],
+            vals["update_lr"],
         )
     # (Monitor.update inlines the fast path for inputs that all convert)
     return read_lenient(
-        loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity
+        loss, step, grad_norm, step_norm, noise, lr, time, param_norm, processivity, update_lr
     )
 
 
@@ -116,6 +122,7 @@ def read_lenient(
     time: Any,
     param_norm: Any,
     processivity: Any,
+    update_lr: Any = None,
 ) -> Signals:
     """What cannot be converted reads as NaN (a step as None); never raises."""
     lf = _lenient(loss)
@@ -133,4 +140,5 @@ def read_lenient(
         _lenient(time),
         _lenient(param_norm),
         _lenient(processivity),
+        _lenient(update_lr),
     )

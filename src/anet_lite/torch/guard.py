@@ -282,7 +282,9 @@ class Guard:
         self.clipped_at: Optional[float] = None  # the norm the user's clip pinned, once seen
         self.clip_pin: Optional[float] = None  # the clip a "clip" action set (total norm)
         self._host: Optional[torch.Tensor] = None
-        self._held: Optional[tuple] = None  # lag on a CPU: (the last pack, its step)
+        self._held: Optional[tuple] = None  # lag on a CPU: (the last pack, its step, lrs)
+        self._lr_applied: Optional[float] = None  # the lr of the last update (a float)
+        self._group_sizes: List[int] = []  # weights per param group (for _lr_now)
         self.lag, self.gate = lag, gate
         self.grad_gate: Optional[GradGate] = None  # made on the first gated step
         self._flag: Optional[torch.Tensor] = None  # this step's gate flag (0-d, device)
@@ -368,7 +370,36 @@ class Guard:
             )
             self._warned = True
 
+    def _lr_now(self) -> Any:
+        """The optimizer's lr as one number: a single group's lr; over several groups the
+        RMS of their lrs weighted by their number of weights (the lr an average weight
+        steps with: an Adam-like update's norm is that lr x sqrt(number of weights)). A
+        group frozen at lr 0, or on its own schedule, moves it by its share of the
+        weights, where the first group's lr alone would jump from 0. A tensor lr
+        (capturable optimizers) is returned as it is: reading it would sync."""
+        groups = self.optimizer.param_groups
+        if len(groups) == 1:
+            return groups[0]["lr"]
+        sizes = self._group_sizes
+        if len(sizes) != len(groups):
+            sizes = self._group_sizes = [sum(p.numel() for p in g["params"]) for g in groups]
+        acc = total = 0.0
+        for n, g in zip(sizes, groups):
+            lr = g["lr"]
+            if isinstance(lr, torch.Tensor):
+                return groups[0]["lr"]
+            acc += n * lr * lr
+            total += n
+        return math.sqrt(acc / total) if total > 0 else groups[0]["lr"]
+
     def _before_step(self) -> None:
+        self._measure_and_act()
+        # the lr this step's update is made with, after any action: it is measured (as
+        # step_norm) at the next step, when a schedule may have moved the lr on
+        lr = self._lr_now()
+        self._lr_applied = None if isinstance(lr, torch.Tensor) else float(lr)
+
+    def _measure_and_act(self) -> None:
         self.step += 1
         self._skipped = False
         self._flag = None
@@ -519,13 +550,13 @@ class Guard:
         found = getattr(opt, "found_inf", None)
         return found if isinstance(found, torch.Tensor) else None
 
-    def _feed_and_act(self, vals: List[float], step: int) -> None:
+    def _feed_and_act(self, vals: List[float], step: int, lrs: Optional[tuple] = None) -> None:
         if vals[_FOUND_INF] > 0:  # the scaler's overflow: a skipped step, not a collapse
             return
         if vals[_LOSS + 1] == 0:
             self._warn_no_observe(step)
             return
-        snap = self._feed(vals, step)
+        snap = self._feed(vals, step, lrs)
         self.seen += 1
         self._check_clipped(snap)
         gated = vals[_GATED] > 0
@@ -560,12 +591,15 @@ class Guard:
         earlier lr, at a value the Monitor has not judged yet (its verdict is a step
         behind), drops this update at once. Once judged, the Monitor's policy decides."""
         mon = self.monitor
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self._lr_now()
         top = getattr(mon, "lr_max", 0.0)
         if isinstance(lr, torch.Tensor) or not top > 0.0:
             return  # (a tensor lr would be read with a sync)
         if lr <= mon.lr_jump * top or lr == getattr(mon, "lr_prev", None):
             return
+        first_rise = getattr(mon, "lr_first_rise", None)
+        if first_rise is not None and first_rise():
+            return  # a warm-up's first rise off its first lr (the Monitor's own rule)
         self._skip()
         ratio = lr / top
         reason = (
@@ -672,9 +706,13 @@ class Guard:
         itself); the copy of the previous step has normally landed long before, and
         ``Event.query`` never blocks. Off CUDA (``lag=True``) the pack itself is kept.
         """
+        lr = self._lr_now()  # the lr this step's update uses
+        if isinstance(lr, torch.Tensor):
+            lr = None  # (read at feed time: reading a device tensor now would sync)
+        lrs = (lr, self._lr_applied)  # (and the lr of the update this pack measures)
         if pack.device.type != "cuda":
-            held, self._held = self._held, (pack, self.step)
-            return None if held is None else (held[0].tolist(), held[1])
+            held, self._held = self._held, (pack, self.step, lrs)
+            return None if held is None else (held[0].tolist(), held[1], held[2])
         if self._host is None:
             self._host = torch.empty((2, _PACK), dtype=pack.dtype, pin_memory=True)
             self._events: List[Any] = [None, None]
@@ -682,15 +720,18 @@ class Guard:
         prev = 1 - slot
         out = None
         if self._events[prev] is not None and self._events[prev][0].query():
-            out = (self._host[prev].tolist(), self._events[prev][1])
+            out = (self._host[prev].tolist(), self._events[prev][1], self._events[prev][2])
             self._events[prev] = None
         self._host[slot].copy_(pack, non_blocking=True)
         ev = torch.cuda.Event()
         ev.record()
-        self._events[slot] = (ev, self.step)
+        self._events[slot] = (ev, self.step, lrs)
         return out
 
-    def _feed(self, v: List[float], step: int) -> Snapshot:
+    def _feed(self, v: List[float], step: int, lrs: Optional[tuple] = None) -> Snapshot:
+        """Step ``step``'s numbers to the Monitor. ``lrs``: (the step's lr, the lr of the
+        update it measures), kept when the numbers are read a step late (the optimizer's lr
+        is then the next step's); None: read now."""
         ranks = max(v[RANKS], 1.0)
         div = 1.0 if self.sharded else ranks
         grad_sq, upd_sq = v[GRAD_SQ] / div, update_sq(v, _PREV) / div
@@ -704,7 +745,8 @@ class Guard:
             if ema is not None and v[NOISE_SQ] >= 0 and finite
             else None
         )
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        lr, upd_lr = (None, self._lr_applied) if lrs is None else lrs
+        lr = float(self._lr_now() if lr is None else lr)
         t = None
         if self.use_time:
             import time
@@ -733,6 +775,7 @@ class Guard:
             noise=noise,
             lr=lr,
             time=t,
+            update_lr=upd_lr if step_norm else None,
         )
         ev = snap.evidence
         ev["param_norm"] = param_norm
@@ -762,7 +805,7 @@ class Guard:
             self._healthy += 1
             self._settled = self._settled + 1 if snap.status == "healthy" else 0
             if self.lr_scale == 1.0:
-                lr = float(self.optimizer.param_groups[0]["lr"])
+                lr = float(self._lr_now())
                 self.lr_healthy_max = max(self.lr_healthy_max, lr)
             self._maybe_recover()
             if (
@@ -787,7 +830,7 @@ class Guard:
             "layers": "all",
         }
         if action.kind == "slow_down":
-            lr_now = float(self.optimizer.param_groups[0]["lr"])
+            lr_now = float(self._lr_now())
             self.lr_cap = min(self.lr_cap, 0.75 * lr_now)
             self._scale_lr(action.factor)
             self.lr_scale *= action.factor
@@ -898,7 +941,7 @@ class Guard:
         if self.lr_scale >= 1.0 or self._healthy < self.recover_steps:
             return
         self._healthy = 0
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        lr = float(self._lr_now())
         if not self.lr_healthy_max:
             return  # no lr is known to have been healthy: do not guess upwards
         self._maybe_lift_cap(lr)
