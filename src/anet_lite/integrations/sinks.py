@@ -377,6 +377,7 @@ class WandbSink(Sink):
         self.run = run
         self._own = False
         self._alerts: List[List[Any]] = []
+        self._last_step: Optional[int] = None  # the last step logged to a run of our own
 
     def _open(self) -> None:
         wandb = _need("wandb", "wandb", "WandbSink")
@@ -401,6 +402,7 @@ class WandbSink(Sink):
             # commit now: a row left open for finish() to commit was lost now and then (the
             # last step of an offline run, under load)
             self.run.log(metrics, step=step, commit=True)
+            self._last_step = step
         else:  # the user's run has its own step counter
             self.run.log(metrics)
 
@@ -419,7 +421,14 @@ class WandbSink(Sink):
                 table = self._wandb.Table(
                     columns=["step", "status", "cause", "explanation"], data=self._alerts
                 )
-                self.run.log({self.prefix + "alerts": table})
+                if self._own and self._last_step is not None:
+                    # a row of its own after the last step: logged without a step it could
+                    # land on the last step's row and replace it (1 run in ~15, under load)
+                    self.run.log(
+                        {self.prefix + "alerts": table}, step=self._last_step + 1, commit=True
+                    )
+                else:
+                    self.run.log({self.prefix + "alerts": table})
         finally:
             if self._own:
                 self.run.finish()
