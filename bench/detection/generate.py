@@ -345,7 +345,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
     ``arm`` (None for the benchmark's own runs, which it leaves unchanged): an object whose
     hooks ``bench/detection/rescue.py`` uses to rerun a run under a protection --
     ``setup(model, opt, params)`` once the optimizer exists; ``lr_scale() -> float``
-    multiplies the hand-set lr of every step; ``before_step(t, loss, params, grad_norm)``
+    multiplies the hand-set lr of every step (``group_scale(i)`` that of param group i, in
+    the runs whose groups have their own lrs); ``before_step(t, loss, params, grad_norm)``
     once the gradients are final, before ``optimizer.step()``; ``step(t, opt) -> bool``
     runs the step (False: the run was stopped; the loop ends); ``done(t, params_finite)
     -> bool`` replaces the early stop of failed faults (an arm run goes on to the planned
@@ -530,6 +531,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
             lr = inj.lr(t, lr)
             for i, g in enumerate(opt.param_groups):
                 g["lr"] = lr * inj.group_mult(t, i)
+                if arm is not None:
+                    g["lr"] *= arm.group_scale(i)
         else:
             for g in opt.param_groups:
                 g["lr"] = lr

@@ -275,6 +275,9 @@ class Arm:
     def lr_scale(self) -> float:
         return 1.0
 
+    def group_scale(self, i: int) -> float:
+        return 1.0
+
     def before_step(self, t: int, loss: Any, params: List[Any], grad_norm: float) -> None:
         self.grad_norms.append(grad_norm)
         if t == self.eval_at:
@@ -347,6 +350,10 @@ class GuardArm(Arm):
 
     def lr_scale(self) -> float:
         return float(self.guard.lr_scale)
+
+    def group_scale(self, i: int) -> float:
+        scales = self.guard.group_lr_scale  # an lr jump in one group undone in that group
+        return float(scales[i]) if i < len(scales) else 1.0
 
     def before_step(self, t: int, loss: Any, params: List[Any], grad_norm: float) -> None:
         super().before_step(t, loss, params, grad_norm)

@@ -353,3 +353,38 @@ def test_the_guards_lr_is_every_groups_not_the_first_ones():
     # the body's lr x100 (most of the weights) is still an lr jump at its own step
     guard, alerts = _two_groups(3e-4, 3e-3, 200, 150, 3e-2)
     assert alerts[0] == (151, "lr_jump")
+
+
+def test_an_lr_jump_in_one_group_is_undone_in_that_group():
+    # The head's own lr x100 from step 150 (a per-group scheduler lambda: a bug in one
+    # group). The Guard scales that group back to its healthy lr and leaves the body's
+    # alone, where slowing every group by the jump of their mean would leave the head
+    # 100x the body's lr still, and the body slowed down for nothing.
+    def run(guarded, bug=100.0):
+        model = char_mlp(seed=5)
+        opt = torch.optim.AdamW(
+            [
+                {"params": model[:3].parameters(), "lr": 3e-3},
+                {"params": model[3:].parameters(), "lr": 3e-3},
+            ]
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, [lambda s: 1.0, lambda s: bug if s >= 150 else 1.0]
+        )
+        guard = Guard(model, opt, scheduler=sched, on_error="raise", act=guarded)
+        losses = []
+        for x, y in batches(260, seed=5):
+            losses.append(_step(model, opt, guard, x, y))
+            sched.step()
+        return guard, opt, losses
+
+    guard, opt, losses = run(True)
+    first = guard.actions[0]
+    assert (first.step, first.kind, first.evidence["cause"]) == (151, "slow_down", "lr_jump")
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([3e-3, 3e-3])
+    assert guard.lr_scale == 1.0 and guard.group_lr_scale == pytest.approx([1.0, 0.01])
+    assert guard.load_state_dict(guard.state_dict()) is None
+    _, _, unguarded = run(False)
+    _, _, clean = run(False, bug=1.0)
+    end = [sum(v[-20:]) / 20 for v in (losses, unguarded, clean)]
+    assert end[0] < 1.05 * end[2] < end[1]  # as the clean run, where the bug's is worse

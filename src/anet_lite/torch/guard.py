@@ -269,6 +269,8 @@ class Guard:
         self.lr_scale, self._healthy = 1.0, 0
         self._scale_seen = 1.0  # the lr_scale the Monitor last saw
         self.lr_healthy_max = 0.0  # largest lr seen healthy at full scale
+        self._group_lr_top: List[float] = []  # the same, per param group
+        self.group_lr_scale: List[float] = []  # per group: an lr_jump in that group undone
         self.lr_cap = math.inf  # 0.75x the lr at which the last incident began
         self._settled = 0  # steps in a row with the Monitor's status "healthy"
         self._cap_lifts = 0  # the cap is lifted once; a cap set after that stays
@@ -807,6 +809,7 @@ class Guard:
             if self.lr_scale == 1.0:
                 lr = float(self._lr_now())
                 self.lr_healthy_max = max(self.lr_healthy_max, lr)
+                self._note_group_lrs()
             self._maybe_recover()
             if (
                 self.checkpoint_every
@@ -829,7 +832,11 @@ class Guard:
             "param_groups": list(range(len(self.optimizer.param_groups))),
             "layers": "all",
         }
-        if action.kind == "slow_down":
+        if action.kind == "slow_down" and snap.evidence.get("cause") == "lr_jump" and (
+            self._undo_group_jump(extra)
+        ):
+            pass  # the groups whose own lr jumped are back at their healthy lr
+        elif action.kind == "slow_down":
             lr_now = float(self._lr_now())
             self.lr_cap = min(self.lr_cap, 0.75 * lr_now)
             self._scale_lr(action.factor)
@@ -929,6 +936,46 @@ class Guard:
         flag = self._flag  # what the device gate already took out, if anything
         sketched = flag is not None and self.tap.noise == "sketch"
         self.tap.undo_ema(where=1.0 - flag if sketched else None)
+
+    def _note_group_lrs(self) -> None:
+        """Each param group's largest lr on healthy steps at full scale (float lrs)."""
+        groups = self.optimizer.param_groups
+        top = self._group_lr_top
+        if len(top) != len(groups):
+            top[:] = [0.0] * len(groups)
+            self.group_lr_scale[:] = [1.0] * len(groups)
+        for i, g in enumerate(groups):
+            lr = g["lr"]
+            if not isinstance(lr, torch.Tensor) and lr > top[i]:
+                top[i] = float(lr)
+
+    def _undo_group_jump(self, extra: dict) -> bool:
+        """An lr jump in some param groups but not all (an output layer's or attention's own
+        lr x100): scale those groups back to their healthy lr, the others untouched, where a
+        slow-down of every group by the jump of their weighted mean would leave the jumped
+        groups as far above the rest as before. False (nothing done): one group, no healthy
+        lr known for a group, or every group jumped (a slow-down of all is then right)."""
+        groups, top = self.optimizer.param_groups, self._group_lr_top
+        if len(groups) < 2 or len(top) != len(groups) or not all(t > 0.0 for t in top):
+            return False
+        if any(isinstance(g["lr"], torch.Tensor) for g in groups):
+            return False
+        limit = getattr(self.monitor, "lr_jump", 3.0)
+        jumped = {i: top[i] / g["lr"] for i, g in enumerate(groups) if g["lr"] > limit * top[i]}
+        if not jumped or len(jumped) == len(groups):
+            return False
+        sched = self.scheduler
+        base = getattr(sched, "base_lrs", None) if sched is not None else None
+        for i, f in jumped.items():
+            groups[i]["lr"] = groups[i]["lr"] * f
+            self.group_lr_scale[i] *= f
+            if base is not None and i < len(base):
+                base[i] = base[i] * f
+        self.monitor.own_lr_change()  # (the Guard's change: not a schedule event)
+        extra["group_lr_scale"] = {i: self.group_lr_scale[i] for i in jumped}
+        which = ", ".join(f"{i} x{f:.3g}" for i, f in jumped.items())
+        extra["note"] = f"only the param groups whose lr jumped, back to their healthy lr: {which}"
+        return True
 
     def _scale_lr(self, factor: float) -> None:
         for grp in self.optimizer.param_groups:
@@ -1047,6 +1094,8 @@ class Guard:
             "cap_lifts": self._cap_lifts,
             "clipped_at": self.clipped_at,
             "clip_pin": self.clip_pin,
+            "group_lr_top": list(self._group_lr_top),
+            "group_lr_scale": list(self.group_lr_scale),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -1067,6 +1116,8 @@ class Guard:
         pin = state.get("clip_pin")
         if pin is not None:
             self._set_pin(float(pin))
+        self._group_lr_top = [float(x) for x in state.get("group_lr_top", [])]
+        self.group_lr_scale = [float(x) for x in state.get("group_lr_scale", [])]
 
 
 # Optimizers whose first updates are no larger than later ones at the same lr: SGD, and
