@@ -1026,3 +1026,28 @@ def test_gradient_and_update_growing_4_steps_in_a_row_to_5x_is_a_divergence(monk
     # coherent, so gradient growth stays gated)
     monkeypatch.setattr(_rules, "GROW_STEPS", math.inf)
     assert not any(s.alert for s in _growing(grow)[:404])
+
+
+def test_a_changed_measure_relearns_the_norms_levels_and_keeps_the_losss():
+    # layers unfrozen at step 300: from then on the norms are over 7x the weights
+    loss, g = healthy_stream(500, seed=9)
+    rng = np.random.default_rng(9)
+
+    def run(declare):
+        m, snaps = Monitor(), []
+        for i, L in enumerate(loss):
+            k = 7.0 if i >= 300 else 1.0
+            if i == 300 and declare:
+                m.measure_changed()
+            p = 10.0 * k * (1.0 + 1e-4 * i)
+            s = 1e-3 * k * g[i] * np.exp(0.1 * rng.standard_normal())
+            snaps.append(
+                m.update(L, step=i, grad_norm=k * g[i], step_norm=s, param_norm=p, lr=1e-3)
+            )
+        return m, snaps
+
+    m, snaps = run(True)
+    assert not any(s.alert for s in snaps)
+    assert m.loss_base.ready  # the loss's level was kept
+    _, undeclared = run(False)
+    assert any(s.alert for s in undeclared[300:])

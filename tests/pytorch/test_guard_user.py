@@ -388,3 +388,29 @@ def test_an_lr_jump_in_one_group_is_undone_in_that_group():
     _, _, clean = run(False, bug=1.0)
     end = [sum(v[-20:]) / 20 for v in (losses, unguarded, clean)]
     assert end[0] < 1.05 * end[2] < end[1]  # as the clean run, where the bug's is worse
+
+
+@pytest.mark.parametrize("lag", [False, True])
+def test_layers_unfrozen_mid_run_are_measured_anew_not_alarmed(lag, caplog):
+    # A head trained alone for 150 steps, then the body unfrozen (requires_grad), SGD with
+    # momentum at one lr throughout. The Guard measures over the parameters that have
+    # gradients: ||θ|| went 10 -> 72 in one step and the gradient 4x, which read as
+    # runaway weights and gradient growth. Now those levels are learned again.
+    model = char_mlp(seed=0)
+    body = list(model[:3].parameters())
+    for p in body:
+        p.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    guard = Guard(model, opt, on_error="raise", lag=lag)
+    alerts, losses = [], []
+    with caplog.at_level(logging.INFO, logger="anet_lite"):
+        for t, (x, y) in enumerate(batches(260, seed=0)):
+            if t == 150:
+                for p in body:
+                    p.requires_grad_(True)
+            losses.append(_step(model, opt, guard, x, y))
+            if guard.seen and guard.last.alert:
+                alerts.append((guard.last.step, guard.last.evidence.get("cause")))
+    assert alerts == [] and guard.actions == []
+    assert sum(losses[-20:]) < sum(losses[130:150])  # the unfrozen body trained on
+    assert any("learned again from this step" in r.getMessage() for r in caplog.records)

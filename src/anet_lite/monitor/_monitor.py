@@ -37,6 +37,7 @@ _mlog = math.log
 _isfinite = math.isfinite
 # View(*fields) without the named tuple's Python-level __new__ (made once per step)
 _new_view = partial(tuple.__new__, View)
+_NORM_DETECTORS = ("norm_growth",)  # detectors that read the weights' or gradients' norms
 _log = logging.getLogger("anet_lite")
 
 
@@ -265,6 +266,30 @@ class Monitor(MonitorRules):
         """The lr of the next update was changed by whoever acts on this Monitor's verdicts
         (the Guard's slow-down or recovery), not by the schedule: not a schedule event."""
         self.own_lr = True
+
+    def measure_changed(self) -> None:
+        """From the next update on, ``grad_norm``, ``step_norm``, ``param_norm`` and
+        ``noise`` are measured over another set of parameters (layers unfrozen or frozen):
+        their levels, and the rules and detectors built on them, start again from that
+        step; the loss's are kept (the loss still measures the same thing, so an unfreeze
+        at a too-high lr is judged against the loss's old level). The ``Guard`` calls it
+        when the elements with a gradient double or halve."""
+        self.grad_recent.clear()
+        for base in (self.grad_base, self.upd_base, self.cos_base):
+            base.reset()
+        self.cos_recent.clear()
+        self.surge_hist.clear()
+        self.grad_hot = self.co_hot = self.climb = self.grow = self.dead = 0
+        self.climb_devs = []
+        self.climb_ur = self.ur_prev = self.gr_prev = self.rel_prev = math.inf
+        self.shift_g = self.grad_ref = None
+        self.fp = _fp.StreamingFingerprint(self.window)  # (its window: the old set's noise)
+        self.theta, self.theta_low = 1.0, 0
+        if not self.ref_pinned:
+            self.ref = None
+        for d in self.detectors:
+            if d.name in _NORM_DETECTORS:
+                d.reset()
 
     def start_recovery(self) -> None:
         """An action was taken on this Monitor's verdict (a skipped step, a slow-down, a

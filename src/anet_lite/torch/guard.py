@@ -119,6 +119,7 @@ _PACK = _LOSS + 5
 _NOTHING = (0.0,) * N_SLOTS  # the previous step's row when nothing was measured
 CAP_LIFT = 1  # x recover_steps healthy at the capped lr before the cap is lifted (once)
 _CLIP_STEPS = 20  # steps at one gradient norm (to 1e-4 relative) that say "clipped before"
+_REMEASURE_EVERY = 100  # steps: at most one re-learning of the norms' levels per this many
 _STATE_VERSION = 1
 log = logging.getLogger("anet_lite")
 
@@ -287,6 +288,9 @@ class Guard:
         self._held: Optional[tuple] = None  # lag on a CPU: (the last pack, its step, lrs)
         self._lr_applied: Optional[float] = None  # the lr of the last update (a float)
         self._group_sizes: List[int] = []  # weights per param group (for _lr_now)
+        self._measured_numel = 0  # elements with a gradient at the last step
+        self._remeasured = -_REMEASURE_EVERY  # the step of the last measure_changed
+        self._remeasure_at: Optional[int] = None  # lagged: the step measured anew
         self.lag, self.gate = lag, gate
         self.grad_gate: Optional[GradGate] = None  # made on the first gated step
         self._flag: Optional[torch.Tensor] = None  # this step's gate flag (0-d, device)
@@ -413,6 +417,7 @@ class Guard:
         loss = self._loss
         self._loss = None
         lagged = self.lag if self.lag is not None else dev.type == "cuda"
+        self._note_measured_set(tap.measured_numel, lagged)
         gating = self.act and (self.gate if self.gate is not None else lagged)
         if (
             dev.type == "cpu"
@@ -440,6 +445,9 @@ class Guard:
         if lagged:
             got = self._lagged(pack)  # the previous step's numbers: no sync on this one
             if got is not None:
+                if self._remeasure_at is not None and got[1] >= self._remeasure_at:
+                    self._remeasure_at = None
+                    self.monitor.measure_changed()
                 self._feed_and_act(*got)
         else:
             self._feed_and_act(pack.tolist(), self.step)  # CPU: reading is free
@@ -936,6 +944,32 @@ class Guard:
         flag = self._flag  # what the device gate already took out, if anything
         sketched = flag is not None and self.tap.noise == "sketch"
         self.tap.undo_ema(where=1.0 - flag if sketched else None)
+
+    def _note_measured_set(self, numel: int, lagged: bool) -> None:
+        """Layers unfrozen or frozen: the elements with a gradient doubled or halved, so
+        every norm the Monitor reads is over another set from this step on (unfreezing a
+        body multiplied ||θ||, the gradient and the update: undeclared, that read as
+        ``runaway_weights``). The Monitor re-learns those levels, not the loss's. A set
+        that changes by less (an expert that got no tokens this step) is left alone."""
+        seen = self._measured_numel
+        self._measured_numel = numel
+        if not seen or not numel or (numel < 2 * seen and 2 * numel > seen):
+            return
+        if self.step - self._remeasured < _REMEASURE_EVERY:
+            # a set that keeps changing (experts that get no tokens on some steps, layers
+            # used every other step): its levels are learned across the changes instead
+            return
+        self._remeasured = self.step
+        if lagged:
+            self._remeasure_at = self.step  # (fed a step late: with this step's numbers)
+        else:
+            self.monitor.measure_changed()
+        log.info(
+            "anet_lite: step %s: the parameters with a gradient went from %d to %d elements "
+            "(layers unfrozen or frozen): the gradient, update and weight norms are learned "
+            "again from this step",
+            self.step, seen, numel,
+        )
 
     def _note_group_lrs(self) -> None:
         """Each param group's largest lr on healthy steps at full scale (float lrs)."""

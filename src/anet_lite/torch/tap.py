@@ -349,6 +349,7 @@ class GradNoiseTap(ChunkMeasure):
         self.m: Dict[str, Tensor] = Buffers()
         self._before: Dict[str, Tensor] = Buffers()
         self._layout_key: Optional[Tuple[Any, ...]] = None
+        self.measured_numel = 0  # elements with a gradient in the current layout
         self._named: Optional[List[Tuple[str, Tensor, bool]]] = None
         self._params: List[Tensor] = []
         self._plain = True
