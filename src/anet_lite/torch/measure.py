@@ -254,7 +254,8 @@ class ChunkMeasure:
             lp = local(p)
             if p.requires_grad and p.grad is not None and lp.is_floating_point():
                 items.append((name, p, lp))
-        self.measured_numel = sum(lp.numel() for _, _, lp in items)  # (this process's)
+        # (global sizes: a DTensor's numel is its whole tensor's, so every rank agrees)
+        self.measured_numel = sum(p.numel() for _, p, _ in items)
         if self.sample_auto:
             self._auto_layout(items)
         chunks, order = self._plan(items)
