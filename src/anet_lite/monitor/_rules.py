@@ -220,11 +220,12 @@ class MonitorRules(CoherenceRules):
             ref = self.grad_ref
             self.dead = self.dead + 1 if ref is not None and gb.center < ref - DEAD else 0
         if S is not None and _isfinite(S) and S > 0.0:
-            lr = s.update_lr
-            if lr is None:
-                lr = s.lr
-            ls = _mlog(S)
-            lu = ls - (_mlog(lr) if lr is not None and 0.0 < lr < _INF else 0.0)
+            lr = s.update_lr or s.lr  # (an update made at lr 0 has no size: S > 0 here)
+            ls = lu = _mlog(S)
+            if lr is not None and 0.0 < lr < _INF:
+                lu -= _mlog(lr)
+            else:
+                lr = 1.0  # (no lr: sizes per unit of lr are the sizes)
             ub = self.upd_base
             ud = _NAN
             if ub.ready:
@@ -244,7 +245,7 @@ class MonitorRules(CoherenceRules):
                 rel = S / P
                 ev["rel_update"] = rel
                 # (per unit of lr: an update that grew with a warm-up's lr is the schedule's)
-                rn = rel / lr if lr is not None and 0.0 < lr < _INF else rel
+                rn = rel / lr
                 lim = self.max_rel_update
                 if rel < lim:
                     if not self.rel_calm:
