@@ -37,11 +37,13 @@ from torch_fixtures import batches, char_mlp  # noqa: E402  (real text, no downl
 from anet_lite.torch import Guard  # noqa: E402
 
 S = torch.optim.lr_scheduler
+Result = Tuple[float, float, List[Tuple[int, str]], List[Tuple[int, str]]]
 Row = Tuple[str, float, float, List[Tuple[int, str]], List[Tuple[int, str]]]
 
 
 def _train(model: nn.Module, opt: Any, sched: Any, n: int, data: Any, hook=None, scaler=None,
-           amp: Optional[torch.dtype] = None, accum: int = 1, ls: float = 0.0) -> Row:
+           amp: Optional[torch.dtype] = None, accum: int = 1, ls: float = 0.0) -> Result:
+    """(first loss, mean of the last 20, alerts as (step, cause), actions as (step, kind))"""
     guard = Guard(model, opt, scheduler=None if isinstance(sched, S.ReduceLROnPlateau) else sched)
     alerts, losses = [], []
     it = iter(data)
@@ -70,7 +72,7 @@ def _train(model: nn.Module, opt: Any, sched: Any, n: int, data: Any, hook=None,
         if guard.seen and guard.last.alert:
             alerts.append((guard.last.step, str(guard.last.evidence.get("cause"))))
     acts = [(a.step, a.kind) for a in guard.actions]
-    return "", losses[0], sum(losses[-20:]) / 20, alerts, acts
+    return losses[0], sum(losses[-20:]) / 20, alerts, acts
 
 
 def recipes(n: int = 400) -> List[Row]:
@@ -110,7 +112,7 @@ def recipes(n: int = 400) -> List[Row]:
         model = char_mlp(seed=0)
         opt = make(model.parameters())
         sched = make_sched(opt) if make_sched else None
-        rows.append((name,) + _train(model, opt, sched, n, batches(n))[1:])
+        rows.append((name,) + _train(model, opt, sched, n, batches(n)))
     for name, kw in (
         ("AdamW, batch 8", {"bs": 8}),
         ("AdamW, batch 512", {"bs": 512}),
@@ -126,13 +128,13 @@ def recipes(n: int = 400) -> List[Row]:
         scaler = torch.amp.GradScaler("cpu") if kw.get("amp") == "fp16" else None
         data = batches(n * accum, bs=kw.get("bs", 64))
         rows.append((name,) + _train(model, opt, None, n, data, scaler=scaler, amp=amp,
-                                     accum=accum, ls=kw.get("ls", 0.0))[1:])
+                                     accum=accum, ls=kw.get("ls", 0.0)))
     torch.manual_seed(0)
     base = list(char_mlp(seed=0))
     model = nn.Sequential(*base[:4], nn.Dropout(0.5), *base[4:])
     opt = torch.optim.AdamW(model.parameters(), 3e-3, weight_decay=0.1)
     row = _train(model, opt, None, n, batches(n))
-    rows.append(("AdamW, dropout 0.5, weight decay 0.1",) + row[1:])
+    rows.append(("AdamW, dropout 0.5, weight decay 0.1",) + row)
     for name, make in (("AdamW 1e-3", adamw(1e-3)), ("SGD m0.9 0.05", sgd(0.05, momentum=0.9))):
         model = char_mlp(seed=0)
         body = list(model[:3].parameters())
@@ -146,7 +148,7 @@ def recipes(n: int = 400) -> List[Row]:
 
         opt = make(model.parameters())
         rows.append((f"{name}, body frozen until step 150",)
-                    + _train(model, opt, None, n, batches(n), hook=thaw)[1:])
+                    + _train(model, opt, None, n, batches(n), hook=thaw))
     model = char_mlp(seed=0)
     opt = torch.optim.AdamW([{"params": model[:3].parameters(), "lr": 0.0},
                              {"params": model[3:].parameters(), "lr": 3e-3}])
@@ -156,7 +158,7 @@ def recipes(n: int = 400) -> List[Row]:
             opt.param_groups[0]["lr"] = 3e-4
 
     rows.append(("AdamW, body group at lr 0, then 3e-4 at 150",)
-                + _train(model, opt, None, n, batches(n), hook=body_lr)[1:])
+                + _train(model, opt, None, n, batches(n), hook=body_lr))
     return rows
 
 
@@ -184,7 +186,7 @@ def long_runs(n: int = 1500) -> List[Row]:
                                                 for _ in range(n)))
                 opt = make(model.parameters())
                 rows.append((f"{ds}, {name}, seed {seed}",)
-                            + _train(model, opt, None, n, data)[1:])
+                            + _train(model, opt, None, n, data))
     return rows
 
 

@@ -274,15 +274,12 @@ class Monitor(MonitorRules):
         step; the loss's are kept (the loss still measures the same thing, so an unfreeze
         at a too-high lr is judged against the loss's old level). The ``Guard`` calls it
         when the elements with a gradient double or halve."""
-        self.grad_recent.clear()
-        for base in (self.grad_base, self.upd_base, self.cos_base):
-            base.reset()
-        self.cos_recent.clear()
+        self._reset_norm_levels()
         self.surge_hist.clear()
         self.grad_hot = self.co_hot = self.climb = self.grow = self.dead = 0
         self.climb_devs = []
         self.climb_ur = self.ur_prev = self.gr_prev = self.rel_prev = math.inf
-        self.shift_g = self.grad_ref = None
+        self.grad_ref = None
         self.fp = _fp.StreamingFingerprint(self.window)  # (its window: the old set's noise)
         self.theta, self.theta_low = 1.0, 0
         if not self.ref_pinned:

@@ -352,13 +352,20 @@ class MonitorRules(CoherenceRules):
         as at the start of a run; until they are, only the rules that need no level
         (non-finite values, lr bugs, ``oversized_update``) can fire.
         """
-        for part in (self.recent, self.grad_recent):
-            part.clear()
-        for base in (self.loss_base, self.grad_base, self.upd_base, self.cos_base):
+        self.recent.clear()
+        self.loss_base.reset()
+        self.shift_x = None
+        self.loss_prev = None
+        self._reset_norm_levels()
+
+    def _reset_norm_levels(self) -> None:
+        """The gradient, update and processivity levels, learned again from the next step
+        (``_rebaseline``; ``Monitor.measure_changed``)."""
+        self.grad_recent.clear()
+        for base in (self.grad_base, self.upd_base, self.cos_base):
             base.reset()
         self.cos_recent.clear()
-        self.shift_x = self.shift_g = None
-        self.loss_prev = None
+        self.shift_g = None
 
     def lr_first_rise(self) -> bool:
         """True while the lr has not moved off the schedule's first value: its first rise

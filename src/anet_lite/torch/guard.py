@@ -815,7 +815,8 @@ class Guard:
             self._healthy += 1
             self._settled = self._settled + 1 if snap.status == "healthy" else 0
             if self.lr_scale == 1.0:
-                lr = float(self._lr_now())
+                lr = self._lr_applied  # (this step's, set by the pre-hook)
+                lr = float(self._lr_now()) if lr is None else lr
                 self.lr_healthy_max = max(self.lr_healthy_max, lr)
                 self._note_group_lrs()
             self._maybe_recover()
@@ -840,16 +841,14 @@ class Guard:
             "param_groups": list(range(len(self.optimizer.param_groups))),
             "layers": "all",
         }
-        if action.kind == "slow_down" and snap.evidence.get("cause") == "lr_jump" and (
-            self._undo_group_jump(extra)
-        ):
-            pass  # the groups whose own lr jumped are back at their healthy lr
-        elif action.kind == "slow_down":
-            lr_now = float(self._lr_now())
-            self.lr_cap = min(self.lr_cap, 0.75 * lr_now)
-            self._scale_lr(action.factor)
-            self.lr_scale *= action.factor
-            extra["lr_scale"] = self.lr_scale
+        if action.kind == "slow_down":
+            # an lr jump in some groups only: those groups back to their healthy lr
+            if not (snap.evidence.get("cause") == "lr_jump" and self._undo_group_jump(extra)):
+                lr_now = float(self._lr_now())
+                self.lr_cap = min(self.lr_cap, 0.75 * lr_now)
+                self._scale_lr(action.factor)
+                self.lr_scale *= action.factor
+                extra["lr_scale"] = self.lr_scale
         elif action.kind == "skip_step":
             self._skip()
         elif action.kind == "clip":
@@ -972,8 +971,11 @@ class Guard:
         )
 
     def _note_group_lrs(self) -> None:
-        """Each param group's largest lr on healthy steps at full scale (float lrs)."""
+        """Each param group's largest lr on healthy steps at full scale (float lrs); only
+        where there are several groups (``_undo_group_jump``)."""
         groups = self.optimizer.param_groups
+        if len(groups) < 2:
+            return
         top = self._group_lr_top
         if len(top) != len(groups):
             top[:] = [0.0] * len(groups)
