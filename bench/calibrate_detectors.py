@@ -58,6 +58,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     blow_max = 0  # longest streak >= BLOWUP x the best level
     over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
     jump_x = 0.0  # largest min(gradient, update ratio) on a step whose loss did not rise
+    give = [0.0, 0.0]  # largest share of the progress given back while S >= H, >= H / 2
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -68,6 +69,9 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             param_norm=r["param_norm"],
         )
         s_max = max(s_max, cus.s)
+        if cus.s >= loss_cusum.H / 2 and cus.x0 - cus.mu >= loss_cusum.LEARNED:
+            q = math.expm1(cus.sm - cus.mu) / math.expm1(cus.x0 - cus.mu)
+            give = [max(give[0], q if cus.s >= loss_cusum.H else 0.0), max(give[1], q)]
         ev = snap.evidence
         held = m.shift_x is not None or m.t < m.grace_until  # (waits there: _rules)
         big = ev.get("rel_update", 0.0) >= m.max_rel_update
@@ -94,6 +98,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             alarms[det] = alarms.get(det, 0) + 1
     return {
         "s_max": s_max,
+        "give_max": give[0],
+        "give_half": give[1],
         "accel_max": accel_max,
         "far_max": far_max,
         "trend_max": trend_max,
@@ -139,6 +145,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f" in use H = {loss_cusum.H}: {over} healthy run(s) reach it, "
           f"{50_000 * over / max(steps, 1):.2f} per 50,000 healthy steps (target <= 1)")
     print("  largest:", ", ".join(f"{i} {r['s_max']:.1f}" for i, r in top))
+    _largest(res, "give_max", "LossCusum: largest healthy share of the progress given back"
+             " while S >= H", 3, ".3f", f"in use GIVE_BACK = {loss_cusum.GIVE_BACK}")
+    _largest(res, "give_half", "  ... while S >= H / 2", 3, ".3f", "a looser significance")
     _largest(res, "accel_max", "NormGrowth: largest healthy growth acceleration", 5, ".1f",
              f"in use: {norm_growth.ACCEL}")
     over = sum(r["trend_max"] >= loss_trend.T for _, r in res)

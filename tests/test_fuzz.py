@@ -7,9 +7,11 @@ returns a result and never raises, and never accepts a log whose records changed
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -44,6 +46,7 @@ def _read_all(path: Path, fmt: str = "auto") -> None:
 
 
 _DIR = Path(tempfile.mkdtemp(prefix="anet-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, True)  # (a fixture cannot reach @given's helpers)
 
 
 def _write(name: str, data: bytes) -> Path:
@@ -128,6 +131,7 @@ def test_damaged_tensorboard_records(data):
 # ---- the tombstone verifier ---------------------------------------------------------------
 
 _BASE = Path(tempfile.mkdtemp(prefix="anet-fuzz-tomb-")) / "t.jsonl"
+atexit.register(shutil.rmtree, _BASE.parent, True)
 _LOG = TombstoneLog(_BASE)
 for _i in range(4):
     _LOG.append("skip", policy="nan", scope={"step": _i}, evidence={"loss": "nan", "i": _i})
