@@ -59,6 +59,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
     jump_x = 0.0  # largest min(gradient, update ratio) on a step whose loss did not rise
     give = [0.0, 0.0]  # largest share of the progress given back while S >= H, >= H / 2
+    grow_x = 1.0  # largest growth of ||θ|| over 2 * SPAN steps, not slowing down
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -89,8 +90,11 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         first_max = max(first_max, lr_.over_first)
         blow_max = max(blow_max, lr_.blow)
         h = ng.hist
-        if ng.n > 2 * norm_growth.SPAN and len(h) == h.maxlen:
-            rate = (h[-1] - h[0]) / norm_growth.SPAN
+        sp = norm_growth.SPAN
+        if ng.n > 4 * sp and len(h) == h.maxlen and h[-1] - h[sp] >= h[sp] - h[0]:
+            grow_x = max(grow_x, math.exp(h[-1] - h[0]))
+        if ng.n > 2 * sp and len(h) > sp:
+            rate = (h[-1] - h[-1 - sp]) / sp
             if rate >= norm_growth.RATE:
                 accel_max = max(accel_max, rate / max(ng.rmin, norm_growth.RATE_FLOOR))
         det = snap.evidence.get("detector")
@@ -100,6 +104,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "s_max": s_max,
         "give_max": give[0],
         "give_half": give[1],
+        "grow_x": grow_x,
         "accel_max": accel_max,
         "far_max": far_max,
         "trend_max": trend_max,
@@ -150,6 +155,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _largest(res, "give_half", "  ... while S >= H / 2", 3, ".3f", "a looser significance")
     _largest(res, "accel_max", "NormGrowth: largest healthy growth acceleration", 5, ".1f",
              f"in use: {norm_growth.ACCEL}")
+    _largest(res, "grow_x", "NormGrowth: largest healthy growth of ||theta|| over 50 steps,"
+             " not slowing down", 3, ".2f", f"in use: {math.exp(norm_growth.GROWTH):.1f}")
     over = sum(r["trend_max"] >= loss_trend.T for _, r in res)
     _largest(res, "trend_max", "LossTrend: largest healthy statistic", 3, ".2f",
              f"in use T = {loss_trend.T}: {over} healthy run(s) reach it")

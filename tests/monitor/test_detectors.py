@@ -241,6 +241,26 @@ def test_geometric_weight_growth_alarms_and_decelerating_growth_does_not():
     assert found[first].cause == "runaway_weights" and 200 < first < 200 + 40
 
 
+def test_a_runaway_on_a_brisk_norm_alarms_by_its_growth_over_fifty_steps():
+    # ||θ|| already growing 1 % per step (plain SGD at a high lr: the slowest rate is
+    # brisk, so 42x it is out of reach); then 2.5 % per step. The 50-step growth
+    # (1.64x before, never enough) passes 2.2x and is not slowing down.
+    losses = [0.5] * 400
+    brisk = [10.0 * 1.01**t for t in range(400)]
+    assert not any(_feed(NormGrowth(), losses, brisk))
+    runaway = brisk[:200] + [brisk[199] * 1.025**k for k in range(1, 201)]
+    found = _feed(NormGrowth(), losses, runaway)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    ev = found[first].evidence
+    assert found[first].cause == "runaway_weights" and 200 < first < 200 + 45
+    assert ev["growth_accel"] < 42 <= ev["param_growth"] * 20  # the 50-step rule, not ACCEL
+    assert ev["param_growth"] >= 2.2
+    # growth that keeps slowing down (early training, steeply): 3.4x over steps 50-100
+    steep = [10.0 * (1 + t / 10) ** 2 for t in range(400)]
+    assert steep[100] / steep[50] > 3.3
+    assert not any(_feed(NormGrowth(), losses, steep))
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(min_value=1e-6, max_value=1e6), min_size=320, max_size=400))
 def test_warm_up_ends_within_a_bounded_number_of_steps_whatever_the_stream(losses):

@@ -3,14 +3,21 @@
 Healthy training grows ||θ|| fastest at the start and ever more slowly afterwards
 (random-walk-like growth under a decaying effective step, or an equilibrium under weight
 decay). A weight decay applied with the wrong sign, an optimizer pushed one way, or a
-runaway of the logits grows it by a constant factor per step. The statistic is the growth
-rate of log ||θ|| over the last ``SPAN`` steps, per step: it alarms when, ``HOLD`` steps
-in a row, it is at least ``RATE`` (0.8 % per step) and ``ACCEL`` (42) x the slowest rate the
-run has shown since its first ``2 * SPAN`` steps (floored at 0.05 % per step). On the
-healthy calibration runs (``bench/calibrate_detectors.py``) this ratio stays below ~4.3
-except after an undeclared change of data, where new data does make the weights grow
-faster for a while (up to 38.4 over 351 runs); ``ACCEL`` is 1.1 x that. So a runaway
-from a flat norm is seen from ~2 % growth per step.
+runaway of the logits grows it by a constant factor per step. Two statistics of log ||θ||:
+
+* its growth rate over the last ``SPAN`` steps, per step: alarms when, ``HOLD`` steps in a
+  row, it is at least ``RATE`` (0.8 % per step) and ``ACCEL`` (42) x the slowest rate the
+  run has shown since its first ``2 * SPAN`` steps (floored at 0.05 % per step). On the
+  healthy calibration runs (``bench/calibrate_detectors.py``) this ratio stays below ~4.3
+  except after an undeclared change of data, where new data does make the weights grow
+  faster for a while (up to 38.4 over 351 runs); ``ACCEL`` is 1.1 x that. So a runaway
+  from a flat norm is seen from ~2 % growth per step.
+* its growth over the last ``2 * SPAN`` steps, once those start after the first
+  ``2 * SPAN``: alarms when ||θ|| grew ``GROWTH`` (2.2) x or more and is not slowing down
+  (the last ``SPAN`` steps grew it at least as much as the ``SPAN`` before). A run whose
+  slowest rate was already brisk (plain SGD at a high lr) hides a runaway from the first
+  statistic; this one needs no reference. The largest healthy value is 1.94 (a warm-up
+  to a 5-20x peak lr whose loss climbs; curricula 1.66; 448 runs); ``GROWTH`` is 1.1 x that.
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ RATE = math.log(1.008)
 ACCEL = 42.0
 RATE_FLOOR = math.log(1.0005)
 HOLD = 5
-_FULL, _SETTLE = SPAN + 1, 2 * SPAN  # a full history; steps before the slowest rate counts
+GROWTH = math.log(2.2)  # over 2 * SPAN steps, not slowing down
+_SETTLE = 2 * SPAN  # steps before the slowest rate counts
+_FULL = 2 * SPAN + 1  # the history: log ||θ|| now and 2 * SPAN steps before
+_GROW_FROM = _SETTLE + 2 * SPAN  # steps before the growth over 2 * SPAN counts
+# (not slowing down and GROWTH in all: the last SPAN steps grew >= GROWTH / 2)
+_HALF_RATE = GROWTH / (2 * SPAN)
 
 
 class NormGrowth(Detector):
@@ -61,19 +73,26 @@ class NormGrowth(Detector):
         n = self.n = self.n + 1
         h = self.hist
         h.append(p)
-        if len(h) < _FULL or n <= _SETTLE:  # (_FULL: the history's maxlen)
+        if n <= _SETTLE or len(h) <= SPAN:
             return None
-        rate = (h[-1] - h[0]) / SPAN
+        rate = (h[-1] - h[-1 - SPAN]) / SPAN
         rmin = self.rmin
         # (max(rmin, RATE_FLOOR) and min(rmin, rate) written out: the hot path)
         fast = rate >= RATE and rate >= ACCEL * (RATE_FLOOR if rmin < RATE_FLOOR else rmin)
         if rate < rmin:
             self.rmin = rate
         hot = self.hot = self.hot + 1 if fast else 0
-        if hot >= HOLD:
+        grown = 0.0
+        if rate >= _HALF_RATE and n > _GROW_FROM and len(h) == _FULL:  # (_FULL: its maxlen)
+            grown = h[-1] - h[0]
+            mid = h[SPAN]
+            if grown < GROWTH or h[-1] - mid < mid - h[0]:
+                grown = 0.0
+        if hot >= HOLD or grown:
             ev = {
                 "param_growth_per_step": math.expm1(rate),
                 "growth_accel": rate / max(self.rmin, RATE_FLOOR),
+                "param_growth": math.exp(h[-1] - h[0]) if len(h) == _FULL else math.nan,
             }
             return Finding(self.name, "runaway_weights", "precursor", ev)
         return None
