@@ -60,6 +60,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     jump_x = 0.0  # largest min(gradient, update ratio) on a step whose loss did not rise
     give = [0.0, 0.0]  # largest share of the progress given back while S >= H, >= H / 2
     grow_x = 1.0  # largest growth of ||θ|| over 2 * SPAN steps, not slowing down
+    shrink_x = 1.0  # smallest ||θ|| over ||θ|| SPAN steps before (after 3 * SPAN steps)
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -93,6 +94,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         sp = norm_growth.SPAN
         if ng.n > 4 * sp and len(h) == h.maxlen and h[-1] - h[sp] >= h[sp] - h[0]:
             grow_x = max(grow_x, math.exp(h[-1] - h[0]))
+        if ng.n > 3 * sp and len(h) > sp:
+            shrink_x = min(shrink_x, math.exp(h[-1] - h[-1 - sp]))
         if ng.n > 2 * sp and len(h) > sp:
             rate = (h[-1] - h[-1 - sp]) / sp
             if rate >= norm_growth.RATE:
@@ -105,6 +108,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "give_max": give[0],
         "give_half": give[1],
         "grow_x": grow_x,
+        "shrink_x": shrink_x,
         "accel_max": accel_max,
         "far_max": far_max,
         "trend_max": trend_max,
@@ -157,6 +161,10 @@ def main(argv: Optional[List[str]] = None) -> int:
              f"in use: {norm_growth.ACCEL}")
     _largest(res, "grow_x", "NormGrowth: largest healthy growth of ||theta|| over 50 steps,"
              " not slowing down", 3, ".2f", f"in use: {math.exp(norm_growth.GROWTH):.1f}")
+    top = sorted(res, key=lambda x: x[1]["shrink_x"])[:3]
+    print(f"NormGrowth: smallest healthy ||theta|| / ||theta|| 25 steps before ="
+          f" {top[0][1]['shrink_x']:.3f} (in use: {math.exp(norm_growth.SHRINK):.2f})")
+    print("  smallest:", ", ".join(f"{i} {r['shrink_x']:.3f}" for i, r in top))
     over = sum(r["trend_max"] >= loss_trend.T for _, r in res)
     _largest(res, "trend_max", "LossTrend: largest healthy statistic", 3, ".2f",
              f"in use T = {loss_trend.T}: {over} healthy run(s) reach it")

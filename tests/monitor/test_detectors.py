@@ -261,6 +261,17 @@ def test_a_runaway_on_a_brisk_norm_alarms_by_its_growth_over_fifty_steps():
     assert not any(_feed(NormGrowth(), losses, steep))
 
 
+def test_weights_pulled_to_zero_alarm_and_a_weight_decays_slow_pull_does_not():
+    losses = [0.5] * 400
+    decaying = [10.0 * 0.998**t for t in range(400)]  # 5 % per 25 steps: healthy's most
+    assert not any(_feed(NormGrowth(), losses, decaying))
+    pulled = [10.0] * 200 + [10.0 * 0.97**k for k in range(1, 201)]
+    found = _feed(NormGrowth(), losses, pulled)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert found[first].cause == "shrinking_weights" and 200 < first < 200 + 10
+    assert found[first].evidence["param_shrink"] <= 0.8
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(min_value=1e-6, max_value=1e6), min_size=320, max_size=400))
 def test_warm_up_ends_within_a_bounded_number_of_steps_whatever_the_stream(losses):

@@ -156,7 +156,9 @@ def test_bad_clip_level():
         Policy(clip_level_x=0.0)
 
 
-@pytest.mark.parametrize("cause", ["slow_rise", "rising_trend", "regression", "runaway_weights"])
+@pytest.mark.parametrize(
+    "cause", ["slow_rise", "rising_trend", "regression", "runaway_weights", "shrinking_weights"]
+)
 def test_a_slow_cause_skips_no_update_it_slows_down_then_rolls_back(cause):
     # a trend over many steps: no single update caused it, so none is dropped
     p = Policy(cooldown=0)

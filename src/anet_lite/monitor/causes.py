@@ -229,8 +229,16 @@ _ALL = (
         "precursor",
         "slow_down",
         ("runaway growth of the weights", "重みの暴走的な増大"),
-        en=("The weights' norm grows {param_growth_per_step:.2%} per step, {growth_accel:.3g}x faster than this run's slowest growth, step after step — a runaway (weight decay with the wrong sign or scale, an optimizer pushed one way, growing logits){nums}.", "Check the weight decay's sign and scale and any gradient hooks; lower the learning rate, and roll back if the loss follows."),
-        ja=("重みのノルムが 1 ステップあたり {param_growth_per_step:.2%} ずつ、この学習で最も遅かった増え方の {growth_accel:.3g} 倍の速さで増え続けています。暴走です（符号や大きさを誤った重み減衰、一方向に押されるオプティマイザ、増大するロジット）{nums}。", "重み減衰の符号と大きさ、勾配フックを確認し、学習率を下げてください。損失も上がればロールバックへ。"),
+        en=("The weights' norm grew {param_growth:.3g}x in 50 steps and grows {param_growth_per_step:.2%} per step, {growth_accel:.3g}x this run's slowest growth, without slowing down — a runaway (weight decay with the wrong sign or scale, an optimizer pushed one way, growing logits){nums}.", "Check the weight decay's sign and scale and any gradient hooks; lower the learning rate, and roll back if the loss follows."),
+        ja=("重みのノルムが 50 ステップで {param_growth:.3g} 倍になり、1 ステップあたり {param_growth_per_step:.2%} ずつ（この学習で最も遅かった増え方の {growth_accel:.3g} 倍）、減速せずに増え続けています。暴走です（符号や大きさを誤った重み減衰、一方向に押されるオプティマイザ、増大するロジット）{nums}。", "重み減衰の符号と大きさ、勾配フックを確認し、学習率を下げてください。損失も上がればロールバックへ。"),
+    ),
+    _c(
+        "shrinking_weights",
+        "precursor",
+        "slow_down",
+        ("the weights shrinking fast", "重みの急速な縮小"),
+        en=("The weights' norm fell to {param_shrink:.3g}x of what it was 25 steps ago — the weights are being pulled to zero (a weight decay many times too strong or applied twice, parameters rescaled by mistake){nums}.", "Check the weight decay's scale and that it is applied once, and anything that rescales parameters; lower the learning rate, and roll back if the loss follows."),
+        ja=("重みのノルムが 25 ステップ前の {param_shrink:.3g} 倍まで小さくなりました。重みがゼロへ引き寄せられています（何倍も強すぎる、または二重にかかった重み減衰、誤ったパラメータの再スケール）{nums}。", "重み減衰の大きさと、それが一度だけかかっていることを確認し、パラメータを再スケールする処理も確認してください。学習率を下げ、損失も上がればロールバックへ。"),
     ),
 )
 

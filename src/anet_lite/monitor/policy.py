@@ -39,7 +39,7 @@ _LADDER = ("slow_down", "skip_step", "clip", "rollback", "stop")
 CLIP_CAUSES = ("grad_explosion", "scale_jump")
 # statistics over many steps (a trend, a CUSUM, a level far above the best): no single
 # update caused them, so none is skipped: slow down, then roll back, then stop
-SLOW_CAUSES = ("slow_rise", "rising_trend", "regression", "runaway_weights")
+SLOW_CAUSES = ("slow_rise", "rising_trend", "regression", "runaway_weights", "shrinking_weights")
 # causes whose incident starts by skipping the update act at once, without a cool-down
 _ONE_STEP = tuple(c.name for c in CAUSES.values() if c.first_action == "skip_step")
 
