@@ -32,3 +32,19 @@ def test_every_cause_is_explained_in_its_own_words_and_acted_on(c, lang):
     action = Policy().decide(snap)
     expected = "slow_down" if c.status == "drifting" else c.first_action
     assert action.kind == expected, action.reason
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_a_slow_rise_of_a_run_that_learned_is_told_as_the_progress_given_back(lang):
+    ev = {"cause": "slow_rise", "cusum": 386.0, "cusum_h": 42.0, "rise_steps": 334,
+          "level_ratio": 1.16}
+    base = Snapshot(1.0, 0.0, 0.0, 0.0, True, 0.8, step=694, status="precursor", alert=True,
+                    evidence=ev)
+    given = Snapshot(1.0, 0.0, 0.0, 0.0, True, 0.8, step=694, status="precursor", alert=True,
+                     evidence={**ev, "given_back": 0.21})
+    for snap, name, shown in ((base, "slow_rise", "1.16"), (given, "slow_rise_given_back", "21%")):
+        what = getattr(CAUSES[name], lang)[0]
+        text = explain(snap, lang=lang)
+        assert text.startswith(what.split("{")[0]) and shown in text
+    assert explain(base, lang=lang) != explain(given, lang=lang)
+    assert Policy().decide(given).kind == "slow_down"

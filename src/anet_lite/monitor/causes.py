@@ -193,6 +193,15 @@ _ALL = (
         ja=("損失の水準が {rise_steps:.0f} ステップにわたり少しずつ上がり、管理状態の水準の {level_ratio:.3g} 倍になりました（CUSUM {cusum:.0f}、しきい値 {cusum_h:.0f}）。どの 1 ステップにも表れないゆっくりした発散です{nums}。", "今すぐ学習率を段階的に下げてください。上がり続けるならロールバックへ。スケジュールと重み減衰を確認してください。"),
     ),
     _c(
+        "slow_rise_given_back",
+        "precursor",
+        "slow_down",
+        ("a slow rise of the loss level", "損失水準のゆっくりした上昇"),
+        variant_of="slow_rise",
+        en=("The loss level has crept up for {rise_steps:.0f} steps and given back {given_back:.0%} of what the run had learned since its first loss (CUSUM {cusum:.0f} over the threshold {cusum_h:.0f}) — a slow divergence that no single step shows{nums}.", "Lower the learning rate step by step now; if it keeps rising, roll back. Check the schedule and the weight decay."),
+        ja=("損失の水準が {rise_steps:.0f} ステップにわたり少しずつ上がり、最初の損失から学習で下げた分の {given_back:.0%} を失いました（CUSUM {cusum:.0f}、しきい値 {cusum_h:.0f}）。どの 1 ステップにも表れないゆっくりした発散です{nums}。", "今すぐ学習率を段階的に下げてください。上がり続けるならロールバックへ。スケジュールと重み減衰を確認してください。"),
+    ),
+    _c(
         "scale_jump",
         "precursor",
         "skip_step",

@@ -92,6 +92,8 @@ def explain(snap: Any, lang: str = "en") -> str:
         cause = "compounding"  # (the same cause, reached by compounding growth)
     elif cause == "bad_batch" and "first_loss_ratio" in ev:
         cause = "bad_batch_undeclared"  # (Monitor(declared=True))
+    elif cause == "slow_rise" and math.isfinite(ev["given_back"]):
+        cause = "slow_rise_given_back"  # (a run that had learned: its progress is the scale)
     entry = CAUSES.get(cause) or CAUSES["divergence"]
     what, advice = entry.en if lang == "en" else entry.ja
     nums = (
