@@ -92,7 +92,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         blow_max = max(blow_max, lr_.blow)
         h = ng.hist
         sp = norm_growth.SPAN
-        if ng.n > 4 * sp and len(h) == h.maxlen and h[-1] - h[sp] >= h[sp] - h[0]:
+        steady = ng.calm > 2 * sp and h[-1] - h[sp] >= h[sp] - h[0]  # (as the rule reads it)
+        if ng.n > 4 * sp and len(h) == h.maxlen and steady:
             grow_x = max(grow_x, math.exp(h[-1] - h[0]))
         if ng.n > 3 * sp and len(h) > sp:
             shrink_x = min(shrink_x, math.exp(h[-1] - h[-1 - sp]))

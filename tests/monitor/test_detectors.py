@@ -255,6 +255,12 @@ def test_a_runaway_on_a_brisk_norm_alarms_by_its_growth_over_fifty_steps():
     assert found[first].cause == "runaway_weights" and 200 < first < 200 + 45
     assert ev["growth_accel"] < 42 <= ev["param_growth"] * 20  # the 50-step rule, not ACCEL
     assert ev["param_growth"] >= 2.2
+    # the same acceleration with the lr rising at its start: the lr's for 50 steps; a growth
+    # that stays geometric after them is flagged
+    det = NormGrowth()
+    found = [det.update(View(0.0, True, math.log(p), False, t == 200)) for t, p in
+             enumerate(runaway)]
+    assert 250 < next(t for t, f in enumerate(found) if f is not None) <= 255
     # growth that keeps slowing down (early training, steeply): 3.4x over steps 50-100
     steep = [10.0 * (1 + t / 10) ** 2 for t in range(400)]
     assert steep[100] / steep[50] > 3.3

@@ -104,7 +104,7 @@ class Monitor(MonitorRules):
         "grad_growth", "grad_hot", "grad_recent", "grad_ref", "grow", "jump_loss",
         "jump_ref", "last_status", "log_space", "loss0", "loss_base", "loss_eps",
         "loss_floor", "loss_gate", "loss_prev", "loss_step", "loss_win_x", "losses",
-        "lr_jump", "lr_max", "lr_peak", "lr_prev", "lr_ramp", "lr_rising",
+        "lr_jump", "lr_max", "lr_peak", "lr_prev", "lr_ramp", "lr_rising", "lr_up",
         "max_rel_update", "n", "on_error", "own_lr", "pending_mark", "persist",
         "policy", "proc", "pz_hot", "recent", "recover_level", "recover_ref",
         "recover_t", "ref", "ref_pinned", "rel_calm", "rel_prev", "rise", "run_log",
@@ -246,6 +246,7 @@ class Monitor(MonitorRules):
         self.lr_prev = self.lr_max = 0.0
         self.lr_peak: Optional[float] = None  # the schedule's peak once its warm-up is over
         self.lr_rising = False
+        self.lr_up = False  # the lr rose at this step (the Guard's own changes included)
         self.grace_until = 0
         self.pending_mark: Optional[str] = None
         self.own_lr = False  # the next lr change is the Guard's own (own_lr_change)
@@ -545,7 +546,7 @@ class Monitor(MonitorRules):
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
         p = s.param_norm
         lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN  # log ||θ||, NaN: none
-        view = _new_view((self.x_now, self.log_space, lp, restart))
+        view = _new_view((self.x_now, self.log_space, lp, restart, self.lr_up))
         found = None
         for det in self.detectors:
             f = det.update(view)

@@ -385,6 +385,7 @@ class MonitorRules(CoherenceRules):
         if lr is not None and math.isfinite(lr) and lr > 0.0:
             ev["lr"] = lr
             prev = self.lr_prev
+            self.lr_up = lr > prev
             if self.own_lr:  # the Guard's own change: compare the next steps with this lr
                 prev, self.own_lr = 0.0, False
             if prev > 0.0:
@@ -410,6 +411,8 @@ class MonitorRules(CoherenceRules):
             if "lr_jump" not in ev and "lr_ramp" not in ev and lr > self.lr_max:
                 self.lr_max = lr  # (max(lr_max, lr))
             self.lr_prev = lr
+        elif self.lr_up:
+            self.lr_up = False
         if event:
             self.grace_until = self.t + self.grace
             self.pz_hot = self.rise = self.grad_hot = self.co_hot = self.climb = self.grow = 0

@@ -16,6 +16,7 @@ class View(NamedTuple):
     log_param  log ||θ|| (NaN when not given)
     restart    a declared change (``mark``) or an lr restart happened at this step:
                detectors re-reference
+    lr_up      the lr rose at this step (a warm-up, a restart, the Guard's own recovery)
 
     A detector that needs another signal adds its field here and the Monitor computes it
     once per step (nothing is computed that no detector reads).
@@ -25,6 +26,7 @@ class View(NamedTuple):
     log_space: bool
     log_param: float
     restart: bool
+    lr_up: bool = False
 
 
 class Finding(NamedTuple):
