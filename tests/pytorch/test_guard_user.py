@@ -414,3 +414,33 @@ def test_layers_unfrozen_mid_run_are_measured_anew_not_alarmed(lag, caplog):
     assert alerts == [] and guard.actions == []
     assert sum(losses[-20:]) < sum(losses[130:150])  # the unfrozen body trained on
     assert any("learned again from this step" in r.getMessage() for r in caplog.records)
+
+
+
+def test_a_linear_probe_gets_no_runaway_from_the_guards_own_return_to_its_lr():
+    # Body frozen, a zero-initialised head trained alone (AdamW 1e-3). The Guard slows down
+    # at step 2 (an update large against weights still near 0), then raises the lr back
+    # towards the schedule; the head's norm then grows faster, by the Guard's own doing.
+    # That is not a runaway (it drew a runaway_weights slow-down at step 117).
+    torch.manual_seed(0)
+    model = char_mlp()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+        nn.init.zeros_(p)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    guard = Guard(model, opt)
+    lowest = 1.0
+    for x, y in batches(160, bs=64):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        guard.observe(loss)
+        opt.step()
+        lowest = min(lowest, guard.lr_scale)
+    assert guard.actions and guard.actions[0].kind == "slow_down"
+    assert guard.lr_scale > lowest  # the Guard did raise the lr back
+    causes = [a.evidence.get("cause") for a in guard.actions]
+    assert "runaway_weights" not in causes, causes

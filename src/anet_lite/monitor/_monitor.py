@@ -246,7 +246,7 @@ class Monitor(MonitorRules):
         self.lr_prev = self.lr_max = 0.0
         self.lr_peak: Optional[float] = None  # the schedule's peak once its warm-up is over
         self.lr_rising = False
-        self.lr_up = False  # the lr rose at this step (the Guard's own changes included)
+        self.lr_up = False  # the Guard raised the lr itself at this step (own_lr_change)
         self.grace_until = 0
         self.pending_mark: Optional[str] = None
         self.own_lr = False  # the next lr change is the Guard's own (own_lr_change)

@@ -385,9 +385,11 @@ class MonitorRules(CoherenceRules):
         if lr is not None and math.isfinite(lr) and lr > 0.0:
             ev["lr"] = lr
             prev = self.lr_prev
-            self.lr_up = lr > prev
             if self.own_lr:  # the Guard's own change: compare the next steps with this lr
+                self.lr_up = lr > prev  # (its return towards the schedule: View.lr_up)
                 prev, self.own_lr = 0.0, False
+            elif self.lr_up:
+                self.lr_up = False
             if prev > 0.0:
                 ratio = lr / prev  # may underflow to 0 or overflow to inf
                 if ratio > 1.0 and lr > self.lr_jump * self.lr_max and not self.lr_first_rise():

@@ -16,7 +16,8 @@ class View(NamedTuple):
     log_param  log ||θ|| (NaN when not given)
     restart    a declared change (``mark``) or an lr restart happened at this step:
                detectors re-reference
-    lr_up      the lr rose at this step (a warm-up, a restart, the Guard's own recovery)
+    lr_up      the lr was raised at this step by whoever acts on the verdicts (the Guard's
+               return towards the schedule after a slow-down: ``Monitor.own_lr_change``)
 
     A detector that needs another signal adds its field here and the Monitor computes it
     once per step (nothing is computed that no detector reads).
