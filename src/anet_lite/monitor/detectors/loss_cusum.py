@@ -117,10 +117,13 @@ class LossCusum(Detector):
     def _matters(self, rise: float) -> bool:
         """The rise (log scale, above the reference) is large, or gives back GIVE_BACK of
         the progress made since the first loss."""
-        if rise >= MIN_RISE:
-            return True
-        learned = self.x0 - self.mu  # (NaN from a state saved without x0: False below)
-        return learned >= LEARNED and math.expm1(rise) >= GIVE_BACK * math.expm1(learned)
+        return rise >= MIN_RISE or self._given_back(rise) >= GIVE_BACK
+
+    def _given_back(self, rise: float) -> float:
+        """The share of the progress since the first loss that ``rise`` gave back (raw
+        loss units); NaN before the run has learned (or from a state saved without x0)."""
+        learned = self.x0 - self.mu
+        return math.expm1(rise) / math.expm1(learned) if learned >= LEARNED else math.nan
 
     def _evidence(self, v: View) -> Dict[str, Any]:
         rise = self.sm - self.mu
@@ -129,11 +132,7 @@ class LossCusum(Detector):
             "cusum_h": H,
             "rise_steps": self.steps_up,
             "level_ratio": math.exp(min(rise, 700.0)) if v.log_space else math.nan,
-            "given_back": (
-                math.expm1(rise) / math.expm1(self.x0 - self.mu)
-                if v.log_space and self.x0 - self.mu >= LEARNED
-                else math.nan
-            ),
+            "given_back": self._given_back(rise) if v.log_space else math.nan,
         }
 
     def state_dict(self) -> Dict[str, Any]:

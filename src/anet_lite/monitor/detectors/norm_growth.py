@@ -18,10 +18,10 @@ runaway of the logits grows it by a constant factor per step. Two statistics of 
   (the last ``SPAN`` steps grew it at least as much as the ``SPAN`` before), and the Guard
   did not raise the lr in those steps (its return to the schedule after a slow-down grows
   the weights faster; a schedule's own warm-up is judged: one to a peak the model cannot
-  take does run away). A run whose
-  slowest rate was already brisk (plain SGD at a high lr) hides a runaway from the first
-  statistic; this one needs no reference. The largest healthy value is 1.94 (a warm-up
-  to a 5-20x peak lr whose loss climbs; curricula 1.66; 448 runs); ``GROWTH`` is 1.1 x that.
+  take does run away). A run whose slowest rate was already brisk (plain SGD at a high lr)
+  hides a runaway from the first statistic; this one needs no reference. The largest
+  healthy value is 1.94 (a warm-up to a 5-20x peak lr whose loss climbs; curricula 1.66;
+  448 runs); ``GROWTH`` is 1.1 x that.
 
 And the other way ("shrinking_weights"): ||θ|| down to ``SHRINK`` (0.8) x or less of what
 it was ``SPAN`` steps before, once those start after the first ``2 * SPAN``: a weight decay
@@ -56,7 +56,8 @@ _SHRINK_RATE, _SHRINK_FROM = SHRINK / SPAN, _SETTLE + SPAN
 
 
 class NormGrowth(Detector):
-    """Geometric growth of ||θ|| far faster than the run's own slowest ("runaway_weights")."""
+    """Geometric growth of ||θ|| far faster than the run's own slowest ("runaway_weights"),
+    or a fast shrink ("shrinking_weights")."""
 
     name = "norm_growth"
     STATE = ("n", "hot", "rmin", "calm")
