@@ -71,8 +71,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             param_norm=r["param_norm"],
         )
         s_max = max(s_max, cus.s)
-        if cus.s >= loss_cusum.H / 2 and cus.x0 - cus.mu >= loss_cusum.LEARNED:
-            q = math.expm1(cus.sm - cus.mu) / math.expm1(cus.x0 - cus.mu)
+        q = cus.given_back()
+        if cus.s >= loss_cusum.H / 2 and q == q:
             give = [max(give[0], q if cus.s >= loss_cusum.H else 0.0), max(give[1], q)]
         ev = snap.evidence
         held = m.shift_x is not None or m.t < m.grace_until  # (waits there: _rules)

@@ -110,20 +110,20 @@ class LossCusum(Detector):
             self.s = s
         if s == 0.0:
             self.mu += LAMBDA * (x - self.mu)
-        elif s >= H and (not v.log_space or self._matters(sm - self.mu)):
+        elif s >= H and (
+            not v.log_space or sm - self.mu >= MIN_RISE or self.given_back() >= GIVE_BACK
+        ):
             return Finding(self.name, "slow_rise", "precursor", self._evidence(v))
         return None
 
-    def _matters(self, rise: float) -> bool:
-        """The rise (log scale, above the reference) is large, or gives back GIVE_BACK of
-        the progress made since the first loss."""
-        return rise >= MIN_RISE or self._given_back(rise) >= GIVE_BACK
-
-    def _given_back(self, rise: float) -> float:
-        """The share of the progress since the first loss that ``rise`` gave back (raw
-        loss units); NaN before the run has learned (or from a state saved without x0)."""
+    def given_back(self) -> float:
+        """The share of the progress since the first loss that the smoothed level's rise
+        above the reference gave back (raw loss units; 0.2 = a fifth); NaN before the run
+        has learned (or from a state saved without x0)."""
         learned = self.x0 - self.mu
-        return math.expm1(rise) / math.expm1(learned) if learned >= LEARNED else math.nan
+        if not learned >= LEARNED:
+            return math.nan
+        return math.expm1(self.sm - self.mu) / math.expm1(learned)
 
     def _evidence(self, v: View) -> Dict[str, Any]:
         rise = self.sm - self.mu
@@ -132,7 +132,7 @@ class LossCusum(Detector):
             "cusum_h": H,
             "rise_steps": self.steps_up,
             "level_ratio": math.exp(min(rise, 700.0)) if v.log_space else math.nan,
-            "given_back": self._given_back(rise) if v.log_space else math.nan,
+            "given_back": self.given_back() if v.log_space else math.nan,
         }
 
     def state_dict(self) -> Dict[str, Any]:
