@@ -437,7 +437,11 @@ def test_processivity_that_is_always_1_carries_no_signal_and_gates_nothing():
             loss[i] * grow, step=i, grad_norm=g[i] * grow, step_norm=1e-3 * g[i] * grow, lr=1e-3
         )
         without.append(snap.evidence.get("cause") if snap.alert else None)
-    assert with_cos == without and "ascent" not in with_cos
+    # the same steps alarm; a cos of ~1 only says the update ratio repeats the gradient
+    # ratio, so a co-rise of the two is not counted as corroboration (one step is then
+    # named by the loss rule instead of "grad_growth")
+    assert [c is None for c in with_cos] == [c is None for c in without]
+    assert "ascent" not in with_cos and "grad_growth" not in with_cos
 
 
 def test_lr_schedule_changes_are_not_failures():
@@ -1001,6 +1005,25 @@ def test_an_update_that_is_the_gradient_times_the_lr_does_not_corroborate_it():
     upd = np.exp(0.05 * np.random.default_rng(4).standard_normal(n)).tolist()
     other = feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, upd=upd)
     assert any(s.alert and s.evidence["cause"] == "grad_growth" for s in other[400:])
+
+
+def test_an_update_along_its_gradient_does_not_corroborate_it_when_the_ratios_differ():
+    # plain SGD with weight decay (or a gradient level that drifted): the update is -lr x
+    # the gradient plus a little, so the two ratios differ by a per cent while the
+    # processivity says the update points along the gradient (median cos ~1): still one
+    # signal. Without the processivity the same numbers are two signals that agree.
+    rng = np.random.default_rng(3)
+    n = 420
+    loss = (2.0 * np.exp(0.05 * rng.standard_normal(n))).tolist()
+    g = np.exp(0.2 * rng.standard_normal(n)).tolist()
+    g[400:] = [2.2, 2.4, 2.6, 2.8, 3.0] + [1.0] * 15  # below the gradient rule's 3x window
+    upd = (1.0 + 0.01 * np.random.default_rng(4).standard_normal(n)).tolist()
+    along = feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, upd=upd, cos=[1.0] * n)
+    ev = along[403].evidence
+    assert ev["update_ratio"] != pytest.approx(ev["grad_ratio"], rel=1e-3)
+    assert not any(s.alert for s in along)
+    unknown = feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, upd=upd)
+    assert any(s.alert and s.evidence["cause"] == "grad_growth" for s in unknown[400:])
 
 
 def test_a_subnormal_first_loss_does_not_break_the_loss_gate():

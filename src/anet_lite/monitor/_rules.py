@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import fingerprint as _fp
 from ..metrics import Z_CAP, entropy_rate_of_windows
-from ._coherence import CoherenceRules
+from ._coherence import COS_INFORMATIVE, CoherenceRules
 from ._signals import Signals
 
 DEAD = math.log(100.0)  # a gradient 100x below its healthy level: units stopped learning
@@ -264,9 +264,12 @@ class MonitorRules(CoherenceRules):
         if gr is not None and ur is not None:
             # gradient AND update far above their levels, the update growing step after step:
             # the optimizer is being pushed one way (a one-batch spike decays instead). An
-            # update that is the gradient times the lr (plain SGD: equal ratios) is one
-            # signal, not two that agree: it is left to the gradient's own rule.
-            one = abs(ur - gr) <= SAME_SIGNAL * gr
+            # update that is the gradient times the lr (plain SGD: equal ratios, or a
+            # processivity whose median is ~1) is one signal, not two that agree: it is left
+            # to the gradient's own rule. (The two levels lag differently, so plain SGD's
+            # ratios can differ by a few per cent while their steps are the same numbers.)
+            cb = self.cos_base  # (its median cos ~1: the update points along the gradient)
+            one = abs(ur - gr) <= SAME_SIGNAL * gr or (cb.ready and cb.center > COS_INFORMATIVE)
             low = ur if ur < gr else gr  # (min(ur, gr))
             hot = low >= self.co_rise_x and ur > self.ur_prev and not one
             self.co_hot = self.co_hot + 1 if hot else 0
