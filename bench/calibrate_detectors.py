@@ -81,9 +81,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             over_x = max(over_x, ev.get("update_ratio", 0.0))
         far_max = max(far_max, lr_.far)
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
-        flat = ev.get("loss_dev", math.inf) <= _rules.SCALE_JUMP_DEV
-        if gr is not None and ur is not None and flat and m.ref is not None:
-            jump_x = max(jump_x, min(gr, ur))
+        if gr is not None and ur is not None and m.ref is not None:
+            jump_x = max(jump_x, m.unexplained_jump(min(gr, ur)))
         ts, ms = tr.ts, tr.ms
         if len(ts) == ts.maxlen and ms[-1] - ms[0] >= loss_trend.MIN_RISE:
             trend_max = max(trend_max, min(ts[-1], ts[0]))
@@ -176,8 +175,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _largest(res, "over_x", "oversized_update: largest healthy update ratio of an update >="
              " max_rel_update x ||theta||", 3, ".1f",
              f"in use: {math.exp(_rules.OVERSIZED_X):.0f}")
-    _largest(res, "jump_x", "scale_jump: largest healthy min(gradient, update ratio) on a step"
-             " whose loss did not rise", 3, ".1f", f"in use: {_rules.SCALE_JUMP_X}")
+    _largest(res, "jump_x", "scale_jump: largest healthy min(gradient, update ratio) / max(1,"
+             " raw loss ratio) on a step", 3, ".1f", f"in use: {_rules.SCALE_JUMP_X}")
     names = sorted({k for _, r in res for k in r["alarms"]})
     for n in names:
         runs = [i for i, r in res if r["alarms"].get(n)]

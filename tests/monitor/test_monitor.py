@@ -238,7 +238,26 @@ def test_gradient_and_update_jumping_with_the_loss_unmoved_is_a_scale_jump(loss_
     if jump:
         assert snaps[300].evidence["grad_ratio"] >= _rules.SCALE_JUMP_X
         assert Monitor().policy.decide(snaps[300]).kind == "skip_step"
-        assert "whose loss did not rise" in snaps[300].explain()
+        assert "far more than the loss of that step rose" in snaps[300].explain()
+
+
+@pytest.mark.parametrize(
+    "loss_x, grad_x, jump", [(8.0, 8.0, False), (1.0, 8.0, True), (2.0, 30.0, True)]
+)
+def test_a_scale_jump_is_judged_against_the_raw_loss(loss_x, grad_x, jump):
+    # A near-perfect classifier (loss ~0.01, first loss ~0.7): a batch 8x as wrong moves
+    # its gradient and update 8x; the raw loss accounts for that. A gradient 8x up on a
+    # batch no worse than usual, or 30x on one twice as bad (a loss scale, gradients
+    # summed over accumulation steps), is the gradient's computation changing.
+    loss, g = near_zero_stream(floor=0.01)
+    upd = [1.0] * len(loss)
+    for i in range(300, 400):
+        g[i] *= grad_x
+    loss[300] *= loss_x
+    m = Monitor()
+    snaps = feed(m, loss, g, lr=[1e-3] * len(loss), cos=[0.3] * len(loss), upd=upd)
+    assert not any(s.alert for s in snaps[:300])
+    assert (snaps[300].evidence.get("cause") == "scale_jump") is jump
 
 
 @pytest.mark.parametrize("loss_x, grows", [(1.0, True), (3.0, True), (30.0, False)])
@@ -420,11 +439,15 @@ def test_fast_compounding_without_a_cos_lift_is_a_divergence(monkeypatch):
     assert "have grown step after step" in snaps[303].explain()
     assert "揃って増えています" in snaps[303].explain("ja")
     assert _compound(cos=False)[:4] == [None, None, None, "divergence"]  # no cos at all
-    monkeypatch.setattr(_coherence, "SURGE_GRAD", math.inf)  # without this path: 2 steps later
-    assert _compound()[:5] == [None] * 5
+    # without this path a step later: the gradient is then 19x its level on a loss 2x up,
+    # a jump its loss does not account for
+    monkeypatch.setattr(_coherence, "SURGE_GRAD", math.inf)
+    assert _compound()[:5] == [None] * 4 + ["scale_jump"]
     monkeypatch.undo()
-    # the same with the loss near zero (a near-perfect classifier's bad stretch): not yet
-    assert _compound(low=0.05)[:5] == [None] * 5
+    # the same with the loss near zero (a near-perfect classifier's bad stretch): the loss
+    # gate holds the compounding rules; the one-step scale_jump is not gated (19x on a raw
+    # loss 2x up is beyond any healthy run's 4.9)
+    assert _compound(low=0.05)[:5] == [None] * 4 + ["scale_jump"]
 
 
 def test_processivity_that_is_always_1_carries_no_signal_and_gates_nothing():

@@ -205,9 +205,9 @@ _ALL = (
         "scale_jump",
         "precursor",
         "skip_step",
-        ("gradient and update jumped, the loss did not", "勾配と更新が跳ね上がり、損失は不変"),
-        en=("The gradient ({grad_ratio:.3g}x its level) and the update ({update_ratio:.3g}x) jumped together on a step whose loss did not rise: not harder data — the gradient's computation or the optimizer changed (gradients summed over accumulation steps instead of averaged, a loss scale, layers unfrozen, a wrong learning rate){nums}.", "Skip this update; check gradient accumulation, loss scaling and which parameters are trainable."),
-        ja=("損失が上がっていないステップで、勾配（水準の {grad_ratio:.3g} 倍）と更新（{update_ratio:.3g} 倍）が同時に跳ね上がりました。難しいデータではなく、勾配の計算かオプティマイザが変わっています（累積勾配を平均せず合計、損失スケール、凍結解除された層、誤った学習率）{nums}。", "この更新をスキップし、勾配累積、損失スケーリング、学習対象のパラメータを確認してください。"),
+        ("gradient and update jumped, the loss far less", "勾配と更新が跳ね上がり、損失はほとんど上がらず"),
+        en=("The gradient ({grad_ratio:.3g}x its level) and the update ({update_ratio:.3g}x) jumped together, far more than the loss of that step rose: not harder data — the gradient's computation or the optimizer changed (gradients summed over accumulation steps instead of averaged, a loss scale, layers unfrozen, a wrong learning rate){nums}.", "Skip this update; check gradient accumulation, loss scaling and which parameters are trainable."),
+        ja=("勾配（水準の {grad_ratio:.3g} 倍）と更新（{update_ratio:.3g} 倍）が、そのステップの損失の上昇をはるかに超えて同時に跳ね上がりました。難しいデータではなく、勾配の計算かオプティマイザが変わっています（累積勾配を平均せず合計、損失スケール、凍結解除された層、誤った学習率）{nums}。", "この更新をスキップし、勾配累積、損失スケーリング、学習対象のパラメータを確認してください。"),
     ),
     _c(
         "rising_trend",
