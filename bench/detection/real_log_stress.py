@@ -7,13 +7,15 @@ where present, time) is replayed through a default ``Monitor`` (loss only, as
 ``anet-lite analyze`` reads such a log) after a transformation a different logger or a
 resumed run would apply: every k-th step only, the mean over non-overlapping intervals
 (what the HF Trainer logs with ``logging_steps``), the run resumed part-way (the first
-loss is then a trained model's), no time column, and a loss smoothed before it was
-written (an EMA, fastai's ``smooth_loss``; a trailing running mean, a progress bar's).
+loss is then a trained model's), no time column, a loss smoothed before it was
+written (an EMA, fastai's ``smooth_loss``; a trailing running mean, a progress bar's),
+and a bump of +10 or +20 % that recovers within 50 rows (a hard stretch of data).
 Every log is healthy: any alarm is a false one. Prints one row per transformation.
 
 The Monitor's noise estimates assume per-step (or per-interval) values: a smoothed loss
-has correlated steps, so a one-batch bump becomes a rise that lasts the smoothing span.
-The EMA rows measure that weakness; they are not hidden by any setting here.
+has correlated steps, so a one-batch bump becomes a rise that lasts the smoothing span,
+many sigmas up. What keeps those quiet is not a setting here: the loss-window rules need
+the window 25 % above the loss's level, however many sigmas a smaller rise is.
 """
 
 from __future__ import annotations
@@ -83,6 +85,22 @@ def running_mean(w: int) -> Callable[[List[Row]], List[Row]]:
     return f
 
 
+def bump(height: float, frac: float) -> Callable[[List[Row]], List[Row]]:
+    """The loss x (1 + ``height``) for a while from ``frac`` of the log: up over 10 rows,
+    held 20, back over 20 (what a healthy run does after a hard stretch of data: real runs
+    recover from +20 % bumps within ~50 steps)."""
+
+    def f(rows: List[Row]) -> List[Row]:
+        at, out = int(len(rows) * frac), []
+        for i, (s, v, t) in enumerate(rows):
+            k = i - at
+            w = 0.0 if k < 0 else min(k / 10, 1.0, max(0.0, 1.0 - (k - 30) / 20))
+            out.append((s, v * (1.0 + height * w), t))
+        return out
+
+    return f
+
+
 TRANSFORMS: Dict[str, Callable[[List[Row]], List[Row]]] = {
     "as logged": lambda rows: rows,
     "no time column": lambda rows: [(s, v, None) for s, v, _ in rows],
@@ -97,6 +115,9 @@ TRANSFORMS: Dict[str, Callable[[List[Row]], List[Row]]] = {
     "EMA 0.1 (smoothed)": ema(0.1),
     "EMA 0.02 (smoothed)": ema(0.02),
     "running mean of 20 (smoothed)": running_mean(20),
+    "a +10 % bump at 40 % (50 rows)": bump(0.1, 0.4),
+    "a +20 % bump at 40 % (50 rows)": bump(0.2, 0.4),
+    "a +20 % bump at 80 % (50 rows)": bump(0.2, 0.8),
 }
 
 

@@ -38,6 +38,7 @@ _isfinite = math.isfinite
 # View(*fields) without the named tuple's Python-level __new__ (made once per step)
 _new_view = partial(tuple.__new__, View)
 _NORM_DETECTORS = ("norm_growth",)  # detectors that read the weights' or gradients' norms
+WINDOW_RISE = 1.25  # the loss-window rules' rise that matters (x the loss's level, raw)
 _log = logging.getLogger("anet_lite")
 
 
@@ -523,11 +524,12 @@ class Monitor(MonitorRules):
         # non-finite values neither.
         if not self.loss_gate_open(s.loss):
             return "", "healthy" if ready and self.ref is not None else "warming_up"
-        if judge and self.pz_hot >= self.persist:
+        matters = self._window_rise_matters()
+        if judge and self.pz_hot >= self.persist and matters:
             return ("oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"), (
                 "precursor"
             )
-        if judge and self.rise >= self.persist and pz >= RISE_PZ:
+        if judge and self.rise >= self.persist and pz >= RISE_PZ and matters:
             return "divergence", "precursor"
         if ready and self.dead >= self.n and pz > -1.0:
             return "stagnation", "drifting"
@@ -536,6 +538,18 @@ class Monitor(MonitorRules):
             # the dynamics changed AND progress stalled
             return ("fingerprint_shift" if stalled else ""), "drifting"
         return "", "warming_up" if not ready or self.ref is None else "healthy"
+
+    def _window_rise_matters(self) -> bool:
+        """The recent window's loss (raw: trimmed mean) is at least ``WINDOW_RISE`` x the
+        loss's level. Large-batch LM logs have so little jitter that a +10-20 % bump is
+        many sigmas: significant, and harmless (real runs recover from such bumps within
+        ~50 steps; a loss smoothed before it was logged turns every bump into one).
+        A sustained smaller rise is the slow detectors' (``LossCusum``, ``LossTrend``)."""
+        x, base = self.loss_win_x, self.loss_base
+        if x != x or not base.ready:
+            return True
+        level = self._raw(base.center)
+        return not level > 0.0 or self._raw(x) >= WINDOW_RISE * level
 
     def _detect(
         self, s: Signals, ev: Dict[str, Any], cause: str, status: str, restart: bool
