@@ -524,12 +524,11 @@ class Monitor(MonitorRules):
         # non-finite values neither.
         if not self.loss_gate_open(s.loss):
             return "", "healthy" if ready and self.ref is not None else "warming_up"
-        matters = self._window_rise_matters()
-        if judge and self.pz_hot >= self.persist and matters:
+        if judge and self.pz_hot >= self.persist and self._window_rise_matters():
             return ("oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"), (
                 "precursor"
             )
-        if judge and self.rise >= self.persist and pz >= RISE_PZ and matters:
+        if judge and self.rise >= self.persist and pz >= RISE_PZ and self._window_rise_matters():
             return "divergence", "precursor"
         if ready and self.dead >= self.n and pz > -1.0:
             return "stagnation", "drifting"
