@@ -82,7 +82,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         far_max = max(far_max, lr_.far)
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
         if gr is not None and ur is not None and m.ref is not None:
-            jump_x = max(jump_x, m.unexplained_jump(min(gr, ur)))
+            jump_x = max(jump_x, m._unexplained_jump(min(gr, ur)))
         ts, ms = tr.ts, tr.ms
         if len(ts) == ts.maxlen and ms[-1] - ms[0] >= loss_trend.MIN_RISE:
             trend_max = max(trend_max, min(ts[-1], ts[0]))

@@ -283,7 +283,7 @@ class MonitorRules(CoherenceRules):
                 low >= SCALE_JUMP_X
                 and "severe" not in ev
                 and self.ref is not None
-                and self.unexplained_jump(low) >= SCALE_JUMP_X
+                and self._unexplained_jump(low) >= SCALE_JUMP_X
             ):
                 ev["severe"] = "scale_jump"
             if self.grow >= GROW_STEPS and gr >= GROW_X and self.loss_gate_open(s.loss):
@@ -330,7 +330,7 @@ class MonitorRules(CoherenceRules):
         ref = self.jump_ref
         return ref is not None and _log(_ratio(self.jump_loss, self._raw(ref))) >= d
 
-    def unexplained_jump(self, x: float) -> float:
+    def _unexplained_jump(self, x: float) -> float:
         """A jump of ``x`` (a ratio to its level, >= 1) divided by how much this step's
         raw loss rose above its raw level (1 when it did not rise); 0 with no loss level."""
         ref = self.jump_ref
