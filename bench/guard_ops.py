@@ -2,7 +2,7 @@
 
     python bench/guard_ops.py [--steps 60] [--repeats 3] [--quick] [--skip-ops] [--skip-time]
                               [--clock wall|cpu] [--only LABEL] [--passes]
-                              [--cpu-sample-from N]
+                              [--cpu-sample-from N] [--breakdown]
 
 1. Ops per step (issue 21): ``guard.observe(loss); optimizer.step()`` minus the same
    unguarded step, counted with a ``TorchDispatchMode`` (tests/pytorch/test_guard_ops.py asserts
@@ -29,6 +29,12 @@
    theta, delta theta, three dots), without the tap's Python or the Monitor: what the
    exact measurement costs at the least with these ops. ``--cpu-sample-from N`` measures
    the default Guard with ``measure.CPU_SAMPLE_FROM = N`` (0: the CPU sample at any size).
+3. ``--breakdown`` (instead of 2): where the default Guard's time goes on each case, per
+   step (medians of each part, thread CPU time, one thread; timing the parts adds a
+   little): the unguarded step; the Guard's two hooks; inside them the tap
+   (``measure_grads``, ``measure_update``) and the Monitor (``update`` + ``decide``), the
+   rest being the Guard's own Python; then, from a ``torch.profiler`` run (which adds its
+   own overhead per op), the ATen ops the hooks dispatch, by name, with their time per step.
 """
 
 from __future__ import annotations
@@ -287,6 +293,108 @@ def time_ratios(make: Callable[[], nn.Module], data: List, steps: int) -> Dict[s
     return out
 
 
+def breakdown(label: str, make: Callable[[], nn.Module], data: List, steps: int) -> None:
+    """``--breakdown``: the default Guard's time per step, by part and by ATen op."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    init = make()
+    runs: Dict[str, Dict[str, Any]] = {}
+    for name in ("unguarded", "Guard"):
+        model = copy.deepcopy(init)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        runs[name] = {"model": model, "opt": opt, "t": {}}
+    guard = Guard(runs["Guard"]["model"], runs["Guard"]["opt"], on_error="raise")
+    runs["Guard"]["guard"] = guard
+    times: Dict[str, List[float]] = runs["Guard"]["t"]
+    parts = (
+        (guard.tap, "measure_grads", "tap.measure_grads"),
+        (guard.tap, "measure_update", "tap.measure_update"),
+        (guard.monitor, "update", "Monitor.update"),
+        (guard.monitor, "decide", "Monitor.decide"),
+        (guard, "_before_step", "pre-hook"),
+        (guard, "_after_step", "post-hook"),
+    )
+    for obj, attr, key in parts:
+        fn = getattr(obj, attr)
+
+        def timed(*a: Any, _fn: Callable = fn, _key: str = key, **k: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return _fn(*a, **k)
+            finally:
+                times.setdefault(_key, []).append(time.thread_time() - t0)
+
+        setattr(obj, attr, timed)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(name: str, i: int) -> float:
+        r = runs[name]
+        model, opt = r["model"], r["opt"]
+        x, y = data[i % len(data)]
+        t0 = time.thread_time()
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = loss_fn(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        loss.backward()
+        if "guard" in r:
+            r["guard"].observe(loss)
+        opt.step()
+        return time.thread_time() - t0
+
+    for i in range(10):
+        for name in runs:
+            step(name, i)
+    for t in times.values():
+        t.clear()
+    step_t: Dict[str, List[float]] = {name: [] for name in runs}
+    for i in range(steps):
+        for name in (runs if i % 2 else list(runs)[::-1]):
+            step_t[name].append(step(name, 10 + i))
+
+    def per_step(key: str) -> float:  # (one call per step each)
+        v = times.get(key, [])
+        return statistics.median(v) * 1e6 if v else 0.0
+
+    base = statistics.median(step_t["unguarded"]) * 1e6
+    guarded = statistics.median(step_t["Guard"]) * 1e6
+    hooks = per_step("pre-hook") + per_step("post-hook")
+    tap = per_step("tap.measure_grads") + per_step("tap.measure_update")
+    mon = per_step("Monitor.update") + per_step("Monitor.decide")
+    print(f"\n{label}: unguarded step {base:.0f} us, Guard step {guarded:.0f} us "
+          f"(+{guarded - base:.0f} us, {guarded / base:.3f})")
+    print(f"  hooks {hooks:.0f} us = tap {tap:.0f} (measure_grads "
+          f"{per_step('tap.measure_grads'):.0f}, measure_update "
+          f"{per_step('tap.measure_update'):.0f}) + Monitor {mon:.0f} "
+          f"+ the Guard's own {hooks - tap - mon:.0f}")
+    for attr in ("_before_step", "_after_step"):  # profile the hooks' ops
+        fn = getattr(guard, attr)
+
+        def traced(_fn: Callable = fn, _name: str = attr) -> None:
+            with record_function("guard" + _name):
+                _fn()
+
+        setattr(guard, attr, traced)
+    n_prof = max(10, steps // 3)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(n_prof):
+            step("Guard", i)
+    events = prof.events()
+    spans = [e.time_range for e in events if e.name.startswith("guard_")]
+    ops: Counter = Counter()
+    for e in events:
+        parent = e.cpu_parent
+        nested = parent is not None and parent.name.startswith("aten::")
+        if nested or not e.name.startswith("aten::"):
+            continue
+        r = e.time_range
+        if any(s.start <= r.start and r.end <= s.end for s in spans):
+            ops[e.name] += e.cpu_time_total
+    total = sum(ops.values()) / n_prof
+    print(f"  ATen ops inside the hooks (torch.profiler): {total:.0f} us per step")
+    for name, t in ops.most_common(10):
+        print(f"    {name:28s} {t / n_prof:8.1f} us")
+
+
 def mlp(h: int) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(256, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10))
@@ -348,6 +456,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="step-time cases whose label holds this text")
     ap.add_argument("--passes", action="store_true", help="time the exact tap's passes alone")
     ap.add_argument("--cpu-sample-from", type=int, default=None, metavar="N")
+    ap.add_argument("--breakdown", action="store_true", help="where the Guard's time goes")
     args = ap.parse_args()
     global CLOCK, PASSES
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -358,6 +467,17 @@ def main() -> None:
     print(f"torch {torch.__version__}")
     if not args.skip_ops:
         ops_table()
+    if args.breakdown:
+        lm_data, vocab = lm_batches(64)
+        digits = digits_batches(64)
+        for label, make, data in (
+            ("LM (bench/overhead.py)", lambda: TinyLM(vocab, ctx=64), lm_data),
+            ("MLP H=512", lambda: mlp(512), digits),
+            ("MLP H=2048", lambda: mlp(2048), digits),
+        ):
+            if args.only in label:
+                breakdown(label, make, data, 8 if args.quick else args.steps)
+        return
     if not args.skip_time:
         ratio_table(8 if args.quick else args.steps, 1 if args.quick else args.repeats, args.only)
 
