@@ -260,6 +260,23 @@ def test_a_scale_jump_is_judged_against_the_raw_loss(loss_x, grad_x, jump):
     assert (snaps[300].evidence.get("cause") == "scale_jump") is jump
 
 
+@pytest.mark.parametrize("rise, jump", [(0.5, False), (0.0, True)])
+def test_a_scale_jump_of_a_loss_read_linearly_needs_the_loss_unmoved(rise, jump):
+    # a loss that goes below 0 has no ratio to its level: a gradient and update 9x up count
+    # as a scale jump only on a step whose loss stayed within 1 robust sigma of its level
+    rng = np.random.default_rng(0)
+    m, causes = Monitor(on_error="raise"), []
+    for i in range(320):
+        loss, g = -1.0 + 0.05 * rng.standard_normal(), float(np.exp(0.2 * rng.standard_normal()))
+        if i == 300:
+            loss, g = loss + rise, 9.0 * g
+        s = m.update(loss, step=i, grad_norm=g, step_norm=1e-3 * g * (1 + 0.01 * rng.random()),
+                     lr=1e-3, processivity=0.3)
+        causes.append(s.evidence.get("cause") if s.alert else None)
+    assert not m.log_space and not any(causes[:300])
+    assert (causes[300] == "scale_jump") is jump
+
+
 @pytest.mark.parametrize("loss_x, grows", [(1.0, True), (3.0, True), (30.0, False)])
 def test_gradient_growth_counts_only_when_it_outgrows_the_loss(loss_x, grows):
     # from step 300 the gradient stays 10x up; the loss (near zero) 1x, 3x or 30x up. A

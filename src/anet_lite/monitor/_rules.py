@@ -60,6 +60,7 @@ OVERSIZED_X = math.log(20.0)
 # 4.9 over 213 fresh-seed healthy runs); SCALE_JUMP_X = 2 x the calibration runs' largest,
 # as the statistic is one step's and heavy-tailed.
 SCALE_JUMP_X = 7.5
+SCALE_JUMP_DEV = 1.0  # a loss read linearly (it can be <= 0): did not rise = <= 1 robust sigma
 SAME_SIGNAL = 1e-3  # |update ratio - gradient ratio| / gradient ratio: the same signal
 EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms even if the loss
 # accounts for it (a garbage batch's 1e4x gradient must be skipped whatever its loss did)
@@ -283,7 +284,11 @@ class MonitorRules(CoherenceRules):
                 low >= SCALE_JUMP_X
                 and "severe" not in ev
                 and self.ref is not None
-                and self._unexplained_jump(low) >= SCALE_JUMP_X
+                and (
+                    self._unexplained_jump(low) >= SCALE_JUMP_X
+                    if self.log_space  # (a loss that can be <= 0 has no ratio: its deviation)
+                    else ev.get("loss_dev", _INF) <= SCALE_JUMP_DEV
+                )
             ):
                 ev["severe"] = "scale_jump"
             if self.grow >= GROW_STEPS and gr >= GROW_X and self.loss_gate_open(s.loss):
