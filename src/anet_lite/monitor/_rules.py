@@ -57,7 +57,7 @@ OVERSIZED_X = math.log(20.0)
 # floored scale, is the yardstick here: a near-perfect classifier's gradient follows its
 # raw loss (a new batch 10x as wrong moves it 10x), which the floored scale reads as flat.
 # The largest healthy value is 3.8 over 448 calibration runs (bench/calibrate_detectors.py;
-# 4.9 over 213 fresh-seed healthy runs); SCALE_JUMP_X = 2 x the calibration runs' largest,
+# 4.9 over 213 fresh-seed healthy runs); SCALE_JUMP_X ~ 2 x the calibration runs' largest,
 # as the statistic is one step's and heavy-tailed.
 SCALE_JUMP_X = 7.5
 SCALE_JUMP_DEV = 1.0  # a loss read linearly (it can be <= 0): did not rise = <= 1 robust sigma
