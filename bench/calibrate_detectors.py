@@ -22,6 +22,7 @@ import argparse
 import math
 import os
 import sys
+from collections import deque
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "detection"))
@@ -61,6 +62,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     give = [0.0, 0.0]  # largest share of the progress given back while S >= H, >= H / 2
     grow_x = 1.0  # largest growth of ||θ|| over 2 * SPAN steps, not slowing down
     shrink_x = 1.0  # smallest ||θ|| over ||θ|| SPAN steps before (after 3 * SPAN steps)
+    ratios, held_x = deque(maxlen=norm_growth.HOLD_LONG), 0.0  # the growth ratio held longest
     for r in rows:
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
@@ -98,8 +100,12 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             shrink_x = min(shrink_x, math.exp(h[-1] - h[-1 - sp]))
         if ng.n > 2 * sp and len(h) > sp:
             rate = (h[-1] - h[-1 - sp]) / sp
+            ratio = rate / max(ng.rmin, norm_growth.RATE_FLOOR)
             if rate >= norm_growth.RATE:
-                accel_max = max(accel_max, rate / max(ng.rmin, norm_growth.RATE_FLOOR))
+                accel_max = max(accel_max, ratio)
+            ratios.append(ratio if rate >= norm_growth.RATE else 0.0)
+            if len(ratios) == ratios.maxlen:  # (the ratio held over HOLD_LONG steps in a row)
+                held_x = max(held_x, min(ratios))
         det = snap.evidence.get("detector")
         if det and snap.alert:
             alarms[det] = alarms.get(det, 0) + 1
@@ -110,6 +116,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "grow_x": grow_x,
         "shrink_x": shrink_x,
         "accel_max": accel_max,
+        "held_x": held_x,
         "far_max": far_max,
         "trend_max": trend_max,
         "back_max": back_max,
@@ -159,6 +166,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     _largest(res, "give_half", "  ... while S >= H / 2", 3, ".3f", "a looser significance")
     _largest(res, "accel_max", "NormGrowth: largest healthy growth acceleration", 5, ".1f",
              f"in use: {norm_growth.ACCEL}")
+    _largest(res, "held_x", "NormGrowth: largest healthy growth acceleration held for"
+             f" {norm_growth.HOLD_LONG} steps in a row", 3, ".1f",
+             f"in use: {norm_growth.ACCEL_LONG}")
     _largest(res, "grow_x", "NormGrowth: largest healthy growth of ||theta|| over 50 steps,"
              " not slowing down", 3, ".2f", f"in use: {math.exp(norm_growth.GROWTH):.1f}")
     top = sorted(res, key=lambda x: x[1]["shrink_x"])[:3]

@@ -241,6 +241,20 @@ def test_geometric_weight_growth_alarms_and_decelerating_growth_does_not():
     assert found[first].cause == "runaway_weights" and 200 < first < 200 + 40
 
 
+def test_geometric_growth_that_does_not_stop_alarms_however_slow_its_start():
+    # ||θ|| flat (Adam with weight decay at equilibrium), then 1.15 % per step for good (a
+    # weight decay with the wrong sign): 23x the floored slowest rate, under ACCEL (42),
+    # and 1.77x over 50 steps, under 2.2x. Held for 50 steps at >= 4x, it alarms.
+    losses = [0.5] * 420
+    runaway = [100.0] * 200 + [100.0 * 1.0115**k for k in range(1, 221)]
+    found = _feed(NormGrowth(), losses, runaway)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert found[first].cause == "runaway_weights" and 200 + 50 < first <= 200 + 80
+    # a burst as fast for 40 steps that stops (new data being learned) does not
+    burst = [100.0] * 200 + [100.0 * 1.0115 ** min(k, 40) for k in range(1, 221)]
+    assert not any(_feed(NormGrowth(), losses, burst))
+
+
 def test_a_runaway_on_a_brisk_norm_alarms_by_its_growth_over_fifty_steps():
     # ||θ|| already growing 1 % per step (plain SGD at a high lr: the slowest rate is
     # brisk, so 42x it is out of reach); then 2.5 % per step. The 50-step growth
