@@ -102,13 +102,16 @@ class NormGrowth(Detector):
             return None
         rate = (h[-1] - h[-1 - SPAN]) / SPAN
         rmin = self.rmin
-        # (max(rmin, RATE_FLOOR) and min(rmin, rate) written out: the hot path)
-        slowest = RATE_FLOOR if rmin < RATE_FLOOR else rmin
-        fast = rate >= RATE and rate >= ACCEL * slowest
+        if rate >= RATE:  # (max(rmin, RATE_FLOOR) and min(rmin, rate) written out: hot path)
+            slowest = RATE_FLOOR if rmin < RATE_FLOOR else rmin
+            hot = self.hot = self.hot + 1 if rate >= ACCEL * slowest else 0
+            held = self.held = self.held + 1 if rate >= ACCEL_LONG * slowest else 0
+        else:
+            hot = held = 0
+            if self.hot or self.held:  # (no stores on a quiet step)
+                self.hot = self.held = 0
         if rate < rmin:
             self.rmin = rate
-        hot = self.hot = self.hot + 1 if fast else 0
-        held = self.held = self.held + 1 if rate >= RATE and rate >= ACCEL_LONG * slowest else 0
         if rate <= _SHRINK_RATE and n > _SHRINK_FROM:
             ev = {"param_shrink": math.exp(rate * SPAN)}
             return Finding(self.name, "shrinking_weights", "precursor", ev)
