@@ -1031,14 +1031,21 @@ def test_gradient_and_update_co_rising_with_coherent_updates_is_an_ascent_in_two
     assert not any(s.evidence.get("cause") == "ascent" for s in snaps)
 
 
+def _co_rise_of_one_signal(n: int = 420):
+    """A flat loss; from step 400 the gradient 2.2-3.0x its level for 5 steps (below the
+    gradient rule's 3x window), then back."""
+    rng = np.random.default_rng(3)
+    loss = (2.0 * np.exp(0.05 * rng.standard_normal(n))).tolist()
+    g = np.exp(0.2 * rng.standard_normal(n)).tolist()
+    g[400:] = [2.2, 2.4, 2.6, 2.8, 3.0] + [1.0] * (n - 405)
+    return loss, g
+
+
 def test_an_update_that_is_the_gradient_times_the_lr_does_not_corroborate_it():
     # plain SGD: the update ratio is the gradient ratio; a co-rise of the two is one
     # signal (left to the gradient's own rule), not two that agree
-    rng = np.random.default_rng(3)
-    n = 420
-    loss = (2.0 * np.exp(0.05 * rng.standard_normal(n))).tolist()
-    g = np.exp(0.2 * rng.standard_normal(n)).tolist()
-    g[400:] = [2.2, 2.4, 2.6, 2.8, 3.0] + [1.0] * 15  # below the gradient rule's 3x window
+    loss, g = _co_rise_of_one_signal()
+    n = len(loss)
     snaps = feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * n)
     assert snaps[403].evidence["update_ratio"] == pytest.approx(snaps[403].evidence["grad_ratio"])
     assert not any(s.alert for s in snaps)
@@ -1052,11 +1059,8 @@ def test_an_update_along_its_gradient_does_not_corroborate_it_when_the_ratios_di
     # the gradient plus a little, so the two ratios differ by a per cent while the
     # processivity says the update points along the gradient (median cos ~1): still one
     # signal. Without the processivity the same numbers are two signals that agree.
-    rng = np.random.default_rng(3)
-    n = 420
-    loss = (2.0 * np.exp(0.05 * rng.standard_normal(n))).tolist()
-    g = np.exp(0.2 * rng.standard_normal(n)).tolist()
-    g[400:] = [2.2, 2.4, 2.6, 2.8, 3.0] + [1.0] * 15  # below the gradient rule's 3x window
+    loss, g = _co_rise_of_one_signal()
+    n = len(loss)
     upd = (1.0 + 0.01 * np.random.default_rng(4).standard_normal(n)).tolist()
     along = feed(Monitor(on_error="raise"), loss, g, lr=[1e-3] * n, upd=upd, cos=[1.0] * n)
     ev = along[403].evidence
