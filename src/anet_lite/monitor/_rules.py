@@ -330,18 +330,23 @@ class MonitorRules(CoherenceRules):
         """A level in the loss's reading scale back in loss units."""
         return exp_capped(x) - self.loss_eps if self.log_space else x
 
+    def _step_loss_ratio(self) -> Any:
+        """This step's raw loss over its raw level (0 when either is <= 0); None with no
+        loss level."""
+        ref = self.jump_ref
+        return None if ref is None else _ratio(self.jump_loss, self._raw(ref))
+
     def _loss_accounts_for(self, d: float) -> bool:
         """This step's loss rose (raw, vs. its level) at least as much as exp(``d``)."""
-        ref = self.jump_ref
-        return ref is not None and _log(_ratio(self.jump_loss, self._raw(ref))) >= d
+        raw = self._step_loss_ratio()
+        return raw is not None and _log(raw) >= d
 
     def _unexplained_jump(self, x: float) -> float:
         """A jump of ``x`` (a ratio to its level, >= 1) divided by how much this step's
         raw loss rose above its raw level (1 when it did not rise); 0 with no loss level."""
-        ref = self.jump_ref
-        if ref is None:
+        raw = self._step_loss_ratio()
+        if raw is None:
             return 0.0
-        raw = _ratio(self.jump_loss, self._raw(ref))
         return x / raw if raw > 1.0 else x
 
     def _loss_window_rose(self, d: float) -> bool:
