@@ -518,6 +518,23 @@ def test_the_first_rise_off_a_schedules_first_lr_is_a_warm_up():
     assert not any(s.alert for s in snaps[:50])
 
 
+
+def test_a_loss_that_blows_up_inside_a_long_warm_up_alarms_as_without_the_lr():
+    # a warm-up to too high a peak: the loss leaves its level while the lr is still
+    # rising. Feeding the lr must not make the Monitor blind to what the loss shows.
+    loss, g = healthy_stream(300, seed=6)
+    lr = [1e-3 * (i + 1) / 300 for i in range(300)]  # still rising at step 300
+    for i in range(200, 300):
+        loss[i] *= 6.0
+        g[i] *= 3.0
+    first = {}
+    for with_lr in (False, True):
+        snaps = feed(Monitor(), loss, g, lr=lr if with_lr else None)
+        first[with_lr] = next(i for i, s in enumerate(snaps) if s.alert)
+    assert 200 <= first[True] <= first[False] < 200 + 10
+    quiet, _ = healthy_stream(300, seed=6)
+    assert not any(s.alert for s in feed(Monitor(), quiet, g[:200] + g[:100], lr=lr))
+
 def test_mark_mutes_slow_signals_after_an_intended_change():
     loss, g = healthy_stream(500, seed=6)
     loss = loss[:300] + [v * 1.5 for v in loss[300:]]

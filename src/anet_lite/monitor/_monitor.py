@@ -498,6 +498,9 @@ class Monitor(MonitorRules):
         w, b2 = self.warmup, 2 * self._base_len
         ready = self.loss_base.ready and self.t > (b2 if b2 < w else w)  # (min(w, b2))
         judge = ready and not grace
+        # A rising lr (a warm-up) mutes the rules that read gradient and update levels,
+        # which the schedule moves; not those that judge the loss against its own level.
+        loss_judge = ready and self.t >= self.grace_until
         cause = ev.pop("severe") if "severe" in ev else ""  # (rare: no pop call otherwise)
         if not _isfinite(s.loss) or not finite_grad:
             return "non_finite", "collapsed"
@@ -509,7 +512,7 @@ class Monitor(MonitorRules):
             return "bad_batch", "precursor"  # (declared=True: an undeclared level shift)
         if self.shift_x is not None:
             return "", "drifting"  # a level shift that is not (yet) climbing further
-        if judge and self.climb >= CLIMB_STEPS:
+        if loss_judge and self.climb >= CLIMB_STEPS:
             return "ascent", "precursor"
         if judge and ev.get("compounding"):
             return "divergence", "precursor"  # (checked the loss gate itself)
@@ -524,11 +527,16 @@ class Monitor(MonitorRules):
         # non-finite values neither.
         if not self.loss_gate_open(s.loss):
             return "", "healthy" if ready and self.ref is not None else "warming_up"
-        if judge and self.pz_hot >= self.persist and self._window_rise_matters():
+        if loss_judge and self.pz_hot >= self.persist and self._window_rise_matters():
             return ("oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"), (
                 "precursor"
             )
-        if judge and self.rise >= self.persist and pz >= RISE_PZ and self._window_rise_matters():
+        if (
+            loss_judge
+            and self.rise >= self.persist
+            and pz >= RISE_PZ
+            and self._window_rise_matters()
+        ):
             return "divergence", "precursor"
         if ready and self.dead >= self.n and pz > -1.0:
             return "stagnation", "drifting"
