@@ -137,13 +137,17 @@ def test_a_sign_bug_that_compounds_fast_is_caught_by_the_two_step_surge(run, mon
     assert next(s for s in _replay(meta) if s.alert).step >= collapse
 
 
-@pytest.mark.parametrize("run", ["s4000", "s4002"])
-def test_noisier_gradients_after_a_smaller_batch_size_are_not_a_precursor(run):
-    # The gradient grows after the batch shrinks, but the updates stay as incoherent as
-    # before: with processivity the Monitor stays quiet; without it, it alarms.
+@pytest.mark.parametrize("run, without_processivity", [("s4000", False), ("s4002", True)])
+def test_noisier_gradients_after_a_smaller_batch_size_are_not_a_precursor(
+    run, without_processivity
+):
+    # The gradient and the update grow 2-5x after the batch shrinks, the updates as
+    # incoherent as before: with processivity the Monitor stays quiet. Without it, a
+    # co-rise the loss window matched (raw: s4000's rose 1.7-2.7x) is not the optimizer
+    # leading the loss either; s4002's loss rose less, and only processivity tells.
     meta = _runs()[f"cnn_digits-healthy-batch_size_change-{run}"]
     assert not any(s.alert for s in _replay(meta))
-    assert any(s.alert for s in _replay(meta, processivity=False))
+    assert any(s.alert for s in _replay(meta, processivity=False)) is without_processivity
 
 
 def test_a_loss_scale_bug_alerts_at_its_step_although_adam_survives_it():

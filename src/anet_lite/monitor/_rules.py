@@ -275,7 +275,12 @@ class MonitorRules(CoherenceRules):
             cb = self.cos_base  # (its median cos ~1: the update points along the gradient)
             one = abs(ur - gr) <= SAME_SIGNAL * gr or (cb.ready and cb.center > COS_INFORMATIVE)
             low = ur if ur < gr else gr  # (min(ur, gr))
-            hot = low >= self.co_rise_x and ur > self.ur_prev and not one
+            hot = (
+                low >= self.co_rise_x
+                and ur > self.ur_prev
+                and not one
+                and not self._loss_window_rose(_mlog(low))
+            )
             self.co_hot = self.co_hot + 1 if hot else 0
             grows = gr > self.gr_prev and ur > self.ur_prev
             self.grow = self.grow + 1 if grows else 0
