@@ -55,6 +55,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     tr = next(d for d in m.detectors if d.name == "loss_trend")
     trend_max = -math.inf  # largest LossTrend statistic (both windows' t, rise >= MIN_RISE)
     s_max, accel_max, far_max, back_max, alarms = 0.0, 0.0, 0, 0, {}
+    rise_max = 0  # longest streak far above the best at a step where it is not falling
     first_max = 0  # longest streak >= BLOWUP x the first loss
     blow_max = 0  # longest streak >= BLOWUP x the best level
     over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
@@ -82,6 +83,9 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         if big and not held and not m._loss_accounts_for(math.log(ev.get("update_ratio", 1.0))):
             over_x = max(over_x, ev.get("update_ratio", 0.0))
         far_max = max(far_max, lr_.far)
+        hist = lr_.hist
+        if len(hist) == hist.maxlen and lr_.sm >= hist[0]:  # (not falling, as the rule reads it)
+            rise_max = max(rise_max, lr_.far)
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
         if gr is not None and ur is not None and m.ref is not None:
             jump_x = max(jump_x, m._unexplained_jump(min(gr, ur)))
@@ -118,6 +122,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "accel_max": accel_max,
         "held_x": held_x,
         "far_max": far_max,
+        "rise_max": rise_max,
         "trend_max": trend_max,
         "back_max": back_max,
         "over_x": over_x,
@@ -179,6 +184,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _largest(res, "trend_max", "LossTrend: largest healthy statistic", 3, ".2f",
              f"in use T = {loss_trend.T}: {over} healthy run(s) reach it")
     _longest(res, "far_max", "far above the best", "HOLD_LONG", loss_regression.HOLD_LONG)
+    _longest(res, "rise_max", "far above the best, not falling", "HOLD_RISE",
+             loss_regression.HOLD_RISE)
     _longest(res, "back_max", "back at the first loss", "HOLD", loss_regression.HOLD)
     _longest(res, "first_max", "10x the first loss", "FIRST_STEPS", loss_regression.FIRST_STEPS)
     _longest(res, "blow_max", "10x the best level", "BLOWUP_STEPS", loss_regression.BLOWUP_STEPS)

@@ -24,6 +24,7 @@ from anet_lite.monitor.detectors import (
     NormGrowth,
     View,
     loss_cusum,
+    loss_regression,
     loss_trend,
 )
 
@@ -208,6 +209,21 @@ def test_a_run_that_learned_and_climbs_back_is_reported_within_bounded_steps():
     found = _feed(LossRegression(), down + back)
     first = next(i for i, f in enumerate(found) if f is not None)
     assert found[first].cause == "regression" and first < 200 + 120
+
+
+def test_a_level_far_above_the_best_that_does_not_fall_is_reported_after_hold_rise_steps():
+    # learned to ~0.3; then a flat level well below the first loss, 3x the best in the
+    # floored scale (a curriculum's new data sits near there 20-40 steps before it is
+    # learned): reported once it has held HOLD_RISE steps, not before
+    down = [2.3 * math.exp(-t / 30) + 0.3 for t in range(200)]
+    for flat, alarm in ((30, False), (45, True)):
+        found = _feed(LossRegression(), down + [1.9] * flat + [0.35] * 30)
+        hits = [i for i, f in enumerate(found) if f is not None]
+        assert bool(hits) is alarm
+        if alarm:
+            first = hits[0] - 200
+            assert found[hits[0]].cause == "regression"
+            assert loss_regression.HOLD_RISE <= first < loss_regression.HOLD_RISE + 6
 
 
 def test_a_run_back_where_it_started_is_reported_even_while_its_loss_falls():
