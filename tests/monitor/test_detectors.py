@@ -203,6 +203,20 @@ def test_a_loss_ten_times_its_first_for_three_steps_is_a_blowup_two_steps_are_no
             assert hits[0][1].evidence["first_ratio"] >= 10.0
 
 
+def test_one_step_a_hundred_times_the_first_loss_is_a_blowup_fifty_times_is_not():
+    # ReLUs killed by one bad step: the loss jumps 290x and falls back to chance at once
+    base = _noisy_decay(150, seed=6)
+    x0 = base[0] + 0.5  # (the _view floor, as in the Monitor's scale)
+    for k, alarm in ((50.0, False), (130.0, True)):
+        jump = [k * x0 - 0.5] + [base[0]] * 5 + base[-30:]
+        found = _feed(LossRegression(), base + jump)
+        hits = [(i, f) for i, f in enumerate(found) if f is not None]
+        assert bool(hits) is alarm
+        if alarm:
+            assert hits[0][0] == 150 and hits[0][1].cause == "loss_blowup"
+            assert hits[0][1].evidence["first_ratio"] >= 100.0
+
+
 def test_a_run_that_learned_and_climbs_back_is_reported_within_bounded_steps():
     down = [2.3 * math.exp(-t / 30) + 0.3 for t in range(200)]  # learns to ~0.3
     back = [0.3 + 2.0 * (1 - math.exp(-k / 40)) for k in range(200)]  # drifts back to ~2.3

@@ -288,8 +288,9 @@ def test_the_precursor_is_computed_on_a_real_log_with_slow_steps_and_stays_quiet
 
 def test_a_network_that_died_back_to_chance_is_flagged_from_its_loss_alone():
     # Loss only (what `anet-lite analyze` reads from most logs): the loss jumps 2e6x,
-    # falls back to chance (ln 10) and stays. Every bit of progress is lost: flagged
-    # within HOLD (20) steps of the loss settling at its first value.
+    # falls back to chance (ln 10) and stays. The jump is a blow-up (>= 100x the first
+    # loss) on its own step; every bit of progress lost is reported within HOLD (20)
+    # steps of the loss settling at its first value.
     meta = score.load_manifest()["runs"]
     meta = next(m for m in meta if m["run_id"] == "cnn_digits-dead_relu-s5001")
     rows = score.load_run(os.path.join(score.CACHE, meta["file"]))
@@ -300,8 +301,9 @@ def test_a_network_that_died_back_to_chance_is_flagged_from_its_loss_alone():
         if snap.alert:
             alarms.append((r["step"], snap.evidence["cause"]))
     assert alarms, "never flagged"
-    step, cause = alarms[0]
-    assert cause == "regression" and meta["collapse_step"] <= step <= meta["collapse_step"] + 40
+    assert alarms[0] == (meta["collapse_step"], "loss_blowup")
+    step = next(s for s, cause in alarms if cause == "regression")
+    assert meta["collapse_step"] <= step <= meta["collapse_step"] + 40
 
 
 @pytest.mark.parametrize(

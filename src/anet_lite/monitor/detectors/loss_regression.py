@@ -11,6 +11,10 @@ Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, s
   network 10x worse than untrained is saturated, confidently wrong. The longest healthy
   streak there is 1 step (448 calibration runs; a curriculum's new data reaches 6.5x the
   first loss for 3 steps, the real public logs 2.2x).
+  Or, on a single step, at least ``BLOWUP_ONCE`` x (100x) its first loss: no healthy run
+  of 991 comes within 2.5x of it on any step (the largest, 38x, is a too-high lr at steps
+  1-3 that the early rule reports anyway); a network that blew up that far and fell back
+  to chance at once (ReLUs killed by one bad step) is otherwise never flagged.
 * ``regression``: the smoothed loss at least ``FAR`` x (2x) its best level (a run that
   had learned: its best is below its first loss) for ``HOLD_RISE`` (33) steps while not
   falling (not below where it was ``BACK`` steps before), or for ``HOLD_LONG`` (60) steps
@@ -54,6 +58,7 @@ HOLD_RISE = 33
 BLOWUP = math.log(10.0)
 BLOWUP_STEPS = 10
 FIRST_STEPS = 3  # steps in a row >= BLOWUP x the first loss
+BLOWUP_ONCE = math.log(100.0)  # one step this far above the first loss
 LEARNED = math.log(1.25)  # the best level is this far below the first loss: it had learned
 START = 5  # steps before the best level is tracked
 _HIST = BACK + 1  # the smoothed levels kept: now and BACK steps before
@@ -113,7 +118,7 @@ class LossRegression(Detector):
             learned = best <= first - LEARNED
             far = self.far = self.far + 1 if sm - best >= FAR and learned else 0
             back = self.back = self.back + 1 if learned and sm >= first else 0
-        if blow >= BLOWUP_STEPS or over >= FIRST_STEPS:
+        if blow >= BLOWUP_STEPS or over >= FIRST_STEPS or x - first >= BLOWUP_ONCE:
             ev = self._evidence(x, low)
             ev["blow_steps"] = max(blow, over)
             return Finding(self.name, "loss_blowup", "precursor", ev)
