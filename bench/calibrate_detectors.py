@@ -83,8 +83,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         if big and not held and not m._loss_accounts_for(math.log(ev.get("update_ratio", 1.0))):
             over_x = max(over_x, ev.get("update_ratio", 0.0))
         far_max = max(far_max, lr_.far)
-        hist = lr_.hist
-        if len(hist) == hist.maxlen and lr_.sm >= hist[0]:  # (not falling, as the rule reads it)
+        if lr_.not_falling():
             rise_max = max(rise_max, lr_.far)
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
         if gr is not None and ur is not None and m.ref is not None:

@@ -103,8 +103,7 @@ class LossRegression(Detector):
             sm = self.sm
             sm += SMOOTH * (x - sm)
         self.sm = sm
-        hist = self.hist
-        hist.append(sm)
+        self.hist.append(sm)
         best, first = self.best, self.x_first
         if n >= START and sm < best:
             self.best = best = sm
@@ -124,11 +123,16 @@ class LossRegression(Detector):
             return Finding(self.name, "loss_blowup", "precursor", ev)
         if not known:
             return None
-        # (rising: the history full -- its maxlen is _HIST -- and sm >= its oldest)
-        rising = far >= HOLD_RISE and len(hist) == _HIST and sm >= hist[0]
+        rising = far >= HOLD_RISE and self.not_falling()
         if far >= HOLD_LONG or rising or back >= HOLD:
             return Finding(self.name, "regression", "precursor", self._evidence(x, low))
         return None
+
+    def not_falling(self) -> bool:
+        """The smoothed level is not below where it was ``BACK`` steps before (False until
+        that many steps have been seen)."""
+        hist = self.hist
+        return len(hist) == _HIST and self.sm >= hist[0]
 
     def _evidence(self, x: float, low: float) -> Dict[str, Any]:
         return {
