@@ -552,11 +552,8 @@ class Monitor(MonitorRules):
         many sigmas: significant, and harmless (real runs recover from such bumps within
         ~50 steps; a loss smoothed before it was logged turns every bump into one).
         A sustained smaller rise is the slow detectors' (``LossCusum``, ``LossTrend``)."""
-        x, base = self.loss_win_x, self.loss_base
-        if x != x or not base.ready:
-            return True
-        level = self._raw(base.center)
-        return not level > 0.0 or self._raw(x) >= WINDOW_RISE * level
+        r = self._window_loss_ratio()
+        return r is None or r >= WINDOW_RISE
 
     def _detect(
         self, s: Signals, ev: Dict[str, Any], cause: str, status: str, restart: bool

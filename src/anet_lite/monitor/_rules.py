@@ -354,12 +354,19 @@ class MonitorRules(CoherenceRules):
             return 0.0
         return x / raw if raw > 1.0 else x
 
-    def _loss_window_rose(self, d: float) -> bool:
-        """The recent loss window's level rose (raw) at least as much as exp(``d``)."""
+    def _window_loss_ratio(self) -> Any:
+        """The recent loss window's level over the loss's level, both raw (0 when the
+        window's is <= 0); None with no window or level, or a level <= 0."""
         x, base = self.loss_win_x, self.loss_base
         if x != x or not base.ready:
-            return False
-        return _log(_ratio(self._raw(x), self._raw(base.center))) >= d
+            return None
+        level = self._raw(base.center)
+        return _ratio(self._raw(x), level) if level > 0.0 else None
+
+    def _loss_window_rose(self, d: float) -> bool:
+        """The recent loss window's level rose (raw) at least as much as exp(``d``)."""
+        r = self._window_loss_ratio()
+        return r is not None and _log(r) >= d
 
     def loss_gate_open(self, loss: Any) -> bool:
         """The loss, and the recent window's level, are above ``loss_gate`` x the first
