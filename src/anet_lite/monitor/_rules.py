@@ -29,7 +29,8 @@ PZ_DEV = 1.0  # the precursor window counts only while the current step is also 
 # long, heavy-tailed loss-only log (real GPT-2 speedruns) does not lift the window.
 RISE_PZ = 2.0
 EARLY_RISE = 1.5  # x the first loss within warm-up, and climbing on: diverging from the start
-EARLY_BLOWUP = 10.0  # x the first loss within warm-up: diverged, whatever comes next
+EARLY_BLOWUP = 10.0  # x the first loss within warm-up on EARLY_BIG steps: diverged,
+EARLY_BIG = 2  # whatever comes next (one such step that falls back is a jump that recovers)
 SHIFT_MARGIN = math.log(1.5)  # a shifted loss (or gradient) 1.5x past its jump: diverging
 # Gradient and update each larger than the step before, GROW_STEPS steps in a row, the
 # gradient now >= GROW_X x its level, the loss past its gate: compounding. A sign bug
@@ -62,8 +63,10 @@ OVERSIZED_X = math.log(20.0)
 SCALE_JUMP_X = 7.5
 SCALE_JUMP_DEV = 1.0  # a loss read linearly (it can be <= 0): did not rise = <= 1 robust sigma
 SAME_SIGNAL = 1e-3  # |update ratio - gradient ratio| / gradient ratio: the same signal
-EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms even if the loss
-# accounts for it (a garbage batch's 1e4x gradient must be skipped whatever its loss did)
+EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms whatever the loss
+# did (a garbage batch's 1e4x gradient must be skipped), unless the raw loss rose as much
+# and stays below the first loss: a near-perfect classifier's new data lifts its loss and
+# gradient 300-4,000x alike, to no worse than the untrained model
 
 
 def _ratio(num: float, den: float) -> float:
@@ -142,17 +145,18 @@ class MonitorRules(CoherenceRules):
             # Before any baseline exists the first loss is the yardstick: a healthy run
             # does not climb well above where it started (a too-high lr from step 0 does).
             # An early jump is watched like a level shift (real runs jump 2-3.5x at step 2
-            # and recover: Muon, no warm-up): it alarms once the loss climbs on, 1.5x past
-            # where the jump went, or once it has been an order of magnitude above the
-            # first loss -- then on every step it stays >= 1.5x the first loss.
+            # and recover: Muon, no warm-up; a 25x lr for 3 steps lifts one step 19x): it
+            # alarms once the loss climbs on, 1.5x past where the jump went, or once it has
+            # been an order of magnitude above the first loss on two steps -- then on every
+            # step it stays >= 1.5x the first loss.
             ratio0 = L / self.loss0
             if ratio0 < EARLY_RISE:
-                self.early_hot, self.early_ref, self.early_peak = 0, math.inf, 0.0
+                self.early_hot, self.early_ref, self.early_big = 0, math.inf, 0
             else:
                 self.early_hot += 1
                 self.early_ref = min(self.early_ref, L)
-                self.early_peak = max(self.early_peak, ratio0)
-                if self.early_peak >= EARLY_BLOWUP or EARLY_RISE * self.early_ref <= L:
+                self.early_big += ratio0 >= EARLY_BLOWUP
+                if self.early_big >= EARLY_BIG or EARLY_RISE * self.early_ref <= L:
                     ev["severe"] = "early_divergence"
                     ev["loss_ratio"] = ratio0
         prev = self.loss_prev
@@ -282,7 +286,7 @@ class MonitorRules(CoherenceRules):
                 and not self._loss_window_rose(_mlog(low))
             )
             self.co_hot = self.co_hot + 1 if hot else 0
-            grows = gr > self.gr_prev and ur > self.ur_prev
+            grows = gr > self.gr_prev and ur > self.ur_prev and not one
             self.grow = self.grow + 1 if grows else 0
             self.ur_prev, self.gr_prev = ur, gr
             if (
@@ -324,12 +328,16 @@ class MonitorRules(CoherenceRules):
         SEVERE_Z x the run's jitter is severe unless the loss accounts for it: in a level
         shift (new data, a bad shard: the gradient jumps with the loss and alarms once it
         climbs past where it jumped) or when the raw loss rose at least as much (a
-        cross-entropy's gradient grows with its loss). Below EXPLAINED_CAP only."""
+        cross-entropy's gradient grows with its loss). At EXPLAINED_CAP and above, only
+        the latter, with the loss still below the first loss."""
         if "severe" in ev:
             return
-        explained = self.shift_x is not None or self._loss_accounts_for(d)
-        if d >= EXPLAINED_CAP or not explained:
-            ev["severe"] = cause
+        if d < EXPLAINED_CAP:
+            if self.shift_x is not None or self._loss_accounts_for(d):
+                return
+        elif self._loss_accounts_for(d) and self.loss0 and self.jump_loss < self.loss0:
+            return
+        ev["severe"] = cause
 
     def _raw(self, x: float) -> float:
         """A level in the loss's reading scale back in loss units."""

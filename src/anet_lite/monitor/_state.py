@@ -20,7 +20,7 @@ _SCALARS = (
     "shift_bad",
     "early_hot",
     "early_ref",
-    "early_peak",
+    "early_big",
     "sdot",
     "log_space",
     "loss_eps",
