@@ -279,15 +279,30 @@ def test_a_scale_jump_of_a_loss_read_linearly_needs_the_loss_unmoved(rise, jump)
     assert (causes[300] == "scale_jump") is jump
 
 
-@pytest.mark.parametrize("loss_x, grows", [(1.0, True), (3.0, True), (30.0, False)])
-def test_gradient_growth_counts_only_when_it_outgrows_the_loss(loss_x, grows):
-    # from step 300 the gradient stays 10x up; the loss (near zero) 1x, 3x or 30x up. A
-    # gradient that rose less than its loss (raw) is the loss's own, not a warning ahead
-    loss, g = near_zero_stream()
+@pytest.mark.parametrize(
+    "floor, loss_x, cos, grows",
+    [
+        (1.0, 1.0, False, True),
+        (1.0, 3.0, False, True),
+        (1.0, 30.0, False, False),
+        (1.0, 1.0, True, True),
+        (0.002, 1.0, False, True),
+        (0.002, 1.0, True, False),
+    ],
+)
+def test_gradient_growth_counts_only_when_it_outgrows_the_loss(floor, loss_x, cos, grows):
+    # from step 300 the gradient stays 10x up; the loss 1x, 3x or 30x up. A gradient that
+    # rose less than its loss (raw) is the loss's own, not a warning ahead. Near zero (a
+    # loss far below the loss gate) with processivity given (the updates turning coherent
+    # from step 300), gradient growth is left to the ascent rule: there the gradient
+    # follows the hard batches' share. Without processivity it is the only early sign.
+    loss, g = near_zero_stream(floor=floor)
     m, causes = Monitor(), []
     for i in range(400):
         k = 10.0 if i >= 300 else 1.0
-        s = m.update(loss[i] * (loss_x if i >= 300 else 1.0), grad_norm=g[i] * k, step=i)
+        c = (0.9 if i >= 300 else 0.3) if cos else None
+        s = m.update(loss[i] * (loss_x if i >= 300 else 1.0), grad_norm=g[i] * k, step=i,
+                     processivity=c)
         causes.append(s.evidence.get("cause") if s.alert else None)
     assert not any(causes[:300])
     assert ("grad_growth" in causes[300:315]) is grows

@@ -516,16 +516,26 @@ class Monitor(MonitorRules):
             return "ascent", "precursor"
         if judge and ev.get("compounding"):
             return "divergence", "precursor"  # (checked the loss gate itself)
-        persist = self.persist
-        if judge and (self.grad_hot >= persist or self.co_hot >= persist) and self.coherent:
-            return "grad_growth", "precursor"  # sustained, so not gated by the loss level
         # A rise that leaves the loss far below where the run started is not a collapse
         # precursor (a near-perfect classifier's rare hard batches): the loss-window rules
-        # need the loss, and the window's level, above loss_gate x the first loss. One-step
+        # need the loss, and the window's level, above loss_gate x the first loss. So does
+        # the gradient's sustained growth where processivity speaks (near zero the
+        # gradient follows the hard batches' share: a smaller batch, a reshuffle, new data
+        # lift it 3-5x for steps; going uphill there is the ascent rule's); without it,
+        # that growth is the only early sign of a sign bug near zero. One-step
         # gradient/update blow-ups are not gated: they must beat the run's own jitter
         # (SEVERE_Z), which is what tells a hard batch from a loss-scale bug. lr rules and
         # non-finite values neither.
-        if not self.loss_gate_open(s.loss):
+        gate = self.loss_gate_open(s.loss)
+        persist = self.persist
+        if (
+            judge
+            and (self.grad_hot >= persist or self.co_hot >= persist)
+            and self.coherent
+            and (gate or "proc_lift" not in ev)
+        ):
+            return "grad_growth", "precursor"
+        if not gate:
             return "", "healthy" if ready and self.ref is not None else "warming_up"
         if loss_judge and self.pz_hot >= self.persist and self._window_rise_matters():
             return ("oscillation" if (self.sdot > 0.2 or self.grad_hot) else "divergence"), (
