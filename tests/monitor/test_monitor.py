@@ -354,6 +354,11 @@ def test_a_loss_climbing_from_the_first_step_alerts_during_warm_up():
     # (a 25x lr for three steps at the start: 19x for one step, then 2x, then learning)
     snaps = feed(Monitor(), [0.66, 0.63, 0.15, 12.8, 0.9] + [0.6 - 0.005 * k for k in range(60)])
     assert not any(s.alert for s in snaps)
+    # a sparse log (every 10th step of an SGD run at lr 1 that is non-finite at step 17):
+    # a row 14x up stands for the 10 steps since the row before it
+    m = Monitor()
+    assert [m.update(L, step=k).alert for L, k in [(5.07, 0), (70.85, 10)]] == [False, True]
+    assert feed(Monitor(), [5.07, 70.85])[1].alert is False  # (one step: a jump, watched)
 
 
 def test_an_early_jump_that_comes_back_down_is_not_a_divergence():

@@ -148,14 +148,19 @@ class MonitorRules(CoherenceRules):
             # and recover: Muon, no warm-up; a 25x lr for 3 steps lifts one step 19x): it
             # alarms once the loss climbs on, 1.5x past where the jump went, or once it has
             # been an order of magnitude above the first loss on two steps -- then on every
-            # step it stays >= 1.5x the first loss.
+            # step it stays >= 1.5x the first loss. A row of a sparse log (steps apart)
+            # stands for the steps since the row before it: it counts for two.
             ratio0 = L / self.loss0
+            step = s.step if s.step is not None else self.t
+            gap = step - self.early_step if self.early_step is not None else 1
+            self.early_step = step
             if ratio0 < EARLY_RISE:
                 self.early_hot, self.early_ref, self.early_big = 0, math.inf, 0
             else:
                 self.early_hot += 1
                 self.early_ref = min(self.early_ref, L)
-                self.early_big += ratio0 >= EARLY_BLOWUP
+                if ratio0 >= EARLY_BLOWUP:
+                    self.early_big += 2 if gap >= 2 else 1
                 if self.early_big >= EARLY_BIG or EARLY_RISE * self.early_ref <= L:
                     ev["severe"] = "early_divergence"
                     ev["loss_ratio"] = ratio0

@@ -21,6 +21,7 @@ _SCALARS = (
     "early_hot",
     "early_ref",
     "early_big",
+    "early_step",
     "sdot",
     "log_space",
     "loss_eps",
