@@ -537,10 +537,10 @@ def _max_rel_diff(a: List[List[str]], b: List[List[str]]) -> float:
 def check_reproduces(run_id: str) -> Dict[str, Any]:
     """Rerun a cached run with ``arm=None`` and with the unprotected ``Arm``; compare the
     traces (every column but the wall clock, as written: 6 significant digits). The arm
-    run goes on past the cache's early stop, so its prefix is compared. On this machine
-    the hooks change nothing, bit for bit (``arm_prefix_identical``); against the cache,
-    written on another CPU, float rounding can move the last written digit
-    (``plain_identical`` tells; ``cache_max_rel_diff`` by how much)."""
+    run goes on past the cache's early stop, so its prefix is compared. On the machine
+    that runs them the hooks change nothing, bit for bit (``arm_prefix_identical``);
+    against a cache written on another CPU, float rounding can move the last written
+    digit (``plain_identical`` tells; ``cache_max_rel_diff`` by how much)."""
     spec = next((s for s in generate.plan() + generate.plan_mech() if s["run_id"] == run_id), None)
     if spec is None:
         raise ValueError(f"no run {run_id!r} in the benchmark's plans")

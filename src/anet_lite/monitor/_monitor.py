@@ -101,7 +101,7 @@ class Monitor(MonitorRules):
         "bad_batch_loss", "beta", "checked", "climb", "climb_devs", "climb_ur",
         "co_hot", "co_rise_x", "coherent", "cos_base", "cos_recent", "dead", "declared",
         "detectors", "drift_loss0", "drift_persist", "drift_stalled", "early_big",
-        "early_hot", "early_ref", "early_step", "fp", "gr_prev", "grace", "grace_until",
+        "early_ref", "early_step", "fp", "gr_prev", "grace", "grace_until",
         "grad_base", "grad_growth", "grad_hot", "grad_recent", "grad_ref", "grow",
         "jump_loss", "jump_ref", "last_status", "log_space", "loss0", "loss_base", "loss_eps",
         "loss_floor", "loss_gate", "loss_prev", "loss_step", "loss_win_x", "losses",
@@ -233,8 +233,8 @@ class Monitor(MonitorRules):
         self.shift_x: Optional[float] = None  # loss level (log space) a severe jump went to
         self.shift_g: Optional[float] = None  # log gradient norm at that jump
         self.shift_bad = False  # declared=True and the shift began out of a calm state
-        self.early_hot = 0  # consecutive warm-up steps with the loss well above the first
-        self.early_ref = math.inf  # the lowest loss of that streak (where the jump went)
+        self.early_ref = math.inf  # the lowest loss of a warm-up streak >= EARLY_RISE x
+        # the first loss (where the jump went)
         self.early_big = 0  # steps of that streak >= EARLY_BLOWUP x the first loss
         self.early_step = None  # the step of the row before (warm-up only)
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0

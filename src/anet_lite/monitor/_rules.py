@@ -155,9 +155,8 @@ class MonitorRules(CoherenceRules):
             gap = step - self.early_step if self.early_step is not None else 1
             self.early_step = step
             if ratio0 < EARLY_RISE:
-                self.early_hot, self.early_ref, self.early_big = 0, math.inf, 0
+                self.early_ref, self.early_big = math.inf, 0
             else:
-                self.early_hot += 1
                 self.early_ref = min(self.early_ref, L)
                 if ratio0 >= EARLY_BLOWUP:
                     self.early_big += 2 if gap >= 2 else 1

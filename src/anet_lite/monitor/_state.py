@@ -18,7 +18,6 @@ _SCALARS = (
     "shift_x",
     "shift_g",
     "shift_bad",
-    "early_hot",
     "early_ref",
     "early_big",
     "early_step",
