@@ -50,7 +50,7 @@ def _short_sign_bug():
 def test_the_hooks_reproduce_a_cached_run():
     got = rescue.check_reproduces(CACHED)
     assert got["cached_rows"] == 500 and got["arm_rows"] >= 500
-    assert got["arm_prefix_identical"]  # bit for bit on this machine
+    assert got["arm_prefix_identical"]  # bit for bit on the machine that runs both
     # the cache was written on another CPU: float rounding moves a few last digits
     assert got["cache_max_rel_diff"] <= 1e-2
 
