@@ -92,9 +92,12 @@ def _ablation(name: str, detectors: tuple = (), columns: tuple = ()) -> type:
 ABLATION = {
     c.name: c
     for c in (
-        _ablation("no_detectors", ("loss_cusum", "loss_regression", "norm_growth", "loss_trend")),
+        _ablation(
+            "no_detectors",
+            ("loss_cusum", "loss_regression", "norm_growth", "loss_trend", "loss_trend_slow"),
+        ),
         _ablation("no_loss_cusum", ("loss_cusum",)),
-        _ablation("no_loss_trend", ("loss_trend",)),
+        _ablation("no_loss_trend", ("loss_trend", "loss_trend_slow")),
         _ablation("no_loss_regression", ("loss_regression",)),
         _ablation("no_norm_growth", ("norm_growth",)),
         _ablation("no_noise_theta", columns=("noise",)),

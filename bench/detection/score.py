@@ -39,6 +39,9 @@ Modes:
 * ``--loss-only``: detectors see ``step`` and ``loss`` only; every other column is
   ``None`` (a column the log lacks, as in the real logs) -- what ``anet-lite analyze``
   gets from most logs.
+* ``--logged every:K`` / ``mean:K``: the runs as a log written every K-th step, or as
+  K-step means (what most loggers write); collapse and onset stay in steps, an alarm
+  counts at the step of its row. The real logs are scored as they are.
 * ``--by-mechanism``: one table row per fault kind (runs, collapsed, caught / late /
   missed, median lead in steps and as a fraction of onset -> collapse, pre-onset false
   alarms, survived runs alarmed), one row per healthy variant, and the healthy totals
@@ -170,6 +173,39 @@ def detector_view(
             d["event"] = ""
         out.append(d)
     return out
+
+
+def logged_as(rows: Sequence[Dict[str, Any]], spec: str = "") -> List[Dict]:
+    """The rows as a log written less often: ``"every:K"`` keeps the rows whose step is a
+    multiple of K (``if step % K == 0: log(...)``); ``"mean:K"`` writes one row per K steps,
+    at the interval's last step, each numeric column the mean over the interval (a
+    non-finite value makes the mean non-finite, as a logger's average does; a column
+    missing on any row is missing) and the interval's events joined; ``""``: every row."""
+    if not spec:
+        return list(rows)
+    how, k = parse_logged(spec)
+    if how == "every":
+        return [r for r in rows if int(r["step"]) % k == 0]
+    out, buf = [], []
+    for r in rows:
+        buf.append(r)
+        if int(r["step"]) % k == k - 1:
+            d = dict(r)
+            for c in NUM_COLUMNS:
+                vals = [b.get(c) for b in buf]
+                d[c] = None if any(v is None for v in vals) else float(np.mean(vals))
+            d["event"] = ";".join(e for b in buf for e in [b.get("event") or ""] if e)
+            out.append(d)
+            buf = []
+    return out
+
+
+def parse_logged(spec: str) -> Tuple[str, int]:
+    """``"every:K"`` / ``"mean:K"`` -> (how, K); ValueError naming the form otherwise."""
+    how, _, k = spec.partition(":")
+    if how not in ("every", "mean") or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"expected every:K or mean:K with an integer K >= 1, got {spec!r}")
+    return how, int(k)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -343,17 +379,21 @@ def _as_list(x: Any) -> List[str]:
 
 
 def load_runs(
-    caches: Any, split: str = "all", pass_benign: bool = False, loss_only: bool = False
+    caches: Any,
+    split: str = "all",
+    pass_benign: bool = False,
+    loss_only: bool = False,
+    logged: str = "",
 ) -> List[Loaded]:
     """(manifest entry, detector view, time column) of every run of ``caches`` (one
-    folder or several, pooled) in ``split``."""
+    folder or several, pooled) in ``split``; ``logged``: see ``logged_as``."""
     loaded = []
     for cache in _as_list(caches):
         for meta in load_manifest(cache)["runs"]:
             if split != "all" and meta["split"] != split:
                 continue
             rows = load_run(os.path.join(cache, meta["file"]))
-            view = detector_view(rows, pass_benign, loss_only)
+            view = logged_as(detector_view(rows, pass_benign, loss_only), logged)
             loaded.append((meta, view, [r["time"] for r in rows]))
     return loaded
 
@@ -414,10 +454,12 @@ def evaluate(
     pass_benign: bool = False,
     loss_only: bool = False,
     lomo: bool = False,
+    logged: str = "",
 ) -> Dict[str, Any]:
     """Replay every run of ``cache`` (one folder or several) in ``split`` and the real
-    logs through every detector; ``lomo``: leave-one-mechanism-out calibration."""
-    loaded = load_runs(cache, split, pass_benign, loss_only)
+    logs through every detector; ``lomo``: leave-one-mechanism-out calibration;
+    ``logged``: the runs as a sparser log (``logged_as``; the real logs as they are)."""
+    loaded = load_runs(cache, split, pass_benign, loss_only, logged)
     logs = load_real_logs(real_logs, loss_only)
     table = []
     per_run = {}
@@ -656,8 +698,19 @@ def main(argv=None) -> int:
         action="store_true",
         help="leave-one-mechanism-out: calibrate(...) hooks fit without the scored mechanism",
     )
+    ap.add_argument(
+        "--logged",
+        default="",
+        metavar="every:K|mean:K",
+        help="score the runs as a log of every K-th step or of K-step means",
+    )
     ap.add_argument("--summary", action="store_true", help="print the manifest summary only")
     a = ap.parse_args(argv)
+    if a.logged:
+        try:
+            parse_logged(a.logged)
+        except ValueError as e:
+            ap.error(f"argument --logged: {e}")
     caches = a.cache or [CACHE]
     for c in caches:
         if not os.path.isfile(os.path.join(c, "manifest.json")):
@@ -679,7 +732,7 @@ def main(argv=None) -> int:
             ap.error(f"unknown detectors {unknown}; known: {sorted(dets)}")
         dets = {k: dets[k] for k in want}
     res = evaluate(
-        dets, a.split, caches, real, a.pass_benign_events, a.loss_only, a.lomo
+        dets, a.split, caches, real, a.pass_benign_events, a.loss_only, a.lomo, a.logged
     )
     if a.json:
         if a.by_mechanism:

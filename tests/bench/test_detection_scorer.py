@@ -299,3 +299,36 @@ def test_matched_keeps_the_most_sensitive_setting_within_the_healthy_alarm_budge
     assert matched._best(totals, "zclip", 0.0) == "zclip|z=50"
     assert matched._best(totals, "megatron", 1.0) is None
     assert set(matched.GRIDS) == set(baselines.BASELINES)  # every baseline has a knob
+
+
+# ----------------------------------------------------------------------------- logged_as
+def _rows(n):
+    cols = {c: None for c in score.NUM_COLUMNS}
+    return [
+        {**cols, "step": t, "loss": float(t), "grad_norm": 2.0 * t, "event": "e" if t == 3 else ""}
+        for t in range(n)
+    ]
+
+
+def test_a_sparser_log_keeps_every_kth_step_or_writes_k_step_means():
+    rows = _rows(25)
+    assert score.logged_as(rows) == rows
+    every = score.logged_as(rows, "every:10")
+    assert [r["step"] for r in every] == [0, 10, 20]
+    mean = score.logged_as(rows, "mean:10")
+    assert [r["step"] for r in mean] == [9, 19]  # the last, unfinished interval is not written
+    assert mean[0]["loss"] == pytest.approx(4.5) and mean[0]["grad_norm"] == pytest.approx(9.0)
+    assert mean[0]["lr"] is None  # a column the rows lack stays missing
+    assert [r["event"] for r in mean] == ["e", ""]
+    rows[12]["loss"] = NAN
+    assert math.isnan(score.logged_as(rows, "mean:10")[1]["loss"])
+
+
+@pytest.mark.parametrize("spec", ["every", "every:0", "mean:x", "first:5"])
+def test_a_bad_log_spacing_is_named_and_exits_2(spec, capsys):
+    with pytest.raises(ValueError, match="every:K or mean:K"):
+        score.parse_logged(spec)
+    with pytest.raises(SystemExit) as e:
+        score.main(["--logged", spec])
+    assert e.value.code == 2
+    assert "--logged" in capsys.readouterr().err

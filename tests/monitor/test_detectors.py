@@ -22,6 +22,7 @@ from anet_lite.monitor.detectors import (
     LossRegression,
     LossTrend,
     NormGrowth,
+    SlowLossTrend,
     View,
     loss_cusum,
     loss_regression,
@@ -172,6 +173,33 @@ def test_trend_alarms_on_a_steady_noisy_rise_and_not_on_a_step_up_that_is_learne
     assert not any(_feed(LossTrend(), base + creep))
 
 
+def test_slow_trend_sees_a_rise_over_hundreds_of_steps_that_thirty_steps_hide():
+    # a char LM at a too-high lr gives its progress back: +0.5 nats over 400 steps, the
+    # batch loss's sd 0.13 nats (bench/lr_sweep.py, d = 128 at lr 0.05): no 30-step window
+    # is sure of it, the 300-step windows of 10-step means are
+    rng = random.Random(11)
+    flat = [2.3 + 0.13 * rng.gauss(0, 1) for _ in range(500)]
+    rise = [2.3 + 0.5 * k / 400 + 0.13 * rng.gauss(0, 1) for k in range(400)]
+    top = [2.8 + 0.13 * rng.gauss(0, 1) for _ in range(200)]
+    losses = flat + rise + top
+    assert not any(_feed(LossTrend(), losses))
+    found = _feed(SlowLossTrend(), losses)
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert 500 + 2 * loss_trend.HALF <= first < 500 + 400 + 200
+    assert found[first].cause == "rising_trend"
+    assert found[first].evidence["trend_steps"] == 2 * loss_trend.HALF * loss_trend.BLOCK_SLOW
+    # the same flat stretch, and a decaying loss, never: the test is the fast one's
+    assert not any(_feed(SlowLossTrend(), flat * 3))
+    # a log of every 10th step: each line is a block, the slow test is the fast one
+    det_fast, det_slow = LossTrend(), SlowLossTrend()
+    for y in losses[::10]:
+        v = View(math.log(y + 0.5), True, NAN, False, False, 10)
+        fast, slow = det_fast.update(v), det_slow.update(v)
+        assert (fast is None) == (slow is None)
+        if fast is not None:
+            assert fast.evidence["trend_t"] == slow.evidence["trend_t"]
+
+
 def test_trend_sums_stay_exact_over_a_long_run():
     det = LossTrend()
     rng = random.Random(3)
@@ -255,6 +283,57 @@ def test_a_run_back_where_it_started_is_reported_even_while_its_loss_falls():
     assert not any(_feed(LossRegression(), down + again))
 
 
+def _feed_every(det, losses, k, eps=0.5):
+    """Every ``k``-th loss as the rows of a sparse log (each row stands for ``k`` steps);
+    returns {step: finding} of the rows that alarmed."""
+    out = {}
+    for t in range(0, len(losses), k):
+        f = det.update(View(math.log(losses[t] + eps), True, NAN, False, False, k if t else 1))
+        if f is not None:
+            out[t] = f
+    return out
+
+
+def test_a_sparse_log_is_judged_over_the_same_steps_as_a_log_of_every_step():
+    # the run of the test above, logged every 5th / 10th step: "back at the first loss for
+    # HOLD steps" counts steps, not log lines, so it fires near the same step (it waited
+    # HOLD rows, i.e. 100-200 steps, before View.steps)
+    down = [2.3 * math.exp(-t / 20) + 0.05 for t in range(150)]
+    blow = [30.0, 12.0, 6.0] + [2.9 - 0.004 * k for k in range(60)]
+    losses = down + blow
+    dense = next(i for i, f in enumerate(_feed(LossRegression(), losses)) if f is not None)
+    for k in (5, 10):
+        hits = _feed_every(LossRegression(), losses, k)
+        first = min(hits)
+        assert hits[first].cause == "regression"
+        assert dense - k <= first <= dense + 2 * k, (k, dense, first)
+
+
+def test_one_line_of_a_sparse_log_is_one_batch_however_many_steps_it_stands_for():
+    # 40x the best level on one or two lines of a log written every 10th step (20 steps)
+    # is not ten steps of it: a streak needs MIN_ROWS lines; on three lines it is
+    base = _noisy_decay(300, seed=4)
+    for lines, alarm in ((2, False), (3, True)):
+        losses = base + [base[-1] * 40] * (10 * lines) + base[-100:]
+        hits = _feed_every(LossRegression(), losses, 10)
+        assert bool(hits) is alarm
+        if alarm:
+            assert hits[min(hits)].cause == "loss_blowup" and min(hits) == 300 + 20
+
+
+def test_a_regression_state_saved_before_rows_were_counted_loads_and_continues():
+    losses = _noisy_decay(200, seed=2) + [3.0] * 30
+    det = LossRegression()
+    for t in range(205):
+        det.update(_view(t, losses[t]))
+    st_ = json.loads(json.dumps(det.state_dict()))
+    del st_["rows"], st_["ages"]  # (an older state: one row per step)
+    twin = LossRegression()
+    twin.load_state_dict(st_)
+    for t in range(205, len(losses)):
+        assert twin.update(_view(t, losses[t])) == det.update(_view(t, losses[t]))
+
+
 def test_an_early_jump_that_recovers_before_the_run_learned_is_not_a_regression():
     # the Muon runs of shared/data/real-logs-2: 6.9 -> 17 at step 2, back within ~20
     losses = [6.9, 17.0, 21.0, 15.0, 11.0, 9.0, 8.0, 7.2] + _noisy_decay(300, start=6.9, end=3.0)
@@ -328,6 +407,14 @@ def test_warm_up_ends_within_a_bounded_number_of_steps_whatever_the_stream(losse
     m = Monitor()
     statuses = [m.update(v).status for v in losses]
     assert "warming_up" not in statuses[m.warmup_bound:]
+
+
+def test_warm_up_of_a_sparse_log_ends_within_the_same_number_of_steps():
+    # a log written every 10th step: 300 steps are 30 lines, not 300
+    m = Monitor()
+    losses = [2.3 * (1.0 + 0.5 * math.sin(t)) for t in range(60)]  # never settles
+    statuses = [m.update(v, step=10 * t).status for t, v in enumerate(losses)]
+    assert "warming_up" not in statuses[m.warmup_bound // 10 + 1 :]
 
 
 def test_a_monitor_state_without_detectors_still_loads():

@@ -66,6 +66,27 @@ def test_train_split_scores_do_not_regress():
     assert row["slow_lead_frac_med"] >= 0.5
 
 
+@pytest.mark.parametrize(
+    "logged, missed, healthy", [("every:10", 5, 0), ("mean:10", 3, 2)], ids=["every10", "mean10"]
+)
+def test_a_log_of_every_tenth_step_still_flags_the_collapses(logged, missed, healthy):
+    # The loss alone, as a log written every 10th step or as 10-step means: durations are
+    # counted in steps (a line stands for the steps since the one before), so a run back
+    # at chance for its last 50-100 steps is flagged. Measured when the rule was made
+    # step-aware: never flagged 12 -> 5 and 12 -> 3 of 31; healthy runs alarmed 0 -> 0 and
+    # 0 -> 2 of 72 (undeclared curricula, whose 10-step means stay at chance for 20-30 steps).
+    res = score.evaluate(
+        {"anet": anet_detector.AnetMonitor},
+        split="train",
+        real_logs=None,
+        loss_only=True,
+        logged=logged,
+    )
+    row = res["rows"][0]
+    assert row["missed"] <= missed
+    assert round(row["healthy_alarm_share"] * row["n_healthy"]) <= healthy
+
+
 def test_train_split_scores_with_declared_changes_do_not_regress():
     res = score.evaluate(
         {"anet": anet_detector.AnetMonitorDeclared},

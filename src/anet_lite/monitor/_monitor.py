@@ -38,6 +38,8 @@ _isfinite = math.isfinite
 # View(*fields) without the named tuple's Python-level __new__ (made once per step)
 _new_view = partial(tuple.__new__, View)
 _NORM_DETECTORS = ("norm_growth",)  # detectors that read the weights' or gradients' norms
+# A row of a sparse log stands for at most this many steps in the detectors' durations
+MAX_GAP = 1000
 WINDOW_RISE = 1.25  # the loss-window rules' rise that matters (x the loss's level, raw)
 _log = logging.getLogger("anet_lite")
 
@@ -101,7 +103,7 @@ class Monitor(MonitorRules):
         "bad_batch_loss", "beta", "checked", "climb", "climb_devs", "climb_ur",
         "co_hot", "co_rise_x", "coherent", "cos_base", "cos_recent", "dead", "declared",
         "detectors", "drift_loss0", "drift_persist", "drift_stalled", "early_big",
-        "early_ref", "early_step", "fp", "gr_prev", "grace", "grace_until",
+        "early_ref", "fp", "gap", "gr_prev", "grace", "grace_until",
         "grad_base", "grad_growth", "grad_hot", "grad_recent", "grad_ref", "grow",
         "jump_loss", "jump_ref", "last_status", "log_space", "loss0", "loss_base", "loss_eps",
         "loss_floor", "loss_gate", "loss_prev", "loss_step", "loss_win_x", "losses",
@@ -110,9 +112,9 @@ class Monitor(MonitorRules):
         "policy", "proc", "pz_hot", "recent", "recover_level", "recover_ref",
         "recover_t", "ref", "ref_pinned", "rel_calm", "rel_prev", "rise", "run_log",
         "sdot", "severe_grad", "severe_loss", "severe_update", "shift_bad", "shift_g",
-        "shift_x", "spike_z", "strict_start", "surge_hist", "t", "theta", "theta_alert",
-        "theta_low", "tombstones", "upd_base", "ur_prev", "w_p", "w_s", "warmup",
-        "warmup_bound", "window", "window_sec", "x_now", "z",
+        "shift_x", "span", "spike_z", "step_last", "strict_start", "surge_hist", "t", "theta",
+        "theta_alert", "theta_low", "tombstones", "upd_base", "ur_prev", "w_p", "w_s",
+        "warmup", "warmup_bound", "window", "window_sec", "x_now", "z",
     )
 
     def __init__(
@@ -236,7 +238,9 @@ class Monitor(MonitorRules):
         self.early_ref = math.inf  # the lowest loss of a warm-up streak >= EARLY_RISE x
         # the first loss (where the jump went)
         self.early_big = 0  # steps of that streak >= EARLY_BLOWUP x the first loss
-        self.early_step = None  # the step of the row before (warm-up only)
+        self.step_last: Optional[int] = None  # the step of the row before
+        self.gap = 1  # the steps this row stands for (its step - the row before's)
+        self.span = 0  # steps the rows so far stand for (warm-up is measured in steps)
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
         self.ur_prev = self.gr_prev = math.inf  # last step's update / gradient ratio
         self.grow = 0  # steps in a row with both ratios above the step before
@@ -434,6 +438,12 @@ class Monitor(MonitorRules):
         """One step: measure every signal, climb the rule ladder, run the detectors, and
         make the snapshot."""
         t = self.t = self.t + 1
+        step, last = s.step, self.step_last
+        gap = step - last if step is not None and last is not None and step > last else 1
+        if step is not None:
+            self.step_last = step
+        self.gap = gap = gap if gap < MAX_GAP else MAX_GAP
+        self.span += gap
         G, S = s.grad_norm, s.step_norm
         if G is not None and S is not None:  # (one dict display: the common case)
             ev: Dict[str, Any] = {"loss": s.loss, "grad_norm": G, "step_norm": S}
@@ -575,7 +585,7 @@ class Monitor(MonitorRules):
         did not alarm on. After ``warmup_bound`` steps a run is never "warming_up"."""
         p = s.param_norm
         lp = _mlog(p) if p is not None and 0.0 < p < _INF else _NAN  # log ||θ||, NaN: none
-        view = _new_view((self.x_now, self.log_space, lp, restart, self.lr_up))
+        view = _new_view((self.x_now, self.log_space, lp, restart, self.lr_up, self.gap))
         found = None
         for det in self.detectors:
             f = det.update(view)
@@ -588,7 +598,7 @@ class Monitor(MonitorRules):
                 return found.cause, "precursor"
             ev["report"] = found.cause
             status = found.status
-        if status == "warming_up" and self.t > self.warmup_bound:
+        if status == "warming_up" and self.span > self.warmup_bound:
             status = "healthy"
             ev["unsettled"] = True  # the reference never formed: judged without it
         return cause, status

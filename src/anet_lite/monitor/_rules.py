@@ -151,15 +151,12 @@ class MonitorRules(CoherenceRules):
             # step it stays >= 1.5x the first loss. A row of a sparse log (steps apart)
             # stands for the steps since the row before it: it counts for two.
             ratio0 = L / self.loss0
-            step = s.step if s.step is not None else self.t
-            gap = step - self.early_step if self.early_step is not None else 1
-            self.early_step = step
             if ratio0 < EARLY_RISE:
                 self.early_ref, self.early_big = math.inf, 0
             else:
                 self.early_ref = min(self.early_ref, L)
                 if ratio0 >= EARLY_BLOWUP:
-                    self.early_big += 2 if gap >= 2 else 1
+                    self.early_big += 2 if self.gap >= 2 else 1
                 if self.early_big >= EARLY_BIG or EARLY_RISE * self.early_ref <= L:
                     ev["severe"] = "early_divergence"
                     ev["loss_ratio"] = ratio0

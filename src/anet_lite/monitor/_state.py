@@ -20,7 +20,8 @@ _SCALARS = (
     "shift_bad",
     "early_ref",
     "early_big",
-    "early_step",
+    "step_last",
+    "span",
     "sdot",
     "log_space",
     "loss_eps",
@@ -130,6 +131,8 @@ def load(m: Any, st: Dict[str, Any]) -> None:
     for k in _SCALARS:
         if k not in skip and k in st:  # (a scalar added within a version starts fresh)
             setattr(m, k, st[k])
+    if "span" not in st:  # (saved before steps were counted: one step per update)
+        m.span = m.t
     for k in _PARTS:
         if k not in skip:
             getattr(m, k).load_state_dict(st[k])

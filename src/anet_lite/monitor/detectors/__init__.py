@@ -18,10 +18,16 @@ from typing import Tuple, Type
 from ._base import Detector, Finding, View
 from .loss_cusum import LossCusum
 from .loss_regression import LossRegression
-from .loss_trend import LossTrend
+from .loss_trend import LossTrend, SlowLossTrend
 from .norm_growth import NormGrowth
 
-DEFAULT: Tuple[Type[Detector], ...] = (LossRegression, NormGrowth, LossCusum, LossTrend)
+DEFAULT: Tuple[Type[Detector], ...] = (
+    LossRegression,
+    NormGrowth,
+    LossCusum,
+    LossTrend,
+    SlowLossTrend,
+)
 
 __all__ = [
     "DEFAULT",
@@ -31,5 +37,6 @@ __all__ = [
     "LossRegression",
     "LossTrend",
     "NormGrowth",
+    "SlowLossTrend",
     "View",
 ]

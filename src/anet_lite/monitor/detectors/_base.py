@@ -18,6 +18,10 @@ class View(NamedTuple):
                detectors re-reference
     lr_up      the lr was raised at this step by whoever acts on the verdicts (the Guard's
                return towards the schedule after a slow-down: ``Monitor.own_lr_change``)
+    steps      the training steps this row stands for: its step minus the previous row's
+               (1 for a log of every step, or without step numbers; at most 1,000).
+               Durations ("for 20 steps") add these up, so a log written every 10th step
+               is judged over the same span of training as one written every step
 
     A detector that needs another signal adds its field here and the Monitor computes it
     once per step (nothing is computed that no detector reads).
@@ -28,6 +32,7 @@ class View(NamedTuple):
     log_param: float
     restart: bool
     lr_up: bool = False
+    steps: int = 1
 
 
 class Finding(NamedTuple):

@@ -25,6 +25,11 @@ Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, s
   chance, a loss that jumped and settled where it started), falling or not. The longest
   such streak over the healthy calibration runs is 10 steps (a curriculum's new data).
 
+Durations are training steps (``View.steps``: a line of a log written every 10th step
+counts for 10, its first line for 1); a streak also needs ``MIN_ROWS`` lines, and the
+smoothed level weighs a line as the steps it stands for. With a log of every step, all of
+this is the per-step rule above.
+
 Ratios are of ``loss + loss_floor * first loss``, so a near-zero loss's harmless
 wiggles are not 10x jumps. The thresholds are round numbers checked against healthy runs
 (``bench/calibrate_detectors.py`` reports their margins), not fitted to failures.
@@ -61,14 +66,21 @@ FIRST_STEPS = 3  # steps in a row >= BLOWUP x the first loss
 BLOWUP_ONCE = math.log(100.0)  # one step this far above the first loss
 LEARNED = math.log(1.25)  # the best level is this far below the first loss: it had learned
 START = 5  # steps before the best level is tracked
-_HIST = BACK + 1  # the smoothed levels kept: now and BACK steps before
+# Durations are in training steps: a row of a sparse log counts for the steps since the row
+# before it (View.steps). A streak also needs this many rows (log lines): one line is one
+# batch's loss, which a single hard batch can lift.
+MIN_ROWS = 3
+_HIST = BACK + 1  # the smoothed levels kept: now and the BACK lines before
 
 
 class LossRegression(Detector):
     """A sustained return far above the best level ("regression", "loss_blowup")."""
 
     name = "loss_regression"
-    STATE = ("n", "x_first", "sm", "best", "far", "blow", "over_first", "back", "hist")
+    STATE = (
+        "n", "x_first", "sm", "best", "far", "blow", "over_first", "back", "hist", "rows",
+        "ages",
+    )
 
     def reset(self) -> None:
         self.n = 0
@@ -80,14 +92,25 @@ class LossRegression(Detector):
         self.over_first = 0  # steps in a row with the loss >= BLOWUP above the first
         self.back = 0  # steps in a row with the smoothed loss back at the first loss
         self.hist: Deque[float] = deque(maxlen=_HIST)
+        self.ages: Deque[int] = deque(maxlen=_HIST)  # steps of each entry (since the reset)
+        self.rows = [0, 0, 0, 0]  # rows (log lines) of the far, blow, over, back streaks
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.hist = deque((float(x) for x in self.hist), maxlen=_HIST)
+        ages = [int(a) for a in self.ages] if "ages" in state else []
+        if len(ages) != len(self.hist):  # (saved before steps were counted: one per row)
+            ages = list(range(len(self.hist)))
+        self.ages = deque(ages, maxlen=_HIST)
+        if "rows" in state:
+            self.rows = [int(r) for r in self.rows]
+        else:  # (saved before rows were counted: one row per step)
+            self.rows = [self.far, self.blow, self.over_first, self.back]
 
     def state_dict(self) -> Dict[str, Any]:
         st = super().state_dict()
         st["hist"] = list(self.hist)
+        st["ages"] = list(self.ages)
         return st
 
     def update(self, v: View) -> Optional[Finding]:
@@ -97,42 +120,79 @@ class LossRegression(Detector):
         if not v.log_space or not finite(x):
             return None
         n = self.n = self.n + 1  # (state read into locals once: the hot path)
+        k = v.steps
         if n == 1:
             self.x_first = sm = x
         else:
             sm = self.sm
-            sm += SMOOTH * (x - sm)
+            sm += (SMOOTH if k == 1 else 1.0 - (1.0 - SMOOTH) ** k) * (x - sm)
         self.sm = sm
         self.hist.append(sm)
+        ages = self.ages
+        ages.append(ages[-1] + k if ages else 0)
         best, first = self.best, self.x_first
         if n >= START and sm < best:
             self.best = best = sm
         # an order of magnitude above the best level, or above the first loss (a run
         # that blew up at its first steps never had a best level below it)
         low = first if first < best else best  # (min(best, first))
-        blow = self.blow = self.blow + 1 if x - low >= BLOWUP else 0
-        over = self.over_first = self.over_first + 1 if x - first >= BLOWUP else 0
+        # streaks in steps (a row adds the steps it stands for, a streak's first row 1) and
+        # in rows (written out: the hot path)
+        rows = self.rows
+        if x - low >= BLOWUP:
+            blow = self.blow = self.blow + k if self.blow else 1
+            rows[1] += 1
+        else:
+            blow = self.blow = rows[1] = 0
+        if x - first >= BLOWUP:
+            over = self.over_first = self.over_first + k if self.over_first else 1
+            rows[2] += 1
+        else:
+            over = self.over_first = rows[2] = 0
         known = finite(best)
         if known:
             learned = best <= first - LEARNED
-            far = self.far = self.far + 1 if sm - best >= FAR and learned else 0
-            back = self.back = self.back + 1 if learned and sm >= first else 0
-        if blow >= BLOWUP_STEPS or over >= FIRST_STEPS or x - first >= BLOWUP_ONCE:
+            # a row standing for several steps shows the level itself too: the smoothed
+            # level carries the rows before across a gap it cannot see into
+            lv = sm if k == 1 or x >= sm else x  # (min(sm, x) for a sparse row)
+            if learned and lv - best >= FAR:
+                far = self.far = self.far + k if self.far else 1
+                rows[0] += 1
+            else:
+                far = self.far = rows[0] = 0
+            if learned and lv >= first:
+                back = self.back = self.back + k if self.back else 1
+                rows[3] += 1
+            else:
+                back = self.back = rows[3] = 0
+        if (
+            (blow >= BLOWUP_STEPS and rows[1] >= MIN_ROWS)
+            or (over >= FIRST_STEPS and rows[2] >= MIN_ROWS)
+            or x - first >= BLOWUP_ONCE
+        ):
             ev = self._evidence(x, low)
             ev["blow_steps"] = max(blow, over)
             return Finding(self.name, "loss_blowup", "precursor", ev)
         if not known:
             return None
         rising = far >= HOLD_RISE and self.not_falling()
-        if far >= HOLD_LONG or rising or back >= HOLD:
+        if ((far >= HOLD_LONG or rising) and rows[0] >= MIN_ROWS) or (
+            back >= HOLD and rows[3] >= MIN_ROWS
+        ):
             return Finding(self.name, "regression", "precursor", self._evidence(x, low))
         return None
 
     def not_falling(self) -> bool:
         """The smoothed level is not below where it was ``BACK`` steps before (False until
         that many steps have been seen)."""
-        hist = self.hist
-        return len(hist) == _HIST and self.sm >= hist[0]
+        hist, ages = self.hist, self.ages
+        if len(hist) == _HIST and ages[-1] - ages[0] == BACK:  # (a log of every step)
+            return self.sm >= hist[0]
+        now = ages[-1] if ages else 0
+        for i in range(len(hist) - 1 - MIN_ROWS, -1, -1):
+            if now - ages[i] >= BACK:
+                return self.sm >= hist[i]
+        return False
 
     def _evidence(self, x: float, low: float) -> Dict[str, Any]:
         return {

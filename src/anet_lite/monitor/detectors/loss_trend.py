@@ -25,9 +25,10 @@ from typing import Any, Deque, Dict, Optional
 
 from ._base import Detector, Finding, View, finite
 
-__all__ = ["HALF", "LossTrend", "T"]
+__all__ = ["BLOCK_SLOW", "HALF", "LossTrend", "SlowLossTrend", "T"]
 
-HALF = 30  # steps per window: a rise is followed for 2 x HALF steps
+HALF = 30  # values per window: a rise is followed for 2 x HALF steps (x BLOCK_SLOW, slow)
+BLOCK_SLOW = 10  # SlowLossTrend: the same test on the means of blocks of this many steps
 # Both windows' slope t >= T. The largest over 448 healthy calibration runs (189,400
 # steps) is 2.54; with independent noise the largest over 50,000 steps is ~2.5 (median).
 T = 2.6
@@ -45,7 +46,8 @@ class LossTrend(Detector):
     """A sustained, significant rise of the loss level ("rising_trend")."""
 
     name = "loss_trend"
-    STATE = ("n", "s", "a", "q", "ys", "ts", "ms")
+    STATE: tuple = ("n", "s", "a", "q", "ys", "ts", "ms")
+    BLOCK = 1  # steps per value of the windows
 
     def reset(self) -> None:
         self.n = 0  # finite values taken since the (re)start
@@ -71,6 +73,10 @@ class LossTrend(Detector):
         y = v.x
         if not v.log_space or not finite(y):
             return None
+        return self._push(y)
+
+    def _push(self, y: float) -> Optional[Finding]:
+        """Slide the windows by one value (a step's loss, or a block's mean)."""
         n = self.n = self.n + 1  # (the window slid in place: the hot path)
         ys = self.ys
         if n <= HALF:
@@ -110,7 +116,7 @@ class LossTrend(Detector):
                 {
                     "trend_t": t if t < t0 else t0,
                     "trend_ratio": math.exp(min(mean - ms[0], 700.0)),
-                    "trend_steps": 2 * HALF,
+                    "trend_steps": 2 * HALF * self.BLOCK,
                 },
             )
         return None
@@ -122,3 +128,39 @@ class LossTrend(Detector):
         self.a = math.fsum(k * w for k, w in enumerate(ys))
         self.q = math.fsum(w * w for w in ys)
         return self.s, self.a, self.q
+
+
+class SlowLossTrend(LossTrend):
+    """``LossTrend`` on the loss's means over blocks of ``BLOCK_SLOW`` (10) steps: two
+    300-step windows. A run that gives its progress back over hundreds of steps rises by
+    less than its batch-to-batch noise in any 30 steps (a char LM at a too-high lr: +0.5
+    nats over 400 steps, the batch loss's sd 0.13); the means of 10 steps have a third of
+    that noise and the 300-step windows see the whole rise. The same statistic and ``T``:
+    under independent noise a block mean's t has the null distribution of a step's, and a
+    block is a tenth of the tests. A line of a sparse log that stands for 10 steps or more
+    is its own block (a log of every 10th step: this is ``LossTrend``)."""
+
+    name = "loss_trend_slow"
+    STATE = LossTrend.STATE + ("bsum", "bn", "bsteps")
+    BLOCK = BLOCK_SLOW
+
+    def reset(self) -> None:
+        super().reset()
+        self.bsum = 0.0  # sum of the current block's values
+        self.bn = 0  # values in it
+        self.bsteps = 0  # steps they stand for
+
+    def update(self, v: View) -> Optional[Finding]:
+        if v.restart:
+            self.reset()
+        y = v.x
+        if not v.log_space or not finite(y):
+            return None
+        self.bsum += y
+        self.bn += 1
+        self.bsteps += v.steps
+        if self.bsteps < BLOCK_SLOW:
+            return None
+        mean = self.bsum / self.bn
+        self.bsum, self.bn, self.bsteps = 0.0, 0, 0
+        return self._push(mean)
