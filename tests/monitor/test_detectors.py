@@ -198,6 +198,7 @@ def test_slow_trend_sees_a_rise_over_hundreds_of_steps_that_thirty_steps_hide():
         assert (fast is None) == (slow is None)
         if fast is not None:
             assert fast.evidence["trend_t"] == slow.evidence["trend_t"]
+            assert slow.evidence["trend_steps"] == 10 * 2 * loss_trend.HALF  # steps, not lines
 
 
 def test_trend_sums_stay_exact_over_a_long_run():

@@ -141,7 +141,7 @@ class SlowLossTrend(LossTrend):
     is its own block (a log of every 10th step: this is ``LossTrend``)."""
 
     name = "loss_trend_slow"
-    STATE = LossTrend.STATE + ("bsum", "bn", "bsteps")
+    STATE = LossTrend.STATE + ("bsum", "bn", "bsteps", "spans")
     BLOCK = BLOCK_SLOW
 
     def reset(self) -> None:
@@ -149,6 +149,16 @@ class SlowLossTrend(LossTrend):
         self.bsum = 0.0  # sum of the current block's values
         self.bn = 0  # values in it
         self.bsteps = 0  # steps they stand for
+        self.spans: Deque[int] = deque(maxlen=2 * HALF)  # steps of the blocks in the windows
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.spans = deque((int(k) for k in self.spans), maxlen=2 * HALF)
+
+    def state_dict(self) -> Dict[str, Any]:
+        st = super().state_dict()
+        st["spans"] = list(self.spans)
+        return st
 
     def update(self, v: View) -> Optional[Finding]:
         if v.restart:
@@ -162,5 +172,9 @@ class SlowLossTrend(LossTrend):
         if self.bsteps < BLOCK_SLOW:
             return None
         mean = self.bsum / self.bn
+        self.spans.append(self.bsteps)
         self.bsum, self.bn, self.bsteps = 0.0, 0, 0
-        return self._push(mean)
+        found = self._push(mean)
+        if found is not None:  # (a sparse log's blocks stand for more steps)
+            found.evidence["trend_steps"] = sum(self.spans)
+        return found
