@@ -73,9 +73,9 @@ class LossTrend(Detector):
         y = v.x
         if not v.log_space or not finite(y):
             return None
-        return self._push(y)
+        return self._add(y, v.steps)
 
-    def _push(self, y: float) -> Optional[Finding]:
+    def _push(self, y: float, steps: int = 1) -> Optional[Finding]:
         """Slide the windows by one value (a step's loss, or a block's mean)."""
         n = self.n = self.n + 1  # (the window slid in place: the hot path)
         ys = self.ys
@@ -129,6 +129,8 @@ class LossTrend(Detector):
         self.q = math.fsum(w * w for w in ys)
         return self.s, self.a, self.q
 
+    _add = _push  # a line's value (SlowLossTrend: into its block)
+
 
 class SlowLossTrend(LossTrend):
     """``LossTrend`` on the loss's means over blocks of ``BLOCK_SLOW`` (10) steps: two
@@ -160,15 +162,10 @@ class SlowLossTrend(LossTrend):
         st["spans"] = list(self.spans)
         return st
 
-    def update(self, v: View) -> Optional[Finding]:
-        if v.restart:
-            self.reset()
-        y = v.x
-        if not v.log_space or not finite(y):
-            return None
+    def _add(self, y: float, steps: int = 1) -> Optional[Finding]:
         self.bsum += y
         self.bn += 1
-        self.bsteps += v.steps
+        self.bsteps += steps
         if self.bsteps < BLOCK_SLOW:
             return None
         mean = self.bsum / self.bn
