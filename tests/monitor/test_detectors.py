@@ -32,9 +32,9 @@ from anet_lite.monitor.detectors import (
 NAN = math.nan
 
 
-def _view(t, loss, *, x0=None, param=NAN, restart=False, eps=0.5):
+def _view(t, loss, *, x0=None, param=NAN, restart=False, eps=0.5, steps=1):
     x = math.log(loss + eps) if math.isfinite(loss) else NAN
-    return View(x, True, param, restart)
+    return View(x, True, param, restart, False, steps)
 
 
 def _noisy_decay(n, seed=0, start=2.3, end=0.3, jitter=0.05):
@@ -53,15 +53,16 @@ def _feed(det, losses, params=None, x0=None):
     return found
 
 
+@pytest.mark.parametrize("steps", [1, 10], ids=["every-step", "every-10th"])
 @pytest.mark.parametrize("cls", DEFAULT, ids=lambda c: c.name)
-def test_every_detector_names_a_registered_cause_and_round_trips_its_state(cls):
+def test_every_detector_names_a_registered_cause_and_round_trips_its_state(cls, steps):
     det = cls()
     rng = random.Random(1)
     losses = _noisy_decay(300) + [3.0 * (1.02 ** k) for k in range(80)]
     params = [10.0 * (1.01 ** max(0, t - 300)) + 0.01 * rng.random() for t in range(len(losses))]
     causes = set()
     for t, (loss, p) in enumerate(zip(losses, params), 1):
-        f = det.update(_view(t, loss, x0=losses[0], param=math.log(p)))
+        f = det.update(_view(t, loss, x0=losses[0], param=math.log(p), steps=steps))
         if f is not None:
             assert f.cause in CAUSES and CAUSES[f.cause].variant_of is None
             assert f.status in ("precursor", "drifting")
@@ -73,7 +74,7 @@ def test_every_detector_names_a_registered_cause_and_round_trips_its_state(cls):
     assert twin.state_dict().keys() == det.state_dict().keys()
     det2 = cls()
     for t, (loss, p) in enumerate(zip(losses, params), 1):
-        v = _view(t, loss, x0=losses[0], param=math.log(p))
+        v = _view(t, loss, x0=losses[0], param=math.log(p), steps=steps)
         if t <= 250:
             det2.update(v)
         else:

@@ -875,6 +875,27 @@ def test_state_dict_round_trip_continues_exactly():
     assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
 
 
+def test_state_dict_round_trip_of_a_sparse_log_continues_exactly():
+    # a log written every 10th step: the steps a line stands for are state too (the gap to
+    # the next line, the span of warm-up, the detectors' streaks in steps and lines)
+    loss, _ = healthy_stream(400, seed=12)
+    loss[250:] = [v * (1 + 0.05 * k) for k, v in enumerate(loss[250:])]
+
+    def run(m, lo, hi):
+        return [m.update(loss[i], step=10 * i) for i in range(lo, hi)]
+
+    whole = Monitor()
+    one = run(whole, 0, 400)
+    m = Monitor()
+    first = run(m, 0, 271)
+    m2 = Monitor()
+    m2.load_state_dict(json.loads(json.dumps(m.state_dict())))
+    second = run(m2, 271, 400)
+    assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
+    assert json.dumps(m2.state_dict()) == json.dumps(whole.state_dict())
+    assert any(s.alert for s in one)  # (the climb is reported: the states were compared in it)
+
+
 def test_a_version_3_state_without_processivity_still_loads():
     loss, g = healthy_stream(600, seed=10)
     one = feed(Monitor(), loss, g, lr=[1e-3] * 600)
