@@ -37,3 +37,17 @@ def test_a_long_healthy_log_says_how_many_steps_were_judged(tmp_path, capsys):
     assert main(["analyze", str(src), "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "healthy: no alert in 400 steps (" in out and "judged after warm-up)" in out
+
+
+def test_a_sparse_log_counts_its_lines_and_the_steps_they_span(tmp_path, capsys):
+    # a log written every 10th step: 40 lines over steps 0-390, warm-up over after 300
+    # steps (not 300 lines), so its last lines are judged
+    losses = [2.0 * math.exp(-t / 60) + 0.3 + 0.01 * (t % 3) for t in range(0, 400, 10)]
+    rows = ["step,loss"] + [f"{10 * i},{v}" for i, v in enumerate(losses)]
+    src = tmp_path / "sparse.csv"
+    src.write_text("\n".join(rows) + "\n")
+    assert main(["analyze", str(src), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "40 log lines over steps 0-390 (csv" in out
+    assert "healthy: no alert in 40 log lines (" in out
+    assert "not enough steps" not in out

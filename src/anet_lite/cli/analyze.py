@@ -378,16 +378,21 @@ def _print_analysis(
     from ..report.words import count
 
     cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
-    f.write(f"{src}: {count(data.steps, 'step')} ({log.format}; {cols}) in {elapsed:.1f} s\n")
+    first, last = data.first_step, data.last_step
+    # a sparse log's lines stand for the steps between them (docs/monitor.md): say so
+    sparse = first is not None and last is not None and last - first + 1 > data.steps
+    unit = "line" if sparse else "step"
+    size = count(data.steps, unit) + (f" over steps {first:,}-{last:,}" if sparse else "")
+    f.write(f"{src}: {size} ({log.format}; {cols}) in {elapsed:.1f} s\n")
     f.write(f"{log.stats.summary()}\n")
     if not data.incidents and data.judged_steps == 0:
         f.write(
-            f"not enough steps to judge: all {data.steps:,} steps were warm-up "
+            f"not enough steps to judge: all {count(data.steps, unit)} were warm-up "
             "(the Monitor learns the run's levels first); no alert\n"
         )
     elif not data.incidents:
         f.write(
-            f"healthy: no alert in {count(data.steps, 'step')} "
+            f"healthy: no alert in {count(data.steps, unit)} "
             f"({data.judged_steps:,} judged after warm-up)\n"
         )
     else:

@@ -28,6 +28,7 @@ _NOUNS: Dict[str, Tuple[str, str, str]] = {  # key: (English one, English many, 
     "incident": ("incident", "incidents", "インシデント {n:,} 件"),
     "record": ("record", "records", "{n:,} 件"),
     "step": ("step", "steps", "{n:,} ステップ"),
+    "line": ("log line", "log lines", "ログ {n:,} 行"),
     "action": ("action", "actions", "対処 {n:,} 回"),
 }
 
