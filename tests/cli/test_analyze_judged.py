@@ -51,3 +51,6 @@ def test_a_sparse_log_counts_its_lines_and_the_steps_they_span(tmp_path, capsys)
     assert "40 log lines over steps 0-390 (csv" in out
     assert "healthy: no alert in 40 log lines (" in out
     assert "not enough steps" not in out
+    assert main(["analyze", str(src), "--out", str(tmp_path / "run")]) == 0
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "no alert in 40 log lines" in html

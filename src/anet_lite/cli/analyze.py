@@ -378,11 +378,11 @@ def _print_analysis(
     from ..report.words import count
 
     cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
-    first, last = data.first_step, data.last_step
     # a sparse log's lines stand for the steps between them (docs/monitor.md): say so
-    sparse = first is not None and last is not None and last - first + 1 > data.steps
+    sparse = data.sparse
     unit = "line" if sparse else "step"
-    size = count(data.steps, unit) + (f" over steps {first:,}-{last:,}" if sparse else "")
+    span = f" over steps {data.first_step:,}-{data.last_step:,}" if sparse else ""
+    size = count(data.steps, unit) + span
     f.write(f"{src}: {size} ({log.format}; {cols}) in {elapsed:.1f} s\n")
     f.write(f"{log.stats.summary()}\n")
     if not data.incidents and data.judged_steps == 0:

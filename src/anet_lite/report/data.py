@@ -366,10 +366,11 @@ class RunData:
             return "warn", w["no_steps"]
         if not self.incidents:
             judged = self.judged_steps
+            unit = "line" if self.sparse else "step"  # (a sparse log: lines, not steps)
             if judged == 0:
-                return "warn", w["not_judged"].format(n=count(self.steps, "step", lang))
+                return "warn", w["not_judged"].format(n=count(self.steps, unit, lang))
             return "ok", w["healthy"].format(
-                n=count(self.steps, "step", lang), judged=count(judged, "step", lang)
+                n=count(self.steps, unit, lang), judged=count(judged, unit, lang)
             )
         first = self.incidents[0]
         acts = [(s, k) for s, k in actions if k in ACTION_KINDS]
@@ -402,6 +403,12 @@ class RunData:
         kinds = Counter(k for _, k in acts)
         parts = [f"{action_word(k, self.lang)} ×{n}" for k, n in kinds.items()]
         return count(len(acts), "action", self.lang) + ": " + ", ".join(parts)
+
+    @property
+    def sparse(self) -> bool:
+        """The lines span more steps than there are lines (a log of every k-th step)."""
+        first, last = self.first_step, self.last_step
+        return first is not None and last is not None and last - first + 1 > self.steps
 
     @property
     def judged_steps(self) -> int:
