@@ -152,15 +152,12 @@ class LossRegression(Detector):
         known = finite(best)
         if known:
             learned = best <= first - LEARNED
-            # a row standing for several steps shows the level itself too: the smoothed
-            # level carries the rows before across a gap it cannot see into
-            lv = sm if k == 1 or x >= sm else x  # (min(sm, x) for a sparse row)
-            if learned and lv - best >= FAR:
+            if learned and sm - best >= FAR:
                 far = self.far = self.far + k if self.far else 1
                 rows[0] += 1
             else:
                 far = self.far = rows[0] = 0
-            if learned and lv >= first:
+            if learned and sm >= first:
                 back = self.back = self.back + k if self.back else 1
                 rows[3] += 1
             else:
