@@ -200,6 +200,7 @@ def test_slow_trend_sees_a_rise_over_hundreds_of_steps_that_thirty_steps_hide():
         if fast is not None:
             assert fast.evidence["trend_t"] == slow.evidence["trend_t"]
             assert slow.evidence["trend_steps"] == 10 * 2 * loss_trend.HALF  # steps, not lines
+            assert fast.evidence["trend_steps"] == slow.evidence["trend_steps"]
 
 
 def test_trend_sums_stay_exact_over_a_long_run():

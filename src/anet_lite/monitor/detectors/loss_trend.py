@@ -47,7 +47,6 @@ class LossTrend(Detector):
 
     name = "loss_trend"
     STATE: tuple = ("n", "s", "a", "q", "ys", "ts", "ms")
-    BLOCK = 1  # steps per value of the windows
 
     def reset(self) -> None:
         self.n = 0  # finite values taken since the (re)start
@@ -76,7 +75,8 @@ class LossTrend(Detector):
         return self._add(y, v.steps)
 
     def _push(self, y: float, steps: int = 1) -> Optional[Finding]:
-        """Slide the windows by one value (a step's loss, or a block's mean)."""
+        """Slide the windows by one value (a line's loss, or a block's mean) that stands
+        for ``steps`` training steps (the finding's ``trend_steps``: 2 x HALF of them)."""
         n = self.n = self.n + 1  # (the window slid in place: the hot path)
         ys = self.ys
         if n <= HALF:
@@ -116,7 +116,7 @@ class LossTrend(Detector):
                 {
                     "trend_t": t if t < t0 else t0,
                     "trend_ratio": math.exp(min(mean - ms[0], 700.0)),
-                    "trend_steps": 2 * HALF * self.BLOCK,
+                    "trend_steps": 2 * HALF * steps,
                 },
             )
         return None
@@ -143,24 +143,13 @@ class SlowLossTrend(LossTrend):
     is its own block (a log of every 10th step: this is ``LossTrend``)."""
 
     name = "loss_trend_slow"
-    STATE = LossTrend.STATE + ("bsum", "bn", "bsteps", "spans")
-    BLOCK = BLOCK_SLOW
+    STATE = LossTrend.STATE + ("bsum", "bn", "bsteps")
 
     def reset(self) -> None:
         super().reset()
         self.bsum = 0.0  # sum of the current block's values
         self.bn = 0  # values in it
         self.bsteps = 0  # steps they stand for
-        self.spans: Deque[int] = deque(maxlen=2 * HALF)  # steps of the blocks in the windows
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.spans = deque((int(k) for k in self.spans), maxlen=2 * HALF)
-
-    def state_dict(self) -> Dict[str, Any]:
-        st = super().state_dict()
-        st["spans"] = list(self.spans)
-        return st
 
     def _add(self, y: float, steps: int = 1) -> Optional[Finding]:
         self.bsum += y
@@ -168,10 +157,6 @@ class SlowLossTrend(LossTrend):
         self.bsteps += steps
         if self.bsteps < BLOCK_SLOW:
             return None
-        mean = self.bsum / self.bn
-        self.spans.append(self.bsteps)
+        mean, block = self.bsum / self.bn, self.bsteps
         self.bsum, self.bn, self.bsteps = 0.0, 0, 0
-        found = self._push(mean)
-        if found is not None:  # (a sparse log's blocks stand for more steps)
-            found.evidence["trend_steps"] = sum(self.spans)
-        return found
+        return self._push(mean, block)
