@@ -65,6 +65,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     shrink_x = 1.0  # smallest ||θ|| over ||θ|| SPAN steps before (after 3 * SPAN steps)
     ratios, held_x = deque(maxlen=norm_growth.HOLD_LONG), 0.0  # the growth ratio held longest
     for r in rows:
+        gp, lp = m.gr_prev, m.loss_x_prev  # (the step before's: a scale jump's echo is not one)
         snap = m.update(
             math.nan if r["loss"] is None else r["loss"],
             step=r["step"],
@@ -86,7 +87,8 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         if lr_.not_falling():
             rise_max = max(rise_max, lr_.far)
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
-        if gr is not None and ur is not None and m.ref is not None:
+        echo = gr is not None and gr <= gp < math.inf and lp >= gr
+        if gr is not None and ur is not None and m.ref is not None and not echo:
             jump_x = max(jump_x, m._unexplained_jump(min(gr, ur)))
         ts, ms = tr.ts, tr.ms
         if len(ts) == ts.maxlen and ms[-1] - ms[0] >= loss_trend.MIN_RISE:

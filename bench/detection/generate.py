@@ -7,6 +7,8 @@ Usage (from the repository root)::
     python bench/detection/generate.py --only lr_jump,healthy
     python bench/detection/generate.py --all --jobs 1   # sequential (the default)
     python bench/detection/generate.py --set mech --all --jobs 2   # the mechanism set
+    python bench/detection/generate.py --only healthy --seed-offset 3100 --batch-mult 4 \
+        --setups mlp_digits,mlp_bcancer --out /tmp/bs4   # the same runs at 4x the batch
 
 ``--set mech`` generates the failure-mechanism set of ``mechanisms.py`` (15 more fault
 kinds, plain SGD, RMSprop and Adafactor, a 1.1M-parameter MLP, healthy variants) into
@@ -363,6 +365,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
     fam, kind, mag = spec["family"], spec["kind"], spec["magnitude"]
     benign = spec["benign"]
     n_steps, bs = spec["n_steps"], S["bs"]
+    if spec.get("batch_mult"):  # (--batch-mult: the same run at another batch size)
+        bs = max(2, round(bs * spec["batch_mult"]))
     events = {k: list(v) for k, v in spec["events"].items()}
     onset = spec["onset"]
 
@@ -674,6 +678,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
     )
     if kind == "healthy":
         meta["healthy_meets_collapse_rule"] = healthy_check
+    if spec.get("batch_mult"):
+        meta["batch_size"] = bs
     if inj is not None:
         meta["max_output_logit"] = round(max_logit, 3) if math.isfinite(max_logit) else None
         if fam == "transformer" and math.isfinite(entropy_min):
@@ -773,8 +779,21 @@ def main(argv=None) -> int:
         default=0,
         help="shift every seed (e.g. 50 with --out elsewhere: a fresh set on new seeds)",
     )
+    ap.add_argument(
+        "--batch-mult",
+        type=float,
+        default=None,
+        help="every run's batch size x this (>= 2 examples; run ids end in -bsxMULT): a "
+        "condition no threshold was chosen on (give it its own --out folder)",
+    )
     a = ap.parse_args(argv)
     default_out = CACHE_MECH if a.set == "mech" else CACHE
+    if a.batch_mult is not None and not (a.batch_mult > 0 and math.isfinite(a.batch_mult)):
+        ap.error(f"--batch-mult must be a positive number, got {a.batch_mult}")
+    if a.batch_mult is not None and os.path.abspath(a.out or default_out) == os.path.abspath(
+        default_out
+    ):
+        ap.error("--batch-mult writes a different set: give it its own --out folder")
     a.out = a.out or default_out
     if a.seed_offset and os.path.abspath(a.out) == os.path.abspath(default_out):
         ap.error("--seed-offset writes a different set: give it its own --out folder")
@@ -799,6 +818,10 @@ def main(argv=None) -> int:
     if a.setups:
         keep_setups = set(a.setups.split(","))
         specs = [s for s in specs if s["setup"] in keep_setups]
+    if a.batch_mult is not None:
+        for s in specs:
+            s["batch_mult"] = a.batch_mult
+            s["run_id"] += f"-bsx{a.batch_mult:g}"
     if a.list:
         for s in specs:
             print(s["run_id"], s["split"], s["onset"], json.dumps(s["magnitude"]))

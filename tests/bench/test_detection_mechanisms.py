@@ -316,3 +316,24 @@ def test_attention_entropy_collapse_raises_the_qkv_lr_and_the_model_reports_entr
     m(torch.randint(0, 128, (2, 16)))
     # causal attention over <= 16 keys: entropy between 0 and the mean of log(1..16)
     assert 0 < m.min_attn_entropy() <= float(np.mean(np.log(np.arange(1, 17)))) + 1e-6
+
+
+def test_batch_mult_trains_the_same_run_at_another_batch_size(tmp_path):
+    spec = _spec("healthy", event="none", n=30)
+    base = generate.run_one(json.loads(json.dumps(spec)), str(tmp_path / "a"))
+    spec.update(batch_mult=4.0, run_id=spec["run_id"] + "-bsx4")
+    big = generate.run_one(spec, str(tmp_path / "b"))
+    assert "batch_size" not in base
+    assert big["batch_size"] == 4 * generate.SETUPS["mlp_bcancer"]["bs"]
+    a = [float(r["loss"]) for r in _rows(tmp_path / "a" / base["file"])]
+    b = [float(r["loss"]) for r in _rows(tmp_path / "b" / big["file"])]
+    assert len(a) == len(b) == 30 and a != b  # (other batches: another trajectory)
+
+
+def test_batch_mult_needs_its_own_folder_and_a_positive_number(capsys):
+    for argv in (["--only", "healthy", "--batch-mult", "4"],
+                 ["--only", "healthy", "--batch-mult", "0", "--out", "/nonexistent/x"]):
+        with pytest.raises(SystemExit) as exc:
+            generate.main(argv)
+        assert exc.value.code == 2
+    assert "--batch-mult" in capsys.readouterr().err

@@ -262,6 +262,27 @@ def test_a_scale_jump_is_judged_against_the_raw_loss(loss_x, grad_x, jump):
     assert (snaps[300].evidence.get("cause") == "scale_jump") is jump
 
 
+@pytest.mark.parametrize("outlier_before, jump", [(True, False), (False, True)])
+def test_the_momentum_echo_of_an_outlier_batch_is_not_a_scale_jump(outlier_before, jump):
+    # A near-perfect classifier under Adam at a large batch: a batch with noisy labels
+    # moves the loss 900x, the gradient 218x, the update 9x; on the next step the loss is
+    # back, but Adam's momentum still carries that gradient (update 8x) and the gradient
+    # at the weights it moved is 15x. That is the outlier's echo, not the gradient's
+    # computation changing; the same step with no outlier before it is a scale jump.
+    loss, g = near_zero_stream(floor=0.006)
+    upd = [1.0] * len(loss)
+    if outlier_before:
+        loss[300], g[300], upd[300] = 900.0 * loss[300], 218.0 * g[300], 9.0 / 218.0
+    loss[301], g[301], upd[301] = 1.5 * loss[301], 15.0 * g[301], 8.0 / 15.0
+    n = len(loss)
+    snaps = feed(Monitor(), loss, g, lr=[1e-3] * n, cos=[0.3] * n, upd=upd)
+    assert not any(s.alert for s in snaps[:300])
+    assert snaps[301].evidence["grad_ratio"] >= _rules.SCALE_JUMP_X
+    assert snaps[301].evidence["update_ratio"] >= _rules.SCALE_JUMP_X
+    assert snaps[301].alert is jump
+    assert (snaps[301].evidence.get("cause") == "scale_jump") is jump
+
+
 @pytest.mark.parametrize("rise, jump", [(0.5, False), (0.0, True)])
 def test_a_scale_jump_of_a_loss_read_linearly_needs_the_loss_unmoved(rise, jump):
     # a loss that goes below 0 has no ratio to its level: a gradient and update 9x up count

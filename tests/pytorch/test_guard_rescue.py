@@ -203,3 +203,29 @@ def test_read_one_step_late_the_clip_starts_a_step_later_and_the_run_goes_on():
     kinds = [a.kind for a in g.actions]
     assert kinds.count("clip") == 1 and not {"rollback", "stop"} & set(kinds), kinds
     assert final <= twin + 0.05, (final, twin)
+
+
+def test_a_rollback_under_a_slow_down_is_not_an_lr_event():
+    # The checkpoint was taken at the full lr; the Guard rolls back while its slow-down
+    # holds (lr x0.5) and keeps that scale. The restored Monitor last saw the full lr:
+    # the halved lr it sees next is the Guard's own doing, not a schedule's decay (which
+    # would open a grace and let the levels re-learn whatever the bug does after it).
+    from test_guard import Scripted, _one_step, batches, char_mlp
+
+    from anet_lite import Monitor
+    from anet_lite.torch import Guard
+
+    torch.manual_seed(0)
+    model = char_mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    script = Scripted({60: "slow_down", 70: "rollback"})
+    g = Guard(model, opt, monitor=Monitor(policy=script), checkpoint_every=20, on_error="raise")
+    after = []
+    for i, (x, y) in enumerate(batches(100)):
+        _one_step(model, opt, g, x, y)
+        if i >= 70:
+            ev = g.last.evidence
+            after.append((g.step, ev.get("event"), ev.get("grace")))
+    assert [a.kind for a in g.actions] == ["slow_down", "rollback"]
+    assert g.rolled_back and g.lr_scale == 0.5
+    assert all(e is None and not grace for _, e, grace in after), after[:5]

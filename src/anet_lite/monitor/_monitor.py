@@ -106,8 +106,8 @@ class Monitor(MonitorRules):
         "early_ref", "fp", "gap", "gr_prev", "grace", "grace_until",
         "grad_base", "grad_growth", "grad_hot", "grad_recent", "grad_ref", "grow",
         "jump_loss", "jump_ref", "last_status", "log_space", "loss0", "loss_base", "loss_eps",
-        "loss_floor", "loss_gate", "loss_prev", "loss_step", "loss_win_x", "losses",
-        "lr_jump", "lr_max", "lr_peak", "lr_prev", "lr_ramp", "lr_rising", "lr_up",
+        "loss_floor", "loss_gate", "loss_prev", "loss_step", "loss_win_x", "loss_x_prev",
+        "losses", "lr_jump", "lr_max", "lr_peak", "lr_prev", "lr_ramp", "lr_rising", "lr_up",
         "max_rel_update", "n", "on_error", "own_lr", "pending_mark", "persist",
         "policy", "proc", "pz_hot", "recent", "recover_level", "recover_ref",
         "recover_t", "ref", "ref_pinned", "rel_calm", "rel_prev", "rise", "run_log",
@@ -243,6 +243,7 @@ class Monitor(MonitorRules):
         self.span = 0  # steps the rows so far stand for (warm-up is measured in steps)
         self.pz_hot = self.rise = self.grad_hot = self.dead = self.co_hot = 0
         self.ur_prev = self.gr_prev = math.inf  # last step's update / gradient ratio
+        self.loss_x_prev = 0.0  # last step's raw loss ratio, when its gradient ratio was large
         self.grow = 0  # steps in a row with both ratios above the step before
         self.rel_prev = math.inf  # last update / parameter norm (inf: none yet)
         self.rel_calm = False  # an update below max_rel_update x ||theta|| was seen

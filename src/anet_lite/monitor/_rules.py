@@ -59,7 +59,11 @@ OVERSIZED_X = math.log(20.0)
 # raw loss (a new batch 10x as wrong moves it 10x), which the floored scale reads as flat.
 # The largest healthy value is 3.8 over 448 calibration runs (bench/calibrate_detectors.py;
 # 4.9 over 213 fresh-seed healthy runs); SCALE_JUMP_X ~ 2 x the calibration runs' largest,
-# as the statistic is one step's and heavy-tailed.
+# as the statistic is one step's and heavy-tailed. Not on a step whose gradient ratio is at
+# most the step before's, when that step's raw loss rose at least this ratio: an outlier
+# batch (the loss showed it) leaves its update in the optimizer's momentum for a few steps,
+# and the gradient at the weights it moved is larger too (a digits MLP, full-batch AdamW:
+# 15x and 8x the step after a noisy-label batch with loss 900x, gradient 218x).
 SCALE_JUMP_X = 7.5
 SCALE_JUMP_DEV = 1.0  # a loss read linearly (it can be <= 0): did not rise = <= 1 robust sigma
 SAME_SIGNAL = 1e-3  # |update ratio - gradient ratio| / gradient ratio: the same signal
@@ -287,12 +291,16 @@ class MonitorRules(CoherenceRules):
                 and not self._loss_window_rose(_mlog(low))
             )
             self.co_hot = self.co_hot + 1 if hot else 0
-            grows = gr > self.gr_prev and ur > self.ur_prev and not one
+            gp, lp = self.gr_prev, self.loss_x_prev
+            grows = gr > gp and ur > self.ur_prev and not one
             self.grow = self.grow + 1 if grows else 0
             self.ur_prev, self.gr_prev = ur, gr
+            # (only a large gradient ratio can be echoed: the ratio computed for those alone)
+            self.loss_x_prev = (self._step_loss_ratio() or 0.0) if gr >= SCALE_JUMP_X else 0.0
             if (
                 low >= SCALE_JUMP_X
                 and "severe" not in ev
+                and not (gr <= gp < _INF and lp >= gr)  # (the echo of a larger jump)
                 and self.ref is not None
                 and (
                     self._unexplained_jump(low) >= SCALE_JUMP_X

@@ -34,6 +34,7 @@ _SCALARS = (
     "co_hot",
     "ur_prev",
     "gr_prev",
+    "loss_x_prev",
     "grow",
     "rel_prev",
     "rel_calm",

@@ -1102,6 +1102,10 @@ class Guard:
         self.monitor.load_state_dict(ck.extra["monitor"])
         self.monitor.policy.load_state_dict(policy_state)
         self.monitor.start_recovery()  # (the restored state predates the incident)
+        # the restored Monitor last saw the lr before this Guard's later slow-downs: the lr
+        # it sees next differs by this Guard's doing (the scheduler was restored too), not
+        # a schedule event (whose grace would let the levels re-learn a bug that goes on)
+        self.monitor.own_lr_change()
         old_scale = float(ck.extra.get("lr_scale", 1.0))
         if old_scale != self.lr_scale:
             self._scale_lr(self.lr_scale / old_scale)
