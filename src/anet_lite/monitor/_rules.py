@@ -58,7 +58,7 @@ OVERSIZED_X = math.log(20.0)
 # floored scale, is the yardstick here: a near-perfect classifier's gradient follows its
 # raw loss (a new batch 10x as wrong moves it 10x), which the floored scale reads as flat.
 # The largest healthy value is 3.8 over 448 calibration runs (bench/calibrate_detectors.py;
-# 4.9 over 213 fresh-seed healthy runs); SCALE_JUMP_X ~ 2 x the calibration runs' largest,
+# 5.9 over 598 with the fresh-seed sets); SCALE_JUMP_X ~ 2 x the calibration runs' largest,
 # as the statistic is one step's and heavy-tailed. Not on a step whose gradient ratio is at
 # most the step before's, when that step's raw loss rose at least this ratio: an outlier
 # batch (the loss showed it) leaves its update in the optimizer's momentum for a few steps,
