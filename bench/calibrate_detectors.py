@@ -87,7 +87,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         if lr_.not_falling():
             rise_max = max(rise_max, lr_.far)
         gr, ur = ev.get("grad_ratio"), ev.get("update_ratio")
-        echo = gr is not None and gr <= gp < math.inf and lp >= gr
+        echo = gr is not None and _rules.echo_of_larger_jump(gr, gp, lp)
         if gr is not None and ur is not None and m.ref is not None and not echo:
             jump_x = max(jump_x, m._unexplained_jump(min(gr, ur)))
         ts, ms = tr.ts, tr.ms

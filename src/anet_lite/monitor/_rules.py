@@ -65,6 +65,12 @@ OVERSIZED_X = math.log(20.0)
 # and the gradient at the weights it moved is larger too (a digits MLP, full-batch AdamW:
 # 15x and 8x the step after a noisy-label batch with loss 900x, gradient 218x).
 SCALE_JUMP_X = 7.5
+
+
+def echo_of_larger_jump(gr: float, prev_gr: float, prev_loss_x: float) -> bool:
+    """A gradient ratio ``gr`` no larger than the step before's (``prev_gr``; inf: none),
+    whose raw loss rose at least ``gr`` x (``prev_loss_x``): not a new scale jump."""
+    return gr <= prev_gr < math.inf and prev_loss_x >= gr
 SCALE_JUMP_DEV = 1.0  # a loss read linearly (it can be <= 0): did not rise = <= 1 robust sigma
 SAME_SIGNAL = 1e-3  # |update ratio - gradient ratio| / gradient ratio: the same signal
 EXPLAINED_CAP = math.log(1000.0)  # a one-step jump this large alarms whatever the loss
@@ -300,7 +306,7 @@ class MonitorRules(CoherenceRules):
             if (
                 low >= SCALE_JUMP_X
                 and "severe" not in ev
-                and not (gr <= gp < _INF and lp >= gr)  # (the echo of a larger jump)
+                and not echo_of_larger_jump(gr, gp, lp)
                 and self.ref is not None
                 and (
                     self._unexplained_jump(low) >= SCALE_JUMP_X
