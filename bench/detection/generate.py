@@ -9,6 +9,7 @@ Usage (from the repository root)::
     python bench/detection/generate.py --set mech --all --jobs 2   # the mechanism set
     python bench/detection/generate.py --only healthy --seed-offset 3100 --batch-mult 4 \
         --setups mlp_digits,mlp_bcancer --out /tmp/bs4   # the same runs at 4x the batch
+    python bench/detection/generate.py --only healthy --lr-mult 2 --out /tmp/lrx2  # at 2x the lr
 
 ``--set mech`` generates the failure-mechanism set of ``mechanisms.py`` (15 more fault
 kinds, plain SGD, RMSprop and Adafactor, a 1.1M-parameter MLP, healthy variants) into
@@ -694,6 +695,26 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
     return meta
 
 
+def under_condition(
+    specs: List[Dict[str, Any]], batch_mult: Optional[float] = None, lr_mult: Optional[float] = None
+) -> List[Dict[str, Any]]:
+    """The same runs under another condition (new dicts; run ids end in ``-bsxX`` /
+    ``-lrxX``): every batch size x ``batch_mult`` (>= 2 examples), every base lr x
+    ``lr_mult`` (the schedules, and faults that scale the lr, scale with it; attention-logit
+    growth keeps its own lr)."""
+    out = []
+    for s in specs:
+        s = dict(s)
+        if batch_mult is not None:
+            s["batch_mult"] = batch_mult
+            s["run_id"] += f"-bsx{batch_mult:g}"
+        if lr_mult is not None:
+            s["base_lr"] = s["base_lr"] * lr_mult
+            s["run_id"] += f"-lrx{lr_mult:g}"
+        out.append(s)
+    return out
+
+
 # ----------------------------------------------------------------------------- manifest
 def write_manifest(
     metas: List[Dict], out_dir: str = CACHE, merge: bool = True, which: str = "base"
@@ -780,6 +801,13 @@ def main(argv=None) -> int:
         help="shift every seed (e.g. 50 with --out elsewhere: a fresh set on new seeds)",
     )
     ap.add_argument(
+        "--lr-mult",
+        type=float,
+        default=None,
+        help="every run's base lr x this (schedules and faults scale with it; run ids end "
+        "in -lrxMULT): another condition no threshold was chosen on (its own --out folder)",
+    )
+    ap.add_argument(
         "--batch-mult",
         type=float,
         default=None,
@@ -788,12 +816,13 @@ def main(argv=None) -> int:
     )
     a = ap.parse_args(argv)
     default_out = CACHE_MECH if a.set == "mech" else CACHE
-    if a.batch_mult is not None and not (a.batch_mult > 0 and math.isfinite(a.batch_mult)):
-        ap.error(f"--batch-mult must be a positive number, got {a.batch_mult}")
-    if a.batch_mult is not None and os.path.abspath(a.out or default_out) == os.path.abspath(
-        default_out
-    ):
-        ap.error("--batch-mult writes a different set: give it its own --out folder")
+    for flag, mult in (("--batch-mult", a.batch_mult), ("--lr-mult", a.lr_mult)):
+        if mult is not None and not (mult > 0 and math.isfinite(mult)):
+            ap.error(f"{flag} must be a positive number, got {mult}")
+        if mult is not None and os.path.abspath(a.out or default_out) == os.path.abspath(
+            default_out
+        ):
+            ap.error(f"{flag} writes a different set: give it its own --out folder")
     a.out = a.out or default_out
     if a.seed_offset and os.path.abspath(a.out) == os.path.abspath(default_out):
         ap.error("--seed-offset writes a different set: give it its own --out folder")
@@ -818,10 +847,7 @@ def main(argv=None) -> int:
     if a.setups:
         keep_setups = set(a.setups.split(","))
         specs = [s for s in specs if s["setup"] in keep_setups]
-    if a.batch_mult is not None:
-        for s in specs:
-            s["batch_mult"] = a.batch_mult
-            s["run_id"] += f"-bsx{a.batch_mult:g}"
+    specs = under_condition(specs, a.batch_mult, a.lr_mult)
     if a.list:
         for s in specs:
             print(s["run_id"], s["split"], s["onset"], json.dumps(s["magnitude"]))

@@ -330,10 +330,29 @@ def test_batch_mult_trains_the_same_run_at_another_batch_size(tmp_path):
     assert len(a) == len(b) == 30 and a != b  # (other batches: another trajectory)
 
 
-def test_batch_mult_needs_its_own_folder_and_a_positive_number(capsys):
-    for argv in (["--only", "healthy", "--batch-mult", "4"],
-                 ["--only", "healthy", "--batch-mult", "0", "--out", "/nonexistent/x"]):
+@pytest.mark.parametrize("flag", ["--batch-mult", "--lr-mult"])
+def test_a_condition_needs_its_own_folder_and_a_positive_number(flag, capsys):
+    for argv in (["--only", "healthy", flag, "4"],
+                 ["--only", "healthy", flag, "0", "--out", "/nonexistent/x"]):
         with pytest.raises(SystemExit) as exc:
             generate.main(argv)
         assert exc.value.code == 2
-    assert "--batch-mult" in capsys.readouterr().err
+    assert flag in capsys.readouterr().err
+
+
+def test_lr_mult_trains_the_same_runs_at_another_lr(tmp_path):
+    specs = generate.plan()
+    both = generate.under_condition(specs, batch_mult=4.0, lr_mult=2.0)
+    assert [s["run_id"] for s in both] == [s["run_id"] + "-bsx4-lrx2" for s in specs]
+    assert [s["base_lr"] for s in both] == [2.0 * s["base_lr"] for s in specs]
+    assert "batch_mult" not in specs[0]  # (the plan itself is not changed)
+    spec = _spec("healthy", event="none", n=30)
+    base = generate.run_one(json.loads(json.dumps(spec)), str(tmp_path / "a"))
+    (fast,) = generate.under_condition([spec], lr_mult=2.0)
+    hot = generate.run_one(fast, str(tmp_path / "b"))
+    assert hot["base_lr"] == 2.0 * base["base_lr"] and hot["run_id"].endswith("-lrx2")
+    a = [float(r["loss"]) for r in _rows(tmp_path / "a" / base["file"])]
+    b = [float(r["loss"]) for r in _rows(tmp_path / "b" / hot["file"])]
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "b" / hot["file"])]
+    assert len(a) == len(b) == 30 and a[0] == b[0] and a[1:] != b[1:]  # (same start)
+    assert lrs[0] == fast["base_lr"]

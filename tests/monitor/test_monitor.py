@@ -966,8 +966,10 @@ def test_a_version_5_or_6_state_without_its_newer_fields_still_loads(version, dr
     assert [s.to_dict() for s in first + second] == [s.to_dict() for s in one]
 
 
-def _compounding(grow: bool, processivity: bool = True):
+def _compounding(grow: bool, processivity: bool = True, tail=()):
     loss, g = healthy_stream(400, seed=3)
+    for t, f in tail:  # (step, factor): hard batches before the growth
+        loss[t] *= f
     cos = np.random.default_rng(3).uniform(-0.2, 0.9, 400).tolist()
     for k in range(1, 6):  # from step 400: grow 1.3x (loss) / 1.6x (gradient) per step,
         f = (1.3**k, 1.6**k) if grow else (1 + 2.0 / k, 1 + 4.0 / k)  # or jump and decay
@@ -987,6 +989,20 @@ def test_loss_gradient_and_update_compounding_with_coherent_updates_is_an_ascent
     assert first.step >= 403 and first.evidence["cause"] != "ascent"
     # a jump that decays (new data, an outlier batch) never is
     assert not any(s.evidence.get("cause") == "ascent" for s in _compounding(False))
+
+
+def test_a_surge_below_the_runs_recent_hard_batches_is_not_yet_an_ascent():
+    # Batches 3x the loss at steps 370 and 380 (a near-perfect classifier's hard batches,
+    # a high lr): the run has shown that tail, so the loss at 1.7x after two steps of
+    # growth is not yet going uphill; the 3-step streak says so a step later. The same
+    # batches 60 steps back (no longer in the Monitor's history) change nothing.
+    def first(tail):
+        return next(s for s in _compounding(True, tail=tail) if s.alert)
+
+    assert first(()).step == 401
+    late = first(((370, 3.0), (380, 3.0)))
+    assert late.step == 402 and late.evidence["cause"] == "ascent"
+    assert first(((340, 3.0),)).step == 401
 
 
 def test_load_state_dict_rejects_other_configs():

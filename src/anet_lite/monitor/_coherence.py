@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from itertools import islice
 from typing import Any, Dict
 
 # Processivity cos(−g, Δθ), when given. Healthy mini-batch training moves only partly along
@@ -22,9 +23,12 @@ CLIMB_DEV = 1.0  # loss at least this many robust sigmas above its level
 CLIMB_RISE = 0.5  # and the loss deviation grew by this much over the streak
 # The fast way into "ascent": loss deviation, gradient ratio and update ratio each larger
 # than the step before on 2 steps in a row (the middle step already >= SURGE_LEVEL), the
-# loss now >= SURGE_DEV sigmas up, while the recent updates follow their gradients
-# SURGE_LIFT above the run's median cos. A sign bug compounds this way 2-4 steps before
-# its collapse; a curriculum switch or an outlier batch jumps once and then decays.
+# loss now >= SURGE_DEV sigmas up and above every loss the Monitor still holds from
+# before (``_loss_new_high``), while the recent updates follow their gradients SURGE_LIFT
+# above the run's median cos. A sign bug compounds this way 2-4 steps before its
+# collapse; a curriculum switch or an outlier batch jumps once and then decays; hard
+# batches that rise two steps in a row (near zero loss, a small batch, a high lr) stay
+# below the swings the run has already shown.
 SURGE_LEVEL = (1.5, 1.5, 1.0)  # (grad_ratio, update_ratio, loss_dev) at the middle step
 SURGE_DEV = 3.0
 SURGE_LIFT = 0.25
@@ -125,7 +129,7 @@ class CoherenceRules:
                 # A sign bug under Adam on a transformer lifts cos by only ~0.1 (its median
                 # is already ~0.3); it shows as a gradient growing 1.5-2x per step instead.
                 if lift >= SURGE_LIFT:
-                    kind = "ascent"
+                    kind = "ascent" if self._loss_new_high() else ""
                 elif (
                     now[0] >= SURGE_GRAD
                     and a[0] >= SURGE_LEVEL[0]
@@ -134,6 +138,18 @@ class CoherenceRules:
                     kind = "compounding"
         hist.append(now)
         return kind
+
+    def _loss_new_high(self) -> bool:
+        """This step's loss is above every loss the Monitor still holds from before the
+        surge's three steps (its recent window and level): a run whose batches swing that
+        far anyway has shown its tail; a runaway climbs out of it."""
+        x = self.x_now
+        items = self.recent.items
+        k = len(items) - 3
+        if k > 0 and x <= max(it[2] for it in islice(items, k)):
+            return False
+        vals = self.loss_base.values
+        return not vals or x > max(vals)
 
     def _no_coherence(self) -> None:
         """No usable processivity this step: nothing is gated and no streak goes on."""
