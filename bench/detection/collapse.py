@@ -136,6 +136,20 @@ def stays_collapsed(loss: Sequence[float], c: int) -> bool:
     return s[-1] > max(F * best, 0.5 * (best + Linit))
 
 
+def before_onset(
+    loss: Sequence[float], onset: Optional[int], chance_loss: Optional[float] = None
+) -> Optional[int]:
+    """A fault's run that collapsed before the fault's ``onset`` (>= 1) and stayed collapsed
+    up to it (a too-high lr diverging on its own): the step at which its losses before the
+    onset meet the definition (as for onset 0), else ``None``. Such a run never met its
+    fault; ``collapse_step`` with the onset would date its collapse ``onset + 1``."""
+    if not onset:
+        return None
+    head = list(loss[:onset])
+    c = collapse_step(head, 0, chance_loss)
+    return c if c is not None and stays_collapsed(head, c) else None
+
+
 def collapse_step(
     loss: Sequence[float],
     onset: Optional[int] = 0,

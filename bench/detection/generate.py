@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -630,6 +630,7 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
             if c is not None and len(losses) >= c + collapse.K + 30:
                 break
     coll = collapse.collapse_step(losses, onset if onset is not None else 0, chance)
+    early = False
     if kind == "healthy":
         label = "healthy"
         # sanity: a healthy run should not meet the collapse definition (onset 0); one
@@ -638,7 +639,7 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
         if healthy_check is not None and collapse.stays_collapsed(losses, healthy_check):
             label, coll = "collapsed", healthy_check
     else:
-        label = "collapsed" if coll is not None else "survived"
+        label, coll, early = label_fault(losses, onset, chance)
     lvl = collapse.CHANCE_FRAC * chance
     never_learned = not any(math.isfinite(v) and v < lvl for v in collapse.smoothed(losses))
     os.makedirs(out_dir, exist_ok=True)
@@ -679,6 +680,8 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
     )
     if kind == "healthy":
         meta["healthy_meets_collapse_rule"] = healthy_check
+    elif early:  # diverged before its fault: a collapse of unknown onset
+        meta.update(onset=None, fault_onset=onset)
     if spec.get("batch_mult"):
         meta["batch_size"] = bs
     if inj is not None:
@@ -768,10 +771,28 @@ def relabel(out_dir: str = CACHE) -> List[Dict]:
             if c is not None and collapse.stays_collapsed(losses, c):
                 m["label"], m["collapse_step"] = "collapsed", c  # diverged for good
         else:
-            c = collapse.collapse_step(losses, m["onset"] or 0, m["chance_loss"])
-            m["collapse_step"] = c
-            m["label"] = "collapsed" if c is not None else "survived"
+            onset = m.get("fault_onset", m["onset"])
+            m["label"], m["collapse_step"], early = label_fault(losses, onset, m["chance_loss"])
+            m["onset"] = None if early else onset
+            if early:
+                m["fault_onset"] = onset
+            else:
+                m.pop("fault_onset", None)
     return runs
+
+
+def label_fault(
+    losses: List[float], onset: Optional[int], chance: float
+) -> Tuple[str, Optional[int], bool]:
+    """(label, collapse step, diverged before the onset) of a fault's run. A run that
+    collapsed before its fault's onset and stayed collapsed never met its fault: it is a
+    collapse of unknown onset, as a healthy setting's run that diverged for good is (the
+    manifest keeps the fault's onset as ``fault_onset`` and ``onset`` None)."""
+    pre = collapse.before_onset(losses, onset, chance)
+    if pre is not None:
+        return "collapsed", pre, True
+    c = collapse.collapse_step(losses, onset or 0, chance)
+    return ("collapsed" if c is not None else "survived"), c, False
 
 
 def main(argv=None) -> int:

@@ -356,3 +356,22 @@ def test_lr_mult_trains_the_same_runs_at_another_lr(tmp_path):
     lrs = [float(r["lr"]) for r in _rows(tmp_path / "b" / hot["file"])]
     assert len(a) == len(b) == 30 and a[0] == b[0] and a[1:] != b[1:]  # (same start)
     assert lrs[0] == fast["base_lr"]
+
+
+def test_a_run_that_collapsed_before_its_faults_onset_is_a_collapse_of_unknown_onset():
+    # A too-high lr diverging on its own before the fault is injected (a run stops a few
+    # steps after its first NaN): the onset rule alone dates its collapse onset + 1.
+    nan = float("nan")
+    gone = [2.0] * 30 + [0.5] * 30 + [nan] * 3
+    assert collapse.collapse_step(gone, 124) == 125
+    assert collapse.before_onset(gone, 124) == 60
+    assert generate.label_fault(gone, 124, math.log(10)) == ("collapsed", 60, True)
+    # risen for good before the onset: the onset rule sees no collapse at all
+    stay = [2.3] * 5 + [0.5] * 50 + [5.0] * 30
+    assert collapse.collapse_step(stay, 80) is None
+    assert generate.label_fault(stay, 80, None) == ("collapsed", 55, True)
+    # an excursion that recovered before the onset is not one; the fault's own collapse is
+    back = [2.3] * 5 + [0.5] * 50 + [50.0] * 3 + [0.5] * 60 + [5.0] * 30
+    assert collapse.before_onset(back, 118) is None
+    assert generate.label_fault(back, 118, None) == ("collapsed", 119, False)
+    assert generate.label_fault(stay, 0, None)[2] is False  # (onset unknown: no "before")
