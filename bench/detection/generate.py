@@ -629,15 +629,14 @@ def run_one(spec: Dict[str, Any], out_dir: str = CACHE, arm: Any = None) -> Dict
             c = collapse.collapse_step(losses, onset, chance)
             if c is not None and len(losses) >= c + collapse.K + 30:
                 break
-    coll = collapse.collapse_step(losses, onset if onset is not None else 0, chance)
     early = False
     if kind == "healthy":
         label = "healthy"
         # sanity: a healthy run should not meet the collapse definition (onset 0); one
         # that does and never recovers diverged for good: a collapse of unknown onset
-        healthy_check = collapse.collapse_step(losses, 0, chance)
+        coll = healthy_check = collapse.collapse_step(losses, 0, chance)
         if healthy_check is not None and collapse.stays_collapsed(losses, healthy_check):
-            label, coll = "collapsed", healthy_check
+            label = "collapsed"
     else:
         label, coll, early = label_fault(losses, onset, chance)
     lvl = collapse.CHANCE_FRAC * chance
