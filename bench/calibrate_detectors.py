@@ -58,6 +58,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     rise_max = 0  # longest streak far above the best at a step where it is not falling
     first_max = 0  # longest streak >= BLOWUP x the first loss
     blow_max = 0  # longest streak >= BLOWUP x the best level
+    worse_max = 0  # longest streak >= WORSE x the first loss, after the run had learned
     over_x = 0.0  # largest update ratio of an update >= max_rel_update x ||theta||
     jump_x = 0.0  # largest min(gradient, update ratio) on a step whose loss did not rise
     give = [0.0, 0.0]  # largest share of the progress given back while S >= H, >= H / 2
@@ -96,6 +97,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         back_max = max(back_max, lr_.back)
         first_max = max(first_max, lr_.over_first)
         blow_max = max(blow_max, lr_.blow)
+        worse_max = max(worse_max, lr_.worse)
         h = ng.hist
         sp = norm_growth.SPAN
         steady = ng.calm > 2 * sp and h[-1] - h[sp] >= h[sp] - h[0]  # (as the rule reads it)
@@ -130,6 +132,7 @@ def replay(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "jump_x": jump_x,
         "first_max": first_max,
         "blow_max": blow_max,
+        "worse_max": worse_max,
         "alarms": alarms,
         "steps": len(rows),
     }
@@ -190,6 +193,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     _longest(res, "back_max", "back at the first loss", "HOLD", loss_regression.HOLD)
     _longest(res, "first_max", "10x the first loss", "FIRST_STEPS", loss_regression.FIRST_STEPS)
     _longest(res, "blow_max", "10x the best level", "BLOWUP_STEPS", loss_regression.BLOWUP_STEPS)
+    _longest(
+        res, "worse_max", "2x the first loss after learning", "WORSE_STEPS",
+        loss_regression.WORSE_STEPS,
+    )
     _largest(res, "over_x", "oversized_update: largest healthy update ratio of an update >="
              " max_rel_update x ||theta||", 3, ".1f",
              f"in use: {math.exp(_rules.OVERSIZED_X):.0f}")

@@ -214,11 +214,35 @@ def test_trend_sums_stay_exact_over_a_long_run():
 
 
 def test_a_loss_ten_times_its_best_for_ten_steps_is_never_a_spike():
-    base = _noisy_decay(200, seed=4)
-    high = [base[-1] * 40] * 12 + [base[-1]] * 20  # then back: still reported
+    # learned from ~5 to ~0.05: 8.0 is 15x the best level (floored scale), 1.5x the first
+    base = _noisy_decay(200, seed=4, start=5.0, end=0.05)
+    high = [8.0] * 12 + [base[-1]] * 20  # then back: still reported
     found = _feed(LossRegression(), base + high)
     assert [f.cause for f in found if f is not None][:1] == ["loss_blowup"]
     assert found[200 + 8] is None and found[200 + 9] is not None  # the 10th step
+
+
+def test_a_loss_twice_the_untrained_loss_for_six_steps_after_learning_is_reported():
+    # learned from ~2.3 to ~0.3; then 6.0: 2.3x the first loss, 7.6x the best (floored
+    # scale, below the blow-up's 10x). Five steps (a curriculum's new classes) are not.
+    base = _noisy_decay(200, seed=7)
+    for k, alarm in ((5, False), (6, True), (12, True)):
+        found = _feed(LossRegression(), base + [6.0] * k + base[-30:])
+        hits = [(i, f) for i, f in enumerate(found) if f is not None]
+        assert bool(hits) is alarm, k
+        if alarm:
+            assert hits[0][0] == 200 + 5 and hits[0][1].cause == "worse_than_untrained"
+            assert hits[0][1].evidence["worse_steps"] == 6
+            assert 2.0 <= hits[0][1].evidence["first_ratio"] < 10.0
+    # a run that never learned (still at its first loss) has no "worse than untrained"
+    flat = [2.3 + 0.05 * math.sin(t) for t in range(200)]
+    assert not any(f and f.cause == "worse_than_untrained" for f in
+                   _feed(LossRegression(), flat + [6.0] * 12))
+    # a log of every 10th step: three rows (a 1-row blip is one batch's loss)
+    det = LossRegression()
+    rows = [_view(0, y, steps=10 if t else 1) for t, y in enumerate(base[::10] + [6.0] * 3)]
+    found = [det.update(v) for v in rows]
+    assert found[-2] is None and found[-1].cause == "worse_than_untrained"
 
 
 def test_a_loss_ten_times_its_first_for_three_steps_is_a_blowup_two_steps_are_not():

@@ -128,8 +128,10 @@ def test_an_oversized_update_in_a_level_shift_waits_below_twice_the_limit(rel, a
             )
         )
     assert snaps[300].evidence.get("level_shift") and snaps[300].evidence["rel_update"] == rel
-    assert [s.step for s in snaps[:309] if s.alert] == ([300] if alarm else [])
-    # a loss that stays 20x its level is never muted for long: the 10th step alarms
+    assert [s.step for s in snaps[:305] if s.alert] == ([300] if alarm else [])
+    # a loss that stays 20x its level is never muted for long: 5x the untrained model's
+    # loss, its 6th step alarms; the 10th at 10x its best level is a blow-up
+    assert snaps[305].alert and snaps[305].evidence["cause"] == "worse_than_untrained"
     assert snaps[309].alert and snaps[309].evidence["cause"] == "loss_blowup"
     if alarm:
         assert snaps[300].evidence["cause"] == "oversized_update"
@@ -150,8 +152,10 @@ def test_a_level_shift_is_drifting_until_it_keeps_climbing():
         loss[i] *= 20.0 * (1.0 - 0.5 * (i - 300) / 200)  # harder data, slowly learned
         g[i] *= 5.0
     snaps = feed(Monitor(), loss, g)
-    # watched as a shift, but a loss 10x its best for 10 steps is never muted for long
-    assert not any(s.alert for s in snaps[:309])
+    # watched as a shift, but never muted for long: 5x the untrained model's loss for 6
+    # steps, or 10x its best for 10
+    assert not any(s.alert for s in snaps[:305])
+    assert snaps[305].alert and snaps[305].evidence["cause"] == "worse_than_untrained"
     assert snaps[309].alert and snaps[309].evidence["cause"] == "loss_blowup"
     assert snaps[300].evidence.get("level_shift") and snaps[301].status == "drifting"
     assert snaps[301].explain().startswith("Level shift: the loss moved to ")
@@ -701,8 +705,10 @@ def test_a_declared_loop_takes_an_undeclared_jump_far_above_the_first_loss_as_a_
     snaps = feed(Monitor(declared=declared, loss_floor=0.01), loss, g)
     assert not any(s.alert for s in snaps[:300])
     assert snaps[300].evidence.get("level_shift")
-    if not declared:  # may be new data: watched, not alarmed
-        assert not any(s.alert for s in snaps[300:309]) and snaps[301].status == "drifting"
+    if not declared:  # may be new data: watched, not alarmed -- for 5 steps at 5x the
+        # untrained model's loss (a curriculum's new classes at most), then reported
+        assert not any(s.alert for s in snaps[300:305]) and snaps[301].status == "drifting"
+        assert snaps[305].evidence["cause"] == "worse_than_untrained"
         return
     s = snaps[300]
     assert s.alert and s.evidence["cause"] == "bad_batch"
@@ -718,7 +724,9 @@ def test_a_declared_loop_takes_an_undeclared_jump_far_above_the_first_loss_as_a_
 def test_a_declared_loop_keeps_jumps_below_the_bad_batch_loss_and_declared_changes_quiet():
     loss, g = _jump_at_300(3.0)  # severe vs. the level, but below 3.5x the first loss
     snaps = feed(Monitor(declared=True, loss_floor=0.01), loss, g)
-    assert snaps[300].evidence.get("level_shift") and not any(s.alert for s in snaps[:309])
+    assert snaps[300].evidence.get("level_shift") and not any(s.alert for s in snaps[:305])
+    # (staying at 3x the untrained model's loss is reported at its 6th step, declared or not)
+    assert snaps[305].evidence["cause"] == "worse_than_untrained"
     loss, g = _jump_at_300(5.0)
     m = Monitor(declared=True, loss_floor=0.01)
     feed(m, loss[:300], g[:300])

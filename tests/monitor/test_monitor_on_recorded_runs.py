@@ -53,6 +53,12 @@ def _replay(meta, processivity=True, declared=False):
     return snaps
 
 
+def _replay_loss_only(meta):
+    rows = score.load_run(os.path.join(score.CACHE, meta["file"]))
+    m = Monitor(on_error="raise")
+    return [m.update(r["loss"], step=r["step"]) for r in rows]
+
+
 def test_train_split_scores_do_not_regress():
     res = score.evaluate(
         {"anet": anet_detector.AnetMonitor}, split="train", real_logs=None, pass_benign=False
@@ -105,11 +111,16 @@ def test_train_split_scores_with_declared_changes_do_not_regress():
 
 def test_a_corrupted_shard_is_a_bad_batch_at_its_first_step_only_for_a_declaring_loop():
     # Labels permuted from step 120 (Adam): the loss jumps to ~9x the first loss and the
-    # run is collapsed from step 121. As a level shift the default Monitor never alarms.
+    # run is collapsed from step 121. The default Monitor watches it as a level shift
+    # (it may be new data) until the loss has stood >= 2x the untrained model's loss for
+    # 6 steps, which no healthy run does; from its loss alone too.
     meta = _runs()["mlp_bcancer-corrupt_shard-s2902"]
     onset = meta["onset"]
     assert meta["collapse_step"] == onset + 1 and meta["magnitude"]["mode"] == "permute"
-    assert not any(s.alert for s in _replay(meta))
+    for snaps in (_replay(meta), _replay_loss_only(meta)):
+        first = next(s for s in snaps if s.alert)
+        assert first.step == onset + 5 and first.evidence["cause"] == "worse_than_untrained"
+        assert "untrained" in first.explain() and "学習前" in first.explain("ja")
     snaps = _replay(meta, declared=True)
     assert not any(s.alert for s in snaps[:onset])
     assert snaps[onset].alert and snaps[onset].evidence["cause"] == "bad_batch"
@@ -396,3 +407,22 @@ def test_after_an_action_the_status_reads_recovering_until_the_loss_is_back():
     assert not rec.alert and rec.evidence["loss_vs_before"] > 1.5
     assert rec.explain().startswith("Recovering") and rec.explain("ja").startswith("回復中")
     assert "recovering" not in statuses[first_healthy:]
+
+
+def test_new_data_near_zero_loss_is_a_gradient_regime_not_an_explosion():
+    # Breast-cancer MLP (Adam) near zero loss; new classes of data from step 203 (not
+    # declared). The gradient stands 60-530x its slow level for tens of steps; at step
+    # 219 it is 320x with the loss up a little less. Within 70-530x on the steps just
+    # before, that is the new data's regime, not a one-step explosion.
+    meta = _runs()["mlp_bcancer-healthy-curriculum-s2402"]
+    snaps = _replay(meta)
+    assert snaps[219].evidence["grad_ratio"] > 200 and snaps[219].evidence["loss_dev"] > 100
+    assert not any(s.alert for s in snaps)
+    # the same gradient out of a calm regime is an explosion at once
+    rows = score.load_run(os.path.join(score.CACHE, meta["file"]))
+    m = Monitor(on_error="raise")
+    for r in rows[:150]:
+        m.update(r["loss"], step=r["step"], grad_norm=r["grad_norm"], step_norm=r["update_norm"])
+    g = math.exp(m.grad_base.center) * 320.0  # 320x its level, as at step 219
+    snap = m.update(rows[149]["loss"], step=150, grad_norm=g, step_norm=rows[149]["update_norm"])
+    assert snap.alert and snap.evidence["cause"] == "grad_explosion"

@@ -218,7 +218,7 @@ class MonitorRules(CoherenceRules):
                 gd = lg - gb.center
                 ev["grad_ratio"] = gr = exp_capped(gd)
                 lim, zs = self.severe_grad, SEVERE_Z * gb.scale
-                if gd >= (zs if zs > lim else lim):  # (max(lim, zs) written out)
+                if gd >= (zs if zs > lim else lim) and self._off_recent(lg, lim, zs):
                     self._one_step(gd, "grad_explosion", ev)
             if self.shift_x is not None:  # a level shift: where the gradient jumped to
                 if self.shift_g is None:
@@ -324,6 +324,20 @@ class MonitorRules(CoherenceRules):
             ev["severe"] = "lr_jump"
         self._coherence(s.processivity, ev, gr, ur)
         return True
+
+    def _off_recent(self, lg: float, lim: float, zs: float) -> bool:
+        """The log gradient ``lg`` is a jump of at least max(``lim``, ``zs``) from the steps
+        just before, too (the recent window's trimmed mean, when it has ``_n3`` values).
+
+        A one-step explosion is a jump from where the gradient was. After new data near
+        zero loss (an undeclared curriculum) the gradient stands 100-1,000x above its slow
+        level for tens of steps; a step there whose loss rose a little less than its
+        gradient is the new regime, not an explosion. Growth over several steps is the
+        growth rules' (``grad_growth``, compounding, ``ascent``)."""
+        recent = self.grad_recent
+        if len(recent.items) < self._n3:
+            return True
+        return lg - recent.trimmed_mean() >= (zs if zs > lim else lim)
 
     def _out_of_character(self, rel: float, ud: float, rn: float) -> bool:
         """An update >= max_rel_update x ||theta|| (``rel``; ``ud``: log ratio to the

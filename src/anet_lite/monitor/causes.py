@@ -234,6 +234,14 @@ _ALL = (
         ja=("損失がこれまでの水準より一桁以上高い状態（最良水準の {best_ratio:.3g} 倍、最初の損失の {first_ratio:.3g} 倍）が {blow_steps} ステップ続いています。スパイクではなく、学習は発散しています{nums}。", "最後の健全な状態へロールバックし、学習率を下げてください。データと損失スケールを確認してください。"),
     ),
     _c(
+        "worse_than_untrained",
+        "precursor",
+        "rollback",
+        ("the loss worse than the untrained model's", "損失が学習前のモデルより悪い"),
+        en=("After the run had learned, the loss has stood at {first_ratio:.3g}x its first (untrained) loss for {worse_steps} steps: the model does worse than it did before training — confidently wrong (it learned corrupted data or labels, or its weights were damaged){nums}.", "Roll back to the last healthy state and check the batches just before (labels, shuffling, a corrupted shard); if the loss was rising before, lower the learning rate."),
+        ja=("学習が進んだ後、損失が最初（学習前）の損失の {first_ratio:.3g} 倍の状態で {worse_steps} ステップ続いています。モデルは学習前より悪く、自信を持って誤っています（壊れたデータやラベルを学習した、または重みが損なわれた）{nums}。", "最後の健全な状態へロールバックし、直前のバッチ（ラベル、シャッフル、壊れたシャード）を確認してください。その前から損失が上がっていたなら学習率を下げてください。"),
+    ),
+    _c(
         "runaway_weights",
         "precursor",
         "slow_down",

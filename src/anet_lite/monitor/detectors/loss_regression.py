@@ -15,6 +15,12 @@ Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, s
   of 991 comes within 2.5x of it on any step (the largest, 38x, is a too-high lr at steps
   1-3 that the early rule reports anyway); a network that blew up that far and fell back
   to chance at once (ReLUs killed by one bad step) is otherwise never flagged.
+* ``worse_than_untrained``: after the run had learned, the loss (floored scale) at least
+  ``WORSE`` x (2x) its first loss for ``WORSE_STEPS`` (6) steps in a row. The model does
+  worse than it did untrained: it is confidently wrong (it learned a corrupted shard's
+  labels, or its weights were damaged). A healthy model meeting new data is briefly as
+  wrong: the longest healthy streak is 5 steps (undeclared curricula on a CNN, the new
+  classes' batches), over 1,150 healthy runs at other learning rates and batch sizes too.
 * ``regression``: the smoothed loss at least ``FAR`` x (2x) its best level (a run that
   had learned: its best is below its first loss) for ``HOLD_RISE`` (33) steps while not
   falling (not below where it was ``BACK`` steps before), or for ``HOLD_LONG`` (60) steps
@@ -66,6 +72,8 @@ FIRST_STEPS = 3  # steps in a row >= BLOWUP x the first loss
 BLOWUP_ONCE = math.log(100.0)  # one step this far above the first loss
 LEARNED = math.log(1.25)  # the best level is this far below the first loss: it had learned
 START = 5  # steps before the best level is tracked
+WORSE = math.log(2.0)  # x the first loss, after the run had learned
+WORSE_STEPS = 6  # 1.1 x the longest healthy streak there (5, undeclared curricula), rounded up
 # Durations are in training steps: a row of a sparse log counts for the steps since the row
 # before it (View.steps). A streak also needs this many rows (log lines): one line is one
 # batch's loss, which a single hard batch can lift.
@@ -74,12 +82,13 @@ _HIST = BACK + 1  # the smoothed levels kept: now and the BACK lines before
 
 
 class LossRegression(Detector):
-    """A sustained return far above the best level ("regression", "loss_blowup")."""
+    """A sustained return far above the best level ("regression", "loss_blowup"), or
+    above the untrained model's loss ("worse_than_untrained")."""
 
     name = "loss_regression"
     STATE = (
         "n", "x_first", "sm", "best", "far", "blow", "over_first", "back", "hist", "rows",
-        "ages",
+        "ages", "worse",
     )
 
     def reset(self) -> None:
@@ -91,9 +100,10 @@ class LossRegression(Detector):
         self.blow = 0  # steps in a row with the loss >= BLOWUP above best
         self.over_first = 0  # steps in a row with the loss >= BLOWUP above the first
         self.back = 0  # steps in a row with the smoothed loss back at the first loss
+        self.worse = 0  # steps in a row with the loss >= WORSE x the first, after learning
         self.hist: Deque[float] = deque(maxlen=_HIST)
         self.ages: Deque[int] = deque(maxlen=_HIST)  # steps of each entry (since the reset)
-        self.rows = [0, 0, 0, 0]  # rows (log lines) of the far, blow, over, back streaks
+        self.rows = [0, 0, 0, 0, 0]  # rows (log lines): far, blow, over, back, worse streaks
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -106,6 +116,8 @@ class LossRegression(Detector):
             self.rows = [int(r) for r in self.rows]
         else:  # (saved before rows were counted: one row per step)
             self.rows = [self.far, self.blow, self.over_first, self.back]
+        if len(self.rows) < 5:  # (saved before the worse streak existed)
+            self.rows.append(self.worse)
 
     def state_dict(self) -> Dict[str, Any]:
         st = super().state_dict()
@@ -157,6 +169,11 @@ class LossRegression(Detector):
                 rows[0] += 1
             else:
                 far = self.far = rows[0] = 0
+            if learned and x - first >= WORSE:
+                worse = self.worse = self.worse + k if self.worse else 1
+                rows[4] += 1
+            else:
+                worse = self.worse = rows[4] = 0
             if learned and sm >= first:
                 back = self.back = self.back + k if self.back else 1
                 rows[3] += 1
@@ -172,6 +189,10 @@ class LossRegression(Detector):
             return Finding(self.name, "loss_blowup", "precursor", ev)
         if not known:
             return None
+        if worse >= WORSE_STEPS and rows[4] >= MIN_ROWS:
+            ev = self._evidence(x, low)
+            ev["worse_steps"] = worse
+            return Finding(self.name, "worse_than_untrained", "precursor", ev)
         rising = far >= HOLD_RISE and self.not_falling()
         if ((far >= HOLD_LONG or rising) and rows[0] >= MIN_ROWS) or (
             back >= HOLD and rows[3] >= MIN_ROWS
