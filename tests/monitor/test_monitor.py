@@ -145,6 +145,16 @@ def test_a_severe_gradient_jump_alone_alarms_at_that_step():
     assert snaps[300].evidence["cause"] in ("grad_explosion", "update_blowup")
 
 
+def test_a_gradient_that_stays_scaled_up_after_its_alert_alarms_on_every_step():
+    # a loss scale gone wrong: the gradient 1e4x from step 300 on, the loss unchanged. The
+    # recent window fills with scaled gradients, but a regime entered with an alert is
+    # that incident's: every step stays a gradient explosion (the Guard skips each)
+    loss, g = healthy_stream(330, seed=3)
+    g = g[:300] + [1e4 * v for v in g[300:]]
+    snaps = feed(Monitor(), loss, g)
+    assert all(s.alert and s.evidence["cause"] == "grad_explosion" for s in snaps[300:])
+
+
 def test_a_level_shift_is_drifting_until_it_keeps_climbing():
     # A curriculum switch: the loss jumps 20x in one step and then does not climb further.
     loss, g = healthy_stream(500, seed=5)

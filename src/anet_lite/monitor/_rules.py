@@ -93,6 +93,7 @@ def exp_capped(x: float) -> float:
 
 _isfinite, _mlog = math.isfinite, math.log  # (module globals: the hot path)
 _INF, _NAN = math.inf, math.nan
+_ALERTED = ("precursor", "collapsed")  # statuses that are alerts
 
 
 class MonitorRules(CoherenceRules):
@@ -333,9 +334,11 @@ class MonitorRules(CoherenceRules):
         zero loss (an undeclared curriculum) the gradient stands 100-1,000x above its slow
         level for tens of steps; a step there whose loss rose a little less than its
         gradient is the new regime, not an explosion. Growth over several steps is the
-        growth rules' (``grad_growth``, compounding, ``ascent``)."""
+        growth rules' (``grad_growth``, compounding, ``ascent``). A regime entered with an
+        alert is that incident's (a loss scale gone wrong stays 1e4x): while the step
+        before alerted, the slow level alone is the reference."""
         recent = self.grad_recent
-        if len(recent.items) < self._n3:
+        if len(recent.items) < self._n3 or self.last_status in _ALERTED:
             return True
         return lg - recent.trimmed_mean() >= (zs if zs > lim else lim)
 
