@@ -361,6 +361,22 @@ def test_a_regression_state_saved_before_rows_were_counted_loads_and_continues()
         assert twin.update(_view(t, losses[t])) == det.update(_view(t, losses[t]))
 
 
+def test_a_regression_state_saved_before_the_worse_streak_existed_loads_and_continues():
+    losses = _noisy_decay(200, seed=2) + [7.0] * 10  # then 2.5x the first loss
+    det = LossRegression()
+    for t in range(195):
+        det.update(_view(t, losses[t]))
+    st_ = json.loads(json.dumps(det.state_dict()))
+    del st_["worse"]
+    st_["rows"] = st_["rows"][:4]  # (an older state: four streaks)
+    twin = LossRegression()
+    twin.load_state_dict(st_)
+    found = [(twin.update(_view(t, y)), det.update(_view(t, y))) for t, y in enumerate(losses)
+             if t >= 195]
+    assert all(a == b for a, b in found)
+    assert [a.cause for a, _ in found if a is not None][:1] == ["worse_than_untrained"]
+
+
 def test_an_early_jump_that_recovers_before_the_run_learned_is_not_a_regression():
     # the Muon runs of shared/data/real-logs-2: 6.9 -> 17 at step 2, back within ~20
     losses = [6.9, 17.0, 21.0, 15.0, 11.0, 9.0, 8.0, 7.2] + _noisy_decay(300, start=6.9, end=3.0)

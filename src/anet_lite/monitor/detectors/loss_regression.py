@@ -1,6 +1,6 @@
 """``LossRegression``: the loss far above the best level the run reached (invariants).
 
-Two bounds that no state of the Monitor can mute (warm-up, grace, level shift, spike):
+Bounds that no state of the Monitor can mute (warm-up, grace, level shift, spike):
 
 * ``loss_blowup``: the loss, in the Monitor's floored scale, at least ``BLOWUP`` x (10x)
   its best smoothed level, or its first loss (since the last restart), for
