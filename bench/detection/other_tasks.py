@@ -33,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import collapse  # noqa: E402
+import data  # noqa: E402
+import score as bench_score  # noqa: E402
 
 from anet_lite import Monitor  # noqa: E402
 
@@ -43,17 +45,16 @@ HEALTHY = ("none", "batch_cut")
 
 def _data(task: str):
     import torch
-    from sklearn.datasets import load_diabetes, load_wine
 
-    if task == "diabetes":
-        X, y = load_diabetes(return_X_y=True)
-        y = (y - y.mean()) / y.std()
-        yt = torch.tensor(y, dtype=torch.float32)[:, None]
-    else:
-        X, y = load_wine(return_X_y=True)
-        yt = torch.tensor(y)
+    if task == "wine":
+        X, y, _ = data.classification("wine")  # (standardised, as the benchmark's sets)
+        return torch.tensor(X), torch.tensor(y)
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
     X = (X - X.mean(0)) / X.std(0)
-    return torch.tensor(X, dtype=torch.float32), yt
+    y = (y - y.mean()) / y.std()
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)[:, None]
 
 
 def train(task: str, opt: str, seed: int, variant: str) -> List[Dict[str, float]]:
@@ -131,21 +132,21 @@ def score(runs: List[Dict[str, Any]], loss_only: bool) -> Dict[str, Any]:
     res = {"caught": 0, "late": 0, "never": 0, "collapsed": 0, "pre": 0, "healthy": 0,
            "h_alarm": 0}
     for r in runs:
-        al = r[key]
-        if r["variant"] in HEALTHY:
-            if r["collapse"] is None:
-                res["healthy"] += 1
-                res["h_alarm"] += bool(al)
+        healthy = r["variant"] in HEALTHY
+        if healthy and r["collapse"] is not None:
+            continue  # (a healthy setting that diverged: neither)
+        label = "healthy" if healthy else "survived" if r["collapse"] is None else "collapsed"
+        meta = {"label": label, "onset": None if healthy else ONSET,
+                "collapse_step": r["collapse"], "n_steps": STEPS}
+        s = bench_score.score_run(r[key], meta)  # (the benchmark's own scoring)
+        if healthy:
+            res["healthy"] += 1
+            res["h_alarm"] += s["any_alarm"]
             continue
-        res["pre"] += any(t < ONSET for t in al)
-        if r["collapse"] is None:
-            continue
-        res["collapsed"] += 1
-        a = next((t for t in al if t >= ONSET), None)
-        if a is None:
-            res["never"] += 1
-        else:
-            res["caught" if a < r["collapse"] else "late"] += 1
+        res["pre"] += s["false_alarm_pre_onset"]
+        if label == "collapsed":
+            res["collapsed"] += 1
+            res[{"missed": "never"}.get(s["outcome"], s["outcome"])] += 1
     return res
 
 
