@@ -54,3 +54,33 @@ def test_a_sparse_log_counts_its_lines_and_the_steps_they_span(tmp_path, capsys)
     assert main(["analyze", str(src), "--out", str(tmp_path / "run")]) == 0
     html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert "no alert in 40 log lines" in html
+
+
+def _flat_csv(path, first_step=0, n=300):
+    rows = ["step,loss"] + [
+        f"{first_step + 10 * t if first_step else t},{2.3 + 0.02 * ((7 * t) % 5)}" for t in range(n)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_log_whose_loss_ends_where_it_started_is_not_called_healthy(tmp_path, capsys):
+    # no alert (nothing rises), but nothing was learned either: say so, exit 0
+    src = _flat_csv(tmp_path / "flat.csv")
+    assert main(["analyze", str(src), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "no alert in 300 steps (" in out and "healthy" not in out
+    assert "but the loss ends where it started: its last 20 values average 1.0" in out
+    assert main(["analyze", str(src), "--no-report", "--json", "--out", str(tmp_path / "j")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 0.97 < summary["end_vs_first"] < 1.03 and summary["alerts"] == 0
+    # a log that starts mid-run (a resumed run, the second half of a record): no progress
+    # over the logged steps, said as such
+    src = _flat_csv(tmp_path / "late.csv", first_step=30_000)
+    assert main(["analyze", str(src), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "but the loss ends where this log starts (step 30,000)" in out
+    # a run that learned ends far below its first loss: healthy, and its ratio is reported
+    src = _csv(tmp_path / "learns.csv", 400)
+    main(["analyze", str(src), "--no-report", "--json", "--out", str(tmp_path / "k")])
+    assert json.loads(capsys.readouterr().out)["end_vs_first"] < 0.9

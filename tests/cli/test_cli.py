@@ -28,7 +28,7 @@ def _healthy_csv(path: Path, n: int = 400, seed: int = 0, nan_at: int | None = N
     with open(path, "w") as f:
         f.write("step,loss,grad_norm,lr\n")
         for i in range(n):
-            loss = 2.0 * math.exp(0.02 * rng.standard_normal())
+            loss = (0.5 + 1.5 * math.exp(-i / 100)) * math.exp(0.02 * rng.standard_normal())
             g = math.exp(0.1 * rng.standard_normal())
             cell = "nan" if nan_at is not None and i >= nan_at else f"{loss:.6f}"
             f.write(f"{i},{cell},{g:.6f},0.001\n")

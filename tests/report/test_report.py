@@ -183,6 +183,43 @@ def test_add_many_equals_add_one_by_one(chunk):
     assert one.has == many.has
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_a_run_that_ends_where_it_started_is_not_called_healthy(chunk):
+    from anet_lite.verdict import Snapshot
+
+    def run(losses, first_step=0, lang="en"):
+        snaps = [
+            Snapshot(1.0, 0.0, 0.0, 0.0, False, 0.0, step=first_step + i, status="healthy",
+                     evidence={"loss": v})
+            for i, v in enumerate(losses)
+        ]
+        one, many = report_html.RunData(lang=lang), report_html.RunData(lang=lang)
+        for s in snaps:
+            one.add(s)
+        for lo in range(0, len(snaps), chunk):
+            many.add_many(snaps[lo : lo + chunk])
+        assert many.end_vs_first() == one.end_vs_first()
+        return one
+
+    learned = [2.3 * math.exp(-t / 30) + 0.1 for t in range(200)]
+    kind, sentence = run(learned).verdict()
+    assert kind == "ok" and sentence.startswith("Healthy")
+    # learned a little, then back at its first loss (a network that died at chance);
+    # rows without a loss at the end are not its end level
+    died = learned[:8] + [2.39, 2.41] * 95 + [None] * 5
+    data = run(died)
+    assert data.end_vs_first() == pytest.approx(1.0, abs=0.01)
+    kind, sentence = data.verdict()
+    assert kind == "warn" and "the loss ends where it started" in sentence
+    assert "last 20 values average 1.00× the first" in sentence
+    assert "始めの値に戻って" in run(died, lang="ja").verdict()[1]
+    kind, sentence = run(died, first_step=30_000).verdict()
+    assert kind == "warn" and "ends where this log starts (step 30000)" in sentence
+    # too short to say, or a loss that is not positive (no ratio): no such sentence
+    assert run(died[:30]).end_vs_first() is None
+    assert run([None if x is None else -x for x in died]).end_vs_first() is None
+
+
 def _png_distinct_colours(png: Path) -> int:
     mpimg = pytest.importorskip("matplotlib.image")
     img = mpimg.imread(str(png))

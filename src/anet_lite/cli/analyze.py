@@ -375,6 +375,7 @@ def _finish(
 def _print_analysis(
     f: TextIO, src: Path, log: Any, data: Any, paths: Dict[str, str], elapsed: float
 ) -> None:
+    from ..report.data import END_ROWS
     from ..report.words import count
 
     cols = ", ".join(f"{k}={v}" for k, v in log.columns.items())
@@ -391,10 +392,25 @@ def _print_analysis(
             "(the Monitor learns the run's levels first); no alert\n"
         )
     elif not data.incidents:
-        f.write(
-            f"healthy: no alert in {count(data.steps, unit)} "
-            f"({data.judged_steps:,} judged after warm-up)\n"
+        judged = (
+            f"no alert in {count(data.steps, unit)} "
+            f"({data.judged_steps:,} judged after warm-up)"
         )
+        r = data.ends_where_it_started()
+        if r is not None and data.starts_untrained:
+            f.write(
+                f"{judged}, but the loss ends where it started: its last {END_ROWS} values "
+                f"average {r:.2f}x the first (the run kept nothing it learned, unless this "
+                "log starts from a trained model)\n"
+            )
+        elif r is not None:
+            f.write(
+                f"{judged}, but the loss ends where this log starts (step {data.first_step:,}):"
+                f" its last {END_ROWS} values average {r:.2f}x the first (no progress over the"
+                " logged steps)\n"
+            )
+        else:
+            f.write(f"healthy: {judged}\n")
     else:
         n = len(data.incidents)
         f.write(

@@ -31,6 +31,11 @@ _MAX_SPIKES = 2000
 _MAX_INCIDENT_TEXTS = 1000
 _NUMERIC_SKIP = {"cause", "event", "error"}
 _ROWS = 8192  # raw rows the decimator buffers before folding them into buckets
+END_ROWS = 20  # the last finite losses whose mean is the run's end level
+# A run whose end level is at least this share of its first loss ends where it started
+# (a statement about the log, not an alert: a run that learned nothing that lasted, or a
+# log that starts from a trained model)
+ENDS_AT_START = 0.9
 
 
 def cause_words(cause: Optional[str], lang: str = "en") -> str:
@@ -165,6 +170,8 @@ class RunData:
         self.last_step: Optional[int] = None
         self.last_status: Optional[str] = None
         self.last_loss = math.nan
+        self.first_loss = math.nan  # the first finite loss
+        self._end: Deque[float] = deque(maxlen=END_ROWS)  # the last finite losses
         self.collapse_step: Optional[int] = None  # first step "collapsed": loss/grad not finite
         self.alerts = 0
         self.incidents: List[Dict[str, Any]] = []
@@ -195,6 +202,10 @@ class RunData:
             self.collapse_step = step
         loss = _f(ev.get("loss"))  # (a rebuilt snapshot may hold a string or a huge int)
         self.last_loss = loss
+        if math.isfinite(loss):
+            if self.first_loss != self.first_loss:
+                self.first_loss = loss
+            self._end.append(loss)
         row = (float(step), loss, _f(ev.get("grad_norm")), _f(ev.get("lr")), _f(snap.theta))
         row += (_f(snap.f_total), _f(snap.zscore))
         self._dec.push(row)
@@ -274,6 +285,7 @@ class RunData:
         for j, name in enumerate(_SERIES, start=1):
             block[:, j] = cols[name]  # None -> nan
         self.last_loss = _f(cols["loss"][-1])
+        self._ends(block[:, 1])
         self._dec.push_block(block)
         self._zoom_block(block, cols["alert"])
         self._add_marks(steps, cols)
@@ -282,6 +294,31 @@ class RunData:
             for i, al in enumerate(alerts):
                 if al:
                     self._alert(snaps[i], steps[i])
+
+    def _ends(self, loss: np.ndarray) -> None:
+        """The first finite loss and the last ``END_ROWS`` finite ones, from a block."""
+        fin = np.flatnonzero(np.isfinite(loss))
+        if not len(fin):
+            return
+        if self.first_loss != self.first_loss:
+            self.first_loss = float(loss[fin[0]])
+        self._end.extend(loss[fin[-END_ROWS:]].tolist())
+
+    def end_vs_first(self) -> Optional[float]:
+        """The mean of the last ``END_ROWS`` finite losses over the first finite loss (1.0:
+        the run ends where it started); None for a loss that is not positive or a run of
+        fewer than ``2 x END_ROWS`` lines."""
+        first, end = self.first_loss, self._end
+        if not first > 0.0 or self.steps < 2 * END_ROWS or len(end) < END_ROWS:
+            return None
+        r = sum(end) / len(end) / first
+        return r if math.isfinite(r) and r > 0.0 else None
+
+    def ends_where_it_started(self) -> Optional[float]:
+        """``end_vs_first()`` when it is at least ``ENDS_AT_START`` (the loss ends where it
+        started: not an alert, but not "healthy" either), else None."""
+        r = self.end_vs_first()
+        return r if r is not None and r >= ENDS_AT_START else None
 
     def _add_marks(self, steps: List[Any], cols: Dict[str, List[Any]]) -> None:
         """The schedule events and one-step spikes of a block of rows."""
@@ -369,9 +406,14 @@ class RunData:
             unit = "line" if self.sparse else "step"  # (a sparse log: lines, not steps)
             if judged == 0:
                 return "warn", w["not_judged"].format(n=count(self.steps, unit, lang))
-            return "ok", w["healthy"].format(
-                n=count(self.steps, unit, lang), judged=count(judged, unit, lang)
-            )
+            n, judged_n = count(self.steps, unit, lang), count(judged, unit, lang)
+            r = self.ends_where_it_started()
+            if r is not None:
+                key = "ends_at_start" if self.starts_untrained else "ends_at_log_start"
+                return "warn", w[key].format(
+                    n=n, judged=judged_n, r=r, k=END_ROWS, s=self.first_step
+                )
+            return "ok", w["healthy"].format(n=n, judged=judged_n)
         first = self.incidents[0]
         acts = [(s, k) for s, k in actions if k in ACTION_KINDS]
         f = {
@@ -411,6 +453,12 @@ class RunData:
         return first is not None and last is not None and last - first + 1 > self.steps
 
     @property
+    def starts_untrained(self) -> bool:
+        """The log starts at step 0 or 1 (or has no step numbers): its first loss is the
+        untrained model's, as far as the log can tell."""
+        return self.first_step is None or self.first_step <= 1
+
+    @property
     def judged_steps(self) -> int:
         """Steps the Monitor judged: every step but those it spent warming up."""
         return self.steps - self.statuses.get("warming_up", 0)
@@ -420,6 +468,7 @@ class RunData:
         return {
             "steps": self.steps,
             "judged_steps": self.judged_steps,
+            "end_vs_first": self.end_vs_first(),
             "first_step": self.first_step,
             "last_step": self.last_step,
             "alerts": self.alerts,

@@ -51,6 +51,13 @@ W: Dict[str, Dict[str, str]] = {
         "not_judged": "Not enough steps to judge: all {n} were warm-up (the Monitor learns the "
         "run's levels first); no alert.",
         "healthy": "Healthy — no alert in {n} ({judged} judged after warm-up).",
+        "ends_at_start": "No alert in {n} ({judged} judged after warm-up), but the loss ends "
+        "where it started: its last {k} values average {r:.2f}× the first. The run kept "
+        "nothing it learned (dead units, an lr far too high or too low) — unless this log "
+        "starts from a trained model.",
+        "ends_at_log_start": "No alert in {n} ({judged} judged after warm-up), but the loss "
+        "ends where this log starts (step {s}): its last {k} values average {r:.2f}× the "
+        "first. No progress over the logged steps.",
         "protected": "Protected: {inc}, recovered. The Guard acted ({acts}, the first at step "
         "{a}); the first alert at step {s}: {cause}.",
         "protected_stop": "Protected, then stopped: the Guard stopped the run at step {stop} "
@@ -142,6 +149,13 @@ W: Dict[str, Dict[str, str]] = {
         "not_judged": "判定に足りるステップがありません：{n}すべてがウォームアップでした"
         "（Monitor はまず学習の水準を学びます）。警報はありません。",
         "healthy": "健全：{n}で警報なし（ウォームアップ後に判定したのは {judged}）。",
+        "ends_at_start": "{n}で警報なし（ウォームアップ後に判定したのは {judged}）。ただし損失は"
+        "始めの値に戻って終わっています：最後の {k} 個の平均は最初の損失の {r:.2f} 倍です。"
+        "学んだものが何も残っていません（死んだユニット、学習率の過大・過小）。訓練済みの"
+        "モデルから始まったログなら別です。",
+        "ends_at_log_start": "{n}で警報なし（ウォームアップ後に判定したのは {judged}）。ただし"
+        "損失はこのログの始まり（ステップ {s}）の値に戻って終わっています：最後の {k} 個の平均は"
+        "最初の損失の {r:.2f} 倍です。記録された区間で進歩がありません。",
         "protected": "保護済み：{inc}、回復しました。ガードが対処しました（{acts}、最初は"
         "ステップ {a}）。最初の警報はステップ {s}：{cause}。",
         "protected_stop": "保護後に停止：ガードはステップ {stop} で学習を停止しました（{inc}、"
