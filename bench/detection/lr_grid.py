@@ -8,7 +8,7 @@ schedule people use (a linear warm-up over 20 steps, then cosine decay to a tent
 keeps the largest that trains. The runs that diverge do so at every pace: at once, after
 the warm-up, or slowly, hundreds of steps in. Nothing here injects a fault at a known step
 and nothing here was used to choose a threshold; the training loop is written apart from
-the benchmark's generator (``generate.py``) and shares only its models and data.
+the benchmark's generator (``generate.py``) and shares only its models, data and base lrs.
 (``bench/lr_sweep.py`` sweeps the character transformer alone, for 1,500 steps, as logs.)
 
 Models: an MLP and a CNN on digits (AdamW, SGD with momentum), a character transformer on
@@ -41,20 +41,17 @@ sys.path.insert(0, HERE)
 
 import collapse  # noqa: E402
 import data  # noqa: E402
+import generate  # noqa: E402
 import score as bench_score  # noqa: E402
 
 from anet_lite import Monitor  # noqa: E402
 
 STEPS, WARMUP, SPARSE = 300, 20, 10
 MULTS = (1, 3, 10, 30, 100)
+_FAMILY = {"mlp": "mlp", "cnn": "cnn", "tfm": "transformer"}
 # a good peak lr per (model, optimizer): the benchmark's base lrs
 BASE = {
-    ("mlp", "adamw"): 2e-3,
-    ("mlp", "sgd"): 0.05,
-    ("cnn", "adamw"): 3e-3,
-    ("cnn", "sgd"): 0.05,
-    ("tfm", "adamw"): 3e-3,
-    ("tfm", "sgd"): 0.3,
+    (m, opt): generate.BASE_LR[(fam, opt)] for m, fam in _FAMILY.items() for opt in ("adamw", "sgd")
 }
 BATCH = {"mlp": 64, "cnn": 64, "tfm": 16}
 CTX = 64
@@ -168,17 +165,20 @@ def score(runs: List[Dict[str, Any]], view: str) -> Dict[str, int]:
     """caught / late / never of the collapsed runs (by the benchmark's ``score_run``, onset
     0), of them the slow ones (collapse >= ``score.SLOW_MIN`` steps in); alarmed / count of
     the runs that did not collapse, trained well or poorly."""
-    res = dict(
-        collapsed=0,
-        caught=0,
-        late=0,
-        never=0,
-        slow=0,
-        slow_caught=0,
-        well=0,
-        well_alarm=0,
-        poor=0,
-        poor_alarm=0,
+    res = dict.fromkeys(
+        (
+            "collapsed",
+            "caught",
+            "late",
+            "never",
+            "slow",
+            "slow_caught",
+            "well",
+            "well_alarm",
+            "poor",
+            "poor_alarm",
+        ),
+        0,
     )
     for r in runs:
         first = r["alarms"][view][0] if r["alarms"][view] else None
