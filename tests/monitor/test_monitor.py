@@ -599,6 +599,41 @@ def test_a_loss_that_blows_up_inside_a_long_warm_up_alarms_as_without_the_lr():
     quiet, _ = healthy_stream(300, seed=6)
     assert not any(s.alert for s in feed(Monitor(), quiet, g[:200] + g[:100], lr=lr))
 
+def test_a_loss_that_climbs_just_after_the_warm_up_ends_alarms_as_without_the_lr():
+    # A too-high peak lr blows a run up just after its warm-up. The end of a warm-up gives
+    # the loss no reason to rise: its grace mutes the gradient and update rules, not the
+    # loss's. An lr restart (back to the earlier peak) may lift the loss: its grace waits.
+    loss, g = healthy_stream(400, seed=6)
+    for i in range(205, 400):
+        loss[i] *= 1.15 ** min(i - 204, 25)
+    warm = [1e-3 * min(i + 1, 200) / 200 for i in range(400)]  # the warm-up ends at 200
+    restart = [1e-3 if i < 100 or i >= 200 else 1e-4 for i in range(400)]
+    first = {}
+    for name, lr in (("none", None), ("warm", warm), ("restart", restart)):
+        snaps = feed(Monitor(), loss, g, lr=lr)
+        first[name] = next(i for i, s in enumerate(snaps) if s.alert)
+    assert first["warm"] == first["none"] < 205 + 10
+    assert snaps[200].evidence.get("event") == "lr_restart"
+    assert first["restart"] > first["none"] + 10
+
+
+def test_a_state_saved_before_the_loss_rules_had_their_own_grace_keeps_the_events_grace():
+    loss, g = healthy_stream(300, seed=12)
+    lr = [1e-3 if i < 100 or i >= 200 else 1e-4 for i in range(300)]  # a restart at 200
+    m = Monitor()
+    feed(m, loss[:210], g[:210], lr=lr[:210])
+    state = m.state_dict()
+    assert state["loss_grace_until"] == state["grace_until"] > m.t  # (in the restart's grace)
+    del state["loss_grace_until"]
+    m2 = Monitor()
+    m2.load_state_dict(state)
+    assert m2.loss_grace_until == m2.grace_until == m.grace_until
+    # a warm-up's end leaves the loss rules' grace where it was
+    m3 = Monitor()
+    feed(m3, loss[:210], g[:210], lr=[1e-3 * min(i + 1, 200) / 200 for i in range(210)])
+    assert m3.grace_until > m3.t >= m3.loss_grace_until
+
+
 def test_mark_mutes_slow_signals_after_an_intended_change():
     loss, g = healthy_stream(500, seed=6)
     loss = loss[:300] + [v * 1.5 for v in loss[300:]]

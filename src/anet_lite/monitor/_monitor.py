@@ -106,10 +106,10 @@ class Monitor(MonitorRules):
         "early_ref", "fp", "gap", "gr_prev", "grace", "grace_until",
         "grad_base", "grad_growth", "grad_hot", "grad_recent", "grad_ref", "grow",
         "jump_loss", "jump_ref", "last_status", "log_space", "loss0", "loss_base", "loss_eps",
-        "loss_floor", "loss_gate", "loss_prev", "loss_step", "loss_win_x", "loss_x_prev",
-        "losses", "lr_jump", "lr_max", "lr_peak", "lr_prev", "lr_ramp", "lr_rising", "lr_up",
-        "max_rel_update", "n", "on_error", "own_lr", "pending_mark", "persist",
-        "policy", "proc", "pz_hot", "recent", "recover_level", "recover_ref",
+        "loss_floor", "loss_gate", "loss_grace_until", "loss_prev", "loss_step", "loss_win_x",
+        "loss_x_prev", "losses", "lr_jump", "lr_max", "lr_peak", "lr_prev", "lr_ramp",
+        "lr_rising", "lr_up", "max_rel_update", "n", "on_error", "own_lr", "pending_mark",
+        "persist", "policy", "proc", "pz_hot", "recent", "recover_level", "recover_ref",
         "recover_t", "ref", "ref_pinned", "rel_calm", "rel_prev", "rise", "run_log",
         "sdot", "severe_grad", "severe_loss", "severe_update", "shift_bad", "shift_g",
         "shift_x", "span", "spike_z", "step_last", "strict_start", "surge_hist", "t", "theta",
@@ -255,6 +255,7 @@ class Monitor(MonitorRules):
         self.lr_rising = False
         self.lr_up = False  # the Guard raised the lr itself at this step (own_lr_change)
         self.grace_until = 0
+        self.loss_grace_until = 0  # (the loss rules' grace: not after a warm-up's end)
         self.pending_mark: Optional[str] = None
         self.own_lr = False  # the next lr change is the Guard's own (own_lr_change)
         self.grad_ref: Optional[float] = None  # log grad-norm level when the reference was taken
@@ -511,8 +512,9 @@ class Monitor(MonitorRules):
         ready = self.loss_base.ready and self.t > (b2 if b2 < w else w)  # (min(w, b2))
         judge = ready and not grace
         # A rising lr (a warm-up) mutes the rules that read gradient and update levels,
-        # which the schedule moves; not those that judge the loss against its own level.
-        loss_judge = ready and self.t >= self.grace_until
+        # which the schedule moves; not those that judge the loss against its own level,
+        # nor does the grace after the warm-up's end (MonitorRules._schedule).
+        loss_judge = ready and self.t >= self.loss_grace_until
         cause = ev.pop("severe") if "severe" in ev else ""  # (rare: no pop call otherwise)
         if not _isfinite(s.loss) or not finite_grad:
             return "non_finite", "collapsed"

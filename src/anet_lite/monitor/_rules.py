@@ -494,6 +494,11 @@ class MonitorRules(CoherenceRules):
             self.lr_up = False
         if event:
             self.grace_until = self.t + self.grace
+            if event != "warmup_end":
+                # the end of a warm-up gives the loss no reason to rise (the lr stops
+                # rising): the rules that judge the loss against its level keep judging,
+                # where a too-high peak lr blows a run up
+                self.loss_grace_until = self.grace_until
             self.pz_hot = self.rise = self.grad_hot = self.co_hot = self.climb = self.grow = 0
             self.climb_devs = []
             self.surge_hist.clear()

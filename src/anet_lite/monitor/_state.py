@@ -44,6 +44,7 @@ _SCALARS = (
     "lr_peak",
     "lr_rising",
     "grace_until",
+    "loss_grace_until",
     "pending_mark",
     "grad_ref",
     "last_status",
@@ -134,6 +135,8 @@ def load(m: Any, st: Dict[str, Any]) -> None:
             setattr(m, k, st[k])
     if "span" not in st:  # (saved before steps were counted: one step per update)
         m.span = m.t
+    if "loss_grace_until" not in st:  # (saved when every event muted the loss rules too)
+        m.loss_grace_until = m.grace_until
     for k in _PARTS:
         if k not in skip:
             getattr(m, k).load_state_dict(st[k])
