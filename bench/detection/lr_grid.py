@@ -42,9 +42,8 @@ sys.path.insert(0, HERE)
 import collapse  # noqa: E402
 import data  # noqa: E402
 import generate  # noqa: E402
+import other_tasks  # noqa: E402
 import score as bench_score  # noqa: E402
-
-from anet_lite import Monitor  # noqa: E402
 
 STEPS, WARMUP, SPARSE = 300, 20, 10
 MULTS = (1, 3, 10, 30, 100)
@@ -136,24 +135,8 @@ def train(model: str, opt: str, mult: float, seed: int) -> Dict[str, Any]:
 def alarms(rows: List[Dict[str, float]], view: str) -> List[int]:
     """The steps on which a fresh default Monitor alerts: view "all" (every signal),
     "loss" (the loss alone) or "sparse" (the loss alone, one line every SPARSE steps)."""
-    m, out = Monitor(), []
-    for t, r in enumerate(rows):
-        if view == "sparse" and t % SPARSE:
-            continue
-        if view == "all":
-            s = m.update(
-                r["loss"],
-                step=t,
-                grad_norm=r["grad_norm"],
-                step_norm=r["update_norm"],
-                lr=r["lr"],
-                param_norm=r["param_norm"],
-            )
-        else:
-            s = m.update(r["loss"], step=t)
-        if s.alert:
-            out.append(t)
-    return out
+    every = SPARSE if view == "sparse" else 1
+    return other_tasks.alarms(rows, loss_only=view != "all", every=every)
 
 
 def _final(loss: List[float]) -> float:

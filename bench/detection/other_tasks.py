@@ -109,10 +109,13 @@ def train(task: str, opt: str, seed: int, variant: str) -> List[Dict[str, float]
     return rows
 
 
-def alarms(rows: List[Dict[str, float]], loss_only: bool) -> List[int]:
-    """The steps on which a fresh default Monitor alerts."""
+def alarms(rows: List[Dict[str, float]], loss_only: bool, every: int = 1) -> List[int]:
+    """The steps on which a fresh default Monitor alerts; ``every``: feed only every
+    ``every``-th row (a sparse log), with its step number."""
     m, out = Monitor(), []
     for t, r in enumerate(rows):
+        if t % every:
+            continue
         if loss_only:
             s = m.update(r["loss"], step=t)
         else:
